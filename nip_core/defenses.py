@@ -1,0 +1,190 @@
+"""Defense registry: NIP (label-free and oracle), baselines from ART, and the random control.
+
+Every defense maps inputs in [0,1] to inputs in [0,1] before the unchanged model classifies
+them. Each is one registered :class:`Defense` with declared, validated parameters.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from nip_core.influence import METHODS, influence_profile
+from nip_core.models.base import LoadedModel
+from nip_core.nip import nip_defend
+from nip_core.params import Param, Registry, Spec
+
+DEFENSES = Registry("defense")
+
+# NIP budgets are in [0,1] pixel units; ImageNet inputs need far smaller ones than MNIST.
+NIP_PARAMS = (
+    Param("layer", "choice", "default", choices=("default", "conv1", "conv2", "fc1", "fc2", "block6", "block10",
+                                                "block14", "block15", "head"), help="influence layer"),
+    Param("method", "choice", "conductance", choices=METHODS, help="influence method"),
+    Param("k", "float", 0.2, 0.01, 0.5, step=0.01, help="front/tail share of live neurons"),
+    Param("steps", "int", 20, 1, 200, help="inverse-perturbation steps T"),
+    Param("step_size", "float", 0.03, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel", help="step size α"),
+    Param("budget", "float", 0.3, 0.0, 1.0, step=1 / 255, unit="[0,1] pixel", help="L∞ budget ε"),
+    Param("candidates", "int", 3, 1, 20, help="top-K candidate classes (label-free class-conditional mode)"),
+    Param("rule", "choice", "margin", choices=("margin", "confidence"), help="candidate selection rule"),
+    Param("n_steps", "int", 16, 2, 200, help="conductance integration steps for the profile"),
+)
+NIP_IMAGENET = {"budget": 4 / 255, "step_size": 1 / 255, "steps": 10}
+
+
+@dataclass(frozen=True)
+class Defense:
+    """A registered defense: spec, transform and what it needs."""
+
+    spec: Spec
+    transform: Callable[[LoadedModel, torch.Tensor, dict, torch.Tensor | None, int], torch.Tensor] = field(repr=False)
+    deployable: bool = True
+    needs_labels: bool = False
+    dataset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    family: str = "baseline"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def params_for(self, model: LoadedModel, values: dict | None = None) -> dict[str, Any]:
+        merged = dict(self.dataset_defaults.get(model.spec.gallery, {}))
+        merged.update(values or {})
+        p = self.spec.validate(merged)
+        if p.get("layer") not in (None, "default"):
+            model.layer(p["layer"])
+        return p
+
+    def to_json(self) -> dict:
+        return self.spec.to_json() | {"deployable": self.deployable, "needs_labels": self.needs_labels,
+                                      "family": self.family, "dataset_defaults": self.dataset_defaults}
+
+
+@dataclass
+class DefenseResult:
+    x_def: torch.Tensor
+    seconds: float
+    params: dict[str, Any]
+
+
+def apply_defense(model: LoadedModel, name: str, x: torch.Tensor, params: dict | None = None,
+                  y: torch.Tensor | None = None, seed: int = 0) -> DefenseResult:
+    """Defend inputs ``x`` (``y`` only for label-using analysis modes)."""
+    d = DEFENSES.get_unit(name)
+    p = d.params_for(model, params)
+    t0 = time.perf_counter()
+    with model.lock:
+        out = d.transform(model, x.cpu(), p, y, seed)
+    return DefenseResult(out.clamp(0, 1).float(), time.perf_counter() - t0, p)
+
+
+def register(name: str, summary: str, params, transform, **kw) -> Defense:
+    return DEFENSES.register(Defense(Spec(name, summary, tuple(params)), transform, **kw))
+
+
+def _layer(model: LoadedModel, p: dict) -> str:
+    return model.spec.default_layer if p.get("layer") in (None, "default") else p["layer"]
+
+
+def nip_profile(model: LoadedModel, p: dict):
+    return influence_profile(model, _layer(model, p), p["method"], p["n_steps"])
+
+
+def _nip(mode: str):
+    def transform(model, x, p, y, seed):
+        prof = nip_profile(model, p)
+        xd, _ = nip_defend(model, x, prof, mode=mode, k=p["k"], budget=p["budget"], steps=p["steps"],
+                           step_size=p["step_size"], candidates=p["candidates"], rule=p["rule"], y=y)
+        return xd
+    return transform
+
+
+register("none", "No defense", [], lambda m, x, p, y, s: x.clone(), family="none")
+register("nip", "NIP, label-free: class-conditional over the model's top-K candidates (selection rule)",
+         NIP_PARAMS, _nip("topk"), dataset_defaults={"imagenet": NIP_IMAGENET}, family="nip")
+register("nip-global", "NIP, label-free: global (all-class) influence profile",
+         NIP_PARAMS, _nip("global"), dataset_defaults={"imagenet": NIP_IMAGENET}, family="nip")
+register("nip-oracle", "NIP with the TRUE class's profile — analysis only, not deployable",
+         NIP_PARAMS, _nip("oracle"), deployable=False, needs_labels=True,
+         dataset_defaults={"imagenet": NIP_IMAGENET}, family="nip")
+
+
+def _random_sign(model, x, p, y, seed):
+    # Same budget, steps and step size as NIP, but each step's sign is random: the control
+    # that tells whether NIP's direction matters at all.
+    g = torch.Generator().manual_seed(seed)
+    delta = torch.zeros_like(x)
+    for _ in range(p["steps"]):
+        sign = torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1
+        delta = (delta + p["step_size"] * sign).clamp(-p["budget"], p["budget"])
+        delta = (x + delta).clamp(0, 1) - x
+    return x + delta
+
+
+register("random-sign", "Control: random-sign steps with NIP's budget, steps and step size",
+         [Param("steps", "int", 20, 1, 200), Param("step_size", "float", 0.03, 1e-4, 1.0, unit="[0,1] pixel"),
+          Param("budget", "float", 0.3, 0.0, 1.0, unit="[0,1] pixel")],
+         _random_sign, dataset_defaults={"imagenet": NIP_IMAGENET}, family="control")
+
+
+def _art_preprocessor(make: Callable[[dict, bool], Any]):
+    def transform(model, x, p, y, seed):
+        np.random.seed(seed)
+        pre = make(p, model.spec.input_channels)
+        out, _ = pre(x.numpy().astype(np.float32))
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+    return transform
+
+
+def _pp():
+    from art.defences import preprocessor
+    return preprocessor
+
+
+register("jpeg", "JPEG compression (Dziugaite et al. 2016), ART JpegCompression",
+         [Param("quality", "int", 50, 1, 95)],
+         _art_preprocessor(lambda p, c: _pp().JpegCompression(clip_values=(0.0, 1.0), quality=p["quality"],
+                                                              channels_first=True, apply_predict=True)))
+register("bitdepth", "Bit-depth reduction, feature squeezing (Xu et al. 2018), ART FeatureSqueezing",
+         [Param("bits", "int", 2, 1, 8)],
+         _art_preprocessor(lambda p, c: _pp().FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=p["bits"],
+                                                               apply_predict=True)),
+         dataset_defaults={"imagenet": {"bits": 5}})
+register("median", "Median smoothing (Xu et al. 2018), ART SpatialSmoothing",
+         [Param("window", "int", 3, 2, 11)],
+         _art_preprocessor(lambda p, c: _pp().SpatialSmoothing(window_size=p["window"], channels_first=True,
+                                                               clip_values=(0.0, 1.0))))
+register("tvm", "Total-variation minimisation (Guo et al. 2018), ART TotalVarMin",
+         [Param("prob", "float", 0.3, 0.01, 1.0), Param("lamb", "float", 0.5, 0.0, 10.0),
+          Param("max_iter", "int", 10, 1, 100)],
+         _art_preprocessor(lambda p, c: _pp().TotalVarMin(prob=p["prob"], lamb=p["lamb"], max_iter=p["max_iter"],
+                                                          clip_values=(0.0, 1.0), apply_predict=True)))
+register("gaussian", "Gaussian noise at test time, ART GaussianAugmentation (augmentation=False)",
+         [Param("sigma", "float", 0.1, 0.0, 1.0, unit="[0,1] pixel")],
+         _art_preprocessor(lambda p, c: _pp().GaussianAugmentation(sigma=p["sigma"], augmentation=False,
+                                                                   clip_values=(0.0, 1.0), apply_predict=True)),
+         dataset_defaults={"imagenet": {"sigma": 0.03}})
+
+
+class DefendedNet(nn.Module):
+    """Model behind a defense, with a straight-through (BPDA) gradient for adaptive attacks.
+
+    Forward: ``model(defense(x))``. Backward: the defense is treated as the identity, the
+    standard Backward Pass Differentiable Approximation (Athalye et al. 2018).
+    """
+
+    def __init__(self, model: LoadedModel, defense: str, params: dict | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.model, self.defense, self.seed = model, DEFENSES.get_unit(defense), seed
+        self.params = self.defense.params_for(model, params)
+        self.inner = model.net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            xd = self.defense.transform(self.model, x.detach().float().cpu(), self.params, None, self.seed)
+        x_st = x + (xd.to(x.device, x.dtype) - x).detach()
+        return self.inner(x_st)

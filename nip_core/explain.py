@@ -1,0 +1,161 @@
+"""One image through attack and defense, with everything the Explore view shows.
+
+:func:`explain` returns an :class:`Explanation` (plain tensors and numbers): predictions,
+neuron influence and activations for the benign, adversarial and defended input, the
+front/middle/tail groups of the profile used, and perturbation norms. Figures are built from
+it by ``nip_core.figures``; the CLI writes it to disk; the app lays it out.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from nip_core.attacks import ATTACKS, run_attack
+from nip_core.defenses import DEFENSES, apply_defense
+from nip_core.errors import InputError
+from nip_core.influence import influence_profile, neuron_activations, neuron_influence
+from nip_core.models.base import LoadedModel
+
+VARIANTS = ("benign", "adversarial", "defended")
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Explanation:
+    model_name: str
+    layer: str
+    method: str
+    k: float
+    label: int | None                 # true label when known
+    reference_class: int              # class the influence is measured toward
+    images: dict[str, torch.Tensor]   # variant → [C,H,W] in [0,1]
+    logits: dict[str, torch.Tensor]   # variant → [num_classes]
+    influence: dict[str, torch.Tensor]
+    activations: dict[str, torch.Tensor]
+    front: torch.Tensor
+    middle: torch.Tensor
+    tail: torch.Tensor
+    dead: torch.Tensor
+    class_names: list[str]
+    attack: str
+    attack_params: dict[str, Any]
+    defense: str
+    defense_params: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def top(self, variant: str, n: int = 5) -> list[tuple[int, str, float]]:
+        p = self.logits[variant].softmax(0)
+        v, i = p.topk(min(n, len(p)))
+        return [(int(c), self.class_names[int(c)], float(s)) for s, c in zip(v, i)]
+
+    def prediction(self, variant: str) -> int:
+        return int(self.logits[variant].argmax())
+
+    def perturbation(self, variant: str) -> torch.Tensor:
+        return self.images[variant] - self.images["benign"]
+
+    def norms(self, variant: str) -> dict[str, float]:
+        d = self.perturbation(variant)
+        return {"linf": float(d.abs().max()), "l2": float(d.norm()), "l0": int((d.abs() > 1e-6).sum())}
+
+    def group_means(self, quantity: str = "activations") -> dict[str, dict[str, float]]:
+        """Mean of ``quantity`` over front / middle / tail neurons, per variant."""
+        src = getattr(self, quantity)
+        return {v: {g: float(src[v][idx].mean()) if len(idx) else 0.0
+                    for g, idx in (("front", self.front), ("middle", self.middle), ("tail", self.tail))}
+                for v in VARIANTS}
+
+    def signature(self) -> dict[str, bool]:
+        """Did the attack suppress front and enhance tail neurons, and did the defense reverse it?"""
+        g = self.group_means("activations")
+        return {
+            "attack_front_down": g["adversarial"]["front"] < g["benign"]["front"],
+            "attack_tail_up": g["adversarial"]["tail"] > g["benign"]["tail"],
+            "defense_front_up": g["defended"]["front"] > g["adversarial"]["front"],
+            "defense_tail_down": g["defended"]["tail"] < g["adversarial"]["tail"],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name, "layer": self.layer, "influence_method": self.method, "k": self.k,
+            "label": self.label, "reference_class": self.reference_class,
+            "attack": self.attack, "attack_params": self.attack_params,
+            "defense": self.defense, "defense_params": self.defense_params,
+            "predictions": {v: {"class": self.prediction(v), "name": self.class_names[self.prediction(v)],
+                                "top5": [{"class": c, "name": n, "p": round(p, 6)} for c, n, p in self.top(v)]}
+                            for v in VARIANTS},
+            "norms": {v: self.norms(v) for v in VARIANTS[1:]},
+            "group_activation_means": self.group_means("activations"),
+            "group_influence_means": self.group_means("influence"),
+            "signature": self.signature(),
+            "n_front": len(self.front), "n_tail": len(self.tail), "n_dead": int(self.dead.sum()),
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+        }
+
+
+def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *, attack: str = "fgsm",
+            attack_params: dict | None = None, defense: str = "nip", defense_params: dict | None = None,
+            layer: str | None = None, method: str = "conductance", k: float = 0.2, n_steps: int = 16,
+            seed: int = 0, progress: Progress | None = None) -> Explanation:
+    """Attack one image, defend the adversarial, and measure neuron influence on all three.
+
+    Args:
+        image: ``[C,H,W]`` in [0,1] (use ``nip_core.images.load_image`` for files).
+        label: the true class when known; otherwise the benign prediction stands in for it
+            (and the attack aims away from it).
+        layer, method, k: where and how neuron influence is measured and grouped.
+    """
+    say = progress or (lambda f, m: None)
+    if image.dim() != 3 or image.shape[0] != model.spec.input_channels:
+        raise InputError(f"image must have shape [{model.spec.input_channels}, H, W]; got {list(image.shape)}.")
+    if label is not None and not 0 <= int(label) < model.num_classes:
+        raise InputError(f"label must be a class in [0, {model.num_classes - 1}]; got {label}.")
+    if not 0 < k <= 0.5:
+        raise InputError(f"parameter 'k' must be float in (0, 0.5]; got {k!r}.")
+    layer = layer or model.spec.default_layer
+    model.layer(layer)
+    ATTACKS.get_unit(attack)
+    dunit = DEFENSES.get_unit(defense)
+    secs: dict[str, float] = {}
+    x = image.unsqueeze(0).float()
+
+    say(0.05, "loading influence profile")
+    t = time.perf_counter()
+    prof = influence_profile(model, layer, method, n_steps)
+    secs["profile"] = time.perf_counter() - t
+
+    logits_b = model.logits(x)
+    ref = int(label) if label is not None else int(logits_b.argmax())
+    y = torch.tensor([ref])
+
+    say(0.2, f"running attack {attack}")
+    ar = run_attack(model, attack, x, y, attack_params, seed=seed)
+    secs["attack"] = ar.seconds
+    x_adv = ar.x_adv
+
+    say(0.5, f"applying defense {defense}")
+    if dunit.needs_labels and label is None:
+        raise InputError(f"defense '{defense}' needs the true label; pick a gallery image or give a label.")
+    dr = apply_defense(model, defense, x_adv, defense_params, y=y if dunit.needs_labels else None, seed=seed)
+    secs["defense"] = dr.seconds
+    x_def = dr.x_def
+
+    say(0.7, "measuring neuron influence")
+    t = time.perf_counter()
+    batch = torch.cat([x, x_adv, x_def])
+    logits = model.logits(batch)
+    infl = neuron_influence(model, batch, ref, layer, method, n_steps)
+    acts = neuron_activations(model, batch, layer)
+    secs["influence"] = time.perf_counter() - t
+    front, middle, tail = prof.groups(ref, k)
+    say(1.0, "done")
+    return Explanation(
+        model_name=model.name, layer=layer, method=method, k=k, label=label, reference_class=ref,
+        images=dict(zip(VARIANTS, batch)), logits=dict(zip(VARIANTS, logits)),
+        influence=dict(zip(VARIANTS, infl)), activations=dict(zip(VARIANTS, acts)),
+        front=front, middle=middle, tail=tail, dead=prof.dead, class_names=model.class_names,
+        attack=attack, attack_params=ar.params, defense=defense, defense_params=dr.params, seconds=secs,
+    )

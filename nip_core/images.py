@@ -1,0 +1,280 @@
+"""The one image loader: every uploaded, command-line or gallery image goes through here.
+
+:func:`decode_image` turns untrusted bytes into an 8-bit RGB :class:`PIL.Image.Image` or raises
+:class:`~nip_core.errors.InputError`; :func:`to_model_input` turns that image into a model's
+``[C,H,W]`` tensor in [0,1] pixel space (normalisation lives inside the model wrappers).
+
+Safety: only the PNG, JPEG, WebP, BMP and GIF decoders are ever run; the file size and the
+pixel count claimed by the header are checked before any pixel data is decoded, so a tiny
+file claiming a huge image costs nothing; any failure while decoding becomes an InputError.
+"""
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from nip_core.errors import InputError
+
+MAX_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+PREPROCESS = ("mnist", "imagenet")
+_ACCEPTED = "a PNG, JPEG, WebP, BMP or GIF image"
+
+# Leading bytes of common files we refuse, so the message can say what the file looks like.
+_KNOWN_OTHERS = (
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"\x00\x00\x01\x00", "an ICO icon"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"8BPS", "a Photoshop document"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+)
+
+
+def _describe_unsupported(data: bytes) -> str:
+    for magic, what in _KNOWN_OTHERS:
+        if data.startswith(magic):
+            return what
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return "a HEIF/AVIF image"
+    head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<svg", b"<?xml")) or b"<svg" in head:
+        return "an SVG or XML file"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    try:
+        data[:4096].decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "not a supported image"
+
+
+def decode_image(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode untrusted image bytes into an 8-bit RGB image.
+
+    Args:
+        data: the whole file. PNG, JPEG, WebP, BMP and GIF are accepted in any pixel mode
+            (grey, 16-bit, palette, CMYK, with or without transparency); transparent pixels
+            are composited on white, animated files give their first frame, and the EXIF
+            orientation is applied.
+        max_bytes: refuse files larger than this many bytes.
+        max_pixels: refuse images whose header claims more pixels than this (checked before
+            any pixel data is decoded).
+
+    Returns:
+        A loaded ``PIL.Image.Image`` in mode ``"RGB"``.
+
+    Raises:
+        InputError: for anything else, with a one-sentence reason.
+    """
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise InputError(f"Expected the image file's bytes, got {type(data).__name__}; "
+                         f"provide {_ACCEPTED}.")
+    if not data:
+        raise InputError(f"The file is empty; provide {_ACCEPTED}.")
+    if len(data) > max_bytes:
+        raise InputError(f"The file is {len(data) / 2**20:.1f} MB, over the "
+                         f"{max_bytes / 2**20:g} MB limit; provide a smaller image.")
+    try:
+        # Image.open reads only the header; pixel data is decoded by load() below.
+        im = Image.open(io.BytesIO(data), formats=list(FORMATS))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"The image is larger than the {max_pixels / 1e6:g}-megapixel limit; "
+                         f"provide a smaller image.") from None
+    except Exception:  # any header-parsing failure of an untrusted file
+        what = _describe_unsupported(data)
+        if what == "not a supported image":
+            raise InputError(f"The file is not a readable image; provide {_ACCEPTED}.") from None
+        raise InputError(f"The file looks like {what}, which is not accepted; provide {_ACCEPTED}.") from None
+
+    with im:
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise InputError(f"The image has no pixels ({width}x{height}); provide {_ACCEPTED}.")
+        if width * height > max_pixels:
+            raise InputError(f"The image is {width}x{height} pixels, over the {max_pixels / 1e6:g}-megapixel "
+                             f"limit; provide a smaller image.")
+        try:
+            im.load()
+            rgb = _to_rgb(_apply_exif_orientation(im))
+        except Exception:  # truncated or corrupt data in any decoder, including MemoryError
+            raise InputError(f"The {im.format or 'image'} file is truncated or corrupt and could not be "
+                             f"decoded; provide a complete {_ACCEPTED.removeprefix('a ')}.") from None
+    return rgb
+
+
+def _apply_exif_orientation(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # broken EXIF metadata should not cost the user a readable photo
+        return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        return Image.fromarray(_wide_to_uint8(im)).convert("RGB")
+    if "A" in im.getbands() or "a" in im.getbands() or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _wide_to_uint8(im: Image.Image) -> np.ndarray:
+    """16-bit, 32-bit integer or float grey to uint8 (Pillow's own convert would clip at 255)."""
+    arr = np.asarray(im).astype(np.float64)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    if im.mode == "F":
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
+    elif im.mode.startswith("I;16") or arr.max(initial=0.0) > 255:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 1.0
+    return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+
+
+def to_model_input(img: Image.Image, *, channels: int, size: int, preprocess: str) -> torch.Tensor:
+    """A decoded image as a model input.
+
+    Args:
+        img: a PIL image (any mode; normally the output of :func:`decode_image`).
+        channels: 1 for a grey model, 3 for an RGB model.
+        size: the model's square input side in pixels (28 for MNIST, 224 for ImageNet).
+        preprocess: ``"mnist"`` — grey, inverted when the background is bright, digit cropped
+            to its ink, scaled to fit ``size*20/28`` pixels and centred by centre of mass;
+            ``"imagenet"`` — shorter side resized to ``round(size*256/224)`` then centre-cropped.
+
+    Returns:
+        float32 tensor ``[channels, size, size]`` in [0,1], not normalised.
+    """
+    if not isinstance(img, Image.Image):
+        raise InputError(f"Expected a PIL image, got {type(img).__name__}.")
+    if channels not in (1, 3):
+        raise InputError(f"channels must be 1 or 3, got {channels!r}.")
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 4096:
+        raise InputError(f"size must be an integer between 8 and 4096, got {size!r}.")
+    if preprocess not in PREPROCESS:
+        raise InputError(f"Unknown preprocessing {preprocess!r}; choose one of: {', '.join(PREPROCESS)}.")
+    rgb = img if img.mode == "RGB" else _to_rgb(img)
+    if preprocess == "mnist":
+        x = _mnist_digit(rgb, size)
+        return x.expand(channels, size, size).contiguous()
+    x = _imagenet_crop(rgb, size)
+    if channels == 1:
+        x = TF.rgb_to_grayscale(x, num_output_channels=1)
+    return x.clamp(0.0, 1.0).contiguous()
+
+
+def _imagenet_crop(rgb: Image.Image, size: int) -> torch.Tensor:
+    resized = TF.resize(rgb, round(size * 256 / 224), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return TF.to_tensor(TF.center_crop(resized, [size, size])).float()
+
+
+def _mnist_digit(rgb: Image.Image, size: int) -> torch.Tensor:
+    """MNIST-style normalisation: white digit on black, fitted in the inner box, centred by mass."""
+    grey = np.asarray(rgb.convert("L"), dtype=np.float32) / 255.0
+    if grey.mean() > 0.5:
+        grey = 1.0 - grey
+    # A photo of paper is not pure white: remove the background level and stretch the ink to 1.
+    background = float(np.median(grey))
+    span = float(grey.max()) - background
+    if span > 0.1:
+        grey = np.clip((grey - background) / span, 0.0, 1.0)
+    ink = grey > 0.1
+    if not ink.any():
+        return _resize(torch.from_numpy(grey)[None], size, size)
+
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    margin = max(1, round(0.02 * max(grey.shape)))
+    top, bottom = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, grey.shape[0])
+    left, right = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, grey.shape[1])
+    crop = grey[top:bottom, left:right]
+    side = max(crop.shape)
+    square = np.zeros((side, side), dtype=np.float32)
+    oy, ox = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+    square[oy:oy + crop.shape[0], ox:ox + crop.shape[1]] = crop
+
+    box = max(1, round(size * 20 / 28))
+    digit = _resize(torch.from_numpy(square)[None], box, box)[0]
+    if digit.max() > 0:
+        digit = digit / digit.max()  # thin strokes fade when shrunk; MNIST ink peaks at 1
+
+    mass = digit.sum()
+    ys, xs = torch.arange(box, dtype=torch.float32), torch.arange(box, dtype=torch.float32)
+    cy = float((digit.sum(dim=1) * ys).sum() / mass) if mass > 0 else (box - 1) / 2
+    cx = float((digit.sum(dim=0) * xs).sum() / mass) if mass > 0 else (box - 1) / 2
+    centre = (size - 1) / 2
+    y0 = int(np.clip(round(centre - cy), 0, size - box))
+    x0 = int(np.clip(round(centre - cx), 0, size - box))
+    canvas = torch.zeros(1, size, size)
+    canvas[0, y0:y0 + box, x0:x0 + box] = digit
+    return canvas.clamp(0.0, 1.0)
+
+
+def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    out = TF.resize(x, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return out.clamp(0.0, 1.0)
+
+
+def load_image(data: bytes, *, channels: int, size: int, preprocess: str) -> torch.Tensor:
+    """:func:`decode_image` then :func:`to_model_input`."""
+    return to_model_input(decode_image(data), channels=channels, size=size, preprocess=preprocess)
+
+
+def load_image_file(path: str | os.PathLike, *, channels: int, size: int, preprocess: str) -> torch.Tensor:
+    """Read an image file (refusing missing, non-regular or oversized files) and :func:`load_image` it."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputError(f"There is no file at {str(p)!r}; give the path of {_ACCEPTED}.") from None
+    except OSError as exc:
+        raise InputError(f"Cannot access {str(p)!r} ({exc.strerror or exc}).") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{str(p)!r} is a directory; give the path of {_ACCEPTED}.")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{str(p)!r} is not a regular file; give the path of {_ACCEPTED}.")
+    if st.st_size > MAX_BYTES:
+        raise InputError(f"{str(p)!r} is {st.st_size / 2**20:.1f} MB, over the {MAX_BYTES / 2**20:g} MB limit; "
+                         f"provide a smaller image.")
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)  # the file may have grown since stat
+    except OSError as exc:
+        raise InputError(f"Cannot read {str(p)!r} ({exc.strerror or exc}).") from None
+    return load_image(data, channels=channels, size=size, preprocess=preprocess)
+
+
+def tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    """A ``[C,H,W]`` tensor in [0,1] (C = 1 or 3) as an 8-bit ``L`` or ``RGB`` image."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[0] not in (1, 3):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"Expected a [C,H,W] image tensor with 1 or 3 channels, got {shape}.")
+    arr = (x.detach().float().cpu().nan_to_num(0.0).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    arr = arr.permute(1, 2, 0).numpy()
+    if arr.shape[2] == 1:
+        return Image.fromarray(np.ascontiguousarray(arr[:, :, 0]))
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def tensor_to_png_bytes(x: torch.Tensor) -> bytes:
+    """A ``[C,H,W]`` tensor in [0,1] encoded as PNG bytes."""
+    buf = io.BytesIO()
+    tensor_to_pil(x).save(buf, format="PNG")
+    return buf.getvalue()

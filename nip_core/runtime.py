@@ -1,0 +1,35 @@
+"""Device choice, seeding and paths shared by the whole engine."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSETS = REPO_ROOT / "assets"
+
+
+def get_device() -> torch.device:
+    """CUDA when there is one, else CPU (``NIP_DEVICE`` overrides)."""
+    forced = os.environ.get("NIP_DEVICE")
+    if forced:
+        return torch.device(forced)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def cache_dir() -> Path:
+    """Where computed artefacts (influence profiles) are cached on disk."""
+    root = Path(os.environ.get("NIP_CACHE_DIR", Path.home() / ".cache" / "nip_explorer"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
