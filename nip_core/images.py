@@ -92,8 +92,8 @@ def decode_image(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = M
         # Image.open reads only the header; pixel data is decoded by load() below.
         im = Image.open(io.BytesIO(data), formats=list(FORMATS))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"The image is larger than the {max_pixels / 1e6:g}-megapixel limit; "
-                         f"provide a smaller image.") from None
+        raise InputError("The image has too many pixels to decode safely (over Pillow's decompression-bomb "
+                         "limit); provide a smaller image.") from None
     except Exception:  # any header-parsing failure of an untrusted file
         what = _describe_unsupported(data)
         if what == "not a supported image":

@@ -53,7 +53,7 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
         x: inputs ``[N, C, H, W]`` in [0,1].
         target: one class index or ``[N]`` class indices.
         method: ``"conductance"`` (Captum ``LayerConductance``, baseline = black image,
-            ``n_steps`` Gauss–Legendre steps) or ``"grad_x_act"`` (``LayerGradientXActivation``).
+            ``n_steps`` trapezoid steps) or ``"grad_x_act"`` (``LayerGradientXActivation``).
     Returns:
         ``[N, n_neurons]`` float tensor on CPU.
     """
@@ -71,8 +71,11 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
             chunk = max(1, (batch_size * 4) // n_steps)
             for i in range(0, len(x), chunk):
                 xb = x[i:i + chunk].to(model.device)
+                # Trapezoid steps include both ends of the path, so the neuron scores sum to the
+                # logit change (completeness); Gauss–Legendre nodes miss the end segments.
                 a = algo.attribute(xb, baselines=torch.zeros_like(xb), target=target_t[i:i + chunk].to(model.device),
-                                   n_steps=n_steps, internal_batch_size=len(xb) * n_steps)
+                                   n_steps=n_steps, method="riemann_trapezoid",
+                                   internal_batch_size=len(xb) * (n_steps + 1))
                 outs.append(_per_neuron(a.detach()).float().cpu())
         else:
             algo = LayerGradientXActivation(model.net, module)
@@ -223,7 +226,7 @@ _PROFILES_LOCK = threading.Lock()
 
 def _profile_key(model: LoadedModel, layer: str, method: str, n_steps: int, per_class: int) -> str:
     blob = json.dumps({"w": model.weights_sha256, "layer": layer, "method": method, "n_steps": n_steps,
-                       "per_class": per_class, "v": 1}, sort_keys=True)
+                       "per_class": per_class, "v": 2}, sort_keys=True)
     return f"{model.name}-{layer}-{method}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 

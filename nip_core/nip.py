@@ -52,7 +52,7 @@ def inverse_perturbation(model: LoadedModel, x: torch.Tensor, front: torch.Tenso
     f = f / f.sum(1, keepdim=True).clamp_min(1)
     t = t / t.sum(1, keepdim=True).clamp_min(1)
     delta = torch.zeros_like(x0)
-    with model.lock:
+    with model.lock, torch.enable_grad():
         for _ in range(steps):
             xd = (x0 + delta).requires_grad_(True)
             a = _neuron_means(layer_output(model, xd, layer, grad=True))

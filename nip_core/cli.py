@@ -1,0 +1,263 @@
+"""Command line: ``python -m nip_core list|evaluate|explain|train|profile|bench``.
+
+Bad arguments or inputs exit with status 2 and one readable line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=desc, file=sys.stderr, leave=True,
+               bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}")
+
+    def update(frac: float, msg: str) -> None:
+        bar.n = round(100 * frac)
+        bar.set_postfix_str(msg[:60])
+        bar.refresh()
+    return bar, update
+
+
+def _params(text: str | None) -> dict[str, str]:
+    from nip_core.params import parse_kv
+    return parse_kv(text) if text else {}
+
+
+def cmd_list(args) -> int:
+    from nip_core.attacks import ATTACKS
+    from nip_core.defenses import DEFENSES
+    from nip_core.models import MODELS
+
+    table: dict[str, list[dict[str, Any]]] = {
+        "models": [s.to_json() for s in MODELS.values()],
+        "attacks": [a.to_json() for a in ATTACKS.values()],
+        "defenses": [d.to_json() for d in DEFENSES.values()],
+    }
+    items = table[args.what]
+    if args.json:
+        print(json.dumps(items, indent=2, default=str))
+    else:
+        for it in items:
+            print(f"{it['name']:20s} {it['summary']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from nip_core.attacks import ATTACKS
+    from nip_core.defenses import DEFENSES
+    from nip_core.evaluate import SUITES, evaluate, parse_units, write_result
+    from nip_core.models.base import get_spec
+
+    if args.suite:
+        if args.suite not in SUITES:
+            raise _input_error(f"unknown suite {args.suite!r}; choose one of: {', '.join(SUITES)}.")
+        suite = SUITES[args.suite]
+        model = args.model or suite["model"]
+        if model != suite["model"]:
+            raise _input_error(f"suite {args.suite!r} is for model {suite['model']!r}, not {model!r}.")
+        attacks, defenses = suite["attacks"], suite["defenses"]
+        if args.attacks:
+            attacks = parse_units(args.attacks, ATTACKS)
+        if args.defenses:
+            defenses = parse_units(args.defenses, DEFENSES)
+        n = args.n if args.n is not None else 10_000
+    else:
+        if not (args.model and args.attacks and args.defenses):
+            raise _input_error("evaluate needs --model, --attacks and --defenses (or --suite).")
+        model, n = args.model, (args.n if args.n is not None else 100)
+        get_spec(model)
+        attacks, defenses = parse_units(args.attacks, ATTACKS), parse_units(args.defenses, DEFENSES)
+    get_spec(model)
+    bar, update = _progress_bar(f"evaluate {model}")
+    result = evaluate(model, attacks, defenses, n=n, seed=args.seed, split=args.split,
+                      adaptive=not args.no_adaptive, progress=update)
+    bar.close()
+    if args.suite:
+        result["suite"] = args.suite
+    paths = write_result(result, args.out)
+    _print_summary(result)
+    print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    return 0
+
+
+def _print_summary(result: dict) -> None:
+    s = result["summary"]
+    names = [d for d in result["defenses"]]
+    print(f"{'defense':40s} {'mean adv acc':>12s} {'benign acc':>10s} {'adaptive':>9s}")
+    for d in names:
+        ad = s["adaptive_accuracy"].get(d)
+        print(f"{d[:40]:40s} {s['mean_adv_accuracy'][d]:12.3f} {s['benign_accuracy'][d]:10.3f} "
+              f"{'n/a' if ad is None else f'{ad:.3f}':>9s}")
+
+
+def cmd_explain(args) -> int:
+    from nip_core.explain import explain
+    from nip_core.images import load_image_file, tensor_to_png_bytes
+    from nip_core.models import load_model
+    from nip_core import figures
+
+    model = load_model(args.model)
+    img = load_image_file(args.image, channels=model.spec.input_channels, size=model.spec.input_size,
+                          preprocess=model.spec.preprocess)
+    bar, update = _progress_bar("explain")
+    e = explain(model, img, args.label, attack=args.attack, attack_params=_params(args.attack_params),
+                defense=args.defense, defense_params=_params(args.defense_params), layer=args.layer,
+                method=args.method, k=args.k, seed=args.seed, progress=update)
+    bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+    for v in e.images:
+        (out / f"{v}.png").write_bytes(tensor_to_png_bytes(e.images[v]))
+    np.savez(out / "influence.npz", **{f"influence_{v}": e.influence[v].numpy() for v in e.influence},
+             **{f"activation_{v}": e.activations[v].numpy() for v in e.activations},
+             front=e.front.numpy(), tail=e.tail.numpy(), dead=e.dead.numpy())
+    figs = {
+        "influence_heatmaps": figures.influence_heatmaps(e),
+        "difference_heatmaps": figures.difference_heatmaps(e),
+        "group_chart": figures.group_chart(e),
+        **{f"predictions_{v}": figures.prediction_bars(e, v) for v in e.images},
+    }
+    for name, fig in figs.items():
+        fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
+    summary = e.summary() | {"image": str(args.image), "seed": args.seed,
+                             "files": sorted(p.name for p in out.iterdir())}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    p = summary["predictions"]
+    print(f"benign: {p['benign']['name']}  adversarial: {p['adversarial']['name']}  "
+          f"defended ({args.defense}): {p['defended']['name']}  → {out}/summary.json")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from nip_core.train import train_lenet
+
+    if args.model != "lenet-mnist":
+        raise _input_error(f"only lenet-mnist can be trained here; got {args.model!r}.")
+    info = train_lenet(seed=args.seed, epochs=args.epochs)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from nip_core.influence import influence_profile, save_profile_to_assets
+    from nip_core.models import load_model
+
+    model = load_model(args.model)
+    layers = model.spec.layers if args.layer == "all" else [args.layer or model.spec.default_layer]
+    for layer in layers:
+        prof = influence_profile(model, layer, args.method, args.n_steps)
+        if args.ship:
+            save_profile_to_assets(prof, model)
+        print(f"{model.name} {layer} {args.method}: {prof.n_neurons} neurons, {int(prof.dead.sum())} dead, "
+              f"{len(prof.per_class)} class profiles")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from nip_core.bench import run_bench
+
+    result = run_bench(quick=args.quick, out=args.out)
+    print(json.dumps(result.get("summary", {}), indent=2))
+    return 0
+
+
+def _input_error(msg: str):
+    from nip_core.errors import InputError
+    return InputError(msg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m nip_core", description="NIP Explorer engine: neuron influence, attacks and NIP.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("list", help="list models, attacks or defenses")
+    s.add_argument("what", choices=["models", "attacks", "defenses"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("evaluate", help="model × attacks × defenses on held-out images")
+    s.add_argument("--model")
+    s.add_argument("--attacks", help="e.g. fgsm[eps=0.1],pgd,cw-l2")
+    s.add_argument("--defenses", help="e.g. none,jpeg,nip,nip-oracle,random-sign")
+    s.add_argument("--suite", help="a fixed suite: paper-mnist or paper-imagenet")
+    s.add_argument("--split", default="all", choices=["all", "tune", "report"])
+    s.add_argument("--n", type=int, help="number of images (default 100, or the whole split for --suite)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-adaptive", action="store_true", help="skip the adaptive (BPDA) PGD column")
+    s.add_argument("--out", required=True, help="JSON path; a CSV is written beside it")
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("explain", help="one image: predictions, influence and figures")
+    s.add_argument("--model", required=True)
+    s.add_argument("--image", required=True)
+    s.add_argument("--label", type=int, help="true class, if known")
+    s.add_argument("--attack", default="fgsm")
+    s.add_argument("--attack-params", help="e.g. eps=0.1")
+    s.add_argument("--defense", default="nip")
+    s.add_argument("--defense-params", help="e.g. budget=0.3,steps=20")
+    s.add_argument("--layer")
+    s.add_argument("--method", default="conductance", choices=["conductance", "grad_x_act"])
+    s.add_argument("--k", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("train", help="retrain a shipped model reproducibly")
+    s.add_argument("model")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs", type=int, default=40)
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("profile", help="compute (and optionally ship) influence profiles")
+    s.add_argument("--model", required=True)
+    s.add_argument("--layer", help="a layer name or 'all'")
+    s.add_argument("--method", default="conductance", choices=["conductance", "grad_x_act"])
+    s.add_argument("--n-steps", type=int, default=16)
+    s.add_argument("--ship", action="store_true", help="write into assets/profiles")
+    s.set_defaults(fn=cmd_profile)
+
+    s = sub.add_parser("bench", help="performance against the compute floor")
+    s.add_argument("--quick", action="store_true")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nip_core.errors import InputError
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TQDM_DISABLE", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, MemoryError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug, not the user's fault: still one line unless debugging
+        if os.environ.get("NIP_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: internal error {type(e).__name__}: {first} (set NIP_DEBUG=1 for details)", file=sys.stderr)
+        return 1

@@ -1,0 +1,241 @@
+"""Evaluation: a model × attacks × defenses on held-out images, with a seed.
+
+For each attack the adversarials are computed once; each defense is then applied to the
+benign and the adversarial images. Numbers per (attack, defense):
+
+* ``adv_accuracy``            – accuracy on adversarials with no defense;
+* ``defended_adv_accuracy``   – accuracy after the defense on adversarials;
+* ``benign_accuracy``         – accuracy after the defense on the benign images;
+* ``defense_success_rate``    – share of *successful* adversarials the defense restores;
+* perturbation norms and wall time per image.
+
+The **adaptive** column attacks each defense directly: PGD through ``model ∘ defense`` with
+a straight-through (BPDA) gradient. Label-using analysis modes (``nip-oracle``) have no
+adaptive number, since they are not deployable.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from typing import Any, Callable
+
+import torch
+
+from nip_core.attacks import ATTACKS, run_attack
+from nip_core.data import heldout_split, mnist
+from nip_core.defenses import DEFENSES, DefendedNet, apply_defense
+from nip_core.errors import InputError
+from nip_core.models import load_model
+
+Progress = Callable[[float, str], None]
+UnitList = list[tuple[str, dict[str, Any]]]
+
+# Fixed suites (issue 6). Labels carry the budget so one attack can appear at several sizes.
+SUITES: dict[str, dict[str, Any]] = {
+    "paper-mnist": {
+        "model": "lenet-mnist",
+        "attacks": [("fgsm", {"eps": 0.1}), ("fgsm", {"eps": 0.2}), ("fgsm", {"eps": 0.3}), ("pgd", {"eps": 0.3}),
+                    ("cw-l2", {}), ("deepfool", {}), ("mifgsm", {"eps": 0.3})],
+        "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("median", {}), ("gaussian", {}),
+                     ("random-sign", {}), ("nip-oracle", {}), ("nip-global", {}), ("nip", {})],
+    },
+    "paper-imagenet": {
+        "model": "efficientnet-lite0",
+        "attacks": [("fgsm", {"eps": 2 / 255}), ("pgd", {"eps": 4 / 255, "max_iter": 10})],
+        "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("median", {}), ("gaussian", {}),
+                     ("random-sign", {}), ("nip-oracle", {}), ("nip-global", {}), ("nip", {})],
+    },
+}
+ADAPTIVE = {"mnist": {"eps": 0.3, "eps_step": 0.03, "max_iter": 20},
+            "imagenet": {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}}
+
+
+def unit_label(name: str, params: dict[str, Any]) -> str:
+    if not params:
+        return name
+    return name + "[" + ";".join(f"{k}={_fmt(v)}" for k, v in params.items()) + "]"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def parse_units(text: str, registry) -> UnitList:
+    """``"fgsm[eps=0.1],pgd"`` → ``[("fgsm", {"eps": "0.1"}), ("pgd", {})]`` (names checked)."""
+    out: UnitList = []
+    depth, cur, parts = 0, "", []
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    for part in filter(None, (p.strip() for p in parts)):
+        name, params = part, {}
+        if "[" in part:
+            if not part.endswith("]"):
+                raise InputError(f"cannot read {part!r}: write name[param=value;param=value].")
+            name, body = part[:-1].split("[", 1)
+            for kv in filter(None, body.split(";")):
+                if "=" not in kv:
+                    raise InputError(f"cannot read {kv!r} in {part!r}: write param=value.")
+                k, v = kv.split("=", 1)
+                params[k.strip()] = v.strip()
+        registry.get_unit(name.strip())
+        out.append((name.strip(), params))
+    if not out:
+        raise InputError(f"no {registry.kind} given.")
+    return out
+
+
+def _acc(model, x, y) -> float:
+    return float((model.predict(x) == y).float().mean()) if len(y) else float("nan")
+
+
+def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 100, seed: int = 0,
+             split: str = "all", adaptive: bool = True, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the evaluation grid; returns a JSON-able dict (see module doc)."""
+    say = progress or (lambda f, m: None)
+    if not isinstance(n, int) or n < 1:
+        raise InputError(f"parameter 'n' must be an integer ≥ 1; got {n!r}.")
+    model = load_model(model_name)
+    att_units = [(a, ATTACKS.get_unit(a).params_for(model, p)) for a, p in attacks]
+    def_units = [(d, DEFENSES.get_unit(d).params_for(model, p)) for d, p in defenses]
+    x, y = heldout_split(model, split)
+    x, y = x[:n], y[:n]
+    if len(y) == 0:
+        raise InputError(f"split {split!r} has no images for {model_name}.")
+    t_start = time.perf_counter()
+    steps = len(att_units) * (len(def_units) + 1) + len(def_units) + (len(def_units) if adaptive else 0)
+    done = 0
+
+    def tick(msg: str) -> None:
+        nonlocal done
+        done += 1
+        say(min(done / steps, 1.0), msg)
+
+    benign: dict[str, dict[str, float]] = {}
+    for d, dp in def_units:
+        dr = apply_defense(model, d, x, dp, y=y, seed=seed)
+        benign[unit_label(d, dp)] = {"accuracy": _acc(model, dr.x_def, y), "seconds_per_image": dr.seconds / len(y)}
+        tick(f"benign · {d}")
+
+    rows = []
+    for a, ap in att_units:
+        ar = run_attack(model, a, x, y, ap, seed=seed)
+        a_label = unit_label(a, {k: v for k, v in ap.items() if k != "target" or v >= 0})
+        tick(f"attack {a_label}")
+        pred_adv = model.predict(ar.x_adv)
+        fooled = pred_adv != y
+        delta = (ar.x_adv - x).flatten(1)
+        for d, dp in def_units:
+            dr = apply_defense(model, d, ar.x_adv, dp, y=y, seed=seed)
+            pred_def = model.predict(dr.x_def)
+            restored = (pred_def == y) & fooled
+            d_label = unit_label(d, dp)
+            rows.append({
+                "attack": a_label, "attack_name": a, "defense": d_label, "defense_name": d,
+                "deployable": DEFENSES[d].deployable, "n": len(y),
+                "clean_accuracy": 1.0,
+                "adv_accuracy": float((~fooled).float().mean()),
+                "defended_adv_accuracy": float((pred_def == y).float().mean()),
+                "benign_accuracy": benign[d_label]["accuracy"],
+                "defense_success_rate": float(restored.sum() / fooled.sum()) if fooled.any() else None,
+                "n_successful_adv": int(fooled.sum()),
+                "linf_mean": float(delta.abs().amax(1).mean()), "l2_mean": float(delta.norm(dim=1).mean()),
+                "defense_linf_mean": float((dr.x_def - ar.x_adv).flatten(1).abs().amax(1).mean()),
+                "attack_seconds_per_image": ar.seconds / len(y),
+                "defense_seconds_per_image": dr.seconds / len(y),
+            })
+            tick(f"{a_label} · {d}")
+
+    adaptive_out: dict[str, dict[str, Any]] = {}
+    if adaptive:
+        ap = ADAPTIVE[model.spec.gallery]
+        for d, dp in def_units:
+            d_label = unit_label(d, dp)
+            if DEFENSES[d].needs_labels:
+                adaptive_out[d_label] = {"accuracy": None, "note": "needs true labels: not deployable, not attacked"}
+            else:
+                t0 = time.perf_counter()
+                net = DefendedNet(model, d, dp, seed)
+                ar = run_attack(model, "pgd", x, y, ap, seed=seed, net=net)
+                dr = apply_defense(model, d, ar.x_adv, dp, seed=seed)
+                adaptive_out[d_label] = {"accuracy": _acc(model, dr.x_def, y), "attack": unit_label("pgd-bpda", ap),
+                                         "seconds_per_image": (time.perf_counter() - t0) / len(y)}
+            tick(f"adaptive · {d}")
+
+    def_labels = [unit_label(d, dp) for d, dp in def_units]
+    summary = {
+        "mean_adv_accuracy": {dl: _mean([r["defended_adv_accuracy"] for r in rows if r["defense"] == dl])
+                              for dl in def_labels},
+        "benign_accuracy": {dl: benign[dl]["accuracy"] for dl in def_labels},
+        "adaptive_accuracy": {dl: adaptive_out.get(dl, {}).get("accuracy") for dl in def_labels},
+    }
+    # Summary maps are also keyed by bare defense name when that name is unambiguous.
+    for key in list(summary):
+        for d, dp in def_units:
+            if sum(dd == d for dd, _ in def_units) == 1:
+                summary[key][d] = summary[key][unit_label(d, dp)]
+    x_test, y_test = mnist("test") if model.spec.gallery == "mnist" else (x, y)
+    return {
+        "model": model_name, "weights_sha256": model.weights_sha256, "split": split, "seed": seed,
+        "n_images": len(y), "attacks": [unit_label(a, p) for a, p in att_units],
+        "attack_params": {unit_label(a, p): p for a, p in att_units},
+        "defenses": def_labels, "defense_params": {unit_label(d, p): p for d, p in def_units},
+        "heldout_clean_accuracy": _acc(model, x_test, y_test),
+        "rows": rows, "benign": benign, "adaptive": adaptive_out, "summary": summary,
+        "seconds_total": time.perf_counter() - t_start,
+        "environment": environment(),
+    }
+
+
+def _mean(v: list[float]) -> float | None:
+    return sum(v) / len(v) if v else None
+
+
+def environment() -> dict[str, Any]:
+    import captum
+    import art
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "captum": captum.__version__,
+            "art": art.__version__, "device": _device(),
+            "machine": platform.machine(), "cpus": torch.get_num_threads()}
+
+
+def _device() -> str:
+    from nip_core.runtime import get_device
+    return str(get_device())
+
+
+CSV_FIELDS = ["attack", "defense", "deployable", "n", "adv_accuracy", "defended_adv_accuracy", "benign_accuracy",
+              "defense_success_rate", "n_successful_adv", "linf_mean", "l2_mean", "defense_linf_mean",
+              "attack_seconds_per_image", "defense_seconds_per_image", "adaptive_accuracy"]
+
+
+def to_csv(result: dict[str, Any]) -> str:
+    """The evaluation rows as CSV (adaptive accuracy repeated on each row of its defense)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in result["rows"]:
+        w.writerow(r | {"adaptive_accuracy": result["adaptive"].get(r["defense"], {}).get("accuracy")})
+    return buf.getvalue()
+
+
+def write_result(result: dict[str, Any], path) -> tuple[str, str]:
+    """Write ``path`` (JSON) and the CSV beside it; returns both paths."""
+    from pathlib import Path
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    c = p.with_suffix(".csv")
+    c.write_text(to_csv(result))
+    return str(p), str(c)
