@@ -32,6 +32,7 @@ from nip_core.runtime import ASSETS, cache_dir
 
 METHODS = ("conductance", "grad_x_act")
 DEFAULT_STEPS = 16
+INTERPOLANT_VALUES = 1 << 22  # input values per Captum internal batch (memory bound)
 
 
 def _check_method(method: str) -> None:
@@ -66,16 +67,19 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
     with model.lock:
         if method == "conductance":
             algo = LayerConductance(model.net, module)
-            # Captum evaluates n_steps interpolants per input; chunk inputs so each internal
-            # batch holds about `batch_size * 4` interpolants.
-            chunk = max(1, (batch_size * 4) // n_steps)
+            # Captum evaluates n_steps + 1 interpolants per input. Bound the interpolants held at
+            # once by input size (a few million input values) so ImageNet-sized inputs stay
+            # within memory, while small inputs still go in big batches.
+            per_image = n_steps + 1
+            budget = max(per_image, INTERPOLANT_VALUES // max(1, x[0].numel()))
+            chunk = max(1, min(batch_size, budget // per_image))
             for i in range(0, len(x), chunk):
                 xb = x[i:i + chunk].to(model.device)
                 # Trapezoid steps include both ends of the path, so the neuron scores sum to the
                 # logit change (completeness); Gauss–Legendre nodes miss the end segments.
                 a = algo.attribute(xb, baselines=torch.zeros_like(xb), target=target_t[i:i + chunk].to(model.device),
                                    n_steps=n_steps, method="riemann_trapezoid",
-                                   internal_batch_size=len(xb) * (n_steps + 1))
+                                   internal_batch_size=max(len(xb), min(budget, len(xb) * per_image)))
                 outs.append(_per_neuron(a.detach()).float().cpu())
         else:
             algo = LayerGradientXActivation(model.net, module)
