@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import torch
 
+from nip_core.analysis import suppression_stats
 from nip_core.attacks import ATTACKS, run_attack
 from nip_core.data import heldout_split, mnist
 from nip_core.defenses import DEFENSES, DefendedNet, apply_defense
@@ -99,8 +100,13 @@ def _acc(model, x, y) -> float:
 
 
 def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 100, seed: int = 0,
-             split: str = "all", adaptive: bool = True, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the evaluation grid; returns a JSON-able dict (see module doc)."""
+             split: str = "all", adaptive: bool = True, progress: Progress | None = None,
+             observe: bool = True) -> dict[str, Any]:
+    """Run the evaluation grid; returns a JSON-able dict (see module doc).
+
+    With ``observe``, also measures per attack how front/tail neurons change (``observation``,
+    see ``nip_core.analysis``) at the model's fully connected / head layers.
+    """
     say = progress or (lambda f, m: None)
     if not isinstance(n, int) or n < 1:
         raise InputError(f"parameter 'n' must be an integer ≥ 1; got {n!r}.")
@@ -120,6 +126,7 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         done += 1
         say(min(done / steps, 1.0), msg)
 
+    observation: dict[str, Any] = {}
     benign: dict[str, dict[str, float]] = {}
     for d, dp in def_units:
         dr = apply_defense(model, d, x, dp, y=y, seed=seed)
@@ -133,6 +140,9 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         tick(f"attack {a_label}")
         pred_adv = model.predict(ar.x_adv)
         fooled = pred_adv != y
+        if observe:
+            observation[a_label] = {lay: suppression_stats(model, x, ar.x_adv, y, lay)
+                                    for lay in _observed_layers(model)}
         delta = (ar.x_adv - x).flatten(1)
         for d, dp in def_units:
             dr = apply_defense(model, d, ar.x_adv, dp, y=y, seed=seed)
@@ -190,10 +200,16 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         "attack_params": {unit_label(a, p): p for a, p in att_units},
         "defenses": def_labels, "defense_params": {unit_label(d, p): p for d, p in def_units},
         "heldout_clean_accuracy": _acc(model, x_test, y_test),
-        "rows": rows, "benign": benign, "adaptive": adaptive_out, "summary": summary,
+        "rows": rows, "benign": benign, "adaptive": adaptive_out, "summary": summary, "observation": observation,
         "seconds_total": time.perf_counter() - t_start,
         "environment": environment(),
     }
+
+
+def _observed_layers(model) -> list[str]:
+    # The paper's pattern is clearest at fully connected layers; also report the default.
+    fc = [name for name in model.spec.layers if name.startswith("fc")]
+    return list(dict.fromkeys(fc + [model.spec.default_layer]))
 
 
 def _mean(v: list[float]) -> float | None:

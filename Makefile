@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    – create .venv if missing, install requirements, start the app on :8501
+#   make test   – the same set-up (plus Debian's Chromium for the browser test), then the tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+PORT ?= 8501
+
+.PHONY: run test venv chromium bench evaluate-paper
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium + chromium-driver for the browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+run: $(STAMP)
+	$(PY) -m streamlit run app/streamlit_app.py --server.port=$(PORT) --server.headless=true --server.fileWatcherType=none
+
+test: $(STAMP) chromium
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m nip_core bench --out docs/bench.json
+
+evaluate-paper: $(STAMP)
+	$(PY) -m nip_core evaluate --model lenet-mnist --suite paper-mnist --split report --out docs/results/paper-mnist-report.json

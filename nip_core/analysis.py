@@ -1,0 +1,58 @@
+"""The paper's observation, measured: do attacks suppress front neurons and enhance tail ones?
+
+For each successful adversarial ``x'`` of a benign ``x`` with true class ``y``, and groups
+F (front) and T (tail) from a benign profile (the true class's, or the global one):
+
+    Δa_F = mean_{j∈F} a_j(x') − mean_{j∈F} a_j(x)      Δa_T likewise
+    ΔI_F, ΔI_T: the same for influence toward ``y``
+
+We report the means of these changes and the share of images where Δa_F < 0 and Δa_T > 0
+("front down, tail up").
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nip_core.influence import influence_profile, neuron_activations, neuron_influence
+from nip_core.models.base import LoadedModel
+
+
+def _group_mean(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    m = masks.float()
+    return (values * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def suppression_stats(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+                      layer: str | None = None, k: float = 0.2, method: str = "conductance",
+                      n_steps: int = 16) -> dict[str, Any]:
+    """Front/tail changes between benign and adversarial inputs (successful adversarials only)."""
+    layer = layer or model.spec.default_layer
+    fooled = model.predict(x_adv) != y
+    out: dict[str, Any] = {"layer": layer, "k": k, "method": method, "n_successful": int(fooled.sum())}
+    if not fooled.any():
+        return out
+    xb, xa, yy = x[fooled], x_adv[fooled], y[fooled]
+    prof = influence_profile(model, layer, method, n_steps)
+    act_b, act_a = neuron_activations(model, xb, layer), neuron_activations(model, xa, layer)
+    inf_b = neuron_influence(model, xb, yy, layer, method, n_steps)
+    inf_a = neuron_influence(model, xa, yy, layer, method, n_steps)
+    for kind in ("true_class", "global"):
+        if kind == "true_class":
+            pairs = [prof.masks(int(c), k) for c in yy]
+            fm, tm = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        else:
+            f, t = prof.masks(None, k)
+            fm, tm = f.expand(len(yy), -1), t.expand(len(yy), -1)
+        daf = _group_mean(act_a, fm) - _group_mean(act_b, fm)
+        dat = _group_mean(act_a, tm) - _group_mean(act_b, tm)
+        dif = _group_mean(inf_a, fm) - _group_mean(inf_b, fm)
+        dit = _group_mean(inf_a, tm) - _group_mean(inf_b, tm)
+        out[kind] = {
+            "front_activation_change": float(daf.mean()), "tail_activation_change": float(dat.mean()),
+            "front_influence_change": float(dif.mean()), "tail_influence_change": float(dit.mean()),
+            "share_front_down_tail_up": float(((daf < 0) & (dat > 0)).float().mean()),
+            "share_front_down": float((daf < 0).float().mean()), "share_tail_up": float((dat > 0).float().mean()),
+        }
+    return out
