@@ -18,7 +18,7 @@ from torch import nn
 from nip_core.errors import InputError
 from nip_core.models.base import LoadedModel
 from nip_core.params import Param, Registry, Spec
-from nip_core.runtime import seed_everything
+from nip_core.runtime import RNG_LOCK, seed_everything
 
 ATTACKS = Registry("attack")
 
@@ -226,7 +226,7 @@ def run_attack(model: LoadedModel, name: str, x: torch.Tensor, y: torch.Tensor, 
     labels = np.full(len(x_np), p["target"]) if targeted else y.cpu().numpy()
     onehot = np.eye(model.num_classes, dtype=np.float32)[labels]
     t0 = time.perf_counter()
-    with model.lock:
+    with model.lock, RNG_LOCK:
         seed_everything(seed)
         art_attack = attack.build(art_classifier(model, net, attack.probabilities), p)
         if name in ("jsma", "deepfool", "universal", "square") and not targeted:

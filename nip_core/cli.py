@@ -19,17 +19,30 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _LazyBar:
+    """A tqdm bar drawn on the first progress message, so an input refused before any work
+    leaves exactly one line (the error) on stderr."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc, self.bar = desc, None
+
+    def update(self, frac: float, msg: str) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=100, desc=self.desc, file=sys.stderr, leave=True,
+                            bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}")
+        self.bar.n = round(100 * frac)
+        self.bar.set_postfix_str(msg[:60])
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _progress_bar(desc: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=100, desc=desc, file=sys.stderr, leave=True,
-               bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}")
-
-    def update(frac: float, msg: str) -> None:
-        bar.n = round(100 * frac)
-        bar.set_postfix_str(msg[:60])
-        bar.refresh()
-    return bar, update
+    bar = _LazyBar(desc)
+    return bar, bar.update
 
 
 def _params(text: str | None) -> dict[str, str]:
@@ -61,7 +74,9 @@ def cmd_evaluate(args) -> int:
     from nip_core.defenses import DEFENSES
     from nip_core.evaluate import SUITES, evaluate, parse_units, write_result
     from nip_core.models.base import get_spec
+    from nip_core.byom import resolve_model
 
+    args.model = resolve_model(args, required=False)
     if args.suite:
         if args.suite not in SUITES:
             raise _input_error(f"unknown suite {args.suite!r}; choose one of: {', '.join(SUITES)}.")
@@ -109,15 +124,18 @@ def cmd_explain(args) -> int:
     from nip_core.images import load_image_file, tensor_to_png_bytes
     from nip_core.models import load_model
     from nip_core import figures
+    from nip_core.byom import resolve_model
 
-    model = load_model(args.model)
+    model = load_model(resolve_model(args))
     img = load_image_file(args.image, channels=model.spec.input_channels, size=model.spec.input_size,
                           preprocess=model.spec.preprocess)
     bar, update = _progress_bar("explain")
-    e = explain(model, img, args.label, attack=args.attack, attack_params=_params(args.attack_params),
-                defense=args.defense, defense_params=_params(args.defense_params), layer=args.layer,
-                method=args.method, k=args.k, seed=args.seed, progress=update)
-    bar.close()
+    try:
+        e = explain(model, img, args.label, attack=args.attack, attack_params=_params(args.attack_params),
+                    defense=args.defense, defense_params=_params(args.defense_params), layer=args.layer,
+                    method=args.method, k=args.k, seed=args.seed, progress=update)
+    finally:
+        bar.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import numpy as np
@@ -182,6 +200,8 @@ def _input_error(msg: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nip_core.byom import add_byom_arguments
+
     p = _Parser(prog="python -m nip_core", description="NIP Explorer engine: neuron influence, attacks and NIP.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
@@ -192,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="model × attacks × defenses on held-out images")
     s.add_argument("--model")
+    add_byom_arguments(s)
     s.add_argument("--attacks", help="e.g. fgsm[eps=0.1],pgd,cw-l2")
     s.add_argument("--defenses", help="e.g. none,jpeg,nip,nip-oracle,random-sign")
     s.add_argument("--suite", help="a fixed suite: paper-mnist or paper-imagenet")
@@ -203,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("explain", help="one image: predictions, influence and figures")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", help="a registered model, or bring your own with --arch/--weights/--classes")
+    add_byom_arguments(s)
     s.add_argument("--image", required=True)
     s.add_argument("--label", type=int, help="true class, if known")
     s.add_argument("--attack", default="fgsm")
@@ -242,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     from nip_core.errors import InputError
 
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("TQDM_DISABLE", "0")
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -98,6 +98,9 @@ def heldout_split(model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         items = gallery(model.spec.gallery)
         x, y = torch.stack([it.image for it in items]), torch.tensor([it.label for it in items])
+    if not getattr(model.spec, "gallery_labels", True):
+        # A user's model has its own classes: its benign predictions stand in for labels.
+        y = model.predict(x)
     correct = model.predict(x) == y
     x, y = x[correct], y[correct]
     lo, hi = SPLITS[split]
@@ -105,13 +108,21 @@ def heldout_split(model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def benign_reference(model, per_class: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
-    """Benign examples for influence profiles: training digits (MNIST) or the photo gallery."""
+    """Benign examples for influence profiles: training digits (MNIST) or the photo gallery.
+
+    For a user's model (``spec.gallery_labels`` false) the gallery's labels are not its classes:
+    each example is labelled with the model's own prediction.
+    """
     if model.spec.gallery == "mnist":
         x, y = mnist("train")
         keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(10)])
         keep = keep.sort().values
-        return x[keep], y[keep]
-    items = gallery(model.spec.gallery)
-    x = torch.stack([it.image for it in items])
-    # Flips double the tiny photo set; they are still benign images of the same classes.
-    return torch.cat([x, x.flip(-1)]), torch.tensor([it.label for it in items] * 2)
+        x, y = x[keep], y[keep]
+    else:
+        items = gallery(model.spec.gallery)
+        x = torch.stack([it.image for it in items])
+        # Flips double the tiny photo set; they are still benign images of the same classes.
+        x, y = torch.cat([x, x.flip(-1)]), torch.tensor([it.label for it in items] * 2)
+    if not getattr(model.spec, "gallery_labels", True):
+        y = model.predict(x)
+    return x, y

@@ -17,6 +17,7 @@ from nip_core.influence import METHODS, influence_profile
 from nip_core.models.base import LoadedModel
 from nip_core.nip import nip_defend
 from nip_core.params import Param, Registry, Spec
+from nip_core.runtime import RNG_LOCK
 
 DEFENSES = Registry("defense")
 
@@ -81,7 +82,7 @@ def apply_defense(model: LoadedModel, name: str, x: torch.Tensor, params: dict |
     d = DEFENSES.get_unit(name)
     p = d.params_for(model, params)
     t0 = time.perf_counter()
-    with model.lock:
+    with model.lock, RNG_LOCK:
         out = d.transform(model, x.cpu(), p, y, seed)
     return DefenseResult(out.clamp(0, 1).float(), time.perf_counter() - t0, p)
 
@@ -132,7 +133,8 @@ def _random_sign(model, x, p, y, seed):
 register("random-sign", "Control: random-sign steps with NIP's budget, steps and step size",
          [Param("steps", "int", 20, 1, 200), Param("step_size", "float", 0.03, 1e-4, 1.0, unit="[0,1] pixel"),
           Param("budget", "float", 0.3, 0.0, 1.0, unit="[0,1] pixel")],
-         _random_sign, dataset_defaults={"imagenet": NIP_IMAGENET}, family="control")
+         _random_sign, dataset_defaults={"imagenet": {k: NIP_IMAGENET[k] for k in ("budget", "step_size", "steps")}},
+         family="control")
 
 
 def _art_preprocessor(make: Callable[[dict, bool], Any]):

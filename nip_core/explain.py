@@ -117,8 +117,12 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
         raise InputError(f"parameter 'k' must be float in (0, 0.5]; got {k!r}.")
     layer = layer or model.spec.default_layer
     model.layer(layer)
-    ATTACKS.get_unit(attack)
+    # Refuse every bad value before any work (a cold profile costs minutes on ImageNet).
+    attack_params = ATTACKS.get_unit(attack).params_for(model, attack_params)
     dunit = DEFENSES.get_unit(defense)
+    defense_params = dunit.params_for(model, defense_params)
+    if dunit.needs_labels and label is None:
+        raise InputError(f"defense '{defense}' needs the true label; pick a gallery image or give a label.")
     secs: dict[str, float] = {}
     x = image.unsqueeze(0).float()
 
@@ -137,8 +141,6 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
     x_adv = ar.x_adv
 
     say(0.5, f"applying defense {defense}")
-    if dunit.needs_labels and label is None:
-        raise InputError(f"defense '{defense}' needs the true label; pick a gallery image or give a label.")
     dr = apply_defense(model, defense, x_adv, defense_params, y=y if dunit.needs_labels else None, seed=seed)
     secs["defense"] = dr.seconds
     x_def = dr.x_def

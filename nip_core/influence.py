@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from captum.attr import LayerConductance, LayerGradientXActivation
+from captum.attr import LayerGradientXActivation
 from safetensors.torch import load_file, save_file
 
 from nip_core.errors import InputError
@@ -32,7 +32,7 @@ from nip_core.runtime import ASSETS, cache_dir
 
 METHODS = ("conductance", "grad_x_act")
 DEFAULT_STEPS = 16
-INTERPOLANT_VALUES = 1 << 22  # input values per Captum internal batch (memory bound)
+INTERPOLANT_VALUES = 1 << 22  # input values per conductance pass (memory bound)
 
 
 def _check_method(method: str) -> None:
@@ -53,8 +53,9 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
     Args:
         x: inputs ``[N, C, H, W]`` in [0,1].
         target: one class index or ``[N]`` class indices.
-        method: ``"conductance"`` (Captum ``LayerConductance``, baseline = black image,
+        method: ``"conductance"`` (Captum's ``LayerConductance`` formula, baseline = black image,
             ``n_steps`` trapezoid steps) or ``"grad_x_act"`` (``LayerGradientXActivation``).
+        batch_size: most inputs per pass (conductance: see :func:`conductance_chunk`).
     Returns:
         ``[N, n_neurons]`` float tensor on CPU.
     """
@@ -63,31 +64,81 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
     target_t = torch.as_tensor(target).long().flatten()
     if target_t.numel() == 1:
         target_t = target_t.expand(len(x))
+    if method == "conductance":
+        return _conductance(model, module, x, target_t.view(1, -1), n_steps, batch_size)[0]
     outs = []
     with model.lock:
-        if method == "conductance":
-            algo = LayerConductance(model.net, module)
-            # Captum evaluates n_steps + 1 interpolants per input. Bound the interpolants held at
-            # once by input size (a few million input values) so ImageNet-sized inputs stay
-            # within memory, while small inputs still go in big batches.
-            per_image = n_steps + 1
-            budget = max(per_image, INTERPOLANT_VALUES // max(1, x[0].numel()))
-            chunk = max(1, min(batch_size, budget // per_image))
-            for i in range(0, len(x), chunk):
-                xb = x[i:i + chunk].to(model.device)
-                # Trapezoid steps include both ends of the path, so the neuron scores sum to the
-                # logit change (completeness); Gauss–Legendre nodes miss the end segments.
-                a = algo.attribute(xb, baselines=torch.zeros_like(xb), target=target_t[i:i + chunk].to(model.device),
-                                   n_steps=n_steps, method="riemann_trapezoid",
-                                   internal_batch_size=max(len(xb), min(budget, len(xb) * per_image)))
-                outs.append(_per_neuron(a.detach()).float().cpu())
-        else:
-            algo = LayerGradientXActivation(model.net, module)
-            for i in range(0, len(x), batch_size):
-                xb = x[i:i + batch_size].to(model.device)
-                a = algo.attribute(xb, target=target_t[i:i + batch_size].to(model.device))
-                outs.append(_per_neuron(a.detach()).float().cpu())
+        algo = LayerGradientXActivation(model.net, module)
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(model.device)
+            a = algo.attribute(xb, target=target_t[i:i + batch_size].to(model.device))
+            outs.append(_per_neuron(a.detach()).float().cpu())
     return torch.cat(outs)
+
+
+def conductance_chunk(x: torch.Tensor, n_steps: int, batch_size: int = 64) -> int:
+    """Inputs per conductance pass; each pass runs ``chunk * (n_steps + 1)`` interpolants.
+
+    The interpolants held at once are bounded by input size (about ``INTERPOLANT_VALUES``
+    input values) so ImageNet-sized inputs stay within memory, while small inputs still go
+    in big batches.
+    """
+    per_image = n_steps + 1
+    budget = max(per_image, INTERPOLANT_VALUES // max(1, x[0].numel()))
+    return max(1, min(batch_size, budget // per_image))
+
+
+def _conductance(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                 n_steps: int, batch_size: int = 64) -> torch.Tensor:
+    """Layer conductance toward several target sets at once: ``[n_targets, N, n_neurons]`` on CPU.
+
+    The same sum as Captum's ``LayerConductance(...).attribute(x, baselines=0, n_steps=n,
+    method="riemann_trapezoid")``: with alphas ``α_i = i/n`` (i = 0…n), layer activations
+    ``a_i = a(α_i x)`` and layer gradients ``g_i = ∂logit_t/∂a (α_i x)``,
+    ``cond = Σ_{i<n} (a_{i+1} − a_i) · g_i`` summed over positions. Computed directly so that
+    (1) the network before the layer runs without an autograd graph (Captum makes the
+    interpolated inputs require grad, recording the whole forward), (2) all ``n+1``
+    interpolants of a chunk go through one forward pass, and (3) several targets (``targets``
+    is ``[n_targets, N]``) share that forward pass and differ only in the backward from the
+    logits to the layer.
+    """
+    box: list[torch.Tensor] = []
+    owner = threading.get_ident()
+
+    def hook(_m, _inp, out):
+        if threading.get_ident() != owner:
+            return None
+        # A fresh leaf: the graph starts at the layer, nothing before it is recorded.
+        leaf = out.detach().requires_grad_(True)
+        box.append(leaf)
+        return leaf.clone()  # downstream in-place ops must not touch the leaf
+
+    alphas = torch.linspace(0, 1, n_steps + 1).tolist()
+    chunk = conductance_chunk(x, n_steps, batch_size)
+    outs = []
+    with model.lock:
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                for i in range(0, len(x), chunk):
+                    xb = x[i:i + chunk].to(model.device)
+                    b = len(xb)
+                    box.clear()
+                    logits = model.net(torch.cat([a * xb for a in alphas]))
+                    acts = box[0]
+                    diff = (acts[b:] - acts[:-b]).detach()
+                    res = []
+                    for j, tg in enumerate(targets):
+                        tg = tg[i:i + chunk].to(model.device).repeat(n_steps + 1).view(-1, 1)
+                        (g,) = torch.autograd.grad(logits.gather(1, tg).sum(), acts,
+                                                   retain_graph=j < len(targets) - 1)
+                        c = (diff * g[:-b]).view(n_steps, b, *acts.shape[1:]).sum(0)
+                        res.append(_per_neuron(c).float().cpu())
+                    outs.append(torch.stack(res))
+                    del logits, acts, diff
+        finally:
+            handle.remove()
+    return torch.cat(outs, dim=1)
 
 
 class _StopForward(Exception):
@@ -175,8 +226,8 @@ class InfluenceProfile:
     mean_activation: torch.Tensor
     per_class: dict[int, torch.Tensor] = field(default_factory=dict)
     class_counts: dict[int, int] = field(default_factory=dict)
-    _fill: Callable[[int], torch.Tensor] | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _fill: Callable[[list[int]], torch.Tensor] | None = field(default=None, repr=False)
+    _lock: threading.Lock | threading.RLock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def n_neurons(self) -> int:
@@ -191,12 +242,21 @@ class InfluenceProfile:
         """Per-class profile, computed on first use when the dataset lacks that class."""
         cls = int(cls)
         if cls not in self.per_class:
-            if self._fill is None:
-                raise InputError(f"no influence profile for class {cls}.")
-            with self._lock:
-                if cls not in self.per_class:
-                    self.per_class[cls] = self._fill(cls)
+            self.prefill([cls])
         return self.per_class[cls]
+
+    def prefill(self, classes) -> None:
+        """Compute the missing per-class profiles of ``classes`` together (one shared forward pass)."""
+        missing = sorted({int(c) for c in classes} - set(self.per_class))
+        if not missing:
+            return
+        if self._fill is None:
+            raise InputError(f"no influence profile for class {missing[0]}.")
+        with self._lock:
+            missing = [c for c in missing if c not in self.per_class]
+            if missing:
+                for c, scores in zip(missing, self._fill(missing)):
+                    self.per_class[c] = scores
 
     def scores(self, cls: int | None = None) -> torch.Tensor:
         return self.global_scores if cls is None else self.class_scores(cls)
@@ -255,12 +315,20 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
     with _PROFILES_LOCK:
         if use_cache and key in _PROFILES:
             return _PROFILES[key]
-    x_ref, y_ref = benign_reference(model, per_class)
-    labelled = model.spec.gallery == "mnist"
+    def reference() -> tuple[torch.Tensor, torch.Tensor]:  # loaded only when something is computed
+        return benign_reference(model, per_class)
 
-    def fill(cls: int) -> torch.Tensor:
-        # Classes with no benign examples: influence toward cls over every reference image.
-        return neuron_influence(model, x_ref, cls, layer, method, n_steps).mean(0)
+    labelled = model.spec.gallery == "mnist" and getattr(model.spec, "gallery_labels", True)
+
+    def fill(classes: list[int]) -> torch.Tensor:
+        # Classes with no benign examples: influence toward each class over every reference
+        # image. Conductance shares one forward pass across all the requested classes.
+        if method == "conductance":
+            x_ref, _ = reference()
+            targets = torch.tensor(classes, dtype=torch.long).view(-1, 1).expand(-1, len(x_ref))
+            return _conductance(model, model.layer(layer), x_ref, targets, n_steps).mean(1)
+        x_ref, _ = reference()
+        return torch.stack([neuron_influence(model, x_ref, c, layer, method, n_steps).mean(0) for c in classes])
 
     files = [shipped_profile_dir() / f"{key}.safetensors", cache_dir() / "profiles" / f"{key}.safetensors"]
     prof = None
@@ -270,6 +338,7 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
                 prof = _read(f, model, layer, method, n_steps)
                 break
     if prof is None:
+        x_ref, y_ref = reference()
         if progress:
             progress(0.0, f"profiling {layer} ({method}) on {len(x_ref)} benign images")
         infl = neuron_influence(model, x_ref, y_ref, layer, method, n_steps)
@@ -288,6 +357,7 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
             progress(1.0, "profile ready")
     if not labelled:
         prof._fill = fill
+        prof._lock = model.lock  # fill() takes model.lock: one lock, one order, no deadlock
     with _PROFILES_LOCK:
         if use_cache:
             _PROFILES[key] = prof
@@ -322,3 +392,32 @@ def save_profile_to_assets(prof: InfluenceProfile, model: LoadedModel, per_class
     """Ship a computed profile in ``assets/profiles`` (used for the shipped models)."""
     key = _profile_key(model, prof.layer, prof.method, prof.n_steps, per_class)
     _write(shipped_profile_dir() / f"{key}.safetensors", prof)
+
+
+def gallery_candidate_classes(model: LoadedModel, top: int = 3) -> list[int]:
+    """Gallery labels plus the top-``top`` predictions for each gallery photo and its mirror image:
+    the classes a label-free NIP run on the gallery asks the profile for first."""
+    from nip_core.data import gallery
+
+    items = gallery(model.spec.gallery)
+    x = torch.stack([it.image for it in items])
+    cand = model.logits(torch.cat([x, x.flip(-1)])).topk(min(top, model.num_classes), dim=1).indices
+    return sorted({it.label for it in items} | set(cand.flatten().tolist()))
+
+
+def ship_profiles(model: LoadedModel, layers: list[str] | None = None, method: str = "conductance",
+                  n_steps: int = DEFAULT_STEPS, classes: list[int] | None = None) -> list[InfluenceProfile]:
+    """Compute the default-parameter profiles of ``layers`` and write them to ``assets/profiles``.
+
+    For a dataset without per-class examples (ImageNet) the per-class profiles of ``classes``
+    (default: :func:`gallery_candidate_classes`) are filled first, so the app's first Explore
+    run on a gallery photo does not pay for profiling.
+    """
+    out = []
+    for layer in layers or list(model.spec.layers):
+        prof = influence_profile(model, layer, method, n_steps)
+        if prof._fill is not None:
+            prof.prefill(gallery_candidate_classes(model) if classes is None else classes)
+        save_profile_to_assets(prof, model)
+        out.append(prof)
+    return out

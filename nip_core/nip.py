@@ -23,11 +23,15 @@ show how far it falls behind the oracle.
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from nip_core.errors import InputError
-from nip_core.influence import InfluenceProfile, layer_output
+from nip_core.influence import InfluenceProfile, _StopForward
 from nip_core.models.base import LoadedModel
+
+NIP_VALUES = 1 << 23  # input values per NIP pass: ≤ 55 ImageNet images, 10,699 MNIST digits
 
 
 def _neuron_means(out: torch.Tensor) -> torch.Tensor:
@@ -49,18 +53,58 @@ def inverse_perturbation(model: LoadedModel, x: torch.Tensor, front: torch.Tenso
     x0 = x.to(dev)
     f = front.to(dev).float().expand(len(x0), -1)
     t = tail.to(dev).float().expand(len(x0), -1)
-    f = f / f.sum(1, keepdim=True).clamp_min(1)
-    t = t / t.sum(1, keepdim=True).clamp_min(1)
-    delta = torch.zeros_like(x0)
+    # Front and tail are disjoint, so one weight vector gives the same gradient as the two
+    # group means: ∂J/∂a = f/|F| − t/|T|, exactly.
+    w = f / f.sum(1, keepdim=True).clamp_min(1) - t / t.sum(1, keepdim=True).clamp_min(1)
+    module = model.layer(layer)
+    box: list[torch.Tensor] = []
+    owner = threading.get_ident()
+
+    def hook(_m, _inp, out):
+        if threading.get_ident() == owner:
+            box.append(out)
+            raise _StopForward  # the rest of the network does not affect J
+
+    outs = []
     with model.lock, torch.enable_grad():
-        for _ in range(steps):
-            xd = (x0 + delta).requires_grad_(True)
-            a = _neuron_means(layer_output(model, xd, layer, grad=True))
-            objective = ((a * f).sum(1) - (a * t).sum(1)).sum()
-            (g,) = torch.autograd.grad(objective, xd)
-            delta = (delta + step_size * g.sign()).clamp(-budget, budget)
-            delta = (x0 + delta).clamp(0, 1) - x0
-    return (x0 + delta).detach().cpu()
+        # One hook for all steps and chunks (not one per step); chunks bound the autograd
+        # graph held at once, and every image's steps are independent of the other images.
+        handle = module.register_forward_hook(hook)
+        try:
+            for sl in _chunks(x0):
+                xc, wc = x0[sl], w[sl]
+                delta = torch.zeros_like(xc)
+                for _ in range(steps):
+                    xd = (xc + delta).requires_grad_(True)
+                    box.clear()
+                    try:
+                        model.net(xd)
+                    except _StopForward:
+                        pass
+                    objective = (_neuron_means(box[0]) * wc).sum()
+                    (g,) = torch.autograd.grad(objective, xd)
+                    delta = (delta + step_size * g.sign()).clamp(-budget, budget)
+                    delta = (xc + delta).clamp(0, 1) - xc
+                box.clear()
+                outs.append((xc + delta).detach().cpu())
+        finally:
+            handle.remove()
+    return torch.cat(outs) if outs else x0.detach().cpu()
+
+
+def nip_chunk(x: torch.Tensor) -> int:
+    """Most images per NIP pass: about ``NIP_VALUES`` input values (bounds the autograd graph)."""
+    return max(1, NIP_VALUES // max(1, x[0].numel()))
+
+
+def _chunks(x: torch.Tensor) -> list[slice]:
+    """Even slices of at most :func:`nip_chunk` images."""
+    n = len(x)
+    if n == 0:
+        return []
+    parts = -(-n // nip_chunk(x))
+    size = -(-n // parts)
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
 def selection_scores(logits: torch.Tensor, cls: torch.Tensor, rule: str) -> torch.Tensor:
@@ -90,6 +134,7 @@ def nip_defend(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfile, *
         if y is None:
             raise InputError("NIP oracle mode needs the true labels; it is an analysis mode, not a deployable defense.")
         cls = torch.as_tensor(y).long().view(-1)
+        profile.prefill(cls.unique().tolist())
         masks = [profile.masks(int(c), k) for c in cls]
         fm = torch.stack([m[0] for m in masks])
         tm = torch.stack([m[1] for m in masks])
@@ -99,6 +144,7 @@ def nip_defend(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfile, *
     kk = min(candidates, model.num_classes)
     cand = model.logits(x).topk(kk, dim=1).indices            # [N, K]
     flat = cand.reshape(-1)                                   # candidate-major within each input
+    profile.prefill(flat.unique().tolist())                   # new classes share one profiling pass
     masks = {int(c): profile.masks(int(c), k) for c in flat.unique()}
     fm = torch.stack([masks[int(c)][0] for c in flat])
     tm = torch.stack([masks[int(c)][1] for c in flat])

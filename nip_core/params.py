@@ -93,15 +93,14 @@ class Spec:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "summary": self.summary,
-            "params": [
-                {k: v for k, v in p.__dict__.items() if v not in (None, "", ())} | {"choices": list(p.choices)}
-                if p.kind == "choice" else {k: v for k, v in p.__dict__.items() if v not in (None, "", ())}
-                for p in self.params
-            ],
-        }
+        return {"name": self.name, "summary": self.summary, "params": [_param_json(p) for p in self.params]}
+
+
+def _param_json(p: Param) -> dict[str, Any]:
+    out = {k: v for k, v in p.__dict__.items() if v not in (None, "", ())}
+    if p.kind == "choice":
+        out["choices"] = list(p.choices)
+    return out
 
 
 def parse_kv(text: str) -> dict[str, str]:

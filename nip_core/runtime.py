@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,11 @@ def get_device() -> torch.device:
     if forced:
         return torch.device(forced)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# Seeding a process-wide RNG and drawing from it must not interleave across threads: hold this
+# (after the model's lock) around every seed_everything/np.random.seed and the draws that follow.
+RNG_LOCK = threading.RLock()
 
 
 def seed_everything(seed: int) -> torch.Generator:

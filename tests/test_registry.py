@@ -93,3 +93,11 @@ def test_dataset_defaults_differ(lenet):
     assert ATTACKS["pgd"].params_for(lenet)["eps"] == 0.3
     assert math.isclose(ATTACKS["pgd"].params_for(eff)["eps"], 4 / 255)
     assert DEFENSES["nip"].params_for(eff)["budget"] < DEFENSES["nip"].params_for(lenet)["budget"]
+
+
+@pytest.mark.parametrize("model_name", ["lenet-mnist", "efficientnet-lite0"])
+def test_every_unit_has_valid_defaults_for_every_model(model_name):
+    from nip_core.models import load_model
+    model = load_model(model_name)
+    for unit in list(ATTACKS.values()) + list(DEFENSES.values()):
+        assert isinstance(unit.params_for(model), dict), unit.name

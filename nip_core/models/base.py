@@ -106,6 +106,13 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def unregister_model(name: str) -> None:
+    """Forget a (user-registered) model and its loaded instance."""
+    with _LOAD_LOCK:
+        MODELS.pop(name, None)
+        _LOADED.pop(name, None)
+
+
 def model_names() -> list[str]:
     return list(MODELS)
 

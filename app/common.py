@@ -1,0 +1,277 @@
+"""Cached loaders, computations keyed on plain values, and small shared UI helpers.
+
+Caching rules (see docs/STYLE): models and influence profiles are shared objects
+(``st.cache_resource``, never mutated here); explanations, comparisons and evaluations are
+``st.cache_data`` results keyed on plain values only (names, numbers, tuples, image bytes).
+Long computations run in a worker thread so the page can show their progress messages
+without the cached function itself touching Streamlit (cached functions that draw would be
+replayed on a cache hit into containers that no longer exist).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import streamlit as st
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
+
+from nip_core.errors import InputError
+from nip_core.params import Param
+
+log = logging.getLogger("nip_explorer.app")
+
+ParamsKey = tuple[tuple[str, Any], ...]
+COMPARE_DEFENSES = ("none", "jpeg", "bitdepth", "median", "gaussian", "random-sign", "nip-global", "nip",
+                    "nip-oracle")
+LABEL_FREE_NOTE = (
+    "**Label-free NIP is hard.** A deployable defense does not know the true class, so `nip` guesses it "
+    "(top-K candidate classes, keep the best-scoring one) and `nip-global` uses one all-class profile. "
+    "`nip-oracle` uses the TRUE label to pick the profile: it shows what NIP could do with perfect "
+    "knowledge, and is **not deployable**. Expect the label-free modes to fall well short of the oracle; "
+    "compare against the `random-sign` control (same budget, random direction)."
+)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+@st.cache_resource(show_spinner=False)
+def get_model(name: str):
+    """The loaded model (shared by every session; never mutate it)."""
+    from nip_core.models import load_model
+    return load_model(name)
+
+
+@st.cache_resource(show_spinner=False)
+def get_profile(model_name: str, layer: str, method: str):
+    """The benign influence profile (shared; the engine locks its lazy per-class fills)."""
+    from nip_core.influence import influence_profile
+    return influence_profile(get_model(model_name), layer, method)
+
+
+@st.cache_data(show_spinner=False)
+def gallery_entries(model_name: str) -> list[dict[str, Any]]:
+    """The model's example images as plain dicts (key, label, label_name, source, png)."""
+    from nip_core.data import gallery
+    from nip_core.images import tensor_to_png_bytes
+
+    model = get_model(model_name)
+    return [{"key": it.key, "label": it.label, "label_name": it.label_name, "source": it.source,
+             "png": tensor_to_png_bytes(it.image)} for it in gallery(model.spec.gallery)]
+
+
+def load_upload(model_name: str, data: bytes):
+    """Decode uploaded bytes for the model through the one safe loader (raises InputError)."""
+    from nip_core.images import load_image
+
+    spec = get_model(model_name).spec
+    return load_image(data, channels=spec.input_channels, size=spec.input_size, preprocess=spec.preprocess)
+
+
+def _image(model_name: str, image_key: str, image_bytes: bytes | None):
+    from nip_core.data import gallery
+
+    if image_bytes is not None:
+        return load_upload(model_name, image_bytes), None
+    for it in gallery(get_model(model_name).spec.gallery):
+        if it.key == image_key:
+            return it.image, it.label
+    raise InputError(f"no example image {image_key!r} for model {model_name!r}.")
+
+
+# ----------------------------------------------------------------------------- computations
+
+@st.cache_data(show_spinner=False, max_entries=48)
+def explanation(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None, attack: str,
+                attack_params: ParamsKey, defense: str, defense_params: ParamsKey, layer: str, method: str,
+                k: float, seed: int, _progress: Callable[[float, str], None] | None = None):
+    """``nip_core.explain.explain`` for one request; every argument is a plain value."""
+    from nip_core.explain import explain
+
+    image, gallery_label = _image(model_name, image_key, image_bytes)
+    label = gallery_label if label is None else label
+    return explain(get_model(model_name), image, label, attack=attack, attack_params=dict(attack_params),
+                   defense=defense, defense_params=dict(defense_params), layer=layer, method=method, k=k,
+                   seed=seed, progress=_progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=48)
+def neuron_maps(request: tuple, neuron: int):
+    """Activation maps ``[3, H, W]`` of one neuron for benign / adversarial / defended."""
+    import torch
+    from nip_core.influence import spatial_map
+
+    expl = explanation(*request)
+    x = torch.stack([expl.images[v] for v in ("benign", "adversarial", "defended")])
+    return spatial_map(get_model(expl.model_name), x, expl.layer, neuron)
+
+
+@st.cache_data(show_spinner=False)
+def is_conv_layer(model_name: str, layer: str) -> bool:
+    """Whether the layer's neurons are conv channels (they have a spatial activation map)."""
+    import torch
+    from nip_core.influence import layer_output
+
+    model = get_model(model_name)
+    s = model.spec
+    return layer_output(model, torch.zeros(1, s.input_channels, s.input_size, s.input_size), layer).dim() > 2
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def defense_comparison(request: tuple, nip_params: ParamsKey,
+                       _progress: Callable[[float, str], None] | None = None) -> list[dict[str, Any]]:
+    """The request's adversarial through each baseline defense, the control and NIP's modes."""
+    from nip_core.defenses import DEFENSES, apply_defense
+    import torch
+
+    expl = explanation(*request)
+    model = get_model(expl.model_name)
+    x_adv = expl.images["adversarial"].unsqueeze(0)
+    ref = expl.reference_class
+    names = [d for d in COMPARE_DEFENSES if d != "nip-oracle" or expl.label is not None]
+    rows = []
+    for i, name in enumerate(names):
+        if _progress:
+            _progress(i / len(names), f"defense {name}")
+        unit = DEFENSES[name]
+        known = {p.name for p in unit.spec.params}
+        params = {k: v for k, v in nip_params if k in known} if unit.family in ("nip", "control") else {}
+        y = torch.tensor([expl.label]) if unit.needs_labels else None
+        try:
+            dr = apply_defense(model, name, x_adv, params, y=y, seed=int(request[-1]))
+        except InputError as exc:  # one refusing defense must not hide the others
+            rows.append({"defense": name, "deployable": unit.deployable, "family": unit.family, "error": str(exc)})
+            continue
+        p = model.probabilities(dr.x_def)[0]
+        pred = int(p.argmax())
+        rows.append({
+            "defense": name, "deployable": unit.deployable, "family": unit.family,
+            "prediction": pred, "prediction_name": expl.class_names[pred],
+            "prediction_confidence": float(p[pred]), "reference_confidence": float(p[ref]),
+            "correct": pred == ref, "linf_change": float((dr.x_def - x_adv).abs().max()),
+            "seconds": dr.seconds,
+        })
+    if _progress:
+        _progress(1.0, "done")
+    return rows
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def evaluation(model_name: str, attacks: tuple, defenses: tuple, n: int, seed: int, adaptive: bool,
+               _progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+    """``nip_core.evaluate.evaluate`` keyed on plain values (attacks/defenses: (name, params) tuples)."""
+    from nip_core.evaluate import evaluate
+
+    return evaluate(model_name, [(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses],
+                    n=n, seed=seed, adaptive=adaptive, progress=_progress)
+
+
+# ----------------------------------------------------------------------------- UI helpers
+
+def run_with_progress(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, _progress=cb, **kwargs)`` in a worker thread, showing progress in an st.status.
+
+    The cached function only puts messages on a queue; this (script) thread draws them.
+    Exceptions from ``fn`` are re-raised here.
+    """
+    messages: queue.Queue[tuple[float, str]] = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn(*args, _progress=lambda f, m: messages.put((float(f), str(m))), **kwargs)
+        except BaseException as exc:  # re-raised in the script thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="nip-explorer-worker", daemon=True)
+    add_script_run_ctx(worker, get_script_run_ctx())
+    with st.status(label, expanded=False) as status:
+        bar = st.progress(0.0, text="starting")
+        worker.start()
+        while worker.is_alive() or not messages.empty():
+            try:
+                frac, msg = messages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            bar.progress(min(max(frac, 0.0), 1.0), text=msg)
+            status.update(label=f"{label} — {msg}")
+        worker.join()
+        if "error" in box:
+            status.update(label=f"{label} — failed", state="error")
+            raise box["error"]
+        bar.progress(1.0, text="done")
+        status.update(label=f"{label} — done", state="complete")
+    return box["value"]
+
+
+def show_error(exc: BaseException, where: str) -> None:
+    """InputError → its message; anything else → one line plus a log entry (never a traceback)."""
+    if isinstance(exc, InputError):
+        st.error(str(exc))
+        return
+    log.exception("%s failed", where)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    st.error(f"Something went wrong: {type(exc).__name__}: {first}" if first else
+             f"Something went wrong: {type(exc).__name__}")
+
+
+@contextmanager
+def guarded(where: str) -> Iterator[None]:
+    """Show errors raised in the block instead of a traceback (Streamlit's own control flow passes)."""
+    try:
+        yield
+    except Exception as exc:  # ScriptControlException (rerun/stop) is a BaseException and passes through
+        show_error(exc, where)
+
+
+def init_state(key: str, default: Any) -> str:
+    """Give a widget key its default once, so widgets never get both ``value=`` and session state."""
+    if key not in st.session_state:
+        st.session_state[key] = default
+    return key
+
+
+def param_label(p: Param) -> str:
+    unit = f" ({p.unit})" if p.unit else ""
+    return f"{p.name}{unit}"
+
+
+def param_help(p: Param) -> str:
+    extra = f"{p.help}. " if p.help else ""
+    if p.unit == "[0,1] pixel":
+        extra += "Pixel values are in [0,1]: 1/255 ≈ 0.0039 is one grey level. "
+    return extra + f"Allowed: {p.describe_range()}."
+
+
+def param_input(p: Param, default: Any, key: str, high: float | None = None) -> Any:
+    """One widget for a declared parameter (defaults come from the registry, not the UI)."""
+    init_state(key, default)
+    label, help_ = param_label(p), param_help(p)
+    if p.kind == "choice":
+        return st.selectbox(label, list(p.choices), key=key, help=help_)
+    if p.kind == "bool":
+        return st.checkbox(label, key=key, help=help_)
+    hi = p.high if high is None else high
+    if p.kind == "int":
+        return int(st.number_input(label, min_value=int(p.low), max_value=int(hi), step=1, key=key, help=help_))
+    step = float(p.step) if p.step else (0.01 if (hi or 1) <= 10 else 0.1)
+    return float(st.number_input(label, min_value=float(p.low), max_value=float(hi), step=step, format="%.4f",
+                                 key=key, help=help_))
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """``{"eps": 0.1, "max_iter": 10}`` → ``"eps=0.1;max_iter=10"`` (for links)."""
+    return ";".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def parse_params_text(text: str) -> dict[str, str]:
+    """Inverse of :func:`params_text`; values are validated by the registry later."""
+    out: dict[str, str] = {}
+    for part in filter(None, (s.strip() for s in text.split(";"))):
+        if "=" not in part:
+            raise InputError(f"cannot read {part!r}: write name=value;name=value.")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out

@@ -1,0 +1,29 @@
+"""NIP Explorer — Streamlit entry point: page setup and navigation only.
+
+Run from the repository root:
+    streamlit run app/streamlit_app.py --server.fileWatcherType=none
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run app/streamlit_app.py` puts app/ (not the repo root) on sys.path.
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import streamlit as st  # noqa: E402
+
+# Not "pages/": with that name Streamlit falls back to its legacy directory-based navigation
+# whenever a page URL (e.g. a shared /explore?... link) is the first request the server sees.
+PAGES = Path(__file__).resolve().parent / "views"
+
+st.set_page_config(page_title="NIP Explorer", page_icon=":material/shield:", layout="wide")
+page = st.navigation([
+    st.Page(PAGES / "explore.py", title="Explore", icon=":material/search:", default=True),  # the default page is served at /
+    st.Page(PAGES / "benchmark.py", title="Benchmark", icon=":material/table_chart:", url_path="benchmark"),
+    st.Page(PAGES / "profiles.py", title="Profiles", icon=":material/hub:", url_path="profiles"),
+    st.Page(PAGES / "method.py", title="Method", icon=":material/menu_book:", url_path="method"),
+])
+page.run()

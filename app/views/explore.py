@@ -1,0 +1,359 @@
+"""Explore: one image through an attack and a defense, with neuron influence side by side."""
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from app import common as C
+from nip_core import figures as F
+from nip_core.attacks import ATTACKS
+from nip_core.defenses import DEFENSES
+from nip_core.errors import InputError
+from nip_core.images import tensor_to_png_bytes
+from nip_core.influence import METHODS
+from nip_core.models import MODELS
+
+P = "explore."                      # session-state prefix of this page
+DEFAULT_MODEL, DEFAULT_ATTACK, DEFAULT_DEFENSE = "lenet-mnist", "fgsm", "nip"
+VARIANTS = F.VARIANTS
+NIP_SHARED = ("layer", "method", "k", "n_steps")   # set in the influence section / kept at default
+MODE_NOTES = {
+    "nip": "label-free, class-conditional over the model's top-K candidate classes (deployable)",
+    "nip-global": "label-free, one global all-class profile (deployable)",
+    "nip-oracle": "uses the TRUE label to pick the profile — analysis only, NOT deployable",
+    "random-sign": "control: NIP's budget and steps with random directions",
+}
+
+
+def key(model: str, *parts: str) -> str:
+    return P + ".".join((model,) + parts)
+
+
+def defense_group(name: str) -> str:
+    return "nip" if DEFENSES[name].family == "nip" else name
+
+
+# ----------------------------------------------------------------------------- URL → session state
+
+def load_query_params() -> None:
+    """Once per session: copy a shared link's configuration into the widgets' state."""
+    if st.session_state.get(P + "query_loaded"):
+        return
+    st.session_state[P + "query_loaded"] = True
+    qp = st.query_params
+    if not any(k in qp for k in ("model", "image", "attack", "defense")):
+        return
+    problems: list[str] = []
+    model = qp.get("model", DEFAULT_MODEL)
+    if model not in MODELS:
+        problems.append(f"unknown model {model!r}")
+        model = DEFAULT_MODEL
+    st.session_state[P + "model"] = model
+    try:
+        m = C.get_model(model)
+        keys = [e["key"] for e in C.gallery_entries(model)]
+    except Exception as exc:  # model unavailable: let the page report it
+        C.show_error(exc, "loading model")
+        return
+    image = qp.get("image")
+    if image is not None:
+        if image in keys:
+            st.session_state[key(model, "image")] = image
+        else:
+            problems.append(f"unknown example image {image!r}")
+    attack = qp.get("attack", DEFAULT_ATTACK)
+    if attack not in ATTACKS:
+        problems.append(f"unknown attack {attack!r}")
+        attack = DEFAULT_ATTACK
+    st.session_state[key(model, "attack")] = attack
+    try:
+        values = ATTACKS[attack].params_for(m, C.parse_params_text(qp.get("ap", "")))
+        for name, v in values.items():
+            st.session_state[key(model, "a", attack, name)] = v
+    except InputError as exc:
+        problems.append(f"attack parameters: {exc}")
+    defense = qp.get("defense", DEFAULT_DEFENSE)
+    if defense not in DEFENSES:
+        problems.append(f"unknown defense {defense!r}")
+        defense = DEFAULT_DEFENSE
+    st.session_state[key(model, "defense")] = defense
+    try:
+        values = DEFENSES[defense].params_for(m, C.parse_params_text(qp.get("dp", "")))
+        for name, v in values.items():
+            if name not in NIP_SHARED:
+                st.session_state[key(model, "d", defense_group(defense), name)] = v
+    except InputError as exc:
+        problems.append(f"defense parameters: {exc}")
+    if "layer" in qp:
+        if qp["layer"] in m.spec.layers:
+            st.session_state[key(model, "layer")] = qp["layer"]
+        else:
+            problems.append(f"unknown layer {qp['layer']!r}")
+    if "method" in qp:
+        if qp["method"] in METHODS:
+            st.session_state[key(model, "method")] = qp["method"]
+        else:
+            problems.append(f"unknown influence method {qp['method']!r}")
+    for name, kind, lo, hi in (("k", float, 0.01, 0.5), ("seed", int, 0, 2**31 - 1)):
+        if name in qp:
+            try:
+                v = kind(qp[name])
+                if not lo <= v <= hi:
+                    raise ValueError
+                st.session_state[key(model, name)] = v
+            except ValueError:
+                problems.append(f"{name} must be {kind.__name__} in [{lo}, {hi}]; got {qp[name]!r}")
+    if problems:
+        st.session_state[P + "query_warning"] = ("Some settings in the link were ignored (defaults used): "
+                                                 + "; ".join(problems) + ".")
+    st.session_state[P + "autorun"] = True
+
+
+def save_query_params(request: tuple) -> None:
+    model, image_key, image_bytes, _, attack, ap, defense, dp, layer, method, k, seed = request
+    st.query_params.from_dict({
+        "model": model, "image": "upload" if image_bytes is not None else image_key,
+        "attack": attack, "ap": C.params_text(dict(ap)), "defense": defense, "dp": C.params_text(dict(dp)),
+        "layer": layer, "method": method, "k": f"{k:g}", "seed": str(seed),
+    })
+
+
+# ----------------------------------------------------------------------------- setup widgets
+
+def choose_image(model_name: str, num_classes: int, class_names: list[str]):
+    """Gallery thumbnails or an upload; returns (image_key, image_bytes, label) or None."""
+    entries = C.gallery_entries(model_name)
+    source = st.radio("Image", ["Example gallery", "Upload an image"], horizontal=True,
+                      key=C.init_state(P + "source", "Example gallery"))
+    if source == "Example gallery":
+        width = 52 if num_classes <= 10 else 92
+        st.image([e["png"] for e in entries], caption=[e["label_name"] for e in entries], width=width)
+        keys = [e["key"] for e in entries]
+        by_key = {e["key"]: e for e in entries}
+        k = C.init_state(key(model_name, "image"), keys[0])
+        if st.session_state[k] not in by_key:
+            st.session_state[k] = keys[0]
+        chosen = st.selectbox("Example", keys, key=k,
+                              format_func=lambda s: f"{by_key[s]['label_name']} — {by_key[s]['source']}")
+        return chosen, None, by_key[chosen]["label"]
+    up = st.file_uploader("PNG, JPEG, WebP, BMP or GIF (max 10 MB)", type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
+                          key=P + "upload")
+    if up is None:
+        st.info("Upload an image, or switch back to the example gallery.")
+        return None
+    data = up.getvalue()
+    try:
+        x = C.load_upload(model_name, data)
+    except InputError as exc:
+        st.error(f"Cannot use {up.name}: {exc}")
+        return None
+    st.image(tensor_to_png_bytes(x), caption=f"{up.name} as the model sees it", width=120)
+    lk = C.init_state(key(model_name, "upload_label"), -1)
+    label = st.selectbox("True class (optional; enables nip-oracle)", list(range(-1, num_classes)), key=lk,
+                         format_func=lambda c: "unknown" if c < 0 else f"{c}: {class_names[c]}")
+    return f"upload:{up.name}", data, (None if label < 0 else int(label))
+
+
+def attack_inputs(model, attack: str) -> dict:
+    unit = ATTACKS[attack]
+    defaults = unit.params_for(model)
+    st.caption(f"**{attack}** — {unit.spec.summary}. {unit.access}, {unit.norm}.")
+    out = {}
+    for p in unit.spec.params:
+        high = model.num_classes - 1 if p.name == "target" else None
+        out[p.name] = C.param_input(p, defaults[p.name], key(model.name, "a", attack, p.name), high=high)
+    return out
+
+
+def defense_inputs(model, defense: str) -> dict:
+    unit = DEFENSES[defense]
+    defaults = unit.params_for(model)
+    out = {}
+    for p in unit.spec.params:
+        if p.name in NIP_SHARED or (p.name in ("candidates", "rule") and defense != "nip"):
+            continue
+        out[p.name] = C.param_input(p, defaults[p.name], key(model.name, "d", defense_group(defense), p.name))
+    if not out:
+        st.caption("No parameters.")
+    return out
+
+
+# ----------------------------------------------------------------------------- results
+
+def show_results(request: tuple, expl) -> None:
+    model_name = request[0]
+    st.divider()
+    ref = expl.reference_class
+    ref_name = expl.class_names[ref]
+    label_text = f"true label {expl.label} ({expl.class_names[expl.label]})" if expl.label is not None else \
+        "no true label (reference = benign prediction)"
+    st.subheader("Benign · adversarial · defended")
+    st.caption(f"{model_name} · attack {expl.attack} · defense {expl.defense} · layer {expl.layer} "
+               f"({expl.method}, k = {expl.k:g}) · {label_text}; influence is measured toward class "
+               f"{ref} ({ref_name}).")
+    cols = st.columns(3)
+    for v, col in zip(VARIANTS, cols):
+        with col:
+            c, name, p = expl.top(v, 1)[0]
+            st.markdown(f"**{v}**")
+            st.image(tensor_to_png_bytes(expl.images[v]), width=150)
+            st.metric(f"{v} prediction", f"{name}")
+            colour = "green" if c == ref else "red"
+            st.markdown(f":{colour}[{p * 100:.1f}% confidence · {'matches' if c == ref else 'differs from'} "
+                        f"class {ref}]")
+            if v == "benign":
+                st.plotly_chart(F.image_figure(expl.images[v], "benign input (pixel values in [0,1])"),
+                                key=P + "fig.benign_image", width="stretch")
+            else:
+                st.plotly_chart(F.perturbation_figure(expl, v), key=P + f"fig.pert.{v}", width="stretch")
+            st.plotly_chart(F.prediction_bars(expl, v), key=P + f"fig.top.{v}", width="stretch")
+
+    st.subheader("Neuron influence")
+    quantity = st.radio("Show", ["influence", "activations"], horizontal=True,
+                        key=C.init_state(P + "quantity", "influence"),
+                        help="influence: Captum layer attribution toward the reference class; "
+                             "activations: the layer's mean output per neuron")
+    st.plotly_chart(F.influence_heatmaps(expl, quantity), key=P + "fig.heatmaps", width="stretch")
+    st.plotly_chart(F.difference_heatmaps(expl, quantity), key=P + "fig.diff", width="stretch")
+    st.plotly_chart(F.group_chart(expl, "activations"), key=P + "fig.groups", width="stretch")
+    st.info(F.signature_verdict(expl.signature()))
+
+    st.subheader("Drill down: one neuron")
+    n = len(expl.influence["benign"])
+    groups = F.neuron_groups(n, expl.front, expl.tail, expl.dead)
+    rank = {int(j): r for r, j in enumerate(expl.front)}
+    order = [int(j) for j in expl.front] + [j for j in range(n) if j not in rank]
+    nk = P + f"neuron.{model_name}.{expl.layer}"
+    if nk in st.session_state and st.session_state[nk] not in order:
+        del st.session_state[nk]
+    neuron = st.selectbox("Neuron (front neurons first)", order, key=C.init_state(nk, order[0]),
+                          format_func=lambda j: f"neuron {j} · {groups[j]}"
+                          + (f" (front rank {rank[j] + 1})" if j in rank else ""))
+    maps = C.neuron_maps(request, int(neuron))
+    conv = C.is_conv_layer(model_name, expl.layer)
+    st.caption("Conv layer: the channel's activation map, upsampled to the image." if conv else
+               "Fully connected layer: no spatial layout, so the map is the input-gradient magnitude of the "
+               "neuron's activation (where in the image it looks), normalised per image.")
+    top = float(maps.max()) if float(maps.max()) > 0 else 1.0
+    mcols = st.columns(3)
+    for i, (v, col) in enumerate(zip(VARIANTS, mcols)):
+        with col:
+            st.plotly_chart(F.spatial_overlay(expl.images[v], maps[i], f"neuron {neuron} on the {v} input", zmax=top,
+                                              value_label="activation<br>(layer output units)" if conv
+                                              else "|∂a/∂x|<br>(normalised, 0–1)"),
+                            key=P + f"fig.map.{v}", width="stretch")
+    prof = C.get_profile(model_name, expl.layer, expl.method)
+    classes = list(range(len(expl.class_names))) if len(expl.class_names) <= 20 else \
+        sorted(set(prof.per_class) | {ref})[:30]
+    st.plotly_chart(F.neuron_across_classes(prof, int(neuron), classes, expl.class_names, highlight=ref),
+                    key=P + "fig.across", width="stretch")
+    if len(expl.class_names) > 20:
+        st.caption("ImageNet class profiles exist only for classes already computed over the few shipped photos.")
+
+    secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
+    st.caption(f"Time: {secs}.")
+    st.download_button("Download summary (JSON)", json.dumps(expl.summary(), indent=2, default=float),
+                       file_name="nip_explanation.json", mime="application/json", key=P + "download")
+
+    st.subheader("Compare at a glance: every defense on this adversarial")
+    big = len(expl.class_names) > 20
+    if not st.toggle("Run every defense on this adversarial" + (" (about a minute on CPU for EfficientNet)" if big else ""),
+                     key=C.init_state(P + f"compare.{model_name}", not big)):
+        return
+    nip_params = tuple(sorted(dict(request[7]).items()))
+    rows = C.run_with_progress("Comparing defenses", C.defense_comparison, request, nip_params)
+    done = [r for r in rows if "error" not in r]
+    for r in rows:
+        if "error" in r:
+            st.warning(f"`{r['defense']}` could not run: {r['error']}")
+    st.plotly_chart(F.defense_comparison(done, f"{ref} ({ref_name})"), key=P + "fig.compare", width="stretch")
+    st.dataframe([{"defense": r["defense"], "deployable": r["deployable"],
+                   "prediction": f"{r['prediction']}: {r['prediction_name']}",
+                   "confidence (%)": round(100 * r["prediction_confidence"], 1),
+                   f"confidence of class {ref} (%)": round(100 * r["reference_confidence"], 1),
+                   "restored": r["correct"], "L∞ change": round(r["linf_change"], 4),
+                   "seconds": round(r["seconds"], 3)} for r in done], hide_index=True, width="stretch")
+    if expl.label is None:
+        st.caption("nip-oracle is left out: this image has no known true label.")
+
+
+# ----------------------------------------------------------------------------- page
+
+def main() -> None:
+    st.title("Explore: fight perturbations with perturbations")
+    load_query_params()
+    if P + "query_warning" in st.session_state:
+        st.warning(st.session_state.pop(P + "query_warning"))
+    with st.sidebar:
+        st.markdown("### About the defense modes")
+        st.markdown("\n".join(f"- `{k}`: {v}" for k, v in MODE_NOTES.items()))
+        st.info(C.LABEL_FREE_NOTE)
+        st.caption("The page URL holds the configuration of the last run: copy it to share the view.")
+
+    models = list(MODELS)
+    model_name = st.selectbox("Model", models, key=C.init_state(P + "model", DEFAULT_MODEL),
+                              format_func=lambda m: f"{m} — {MODELS[m].summary}")
+    try:
+        model = C.get_model(model_name)
+    except Exception as exc:
+        C.show_error(exc, "loading model")
+        return
+
+    top = st.columns([3, 2])
+    with top[0]:
+        picked = choose_image(model_name, model.num_classes, model.class_names)
+    with top[1]:
+        attack = st.selectbox("Attack", sorted(ATTACKS), key=C.init_state(key(model_name, "attack"), DEFAULT_ATTACK),
+                              format_func=lambda a: f"{a} — {ATTACKS[a].spec.summary}")
+        defense = st.selectbox("Defense", list(DEFENSES),
+                               key=C.init_state(key(model_name, "defense"), DEFAULT_DEFENSE),
+                               format_func=lambda d: d + ("" if DEFENSES[d].deployable else " (NOT deployable)"))
+        note = MODE_NOTES.get(defense, DEFENSES[defense].spec.summary)
+        (st.warning if not DEFENSES[defense].deployable else st.caption)(f"`{defense}`: {note}.")
+
+    with st.form(P + "form"):
+        fc = st.columns(3)
+        with fc[0]:
+            st.markdown("**Attack parameters**")
+            attack_params = attack_inputs(model, attack)
+        with fc[1]:
+            st.markdown(f"**Defense parameters** ({defense})")
+            defense_params = defense_inputs(model, defense)
+        with fc[2]:
+            st.markdown("**Influence** (measured here; NIP uses the same layer, method and k)")
+            layer = st.selectbox("layer", list(model.spec.layers),
+                                 key=C.init_state(key(model_name, "layer"), model.spec.default_layer))
+            method = st.selectbox("method", list(METHODS), key=C.init_state(key(model_name, "method"), "conductance"))
+            k = st.slider("k (front/tail share of live neurons)", 0.05, 0.5, step=0.05,
+                          key=C.init_state(key(model_name, "k"), 0.2))
+            seed = int(st.number_input("seed", 0, 2**31 - 1, step=1, key=C.init_state(key(model_name, "seed"), 0)))
+        submitted = st.form_submit_button("Run", type="primary")
+
+    autorun = st.session_state.pop(P + "autorun", False)
+    if (submitted or autorun) and picked is not None:
+        image_key, image_bytes, label = picked
+        dp = dict(defense_params)
+        if DEFENSES[defense].family == "nip":
+            dp.update(layer=layer, method=method, k=float(k))
+        request = (model_name, image_key, image_bytes, label, attack, tuple(sorted(attack_params.items())),
+                   defense, tuple(sorted(dp.items())), layer, method, float(k), seed)
+        try:
+            C.run_with_progress("Running attack, defense and influence", C.explanation, *request)
+            st.session_state[P + "request"] = request
+            save_query_params(request)
+        except Exception as exc:
+            C.show_error(exc, "explain")
+            return
+    elif submitted:
+        st.error("Choose an example or upload a valid image first.")
+
+    request = st.session_state.get(P + "request")
+    if request is None:
+        st.info("Pick an image, an attack and a defense, then press **Run**.")
+        return
+    with C.guarded("showing results"):
+        show_results(request, C.explanation(*request))
+
+
+main()

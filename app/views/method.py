@@ -1,0 +1,73 @@
+"""Method: NIP as implemented, what each chart shows, and the honest limits."""
+from __future__ import annotations
+
+import streamlit as st
+
+from app import common as C
+from nip_core.runtime import REPO_ROOT
+
+P = "method."
+
+
+def main() -> None:
+    st.title("The method: Neuron-level Inverse Perturbation")
+    st.markdown("Chen et al., *Fight Perturbations with Perturbations: Defending Adversarial Attacks via Neuron "
+                "Influence* (arXiv 2112.13060). Adversarial examples **suppress** the neurons that matter most "
+                "for the true class (*front* neurons) and **enhance** the least useful ones (*tail* neurons). "
+                "NIP pushes back: before classifying, it adds a small *inverse perturbation* that raises the front "
+                "and lowers the tail.")
+    st.subheader("As implemented (nip_core/nip.py)")
+    st.markdown("With $a_j(x)$ neuron $j$'s activation (conv channels averaged over positions), $F$ and $T$ the "
+                "front and tail groups of a benign influence profile, budget $\\varepsilon$, step size $\\alpha$ "
+                "and $T$ steps:")
+    st.latex(r"J(x) = \operatorname{mean}_{j \in F} a_j(x) \;-\; \operatorname{mean}_{j \in T} a_j(x)")
+    st.latex(r"\delta_0 = 0,\qquad \delta_{t+1} = \Pi_{\|\delta\|_\infty \le \varepsilon,\; x+\delta \in [0,1]}"
+             r"\big(\delta_t + \alpha\,\operatorname{sign}\nabla_\delta J(x + \delta_t)\big),\quad t = 0,\dots,T-1")
+    st.markdown("The classifier then sees $x + \\delta_T$. Which profile gives $F$ and $T$? The true class is "
+                "unknown at defense time, so:\n"
+                "- `nip-oracle` — the true class's profile (**analysis only, not deployable**);\n"
+                "- `nip-global` — the global (all-class) profile (label-free);\n"
+                "- `nip` — class-conditional over the model's top-K candidate classes: run NIP once per candidate "
+                "and keep the one whose defended input scores best (`margin`: its logit minus the best other "
+                "logit; `confidence`: its softmax probability).")
+    st.warning(C.LABEL_FREE_NOTE)
+
+    st.subheader("What each chart shows")
+    st.markdown(
+        "- **Influence heatmaps** (Explore): every neuron of the chosen layer as one cell of a near-square grid "
+        "(neuron *j* at row *j ÷ cols*, column *j mod cols*), coloured by its influence toward the reference class "
+        "(Captum conductance or gradient × activation, in logit units). Benign, adversarial and defended share one "
+        "symmetric colour scale; grey cells are dead neurons. Hover shows index, value and group.\n"
+        "- **Difference heatmaps**: adversarial − benign and defended − benign on one shared scale (red: higher "
+        "than benign).\n"
+        "- **Front / middle / tail chart**: mean activation of each group for the three inputs. The paper's "
+        "signature is front down and tail up under attack, reversed by NIP; the verdict line under it says "
+        "whether this image shows it.\n"
+        "- **Perturbation**: the difference to the benign image, amplified to fill the colour scale, with its "
+        "L∞ and L2 norms in [0,1] pixel units.\n"
+        "- **Top-5 bars**: softmax confidence; green is the reference class.\n"
+        "- **Drill-down**: one neuron's activation map over the three inputs (conv layers: the channel's map; "
+        "fully connected layers: input-gradient magnitude of that neuron) and its profile influence per class.\n"
+        "- **Compare at a glance**: the same adversarial through each baseline, the random-sign control and the "
+        "NIP modes.\n"
+        "- **Benchmark heatmap**: accuracy (or defense success rate) per attack × defense, with benign and "
+        "adaptive rows.")
+
+    st.subheader("Honest limits")
+    st.markdown(
+        "- **Controls.** `random-sign` spends NIP's exact budget and steps in random directions. If NIP does not "
+        "beat it, the direction is not what helps; input transformations (JPEG, bit depth, median, noise) are "
+        "the other baselines.\n"
+        "- **Adaptive attacks.** Preprocessing defenses are known to fall to attacks that see them. The benchmark's "
+        "adaptive row attacks model ∘ defense with PGD and a straight-through (BPDA) gradient.\n"
+        "- **Label-free NIP is hard.** The oracle knows the class; deployable modes must guess it, and a wrong "
+        "guess pushes the input toward the wrong class's front neurons.\n"
+        "- **EfficientNet profiles** come from five shipped photos (plus mirror images), not from ImageNet.")
+
+    doc = REPO_ROOT / "docs" / "method.md"
+    if doc.exists():
+        with st.expander("Full method notes (docs/method.md)", expanded=False):
+            st.markdown(doc.read_text(encoding="utf-8"))
+
+
+main()

@@ -1,0 +1,421 @@
+"""Plotly figures for the Explore, Benchmark and Profiles views (pure functions, no Streamlit).
+
+Every function takes engine results (:class:`~nip_core.explain.Explanation`,
+:class:`~nip_core.influence.InfluenceProfile`, an ``evaluate`` result dict, tensors) and returns
+a ``plotly.graph_objects.Figure`` with a title, axis labels and a colour-bar title that says
+what is shown and in which unit. The CLI, the tests and the app share them.
+
+Conventions:
+
+* neuron heatmaps lay the ``n`` neurons of a layer out row-major in a near-square grid
+  (neuron ``j`` at row ``j // cols``, column ``j % cols``); cells past ``n`` are blank;
+* variants compared side by side share ONE symmetric colour scale centred on zero, so equal
+  colours mean equal values across panels;
+* dead neurons (never active on the benign references) are drawn grey, not as a value.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+VARIANTS = ("benign", "adversarial", "defended")
+VARIANT_COLOURS = {"benign": "#2a9d8f", "adversarial": "#e76f51", "defended": "#264653"}
+GROUP_COLOURS = {"front": "#1d4ed8", "middle": "#9ca3af", "tail": "#b91c1c"}
+DIVERGING = "RdBu_r"
+DEAD_GREY = "#bdbdbd"
+_DEAD_SCALE = [[0.0, DEAD_GREY], [1.0, DEAD_GREY]]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _np(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """(rows, cols) of the near-square grid holding ``n`` neurons."""
+    cols = max(1, math.ceil(math.sqrt(n)))
+    return math.ceil(n / cols), cols
+
+
+def to_grid(values: Any, fill: float = np.nan) -> np.ndarray:
+    """``[n]`` → ``[rows, cols]`` row-major, padded with ``fill``."""
+    v = _np(values).ravel()
+    rows, cols = grid_shape(len(v))
+    out = np.full(rows * cols, fill, dtype=float)
+    out[: len(v)] = v
+    return out.reshape(rows, cols)
+
+
+def neuron_groups(n: int, front: Any, tail: Any, dead: Any | None = None) -> list[str]:
+    """Group name of each neuron: front / middle / tail / dead."""
+    names = ["middle"] * n
+    for i in _np(front).astype(int).ravel():
+        names[i] = "front"
+    for i in _np(tail).astype(int).ravel():
+        names[i] = "tail"
+    if dead is not None:
+        for i in np.nonzero(_np(dead).ravel() > 0)[0]:
+            names[i] = "dead"
+    return names
+
+
+def _hover_grid(n: int, groups: Sequence[str]) -> np.ndarray:
+    labels = [f"neuron {j} · {groups[j]}" for j in range(n)]
+    rows, cols = grid_shape(n)
+    out = np.full(rows * cols, "", dtype=object)
+    out[:n] = labels
+    return out.reshape(rows, cols)
+
+
+def _symmetric_limit(*arrays: np.ndarray) -> float:
+    vals = [np.nanmax(np.abs(a)) for a in arrays if np.isfinite(a).any()]
+    m = float(max(vals)) if vals else 0.0
+    return m if m > 0 else 1.0
+
+
+def _class_label(names: Sequence[str], c: int) -> str:
+    return f"{c}: {names[c]}" if names and 0 <= c < len(names) and names[c] != str(c) else str(c)
+
+
+def _short(text: str, n: int = 28) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _neuron_grid_axes(fig: go.Figure, n_panels: int, rows: int, cols: int) -> None:
+    for i in range(1, n_panels + 1):
+        fig.update_xaxes(title_text=f"neuron index mod {cols}", showgrid=False, zeroline=False, row=1, col=i,
+                         constrain="domain")
+        fig.update_yaxes(title_text=f"neuron index ÷ {cols}" if i == 1 else None, autorange="reversed",
+                         showgrid=False, zeroline=False, scaleanchor=f"x{i if i > 1 else ''}", row=1, col=i,
+                         constrain="domain")
+
+
+def _panel_heatmaps(panels: list[tuple[str, np.ndarray]], dead: np.ndarray | None, groups: Sequence[str],
+                    title: str, colourbar_title: str, value_name: str) -> go.Figure:
+    """Side-by-side neuron-grid heatmaps on one symmetric colour scale."""
+    n = len(panels[0][1])
+    rows, cols = grid_shape(n)
+    hover = _hover_grid(n, groups)
+    dead_mask = dead.astype(bool) if dead is not None else np.zeros(n, bool)
+    grids = []
+    for _, v in panels:
+        vv = v.astype(float).copy()
+        vv[dead_mask] = np.nan
+        grids.append(to_grid(vv))
+    lim = _symmetric_limit(*grids)
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels],
+                        horizontal_spacing=0.06)
+    dead_grid = to_grid(np.where(dead_mask, 1.0, np.nan)) if dead_mask.any() else None
+    for i, g in enumerate(grids, start=1):
+        fig.add_trace(go.Heatmap(
+            z=g, customdata=hover, coloraxis="coloraxis", xgap=1, ygap=1, name=panels[i - 1][0],
+            hovertemplate="%{customdata}<br>" + value_name + " %{z:.4g}<extra>" + panels[i - 1][0] + "</extra>",
+        ), row=1, col=i)
+        if dead_grid is not None:
+            fig.add_trace(go.Heatmap(
+                z=dead_grid, customdata=hover, colorscale=_DEAD_SCALE, showscale=False, xgap=1, ygap=1,
+                name="dead", showlegend=(i == 1), hovertemplate="%{customdata}<br>dead: never active on the "
+                                                               "benign references<extra></extra>",
+            ), row=1, col=i)
+    _neuron_grid_axes(fig, len(panels), rows, cols)
+    fig.update_layout(
+        title=dict(text=title, x=0.0, xanchor="left"),
+        coloraxis=dict(colorscale=DIVERGING, cmin=-lim, cmax=lim, cmid=0.0,
+                       colorbar=dict(title=dict(text=colourbar_title, side="right"), thickness=14)),
+        margin=dict(l=50, r=20, t=80, b=40), height=380, plot_bgcolor="white",
+    )
+    return fig
+
+
+def _influence_unit(expl) -> str:
+    return "conductance, logit units" if expl.method == "conductance" else "gradient × activation, logit units"
+
+
+def _ref_name(expl) -> str:
+    return _class_label(expl.class_names, expl.reference_class)
+
+
+# ----------------------------------------------------------------------------- Explore figures
+
+def influence_heatmaps(expl, quantity: str = "influence") -> go.Figure:
+    """Benign / adversarial / defended neuron influence (or activation) on one shared scale.
+
+    Args:
+        expl: an :class:`~nip_core.explain.Explanation`.
+        quantity: ``"influence"`` (toward the reference class) or ``"activations"``.
+    """
+    n = len(expl.influence["benign"])
+    groups = neuron_groups(n, expl.front, expl.tail, expl.dead)
+    panels = [(v, _np(getattr(expl, quantity)[v])) for v in VARIANTS]
+    if quantity == "influence":
+        title = (f"Neuron influence toward class {_ref_name(expl)} — layer {expl.layer} "
+                 f"({n} neurons, grey = dead)")
+        cbar, vname = f"influence<br>({_influence_unit(expl)})", "influence"
+    else:
+        title = f"Neuron activation — layer {expl.layer} ({n} neurons, grey = dead)"
+        cbar, vname = "mean activation<br>(layer output units)", "activation"
+    return _panel_heatmaps(panels, _np(expl.dead), groups, title, cbar, vname)
+
+
+def difference_heatmaps(expl, quantity: str = "influence") -> go.Figure:
+    """Adversarial − benign and defended − benign, on one shared symmetric scale."""
+    n = len(expl.influence["benign"])
+    groups = neuron_groups(n, expl.front, expl.tail, expl.dead)
+    src = getattr(expl, quantity)
+    b = _np(src["benign"])
+    panels = [("adversarial − benign", _np(src["adversarial"]) - b), ("defended − benign", _np(src["defended"]) - b)]
+    what = f"influence toward class {_ref_name(expl)}" if quantity == "influence" else "activation"
+    unit = _influence_unit(expl) if quantity == "influence" else "layer output units"
+    fig = _panel_heatmaps(panels, _np(expl.dead), groups,
+                          f"Change in neuron {what} — layer {expl.layer} (red = higher than benign)",
+                          f"Δ {quantity}<br>({unit})", f"Δ {quantity}")
+    fig.update_layout(height=400)
+    return fig
+
+
+def group_chart(expl, quantity: str = "activations") -> go.Figure:
+    """Mean of ``quantity`` over front / middle / tail neurons for each variant (grouped bars).
+
+    An attack that works as the paper describes lowers the front bar and raises the tail bar
+    (adversarial vs benign); NIP should push them back (defended vs adversarial).
+    """
+    g = expl.group_means(quantity)
+    fig = go.Figure()
+    sizes = {"front": len(expl.front), "middle": len(expl.middle), "tail": len(expl.tail)}
+    xs = [f"{grp} ({sizes[grp]} neurons)" for grp in ("front", "middle", "tail")]
+    for v in VARIANTS:
+        vals = [g[v][grp] for grp in ("front", "middle", "tail")]
+        fig.add_trace(go.Bar(name=v, x=xs, y=vals, marker_color=VARIANT_COLOURS[v],
+                             text=[f"{x:.3g}" for x in vals], textposition="outside",
+                             hovertemplate="%{x}<br>" + v + ": %{y:.4g}<extra></extra>"))
+    unit = "layer output units" if quantity == "activations" else _influence_unit(expl)
+    fig.update_layout(
+        barmode="group",
+        title=dict(text=f"Mean neuron {quantity[:-1] if quantity.endswith('s') else quantity} by group "
+                        f"(groups from the class-{_ref_name(expl)} profile, k = {expl.k:g})", x=0.0),
+        xaxis_title="neuron group (by benign influence profile)",
+        yaxis_title=f"mean {quantity} ({unit})",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0, title_text="input"),
+        margin=dict(l=50, r=20, t=80, b=40), height=380,
+    )
+    return fig
+
+
+def signature_verdict(sig: dict[str, bool]) -> str:
+    """One sentence from :meth:`Explanation.signature`."""
+    att = []
+    att.append("suppressed the front neurons" if sig["attack_front_down"] else "did not suppress the front neurons")
+    att.append("enhanced the tail neurons" if sig["attack_tail_up"] else "did not enhance the tail neurons")
+    d_up, d_down = sig["defense_front_up"], sig["defense_tail_down"]
+    if d_up and d_down:
+        dtext = "the defense reversed both (front up, tail down)"
+    elif d_up or d_down:
+        dtext = "the defense reversed it only partly (" + ("front up" if d_up else "tail down") + ")"
+    else:
+        dtext = "the defense did not reverse it"
+    return f"The attack {att[0]} and {att[1]}; {dtext}."
+
+
+def prediction_bars(expl, variant: str, n: int = 5) -> go.Figure:
+    """Top-``n`` predicted classes with softmax confidence for one variant."""
+    top = expl.top(variant, n)[::-1]
+    ref = expl.reference_class
+    colours = ["#16a34a" if c == ref else VARIANT_COLOURS[variant] for c, _, _ in top]
+    fig = go.Figure(go.Bar(
+        x=[p * 100 for _, _, p in top], y=[_short(_class_label(expl.class_names, c), 24) for c, _, _ in top],
+        orientation="h", marker_color=colours, text=[f"{p * 100:.1f}%" for _, _, p in top], textposition="auto",
+        hovertemplate="%{y}: %{x:.2f}%<extra></extra>",
+    ))
+    c0, name0, p0 = expl.top(variant, 1)[0]
+    fig.update_layout(
+        title=dict(text=f"{variant}: top-{n} (green = class {_short(_ref_name(expl), 20)})", x=0.0,
+                   font=dict(size=13)),
+        xaxis=dict(title="softmax confidence (%)", range=[0, 100]), yaxis=dict(title="class", type="category"),
+        margin=dict(l=10, r=10, t=40, b=40), height=260, showlegend=False,
+    )
+    return fig
+
+
+def image_figure(image: Any, title: str = "image") -> go.Figure:
+    """A ``[C,H,W]`` image in [0,1] as a figure (pixel coordinates on the axes)."""
+    arr = _np(image)
+    if arr.shape[0] == 1:
+        fig = go.Figure(go.Heatmap(z=arr[0], colorscale="gray", zmin=0, zmax=1, showscale=False,
+                                   hovertemplate="x %{x}, y %{y}<br>grey %{z:.3f}<extra></extra>"))
+    else:
+        fig = go.Figure(go.Image(z=np.clip(arr.transpose(1, 2, 0), 0, 1) * 255))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", title_text="y (pixel)", showgrid=False)
+    fig.update_xaxes(title_text="x (pixel)", showgrid=False, constrain="domain")
+    fig.update_layout(title=dict(text=title, x=0.0), margin=dict(l=40, r=10, t=40, b=40), height=300)
+    return fig
+
+
+def perturbation_figure(expl, variant: str = "adversarial") -> go.Figure:
+    """The perturbation ``x_variant − x_benign`` (channel mean), amplified to fill the colour scale."""
+    d = _np(expl.perturbation(variant)).mean(0)
+    lim = float(np.abs(d).max()) or 1.0
+    norms = expl.norms(variant)
+    fig = go.Figure(go.Heatmap(
+        z=d, colorscale=DIVERGING, zmin=-lim, zmax=lim, zmid=0,
+        colorbar=dict(title=dict(text="Δ pixel<br>([0,1] units)", side="right"), thickness=10),
+        hovertemplate="x %{x}, y %{y}<br>Δ %{z:.4f}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", title_text="y (pixel)", showgrid=False)
+    fig.update_xaxes(title_text="x (pixel)", showgrid=False, constrain="domain")
+    fig.update_layout(title=dict(text=f"{variant} − benign (×{1 / lim:.0f}): L∞ {norms['linf']:.4f}, "
+                                      f"L2 {norms['l2']:.3f}", x=0.0, font=dict(size=12)),
+                      margin=dict(l=40, r=10, t=40, b=40), height=300)
+    return fig
+
+
+def spatial_overlay(image: Any, activation_map: Any, title: str = "activation map",
+                    zmax: float | None = None, value_label: str = "activation<br>(layer output units)") -> go.Figure:
+    """An image with one neuron's map (``[H,W]``, e.g. ``influence.spatial_map``) drawn over it.
+
+    ``value_label`` names the map's values: a conv channel's activation, or for a fully connected
+    neuron the normalised input-gradient magnitude.
+    """
+    arr = _np(image)
+    m = _np(activation_map)
+    if arr.shape[0] == 1:
+        rgb = np.repeat(arr, 3, axis=0)
+    else:
+        rgb = arr
+    fig = go.Figure(go.Image(z=np.clip(rgb.transpose(1, 2, 0), 0, 1) * 255,
+                             hoverinfo="skip"))
+    top = float(zmax if zmax is not None else (np.nanmax(m) if np.isfinite(m).any() else 1.0)) or 1.0
+    fig.add_trace(go.Heatmap(
+        z=m, colorscale="Inferno", zmin=0, zmax=top, opacity=0.55,
+        colorbar=dict(title=dict(text=value_label, side="right"), thickness=10),
+        hovertemplate="x %{x}, y %{y}<br>value %{z:.4g}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", title_text="y (pixel)", showgrid=False)
+    fig.update_xaxes(title_text="x (pixel)", showgrid=False, constrain="domain")
+    fig.update_layout(title=dict(text=title, x=0.0, font=dict(size=13)), margin=dict(l=40, r=10, t=40, b=40),
+                      height=300)
+    return fig
+
+
+def neuron_across_classes(profile, neuron: int, classes: Sequence[int] | None = None,
+                          class_names: Sequence[str] | None = None, highlight: int | None = None) -> go.Figure:
+    """Benign profile influence of one neuron toward each class (bars)."""
+    classes = sorted(profile.per_class) if classes is None else list(classes)
+    vals = [float(profile.class_scores(c)[neuron]) for c in classes]
+    names = class_names or []
+    labels = [_short(_class_label(names, c), 22) for c in classes]
+    colours = ["#16a34a" if c == highlight else ("#2563eb" if v >= 0 else "#dc2626") for c, v in zip(classes, vals)]
+    fig = go.Figure(go.Bar(x=labels, y=vals, marker_color=colours,
+                           hovertemplate="class %{x}<br>influence %{y:.4g}<extra></extra>"))
+    dead = bool(profile.dead[neuron])
+    fig.update_layout(
+        title=dict(text=f"Neuron {neuron} of {profile.layer}: mean benign influence per class"
+                        + (" (dead neuron)" if dead else ""), x=0.0),
+        xaxis=dict(title="class (green = reference class)", type="category"),
+        yaxis_title=f"mean influence ({profile.method}, logit units)",
+        margin=dict(l=50, r=20, t=60, b=60), height=340,
+    )
+    return fig
+
+
+def profile_heatmap(profile, classes: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
+                    include_global: bool = True) -> go.Figure:
+    """Classes × neurons benign influence profile (plus the global row); dead neurons grey."""
+    classes = sorted(profile.per_class) if classes is None else list(classes)
+    names = class_names or []
+    rows = [(_short(_class_label(names, c), 22), _np(profile.class_scores(c))) for c in classes]
+    if include_global:
+        rows.append(("global", _np(profile.global_scores)))
+    z = np.stack([r[1] for r in rows])
+    dead = _np(profile.dead).astype(bool)
+    z[:, dead] = np.nan
+    lim = _symmetric_limit(z)
+    ylabels = [r[0] for r in rows]
+    fig = go.Figure(go.Heatmap(
+        z=z, y=ylabels, x=list(range(z.shape[1])), colorscale=DIVERGING, zmin=-lim, zmax=lim, zmid=0,
+        colorbar=dict(title=dict(text=f"mean influence<br>({profile.method}, logit units)", side="right")),
+        hovertemplate="class %{y}<br>neuron %{x}<br>influence %{z:.4g}<extra></extra>",
+    ))
+    if dead.any():
+        dz = np.where(np.broadcast_to(dead, z.shape), 1.0, np.nan)
+        fig.add_trace(go.Heatmap(z=dz, y=ylabels, x=list(range(z.shape[1])), colorscale=_DEAD_SCALE, showscale=False,
+                                 hovertemplate="neuron %{x}: dead (never active on the references)<extra></extra>"))
+    fig.update_layout(
+        title=dict(text=f"Benign influence profile — {profile.model_name}, layer {profile.layer} "
+                        f"({profile.n_neurons} neurons, {int(dead.sum())} dead in grey)", x=0.0),
+        xaxis_title="neuron index", yaxis=dict(title="class profile", autorange="reversed", type="category"),
+        margin=dict(l=50, r=20, t=60, b=40), height=max(300, 40 + 28 * len(rows)),
+    )
+    return fig
+
+
+def defense_comparison(rows: Sequence[dict], reference_name: str = "reference") -> go.Figure:
+    """Confidence of the reference class after each defense (bars; green = predicted correctly).
+
+    Args:
+        rows: dicts with ``defense``, ``reference_confidence`` (0–1), ``correct`` and ``prediction_name``.
+    """
+    fig = go.Figure(go.Bar(
+        x=[r["defense"] for r in rows], y=[100 * r["reference_confidence"] for r in rows],
+        marker_color=["#16a34a" if r["correct"] else "#dc2626" for r in rows],
+        text=[_short(str(r["prediction_name"]), 14) for r in rows], textposition="outside",
+        hovertemplate="%{x}<br>confidence of reference class %{y:.1f}%<br>predicted: %{text}<extra></extra>",
+    ))
+    fig.update_layout(
+        title=dict(text=f"Same adversarial through each defense: confidence of class {_short(reference_name, 24)} "
+                        "(green = restored; label = predicted class)", x=0.0, font=dict(size=13)),
+        xaxis_title="defense", yaxis=dict(title="confidence of reference class (%)", range=[0, 115]),
+        margin=dict(l=50, r=20, t=60, b=40), height=340,
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- Benchmark figures
+
+def _bare_names(labels: Sequence[str], n: int = 30) -> list[str]:
+    """``"nip[k=0.2;…]"`` → ``"nip"`` when that bare name is unambiguous, else the label shortened."""
+    bare = [lab.split("[", 1)[0] for lab in labels]
+    return [b if bare.count(b) == 1 else _short(lab, n) for b, lab in zip(bare, labels)]
+
+
+def evaluation_heatmap(result: dict, metric: str = "defended_adv_accuracy", adaptive: bool = True) -> go.Figure:
+    """Attacks × defenses ``metric`` from an ``evaluate`` result, plus a benign row and adaptive row.
+
+    Rows are the attacks, then "benign (no attack)" and "adaptive PGD-BPDA"; columns are the defenses.
+    """
+    defenses = list(result.get("defenses") or dict.fromkeys(r["defense"] for r in result["rows"]))
+    attacks = list(result.get("attacks") or dict.fromkeys(r["attack"] for r in result["rows"]))
+    cell = {(r["attack"], r["defense"]): r.get(metric) for r in result["rows"]}
+    z = [[cell.get((a, d)) for d in defenses] for a in attacks]
+    ylabels = list(attacks)
+    if metric == "defended_adv_accuracy":
+        z.append([result["summary"]["benign_accuracy"].get(d) for d in defenses])
+        ylabels.append("benign (no attack)")
+        if adaptive and result.get("adaptive"):
+            z.append([result["adaptive"].get(d, {}).get("accuracy") for d in defenses])
+            ylabels.append("adaptive PGD-BPDA")
+    zz = np.array([[np.nan if v is None else 100 * float(v) for v in row] for row in z], dtype=float)
+    text = [["n/a" if not np.isfinite(v) else f"{v:.0f}%" for v in row] for row in zz]
+    titles = {"defended_adv_accuracy": "accuracy after defense", "defense_success_rate": "defense success rate",
+              "benign_accuracy": "benign accuracy after defense", "adv_accuracy": "accuracy with no defense"}
+    label = titles.get(metric, metric)
+    fig = go.Figure(go.Heatmap(
+        z=zz, x=_bare_names(defenses), y=_bare_names(ylabels, 34), text=text,
+        texttemplate="%{text}", colorscale="Viridis", zmin=0, zmax=100,
+        colorbar=dict(title=dict(text=f"{label} (%)", side="right")),
+        hovertemplate="attack %{y}<br>defense %{x}<br>" + label + " %{text}<extra></extra>",
+    ))
+    fig.update_layout(
+        title=dict(text=f"{label.capitalize()} — {result.get('model', '')}, N = {result.get('n_images', '?')}, "
+                        f"seed {result.get('seed', '?')} (n/a = not applicable)", x=0.0),
+        xaxis_title="defense", yaxis=dict(title="attack", autorange="reversed", type="category"),
+        margin=dict(l=50, r=20, t=60, b=60), height=max(300, 90 + 45 * len(ylabels)),
+    )
+    return fig

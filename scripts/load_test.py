@@ -1,0 +1,333 @@
+"""Load test: several concurrent browser sessions through the Explore page.
+
+Starts the Streamlit app on a free loopback port (or targets ``--url``), opens ``--sessions``
+headless Chromium sessions at once — each its own browser context, so its own Streamlit
+session — and sends each through Explore with a different gallery image, attack and defense
+via the page's query parameters (``model``, ``image``, ``attack``, ``ap``, ``defense``, ``dp``,
+``seed``; a link with them runs on load, as if **Run** were pressed). For each session it
+records:
+
+* ``first_result_s`` – time until the three prediction metrics are on the page;
+* ``complete_s``     – time until the page finished (the *Download summary* button is drawn);
+* errors shown by the page (``st.error`` / exceptions) or raised by the browser;
+* whether the page shows *its own* result: the caption names its attack, defense and true
+  label, and the benign (and with ``--verify full``: adversarial and defended) predictions
+  equal the engine's for that request, computed here in-process.
+
+and writes a JSON report (``--out``) with p50/p95/max latencies. Exit status 0 when every
+session finished with its own correct result, 1 otherwise.
+
+Uses Playwright with the system Chromium (``/usr/bin/chromium``; never ``playwright install``)
+and refuses any request that leaves the loopback interface.
+
+    .venv/bin/python scripts/load_test.py --sessions 4 --out load.json
+    .venv/bin/python scripts/load_test.py --url http://127.0.0.1:8501 --sessions 6 --out load.json
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MAX_SESSIONS = 12
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+# (attack, attack params, defense, defense params): cheap settings so sessions finish on a shared CPU.
+PLANS = [
+    ("fgsm", {"eps": 0.2}, "nip", {"steps": 10}),
+    ("pgd", {"max_iter": 10, "eps_step": 0.05}, "nip-global", {"steps": 10}),
+    ("bim", {"max_iter": 5}, "jpeg", {}),
+    ("deepfool", {"max_iter": 10}, "random-sign", {}),
+    ("mifgsm", {"max_iter": 5}, "median", {}),
+    ("fgsm", {"eps": 0.3}, "bitdepth", {}),
+    ("pgd", {"max_iter": 5, "eps_step": 0.05}, "gaussian", {}),
+    ("apgd", {"max_iter": 5}, "nip", {"steps": 5}),
+]
+
+
+# ----------------------------------------------------------------------------- plans and expectations
+
+def session_plans(model_name: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """One configuration per session: distinct gallery images (distinct labels first)."""
+    from nip_core.data import gallery
+    from nip_core.models import load_model
+
+    items = gallery(load_model(model_name).spec.gallery)
+    by_label: dict[int, list] = {}
+    for it in items:
+        by_label.setdefault(it.label, []).append(it)
+    order = [grp[i] for i in range(max(map(len, by_label.values()))) for grp in by_label.values() if i < len(grp)]
+    plans = []
+    for i in range(n):
+        it = order[i % len(order)]
+        attack, ap, defense, dp = PLANS[i % len(PLANS)]
+        plans.append({"session": i, "model": model_name, "image": it.key, "label": it.label,
+                      "label_name": it.label_name, "attack": attack, "ap": ap, "defense": defense, "dp": dp,
+                      "seed": seed + i})
+    return plans
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ";".join(f"{k}={v}" for k, v in params.items())
+
+
+def plan_query(plan: dict[str, Any]) -> str:
+    return urllib.parse.urlencode({"model": plan["model"], "image": plan["image"], "attack": plan["attack"],
+                                   "ap": _params_text(plan["ap"]), "defense": plan["defense"],
+                                   "dp": _params_text(plan["dp"]), "seed": str(plan["seed"])})
+
+
+def expected_result(plan: dict[str, Any], full: bool) -> dict[str, str]:
+    """The engine's predictions for a plan, as the page names them (class names)."""
+    from nip_core.attacks import ATTACKS
+    from nip_core.data import gallery
+    from nip_core.defenses import DEFENSES
+    from nip_core.explain import explain
+    from nip_core.models import load_model
+
+    model = load_model(plan["model"])
+    image = next(it.image for it in gallery(model.spec.gallery) if it.key == plan["image"])
+    out = {"benign": model.class_names[int(model.predict(image[None])[0])]}
+    if full:
+        # The page's defaults: layer = the model's default, conductance, k = 0.2; NIP shares them.
+        dp = DEFENSES[plan["defense"]].params_for(model, plan["dp"])
+        if DEFENSES[plan["defense"]].family == "nip":
+            dp.update(layer=model.spec.default_layer, method="conductance", k=0.2)
+        e = explain(model, image, plan["label"], attack=plan["attack"],
+                    attack_params=ATTACKS[plan["attack"]].params_for(model, plan["ap"]), defense=plan["defense"],
+                    defense_params=dp, layer=model.spec.default_layer, method="conductance", k=0.2,
+                    seed=plan["seed"])
+        out |= {v: e.top(v, 1)[0][1] for v in ("adversarial", "defended")}
+    return out
+
+
+# ----------------------------------------------------------------------------- server
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(port: int, log_path: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless=true",
+           "--server.fileWatcherType=none", "--browser.gatherUsageStats=false"]
+    log = open(log_path, "w")
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"error: the app exited with status {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/_stcore/health", timeout=5) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"error: the app at {url} was not healthy within {timeout:.0f} s")
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the process group we started, nothing else
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+# ----------------------------------------------------------------------------- browser sessions
+
+async def _loopback_only(route) -> None:
+    host = urllib.parse.urlsplit(route.request.url).hostname or ""
+    if host in LOOPBACK or route.request.url.startswith(("data:", "blob:")):
+        await route.continue_()
+    else:
+        await route.abort()
+
+
+async def read_metrics(page) -> dict[str, str]:
+    out = {}
+    for m in await page.locator('[data-testid="stMetric"]').all():
+        label = (await m.locator('[data-testid="stMetricLabel"]').inner_text()).strip()
+        value = (await m.locator('[data-testid="stMetricValue"]').inner_text()).strip()
+        out[label.replace(" prediction", "")] = value
+    return out
+
+
+async def page_errors(page) -> list[str]:
+    errs = []
+    for sel in ('[data-testid="stException"]', '[data-testid="stAlertContentError"]'):
+        for el in await page.locator(sel).all():
+            errs.append((await el.inner_text()).strip().splitlines()[0][:300] if await el.inner_text() else sel)
+    return errs
+
+
+async def run_session(browser, url: str, plan: dict[str, Any], timeout: float, start_gap: float) -> dict[str, Any]:
+    await asyncio.sleep(start_gap * plan["session"])
+    res: dict[str, Any] = {"plan": plan, "errors": [], "first_result_s": None, "complete_s": None}
+    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    await ctx.route("**/*", _loopback_only)
+    page = await ctx.new_page()
+    page.on("pageerror", lambda exc: res["errors"].append(f"browser: {exc}"[:300]))
+    t0 = time.perf_counter()
+    deadline = t0 + timeout
+    try:
+        await page.goto(f"{url}/?{plan_query(plan)}", wait_until="domcontentloaded", timeout=timeout * 1000)
+        while time.perf_counter() < deadline:
+            errs = await page_errors(page)
+            metrics = await read_metrics(page)
+            if res["first_result_s"] is None and {"benign", "adversarial", "defended"} <= set(metrics):
+                res["first_result_s"] = time.perf_counter() - t0
+                res["page"] = {"predictions": metrics}
+                captions = await page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
+                res["page"]["caption"] = next((c for c in captions if "· attack " in c), "")
+            if await page.get_by_role("button", name="Download summary (JSON)").count():
+                res["complete_s"] = time.perf_counter() - t0
+                res["page"]["predictions"] = await read_metrics(page)
+                break
+            if errs:
+                res["errors"] += errs
+                break
+            await asyncio.sleep(0.5)
+        else:
+            res["errors"].append(f"timeout after {timeout:.0f} s")
+        res["errors"] += [e for e in await page_errors(page) if e not in res["errors"]]
+    except Exception as exc:  # browser or navigation failure: one line in the report
+        res["errors"].append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+    finally:
+        await ctx.close()
+    return res
+
+
+async def drive(url: str, plans: list[dict[str, Any]], timeout: float, start_gap: float) -> list[dict[str, Any]]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            return await asyncio.gather(*(run_session(browser, url, p, timeout, start_gap) for p in plans))
+        finally:
+            await browser.close()
+
+
+# ----------------------------------------------------------------------------- report
+
+def check(res: dict[str, Any], expected: dict[str, str]) -> list[str]:
+    """Problems with a session's page versus its own request (empty: correct)."""
+    plan, page = res["plan"], res.get("page")
+    if page is None:
+        return ["no result on the page"]
+    problems = []
+    cap = page.get("caption", "")
+    for needle in (f"attack {plan['attack']} ", f"defense {plan['defense']} ",
+                   f"true label {plan['label']} ({plan['label_name']})"):
+        if needle not in cap:
+            problems.append(f"caption lacks {needle.strip()!r}: {cap[:160]!r}")
+    for variant, name in expected.items():
+        got = page["predictions"].get(variant)
+        if got != name:
+            problems.append(f"{variant} prediction {got!r}, engine says {name!r}")
+    return problems
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[min(len(v) - 1, max(0, int(round(q / 100 * len(v) + 0.5)) - 1))], 3)
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    return {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95),
+            "max": round(max(values), 3) if values else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", help="a running app (loopback only); default: start one on a free port")
+    ap.add_argument("--sessions", type=int, default=4, help=f"concurrent sessions (1–{MAX_SESSIONS})")
+    ap.add_argument("--model", default="lenet-mnist")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per session")
+    ap.add_argument("--stagger", type=float, default=0.0, help="seconds between session starts")
+    ap.add_argument("--verify", choices=["benign", "full"], default="benign",
+                    help="check the benign prediction (default) or all three against the engine")
+    ap.add_argument("--out", default="load.json")
+    args = ap.parse_args(argv)
+    Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
+    if not 1 <= args.sessions <= MAX_SESSIONS:
+        ap.error(f"--sessions must be in [1, {MAX_SESSIONS}]")
+    if not 10 <= args.timeout <= 3600:
+        ap.error("--timeout must be in [10, 3600] seconds")
+    os.environ.setdefault("NIP_DEVICE", "cpu")
+
+    proc = None
+    if args.url:
+        url = args.url.rstrip("/")
+        if urllib.parse.urlsplit(url).hostname not in LOOPBACK:
+            ap.error("--url must be a loopback address (127.0.0.1 or localhost)")
+    else:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start_app(port, Path(args.out).with_suffix(".server.log"))
+    try:
+        t_ready = time.perf_counter()
+        wait_healthy(url, proc, 180)
+        ready_s = time.perf_counter() - t_ready
+        plans = session_plans(args.model, args.sessions, args.seed)
+        t0 = time.perf_counter()
+        results = asyncio.run(drive(url, plans, args.timeout, args.stagger))
+        wall = time.perf_counter() - t0
+    finally:
+        if proc is not None:
+            stop_app(proc)
+
+    for res in results:
+        res["expected"] = expected_result(res["plan"], args.verify == "full")
+        res["problems"] = check(res, res["expected"])
+        res["ok"] = not res["errors"] and not res["problems"] and res["complete_s"] is not None
+    first = [r["first_result_s"] for r in results if r["first_result_s"] is not None]
+    complete = [r["complete_s"] for r in results if r["complete_s"] is not None]
+    report = {
+        "url": url, "started_app": proc is not None, "app_ready_s": round(ready_s, 3), "sessions": len(results),
+        "ok": sum(r["ok"] for r in results), "errors": sum(bool(r["errors"]) for r in results),
+        "wrong_results": sum(bool(r["problems"]) for r in results if r.get("page")),
+        "wall_s": round(wall, 3), "first_result_s": stats(first), "complete_s": stats(complete),
+        "verify": args.verify, "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+        "results": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in results],
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("sessions", "ok", "errors", "wrong_results", "wall_s",
+                                             "first_result_s", "complete_s")}))
+    for r in results:
+        if not r["ok"]:
+            print(f"session {r['plan']['session']} ({r['plan']['attack']}/{r['plan']['defense']}): "
+                  f"{'; '.join(r['errors'] + r['problems'])}", file=sys.stderr)
+    return 0 if report["ok"] == len(results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Sessions sharing one cached model from several threads get exactly their one-by-one results."""
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from safetensors.torch import save
+
+from nip_core.explain import explain
+from nip_core.influence import influence_profile, neuron_activations, neuron_influence
+
+# Eight different Explore runs: images, attacks, defenses, layers, methods and k all differ.
+CASES = [
+    dict(i=0, attack="fgsm", attack_params={"eps": 0.2}, defense="nip", layer="fc1", k=0.2),
+    dict(i=1, attack="pgd", attack_params={"max_iter": 10, "eps_step": 0.05}, defense="nip-global", layer="fc2",
+         k=0.1, method="grad_x_act"),
+    dict(i=2, attack="deepfool", attack_params={"max_iter": 10}, defense="jpeg", layer="conv2", k=0.3,
+         method="grad_x_act"),
+    dict(i=3, attack="bim", attack_params={"max_iter": 5}, defense="random-sign", layer="fc1", k=0.25),
+    dict(i=4, attack="mifgsm", attack_params={"max_iter": 5}, defense="gaussian", layer="conv1", k=0.5,
+         method="grad_x_act"),
+    dict(i=5, attack="apgd", attack_params={"max_iter": 5}, defense="nip", defense_params={"steps": 10}, layer="fc1",
+         k=0.15, seed=7),
+    dict(i=6, attack="square", attack_params={"max_iter": 30}, defense="median", layer="fc2", k=0.2,
+         method="grad_x_act"),
+    dict(i=7, attack="pgd", attack_params={"max_iter": 5, "eps_step": 0.05}, defense="bitdepth", layer="fc1", k=0.4,
+         seed=3),
+]
+TENSOR_FIELDS = ("images", "logits", "influence", "activations")
+
+
+def _run(model, digits, case):
+    x, y = digits
+    kw = {k: v for k, v in case.items() if k != "i"}
+    return explain(model, x[case["i"]], int(y[case["i"]]), n_steps=8, **kw)
+
+
+def assert_same_explanation(a, b):
+    for name in TENSOR_FIELDS:
+        for v in ("benign", "adversarial", "defended"):
+            assert torch.equal(getattr(a, name)[v], getattr(b, name)[v]), f"{name}[{v}] differs"
+    for name in ("front", "middle", "tail", "dead"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert (a.reference_class, a.attack_params, a.defense_params) == (b.reference_class, b.attack_params,
+                                                                      b.defense_params)
+
+
+def _in_threads(fns, timeout=600):
+    """Run each callable in its own thread, all released at once; returns their results."""
+    barrier = threading.Barrier(len(fns))
+
+    def go(fn):
+        barrier.wait()
+        return fn()
+
+    with ThreadPoolExecutor(len(fns)) as pool:
+        futures = [pool.submit(go, fn) for fn in fns]
+        return [f.result(timeout=timeout) for f in futures]
+
+
+def test_eight_explain_sessions_in_threads_match_one_by_one(lenet, digits):
+    # The one-by-one runs also compute (or read) every profile the threaded runs then share.
+    alone = [_run(lenet, digits, c) for c in CASES]
+    together = _in_threads([lambda c=c: _run(lenet, digits, c) for c in CASES])
+    for c, a, b in zip(CASES, alone, together):
+        try:
+            assert_same_explanation(a, b)
+        except AssertionError as exc:
+            raise AssertionError(f"case {c}: {exc}") from None
+
+
+def test_plain_logits_thread_alongside_captum_threads(lenet, digits):
+    x, y = digits
+    want_logits = lenet.logits(x)
+    want_cond = neuron_influence(lenet, x[:4], y[:4], "fc1", "conductance", 8)
+    want_gxa = neuron_influence(lenet, x, y, "conv2", "grad_x_act")
+    want_act = neuron_activations(lenet, x, "fc2")
+
+    def logits_loop():
+        return all(torch.equal(lenet.logits(x), want_logits) for _ in range(60))
+
+    def captum_loop(kind):
+        for _ in range(8):
+            if kind == "cond":
+                ok = torch.equal(neuron_influence(lenet, x[:4], y[:4], "fc1", "conductance", 8), want_cond)
+            elif kind == "gxa":
+                ok = torch.equal(neuron_influence(lenet, x, y, "conv2", "grad_x_act"), want_gxa)
+            else:
+                ok = torch.equal(neuron_activations(lenet, x, "fc2"), want_act)
+            if not ok:
+                return False
+        return True
+
+    results = _in_threads([logits_loop, logits_loop, lambda: captum_loop("cond"), lambda: captum_loop("gxa"),
+                           lambda: captum_loop("act")])
+    assert all(results), results
+
+
+@pytest.fixture(scope="module")
+def lenet_rgb_1000():
+    """A user's RGB LeNet with 1000 classes: photo gallery, per-class profiles filled on demand."""
+    from nip_core.byom import load_custom_model
+    from nip_core.models.lenet import LeNet5
+
+    torch.manual_seed(11)
+    net = LeNet5(num_classes=1000, in_channels=3)
+    return load_custom_model("lenet", save(net.state_dict()), [f"class {i}" for i in range(1000)])
+
+
+def test_profile_filled_on_demand_does_not_deadlock_with_a_defense(lenet_rgb_1000):
+    """Session A asks the profile for a new class outside the model lock (explain's groups) while
+    session B, inside the model lock (a NIP defense), asks for another new class."""
+    m = lenet_rgb_1000
+    prof = influence_profile(m, "fc1", "grad_x_act", use_cache=False)
+    assert prof._fill is not None
+    b_has_lock, a_started = threading.Event(), threading.Event()
+    out = {}
+
+    def session_a():
+        b_has_lock.wait()
+        a_started.set()
+        out["a"] = prof.class_scores(5)
+
+    def session_b():
+        with m.lock:
+            b_has_lock.set()
+            a_started.wait()
+            threading.Event().wait(0.3)  # let A reach the profile first
+            out["b"] = prof.class_scores(6)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (session_a, session_b)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "deadlock: profile lock and model lock taken in opposite orders"
+    assert out["a"].shape == out["b"].shape == (120,)
+
+
+def test_seeded_runs_on_two_models_in_threads_match_one_by_one(lenet, digits, lenet_rgb_1000):
+    """Attacks and defenses seed process-wide RNGs; two models have two locks, so seeding and
+    drawing must still not interleave across models."""
+    from nip_core.attacks import run_attack
+    from nip_core.defenses import apply_defense
+
+    x, y = digits
+    xr = x[:4].expand(-1, 3, -1, -1).contiguous()
+    yr = lenet_rgb_1000.predict(xr)
+
+    def a():
+        return [run_attack(lenet, "pgd", x[:4], y[:4], {"max_iter": 3}, seed=s).x_adv for s in range(6)]
+
+    def b():
+        return [apply_defense(lenet_rgb_1000, "gaussian", xr, seed=s).x_def for s in range(6)] + \
+               [run_attack(lenet_rgb_1000, "pgd", xr, yr, {"max_iter": 3}, seed=s).x_adv for s in range(6)]
+
+    want = [a(), b()]
+    for _ in range(2):
+        got = _in_threads([a, b])
+        for w, g in zip(want, got):
+            assert all(torch.equal(p, q) for p, q in zip(w, g))

@@ -1,0 +1,197 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright against `streamlit run`.
+
+Never runs `playwright install`; if /usr/bin/chromium is missing the test fails with a message.
+Screenshots go to tests/artifacts/ (git-ignored). The helpers here are also used by
+scripts/measure_app_speed.py.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+HEATMAP_TITLES = ["Neuron influence toward", "Neuron activation", "Change in neuron"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def streamlit_server(log_path: Path | None = None) -> Iterator[str]:
+    """Start ``streamlit run app/streamlit_app.py`` on a free port; yield its base URL."""
+    port = free_port()
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.port", str(port),
+         "--server.headless=true", "--server.fileWatcherType=none", "--browser.gatherUsageStats=false"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with status {proc.returncode}; log: {log_path}")
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("streamlit did not answer /_stcore/health within 120 s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log_path:
+            log.close()
+
+
+def launch(p):
+    """Debian's Chromium (CI installs it); a missing browser is a failure, not a skip."""
+    if not os.path.exists(CHROMIUM):
+        raise AssertionError(f"{CHROMIUM} is missing: install Debian's Chromium with "
+                             "`apt-get install -y chromium chromium-driver` (never `playwright install`).")
+    return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+# Number of drawn, non-stale Plotly heatmap figures (influence and difference heatmaps).
+_FRESH_HEATMAPS = """
+(titles) => {
+  let n = 0;
+  for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+    if (plot.closest('[data-stale="true"]')) continue;
+    const title = plot.querySelector('.gtitle');
+    if (title && titles.some(t => title.textContent.startsWith(t)) && plot.querySelector('.heatmaplayer .hm'))
+      n += 1;
+  }
+  return n;
+}
+"""
+
+
+def fresh_heatmaps(page) -> int:
+    return page.evaluate(_FRESH_HEATMAPS, HEATMAP_TITLES)
+
+
+def wait_heatmaps(page, n: int = 2, timeout_ms: int = 240_000) -> None:
+    page.wait_for_function(f"(titles) => ({_FRESH_HEATMAPS})(titles) >= {n}", arg=HEATMAP_TITLES,
+                           timeout=timeout_ms, polling=50)
+
+
+def wait_idle(page, timeout_ms: int = 240_000) -> None:
+    """Until the script run has finished (Streamlit's running indicator is gone)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                           timeout=timeout_ms, polling=100)
+
+
+def click_run(page) -> None:
+    page.get_by_role("button", name="Run", exact=True).click()
+
+
+def set_seed_and_run_time(page, seed: int, timeout_ms: int = 900_000) -> float:
+    """Type a new seed, click Run, and return seconds until the new heatmaps are drawn."""
+    box = page.get_by_label("seed", exact=True)
+    box.fill(str(seed))
+    box.press("Tab")
+    page.wait_for_timeout(300)
+    t0 = time.perf_counter()
+    click_run(page)
+    page.wait_for_url(f"**seed={seed}**", timeout=timeout_ms)   # set when the explanation is ready
+    wait_heatmaps(page, 2, timeout_ms=timeout_ms)
+    return time.perf_counter() - t0
+
+
+def open_explore(page, url: str, query: str = "") -> None:
+    page.goto(f"{url}/{query}")  # Explore is the default page, served at /
+    page.get_by_role("button", name="Run", exact=True).wait_for(timeout=180_000)
+
+
+def no_exceptions(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]').first.inner_text()
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def screenshot(page, path: Path) -> Path:
+    """The whole app, not just the viewport (Streamlit scrolls inside its own container)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = page.evaluate("() => Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], "
+                      "[data-testid=\"stAppViewContainer\"]')].map(e => e.scrollHeight))")
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": min(max(int(h) + 40, size["height"]), 12000)})
+    page.wait_for_timeout(800)  # plotly relayouts on resize
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
+    return path
+
+
+# ----------------------------------------------------------------------------- the test
+
+def test_explore_in_chromium(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from nip_core.data import gallery
+    from nip_core.images import tensor_to_png_bytes
+
+    digit = tmp_path / "digit.png"
+    item = gallery("mnist")[5]
+    digit.write_bytes(tensor_to_png_bytes(item.image))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(ARTIFACTS / "streamlit.log") as url, sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            open_explore(page, url)
+            # 1. the default example: LeNet, FGSM, nip
+            click_run(page)
+            wait_heatmaps(page, 2)
+            wait_idle(page)
+            no_exceptions(page)
+            assert page.locator(".js-plotly-plot").count() >= 14
+            assert "attack=fgsm" in page.url and "defense=nip" in page.url
+            screenshot(page, ARTIFACTS / "explore_default.png")
+
+            # 2. upload a digit and run again
+            page.get_by_text("Upload an image", exact=True).click()
+            page.locator('input[type="file"]').set_input_files(str(digit))
+            page.get_by_text("digit.png as the model sees it").wait_for(timeout=60_000)
+            click_run(page)
+            page.wait_for_url("**image=upload**", timeout=120_000)
+            wait_heatmaps(page, 2)
+            wait_idle(page)
+            no_exceptions(page)
+            assert page.get_by_text("no true label (reference = benign prediction)", exact=False).count() >= 1
+            shot = screenshot(page, ARTIFACTS / "explore_upload.png")
+            assert shot.stat().st_size > 10_000
+
+            # 3. a garbage upload is refused in the page, not with a traceback
+            junk = tmp_path / "junk.png"
+            junk.write_bytes(b"definitely not an image")
+            page.locator('input[type="file"]').set_input_files(str(junk))
+            page.locator('[data-testid="stAlertContentError"]').first.wait_for(timeout=60_000)
+            assert "Cannot use junk.png" in page.locator('[data-testid="stAlertContentError"]').first.inner_text()
+            assert page.locator('[data-testid="stException"]').count() == 0
+        finally:
+            browser.close()
