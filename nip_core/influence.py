@@ -227,6 +227,8 @@ class InfluenceProfile:
     per_class: dict[int, torch.Tensor] = field(default_factory=dict)
     class_counts: dict[int, int] = field(default_factory=dict)
     _fill: Callable[[list[int]], torch.Tensor] | None = field(default=None, repr=False)
+    # Writes the profile (with classes filled since loading) back to the disk cache.
+    _persist: Callable[["InfluenceProfile"], None] | None = field(default=None, repr=False)
     _lock: threading.Lock | threading.RLock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -257,6 +259,8 @@ class InfluenceProfile:
             if missing:
                 for c, scores in zip(missing, self._fill(missing)):
                     self.per_class[c] = scores
+                if self._persist is not None:
+                    self._persist(self)
 
     def scores(self, cls: int | None = None) -> torch.Tensor:
         return self.global_scores if cls is None else self.class_scores(cls)
@@ -330,7 +334,8 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
         x_ref, _ = reference()
         return torch.stack([neuron_influence(model, x_ref, c, layer, method, n_steps).mean(0) for c in classes])
 
-    files = [shipped_profile_dir() / f"{key}.safetensors", cache_dir() / "profiles" / f"{key}.safetensors"]
+    # The user cache comes first: it holds the shipped classes plus any filled since.
+    files = [cache_dir() / "profiles" / f"{key}.safetensors", shipped_profile_dir() / f"{key}.safetensors"]
     prof = None
     if use_cache:
         for f in files:
@@ -352,12 +357,14 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
                     prof.per_class[c] = infl[sel].mean(0)
                     prof.class_counts[c] = int(sel.sum())
         if use_cache:
-            _write(files[1], prof)
+            _write(files[0], prof)
         if progress:
             progress(1.0, "profile ready")
     if not labelled:
         prof._fill = fill
         prof._lock = model.lock  # fill() takes model.lock: one lock, one order, no deadlock
+        if use_cache:
+            prof._persist = lambda pr: _write(files[0], pr)
     with _PROFILES_LOCK:
         if use_cache:
             _PROFILES[key] = prof

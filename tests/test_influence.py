@@ -90,3 +90,19 @@ def test_profile_groups_and_dead_neurons(lenet):
     assert (prof.activation_rate[prof.dead] == 0).all()
     # Cached: a second call returns the same object (memory) and the same numbers from disk.
     assert influence_profile(lenet, "fc1", "conductance", 16) is prof
+
+
+def test_lazily_filled_class_profiles_persist_on_disk(tmp_path, monkeypatch):
+    from nip_core import influence
+    from nip_core.models import load_model
+
+    monkeypatch.setenv("NIP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(influence, "_PROFILES", {})
+    eff = load_model("efficientnet-lite0")
+    prof = influence_profile(eff, "head", "grad_x_act")
+    assert 1 not in prof.per_class
+    scores = prof.class_scores(1)  # goldfish: no shipped photo, filled on first use
+    monkeypatch.setattr(influence, "_PROFILES", {})
+    again = influence_profile(eff, "head", "grad_x_act")
+    assert again is not prof and 1 in again.per_class
+    assert torch.equal(again.per_class[1], scores)
