@@ -199,7 +199,8 @@ def neighbour_selector(model: LoadedModel, layers: list[str], neighbours: int = 
                        ) -> NeighbourSelector:
     """The selector for these layers, built once per process (one pass over the benign references)."""
     key = json.dumps([model.name, model.weights_sha256, layers, neighbours, per_class])
-    with _BANKS_LOCK:
+    # Same lock order as apply_defense (model lock first), so concurrent sessions cannot deadlock.
+    with model.lock, _BANKS_LOCK:
         if key not in _BANKS:
             _BANKS[key] = NeighbourSelector(model, layers, neighbours, per_class)
         return _BANKS[key]

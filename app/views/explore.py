@@ -19,7 +19,10 @@ DEFAULT_MODEL, DEFAULT_ATTACK, DEFAULT_DEFENSE = "lenet-mnist", "fgsm", "nip"
 VARIANTS = F.VARIANTS
 NIP_SHARED = ("layer", "method", "k", "n_steps")   # set in the influence section / kept at default
 MODE_NOTES = {
-    "nip": "label-free, class-conditional over the model's top-K candidate classes (deployable)",
+    "nip": "label-free (deployable): flags inputs whose conv features sit far from benign digits, then NIP "
+           "toward the class their benign neighbours vote for; on ImageNet/own models it falls back to top-K",
+    "nip-neighbours": "same as nip (its explicit name)",
+    "nip-topk": "label-free, class-conditional over the model's top-K candidate classes (deployable)",
     "nip-global": "label-free, one global all-class profile (deployable)",
     "nip-oracle": "uses the TRUE label to pick the profile — analysis only, NOT deployable",
     "random-sign": "control: NIP's budget and steps with random directions",

@@ -27,9 +27,14 @@ def main() -> None:
                 "unknown at defense time, so:\n"
                 "- `nip-oracle` — the true class's profile (**analysis only, not deployable**);\n"
                 "- `nip-global` — the global (all-class) profile (label-free);\n"
-                "- `nip` — class-conditional over the model's top-K candidate classes: run NIP once per candidate "
-                "and keep the one whose defended input scores best (`margin`: its logit minus the best other "
-                "logit; `confidence`: its softmax probability).")
+                "- `nip-topk` — class-conditional over the model's top-K candidate classes: run NIP once per "
+                "candidate and keep the one whose defended input scores best (`margin`: its logit minus the best "
+                "other logit; `confidence`: its softmax probability);\n"
+                "- `nip` (= `nip-neighbours`, the default) — detect first: inputs whose conv1/conv2 features sit "
+                "far from benign training digits (or whose prediction their benign neighbours disagree with) are "
+                "defended with NIP toward the neighbours' majority class; other inputs pass unchanged. On "
+                "ImageNet and user models (no labelled benign set) it falls back to `nip-topk`. "
+                "See docs/nip-research.md.")
     st.warning(C.LABEL_FREE_NOTE)
 
     st.subheader("What each chart shows")
