@@ -103,16 +103,7 @@ def _conductance(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, t
     logits to the layer.
     """
     box: list[torch.Tensor] = []
-    owner = threading.get_ident()
-
-    def hook(_m, _inp, out):
-        if threading.get_ident() != owner:
-            return None
-        # A fresh leaf: the graph starts at the layer, nothing before it is recorded.
-        leaf = out.detach().requires_grad_(True)
-        box.append(leaf)
-        return leaf.clone()  # downstream in-place ops must not touch the leaf
-
+    hook = _leaf_hook(box)
     alphas = torch.linspace(0, 1, n_steps + 1).tolist()
     chunk = conductance_chunk(x, n_steps, batch_size)
     outs = []
@@ -136,6 +127,52 @@ def _conductance(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, t
                         res.append(_per_neuron(c).float().cpu())
                     outs.append(torch.stack(res))
                     del logits, acts, diff
+        finally:
+            handle.remove()
+    return torch.cat(outs, dim=1)
+
+
+def _leaf_hook(box: list[torch.Tensor]):
+    """A forward hook that restarts the graph at the layer: its output becomes a fresh leaf.
+
+    Only the registering thread's forwards are captured (a cached model is shared by sessions).
+    """
+    owner = threading.get_ident()
+
+    def hook(_m, _inp, out):
+        if threading.get_ident() != owner:
+            return None
+        leaf = out.detach().requires_grad_(True)
+        box.append(leaf)
+        return leaf.clone()  # downstream in-place ops must not touch the leaf
+    return hook
+
+
+def _grad_x_act(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                batch_size: int = 64) -> torch.Tensor:
+    """Gradient × activation toward several target sets: ``[n_targets, N, n_neurons]`` on CPU.
+
+    The same numbers as Captum's ``LayerGradientXActivation`` (summed over positions), but all
+    target sets share one forward pass and only backpropagate from the logits to the layer.
+    """
+    box: list[torch.Tensor] = []
+    outs = []
+    with model.lock:
+        handle = module.register_forward_hook(_leaf_hook(box))
+        try:
+            with torch.enable_grad():
+                for i in range(0, len(x), batch_size):
+                    box.clear()
+                    logits = model.net(x[i:i + batch_size].to(model.device))
+                    acts = box[0]
+                    res = []
+                    for j, tg in enumerate(targets):
+                        tg = tg[i:i + batch_size].to(model.device).view(-1, 1)
+                        (g,) = torch.autograd.grad(logits.gather(1, tg).sum(), acts,
+                                                   retain_graph=j < len(targets) - 1)
+                        res.append(_per_neuron(g * acts.detach()).float().cpu())
+                    outs.append(torch.stack(res))
+                    del logits, acts
         finally:
             handle.remove()
     return torch.cat(outs, dim=1)
@@ -332,7 +369,8 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
             targets = torch.tensor(classes, dtype=torch.long).view(-1, 1).expand(-1, len(x_ref))
             return _conductance(model, model.layer(layer), x_ref, targets, n_steps).mean(1)
         x_ref, _ = reference()
-        return torch.stack([neuron_influence(model, x_ref, c, layer, method, n_steps).mean(0) for c in classes])
+        targets = torch.tensor(classes, dtype=torch.long).view(-1, 1).expand(-1, len(x_ref))
+        return _grad_x_act(model, model.layer(layer), x_ref, targets).mean(1)
 
     # The user cache comes first: it holds the shipped classes plus any filled since.
     files = [cache_dir() / "profiles" / f"{key}.safetensors", shipped_profile_dir() / f"{key}.safetensors"]

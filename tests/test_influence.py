@@ -106,3 +106,13 @@ def test_lazily_filled_class_profiles_persist_on_disk(tmp_path, monkeypatch):
     again = influence_profile(eff, "head", "grad_x_act")
     assert again is not prof and 1 in again.per_class
     assert torch.equal(again.per_class[1], scores)
+
+
+def test_multi_target_grad_x_act_equals_captum(lenet, digits):
+    from nip_core.influence import _grad_x_act
+    x, _ = digits
+    targets = torch.tensor([[1] * 8, [7] * 8])
+    for layer in ("conv2", "fc1"):
+        mine = _grad_x_act(lenet, lenet.layer(layer), x, targets)
+        ref = torch.stack([neuron_influence(lenet, x, t, layer, "grad_x_act") for t in targets])
+        assert torch.allclose(mine, ref, atol=1e-6)
