@@ -65,6 +65,51 @@ def gallery_entries(model_name: str) -> list[dict[str, Any]]:
              "png": tensor_to_png_bytes(it.image)} for it in gallery(model.spec.gallery)]
 
 
+BYOM_KEY = "byom.models"   # session state: names of the custom models this session loaded
+
+
+def load_custom(arch: str, weights: bytes, classes: bytes, input_size: int | None) -> str:
+    """Register a user's safetensors classifier (never unpickled) and return its model name."""
+    from nip_core.byom import load_custom_model
+    return load_custom_model(arch, weights, classes, input_size=input_size).name
+
+
+def visible_models(own: list[str]) -> list[str]:
+    """Shipped models plus this session's own uploaded ones (never another session's)."""
+    from nip_core.byom import is_custom
+    from nip_core.models import MODELS
+    return [m for m in MODELS if not is_custom(m)] + [m for m in own if m in MODELS]
+
+
+def byom_panel() -> None:
+    """Sidebar form: bring your own model as safetensors weights + class names."""
+    from nip_core.byom import ARCHITECTURES
+
+    with st.sidebar.expander("Bring your own model"):
+        st.caption("Weights must be a **safetensors** state dict for a listed architecture (pickled .pt/.pth "
+                   "files are refused, never opened). Class names: a text file, one per line, or a JSON list.")
+        with st.form("byom.form"):
+            arch = st.selectbox("Architecture", sorted(ARCHITECTURES),
+                                format_func=lambda a: f"{a} — {ARCHITECTURES[a].summary}")
+            weights = st.file_uploader("Weights (.safetensors)", type=["safetensors"])
+            classes = st.file_uploader("Class names (.txt or .json)", type=["txt", "json"])
+            size = st.number_input("Input size in pixels (0 = the architecture's default)", 0, 1024, 0)
+            submitted = st.form_submit_button("Load model")
+        if submitted:
+            if weights is None or classes is None:
+                st.error("Upload both the weights and the class names.")
+                return
+            try:
+                name = load_custom(arch, weights.getvalue(), classes.getvalue(), int(size) or None)
+            except Exception as exc:
+                show_error(exc, "loading your model")
+                return
+            own = st.session_state.setdefault(BYOM_KEY, [])
+            if name not in own:
+                own.append(name)
+            st.success(f"Loaded as {name}; pick it in the Model box.")
+
+
 def load_upload(model_name: str, data: bytes):
     """Decode uploaded bytes for the model through the one safe loader (raises InputError)."""
     from nip_core.images import load_image

@@ -139,3 +139,24 @@ def test_benchmark_page_defaults() -> None:
     rows = at.dataframe[0].value
     assert len(rows) == 2 * 5 and rows["defended_adv_accuracy"].between(0, 1).all()
     assert len([b for b in at.get("download_button")]) == 2
+
+
+def test_bring_your_own_model_is_per_session_and_refuses_pickles():
+    import io
+    import pickle
+
+    from safetensors.torch import save
+    from app import common as C
+    from nip_core.errors import InputError
+    from nip_core.models.lenet import LeNet5
+
+    net = LeNet5(num_classes=3)
+    weights = save({k: v.contiguous() for k, v in net.state_dict().items()})
+    name = C.load_custom("lenet", weights, b"cat\ndog\nbird\n", None)
+    assert name.startswith("custom-lenet-")
+    assert name in C.visible_models([name]) and name not in C.visible_models([])
+    assert {"lenet-mnist", "efficientnet-lite0"} <= set(C.visible_models([]))
+    buf = io.BytesIO()
+    pickle.dump(net.state_dict(), buf)
+    with pytest.raises(InputError, match="safetensors"):
+        C.load_custom("lenet", buf.getvalue(), b"a\nb\nc\n", None)

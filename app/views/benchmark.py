@@ -9,7 +9,6 @@ from app import common as C
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
 from nip_core.defenses import DEFENSES
-from nip_core.models import MODELS
 
 P = "benchmark."
 DEFAULTS = {"model": "lenet-mnist", "attacks": ["fgsm", "pgd"],
@@ -27,7 +26,8 @@ def main() -> None:
                 "`nip-oracle` uses true labels, so it is not deployable and has no adaptive number.")
     with st.form(P + "form"):
         c = st.columns([2, 3, 3, 1, 1])
-        model = c[0].selectbox("Model", list(MODELS), key=C.init_state(P + "model", DEFAULTS["model"]))
+        model = c[0].selectbox("Model", C.visible_models(st.session_state.get(C.BYOM_KEY, [])),
+                               key=C.init_state(P + "model", DEFAULTS["model"]))
         attacks = c[1].multiselect("Attacks", sorted(ATTACKS), key=C.init_state(P + "attacks", DEFAULTS["attacks"]))
         defenses = c[2].multiselect("Defenses", list(DEFENSES),
                                     key=C.init_state(P + "defenses", DEFAULTS["defenses"]),

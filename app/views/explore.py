@@ -49,7 +49,7 @@ def load_query_params() -> None:
         return
     problems: list[str] = []
     model = qp.get("model", DEFAULT_MODEL)
-    if model not in MODELS:
+    if model not in C.visible_models(st.session_state.get(C.BYOM_KEY, [])):
         problems.append(f"unknown model {model!r}")
         model = DEFAULT_MODEL
     st.session_state[P + "model"] = model
@@ -294,7 +294,8 @@ def main() -> None:
         st.info(C.LABEL_FREE_NOTE)
         st.caption("The page URL holds the configuration of the last run: copy it to share the view.")
 
-    models = list(MODELS)
+    C.byom_panel()
+    models = C.visible_models(st.session_state.get(C.BYOM_KEY, []))
     model_name = st.selectbox("Model", models, key=C.init_state(P + "model", DEFAULT_MODEL),
                               format_func=lambda m: f"{m} — {MODELS[m].summary}")
     try:

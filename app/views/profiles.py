@@ -19,7 +19,8 @@ def main() -> None:
                 "**tail** neurons the bottom *k*; **dead** neurons never fire on the references and are grey.")
     with st.form(P + "form"):
         c = st.columns(4)
-        model_name = c[0].selectbox("Model", list(MODELS), key=C.init_state(P + "model", "lenet-mnist"))
+        model_name = c[0].selectbox("Model", C.visible_models(st.session_state.get(C.BYOM_KEY, [])),
+                                    key=C.init_state(P + "model", "lenet-mnist"))
         spec = MODELS[model_name]
         lk = P + f"{model_name}.layer"
         layer = c[1].selectbox("Layer", list(spec.layers), key=C.init_state(lk, spec.default_layer))
