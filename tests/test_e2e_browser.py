@@ -175,7 +175,7 @@ def test_explore_in_chromium(tmp_path: Path) -> None:
 
             # 2. upload a digit and run again
             page.get_by_text("Upload an image", exact=True).click()
-            page.locator('input[type="file"]').set_input_files(str(digit))
+            image_input(page).set_input_files(str(digit))
             page.get_by_text("digit.png as the model sees it").wait_for(timeout=60_000)
             click_run(page)
             page.wait_for_url("**image=upload**", timeout=120_000)
@@ -189,9 +189,15 @@ def test_explore_in_chromium(tmp_path: Path) -> None:
             # 3. a garbage upload is refused in the page, not with a traceback
             junk = tmp_path / "junk.png"
             junk.write_bytes(b"definitely not an image")
-            page.locator('input[type="file"]').set_input_files(str(junk))
+            image_input(page).set_input_files(str(junk))
             page.locator('[data-testid="stAlertContentError"]').first.wait_for(timeout=60_000)
             assert "Cannot use junk.png" in page.locator('[data-testid="stAlertContentError"]').first.inner_text()
             assert page.locator('[data-testid="stException"]').count() == 0
         finally:
             browser.close()
+
+
+def image_input(page):
+    """The Explore image uploader's file input (the sidebar has other uploaders)."""
+    return (page.locator('[data-testid="stFileUploader"]').filter(has_text="PNG, JPEG, WebP")
+            .locator('input[type="file"]'))
