@@ -24,10 +24,8 @@ import argparse
 import hashlib
 import json
 import os
-import stat
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -35,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nip_core.errors import InputError
+from nip_core.images import read_file_limited
 from nip_core.models.base import MODELS, LoadedModel, ModelSpec, Normalize, finish, load_model, register_model
 
 MAX_WEIGHT_BYTES = 200 * 1024 * 1024
@@ -190,26 +189,7 @@ def _read_limited(source: bytes | bytearray | memoryview | str | os.PathLike, wh
         return source
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"Expected the {what} as bytes or a file path, got {type(source).__name__}.")
-    p = Path(source)
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise InputError(f"There is no file at {str(p)!r} (the {what}).") from None
-    except OSError as exc:
-        raise InputError(f"Cannot access {str(p)!r} ({exc.strerror or exc}).") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{str(p)!r} is not a regular file; give the path of the {what}.")
-    if st.st_size > limit:
-        raise InputError(f"The {what} file {str(p)!r} is {st.st_size / 2**20:.1f} MB, "
-                         f"over the {limit / 2**20:g} MB limit.")
-    try:
-        with open(p, "rb") as fh:
-            data = fh.read(limit + 1)  # the file may have grown since stat
-    except OSError as exc:
-        raise InputError(f"Cannot read {str(p)!r} ({exc.strerror or exc}).") from None
-    if len(data) > limit:
-        raise InputError(f"The {what} file {str(p)!r} is over the {limit / 2**20:g} MB limit.")
-    return data
+    return read_file_limited(source, f"the {what}", limit)
 
 
 _SAFETENSORS_ONLY = ("only safetensors weights are accepted; save them with "

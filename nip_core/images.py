@@ -237,27 +237,35 @@ def load_image(data: bytes, *, channels: int, size: int, preprocess: str) -> tor
     return to_model_input(decode_image(data), channels=channels, size=size, preprocess=preprocess)
 
 
-def load_image_file(path: str | os.PathLike, *, channels: int, size: int, preprocess: str) -> torch.Tensor:
-    """Read an image file (refusing missing, non-regular or oversized files) and :func:`load_image` it."""
+def read_file_limited(path: str | os.PathLike, what: str, limit: int) -> bytes:
+    """Bytes of a regular file, refusing missing, non-regular or over-``limit`` files with an
+    :class:`InputError` (size checked with ``stat`` before anything is read)."""
     p = Path(path)
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise InputError(f"There is no file at {str(p)!r}; give the path of {_ACCEPTED}.") from None
+        raise InputError(f"There is no file at {str(p)!r}; give the path of {what}.") from None
     except OSError as exc:
         raise InputError(f"Cannot access {str(p)!r} ({exc.strerror or exc}).") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{str(p)!r} is a directory; give the path of {_ACCEPTED}.")
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{str(p)!r} is not a regular file; give the path of {_ACCEPTED}.")
-    if st.st_size > MAX_BYTES:
-        raise InputError(f"{str(p)!r} is {st.st_size / 2**20:.1f} MB, over the {MAX_BYTES / 2**20:g} MB limit; "
-                         f"provide a smaller image.")
+        kind = " (it is a directory)" if stat.S_ISDIR(st.st_mode) else ""
+        raise InputError(f"{str(p)!r} is not a regular file{kind}; give the path of {what}.")
+    if st.st_size > limit:
+        raise InputError(f"{str(p)!r} is {st.st_size / 2**20:.1f} MB, over the {limit / 2**20:g} MB limit "
+                         f"for {what}.")
     try:
         with open(p, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)  # the file may have grown since stat
+            data = fh.read(limit + 1)  # the file may have grown since stat
     except OSError as exc:
         raise InputError(f"Cannot read {str(p)!r} ({exc.strerror or exc}).") from None
+    if len(data) > limit:
+        raise InputError(f"{str(p)!r} is over the {limit / 2**20:g} MB limit for {what}.")
+    return data
+
+
+def load_image_file(path: str | os.PathLike, *, channels: int, size: int, preprocess: str) -> torch.Tensor:
+    """Read an image file (refusing missing, non-regular or oversized files) and :func:`load_image` it."""
+    data = read_file_limited(path, _ACCEPTED, MAX_BYTES)
     return load_image(data, channels=channels, size=size, preprocess=preprocess)
 
 
