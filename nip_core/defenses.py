@@ -51,6 +51,11 @@ class Defense:
     needs_labels: bool = False
     dataset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     family: str = "baseline"
+    # A defense-aware adaptive attack, beyond BPDA: (model, x, y, defense params, attack params,
+    # seed) → adversarials, or None where it does not apply to this model.
+    aware_attack: Callable[..., torch.Tensor | None] | None = field(default=None, repr=False)
+    # Why the defense treats each input as it does: (model, x, params) → one dict per input, or None.
+    explain_decision: Callable[..., list[dict] | None] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:

@@ -45,6 +45,9 @@ class Explanation:
     defense: str
     defense_params: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
+    # Why the defense acted as it did on the benign and the adversarial input (defenses that
+    # explain themselves, e.g. the label-free `nip`); None otherwise.
+    decision: dict[str, dict] | None = None
 
     def top(self, variant: str, n: int = 5) -> list[tuple[int, str, float]]:
         p = self.logits[variant].softmax(0)
@@ -93,6 +96,7 @@ class Explanation:
             "signature": self.signature(),
             "n_front": len(self.front), "n_tail": len(self.tail), "n_dead": int(self.dead.sum()),
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "defense_decision": self.decision,
         }
 
 
@@ -144,6 +148,11 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
     dr = apply_defense(model, defense, x_adv, defense_params, y=y if dunit.needs_labels else None, seed=seed)
     secs["defense"] = dr.seconds
     x_def = dr.x_def
+    decision = None
+    if dunit.explain_decision is not None:
+        with model.lock:
+            why = dunit.explain_decision(model, torch.cat([x, x_adv]), dr.params)
+        decision = dict(zip(VARIANTS[:2], why)) if why is not None else None
 
     say(0.7, "measuring neuron influence")
     t = time.perf_counter()
@@ -160,4 +169,5 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
         influence=dict(zip(VARIANTS, infl)), activations=dict(zip(VARIANTS, acts)),
         front=front, middle=middle, tail=tail, dead=prof.dead, class_names=model.class_names,
         attack=attack, attack_params=ar.params, defense=defense, defense_params=dr.params, seconds=secs,
+        decision=decision,
     )

@@ -388,7 +388,8 @@ def _bare_names(labels: Sequence[str], n: int = 30) -> list[str]:
 def evaluation_heatmap(result: dict, metric: str = "defended_adv_accuracy", adaptive: bool = True) -> go.Figure:
     """Attacks × defenses ``metric`` from an ``evaluate`` result, plus a benign row and adaptive row.
 
-    Rows are the attacks, then "benign (no attack)" and "adaptive PGD-BPDA"; columns are the defenses.
+    Rows are the attacks, then "benign (no attack)", "adaptive PGD-BPDA" and, when any defense has
+    one, "defense-aware PGD"; columns are the defenses.
     """
     defenses = list(result.get("defenses") or dict.fromkeys(r["defense"] for r in result["rows"]))
     attacks = list(result.get("attacks") or dict.fromkeys(r["attack"] for r in result["rows"]))
@@ -401,6 +402,10 @@ def evaluation_heatmap(result: dict, metric: str = "defended_adv_accuracy", adap
         if adaptive and result.get("adaptive"):
             z.append([result["adaptive"].get(d, {}).get("accuracy") for d in defenses])
             ylabels.append("adaptive PGD-BPDA")
+            aware = [result["adaptive"].get(d, {}).get("aware", {}).get("accuracy") for d in defenses]
+            if any(v is not None for v in aware):
+                z.append(aware)
+                ylabels.append("defense-aware PGD")
     zz = np.array([[np.nan if v is None else 100 * float(v) for v in row] for row in z], dtype=float)
     text = [["n/a" if not np.isfinite(v) else f"{v:.0f}%" for v in row] for row in zz]
     titles = {"defended_adv_accuracy": "accuracy after defense", "defense_success_rate": "defense success rate",

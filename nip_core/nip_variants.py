@@ -8,13 +8,17 @@ is knowing the class. The attacked logits are the worst witness, and so are the 
 attack rewires. So ``nip-neighbours`` (registered also as ``nip``) reads the class from the early
 layers the attack disturbs less, and it compares them with benign statistics:
 
-1. **Vote.** The input's ``conv1`` map (2×2-pooled, raw) and ``conv2`` map (standardised by
-   benign statistics) are compared by cosine with those of 4,000 benign training digits. The
-   classes of the ``neighbours`` nearest at each layer vote.
-2. **Detect.** Four scores are each calibrated on the benign references (leave-one-out) to a
-   ``false_alarm`` rate: the distance to the benign neighbours at conv1 and at conv2, the share of
-   votes against the model's prediction, and a low softmax margin. If none fires, the input is
-   judged benign and returned **unchanged**.
+1. **Vote.** The input's ``conv1`` map (2×2-pooled, raw) is compared by cosine with those of
+   4,000 benign training digits. The classes of the ``neighbours`` nearest vote, each weighted by
+   ``exp(vote_weight · (cos − nearest cos))``.
+2. **Detect.** Three scores are each calibrated to a ``false_alarm`` rate on held-out benign
+   digits (the ``calib`` split, never used for tuning or reporting): the share of ``conv1``
+   neurons outside the range they take on benign references (an L∞ perturbation lights up
+   background neurons that are constant on every benign digit), the share of votes against the
+   model's prediction, and a low softmax margin. The last two count only when the abnormal
+   share is also above its benign 90th percentile (``gate``): on benign digits, a disagreeing
+   vote is usually the vote's error. If nothing fires, the input is judged benign and returned
+   **unchanged**.
 3. **Defend.** A flagged input gets NIP (``nip_core.nip.inverse_perturbation``) with the
    influence profile of the winning class: front up, tail down, within budget ε.
 
@@ -23,15 +27,15 @@ Known limitations (measured in ``docs/nip-research.md``):
 * The defended accuracy is, in effect, the accuracy of the detector plus the neighbour vote (a
   deep-kNN, cf. Papernot & McDaniel 2018). With ε = 0.3, NIP reaches whatever class it is pointed
   at, so NIP here is the *mechanism* that moves the input; the vote decides where. Large L∞
-  attacks (FGSM/PGD 0.3) also disturb conv1/conv2, and there the vote is right for only 65–85%
-  of the images.
+  attacks (FGSM/PGD 0.3) also disturb conv1, and there the vote is right for only 84–89% of the
+  images (tune split).
 * Adversarials that no detector flags pass untouched. To keep benign accuracy, ``false_alarm``
-  must stay small, and that is the main loss.
+  must stay small.
 * Choosing the candidate by how the NIP-defended input "fits" its class does not work: neither
   the distance to benign means, nor J, nor the margin over all ten candidates. With ε = 0.3, NIP
   makes every candidate fit.
-* An attacker who knows the defense can also target conv1/conv2 and the detectors. See the
-  adaptive (BPDA) column of the evaluation.
+* An attacker who knows the defense can also target conv1 and the detectors: the adaptive (BPDA)
+  column of the evaluation does not, so it is an upper bound.
 * It needs a labelled benign set in the model's label space (MNIST training digits). On ImageNet
   and on user models it falls back to the top-K NIP of ``nip_core.nip``.
 """
@@ -108,16 +112,22 @@ class BenignBank:
         return torch.nn.functional.normalize((flat - self.mean) / self.std, dim=1)
 
     def neighbours(self, flat: torch.Tensor, k: int, skip_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean cosine to the ``k`` nearest benign maps ``[N]``, their labels ``[N, k]``)."""
+        """(cosines to the ``k`` nearest benign maps ``[N, k]``, best first; their labels ``[N, k]``)."""
         k = min(k, len(self.labels) - int(skip_self))
         top = (self.embed(flat) @ self.feats.T).topk(k + int(skip_self), dim=1)
-        vals, idx = top.values[:, int(skip_self):], top.indices[:, int(skip_self):]
-        return vals.mean(1), self.labels[idx]
+        return top.values[:, int(skip_self):], self.labels[top.indices[:, int(skip_self):]]
 
-    def votes(self, flat: torch.Tensor, k: int, num_classes: int, skip_self: bool = False) -> torch.Tensor:
-        """``[N, num_classes]`` share of the ``k`` nearest benign maps in each class."""
-        _, lab = self.neighbours(flat, k, skip_self)
-        return torch.nn.functional.one_hot(lab, num_classes).float().mean(1)
+    def votes(self, flat: torch.Tensor, k: int, num_classes: int, weight: float = 0.0,
+              skip_self: bool = False) -> torch.Tensor:
+        """``[N, num_classes]`` weighted share of the ``k`` nearest benign maps in each class.
+
+        Neighbour ``i`` weighs ``exp(weight · (cos_i − cos_1))``: 0 gives the plain majority; larger
+        values trust the closest neighbours more (1 for the nearest, always).
+        """
+        sim, lab = self.neighbours(flat, k, skip_self)
+        w = torch.exp(weight * (sim - sim[:, :1]))
+        v = (torch.nn.functional.one_hot(lab, num_classes).float() * w.unsqueeze(2)).sum(1)
+        return v / v.sum(1, keepdim=True)
 
 
 def _outputs(model: LoadedModel, x: torch.Tensor, layers: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -138,23 +148,31 @@ _BANKS_LOCK = threading.Lock()
 
 
 class NeighbourSelector:
-    """Class vote and benign/adversarial flag from benign neighbours at several early layers.
+    """Class vote and benign/adversarial flag from benign statistics at early layers.
 
-    Scores (higher = less benign-like), each calibrated on the benign references themselves
-    (leave-one-out) so that a benign image exceeds its threshold with probability ≈ ``false_alarm``:
+    The vote: the ``neighbours`` nearest benign reference maps at each layer (cosine), weighted
+    by ``exp(vote_weight · (cos − cos_nearest))``. The scores (higher = less benign-like):
 
-    * ``ood:<layer>`` – minus the mean cosine to the nearest benign maps at that layer;
-    * ``no_support``  – share of neighbour votes (all layers) *against* the model's prediction;
-    * ``low_margin``  – minus the softmax gap between the top two classes.
+    * ``abnormal:<layer>`` – share of the layer's neurons outside the range ``[min, max]`` they
+      take on the benign references. Benign backgrounds leave most early neurons at a fixed
+      value; an L∞ perturbation pushes many of them out of range;
+    * ``no_support`` – share of the (weighted) votes *against* the model's prediction;
+    * ``low_margin`` – minus the softmax gap between the top two classes.
+
+    Each threshold is calibrated on the ``calib`` split of held-out benign digits
+    (``nip_core.data``), never on the tune or report split: a benign digit exceeds it with
+    probability ≈ ``false_alarm``.
     """
 
-    def __init__(self, model: LoadedModel, layers: list[str], neighbours: int, per_class: int) -> None:
-        from nip_core.data import benign_reference
+    def __init__(self, model: LoadedModel, layers: list[str], neighbours: int, per_class: int,
+                 vote_weight: float = 0.0) -> None:
+        from nip_core.data import benign_reference, heldout_split
 
-        self.model, self.layers, self.k = model, layers, neighbours
+        self.model, self.layers, self.k, self.vote_weight = model, layers, neighbours, vote_weight
         x, y = benign_reference(model, per_class)
-        outs, logits = _outputs(model, x, layers)
+        outs, _ = _outputs(model, x, layers)
         self.banks: dict[str, BenignBank] = {}
+        self.ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name in layers:
             pool, std = EMBEDDING.get(name, ("full", True))
             bank = BenignBank(torch.zeros(0), y, torch.zeros(1), torch.ones(1), pool=pool == "pool")
@@ -163,16 +181,20 @@ class NeighbourSelector:
                 bank.mean, bank.std = flat.mean(0), flat.std(0) + 1e-3
             bank.feats = bank.embed(flat)
             self.banks[name] = bank
-        self.reference_scores = self._scores(outs, logits, skip_self=True)[0]
+            raw = outs[name].flatten(1)
+            self.ranges[name] = (raw.amin(0), raw.amax(0))
+        xc, _ = heldout_split(model, "calib")
+        self.calibration_size = len(xc)
+        self.reference_scores = self._scores(*_outputs(model, xc, layers))[0]
 
-    def _scores(self, outs: dict[str, torch.Tensor], logits: torch.Tensor, skip_self: bool = False
+    def _scores(self, outs: dict[str, torch.Tensor], logits: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         scores, votes = {}, 0
         for name, bank in self.banks.items():
-            flat = bank.flat(outs[name])
-            sim, lab = bank.neighbours(flat, self.k, skip_self)
-            scores[f"ood:{name}"] = -sim
-            votes = votes + torch.nn.functional.one_hot(lab, self.model.num_classes).float().mean(1)
+            votes = votes + bank.votes(bank.flat(outs[name]), self.k, self.model.num_classes, self.vote_weight)
+            lo, hi = self.ranges[name]
+            raw = outs[name].flatten(1)
+            scores[f"abnormal:{name}"] = ((raw > hi + 1e-6) | (raw < lo - 1e-6)).float().mean(1)
         votes = votes / len(self.banks)
         pred = logits.argmax(1)
         scores["no_support"] = 1 - votes.gather(1, pred.view(-1, 1)).squeeze(1)
@@ -183,33 +205,49 @@ class NeighbourSelector:
     def thresholds(self, false_alarm: float) -> dict[str, torch.Tensor]:
         return {k: torch.quantile(v, 1 - false_alarm) for k, v in self.reference_scores.items()}
 
-    def __call__(self, x: torch.Tensor, false_alarm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(flagged ``[N]`` bool, votes ``[N, classes]``, model prediction ``[N]``) for inputs ``x``."""
-        outs, logits = _outputs(self.model, x, self.layers)
-        scores, votes, pred = self._scores(outs, logits)
+    def scores(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(scores by name ``[N]``, votes ``[N, classes]``, model prediction ``[N]``) for inputs ``x``."""
+        return self._scores(*_outputs(self.model, x, self.layers))
+
+    def __call__(self, x: torch.Tensor, false_alarm: float, gate: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(flagged ``[N]`` bool, votes ``[N, classes]``, model prediction ``[N]``) for inputs ``x``.
+
+        An ``abnormal:*`` score above its threshold flags the input. ``no_support`` and
+        ``low_margin`` flag it only if some abnormal score also exceeds its ``(1 − gate)`` benign
+        quantile (``gate`` ≥ 1: always): a vote that disagrees with the model, or a close call, is
+        evidence of an attack only when the early neurons are also off their benign range.
+        """
+        scores, votes, pred = self.scores(x)
         flagged = torch.zeros(len(x), dtype=torch.bool)
         if false_alarm <= 0:
             return flagged, votes, pred
+        abnormal = [k for k in scores if k.startswith("abnormal:")]
+        gated = torch.ones(len(x), dtype=torch.bool)
+        if gate < 1:
+            gated = torch.zeros(len(x), dtype=torch.bool)
+            for k in abnormal:
+                gated |= scores[k] > torch.quantile(self.reference_scores[k], 1 - gate)
         for k, t in self.thresholds(false_alarm).items():
-            flagged |= scores[k] > t
+            flagged |= (scores[k] > t) & (True if k in abnormal else gated)
         return flagged, votes, pred
 
 
-def neighbour_selector(model: LoadedModel, layers: list[str], neighbours: int = 25, per_class: int = 400
-                       ) -> NeighbourSelector:
-    """The selector for these layers, built once per process (one pass over the benign references)."""
-    key = json.dumps([model.name, model.weights_sha256, layers, neighbours, per_class])
+def neighbour_selector(model: LoadedModel, layers: list[str], neighbours: int = 10, per_class: int = 400,
+                       vote_weight: float = 30.0) -> NeighbourSelector:
+    """The selector for these settings, built once per process (one pass over the benign sets)."""
+    key = json.dumps([model.name, model.weights_sha256, layers, neighbours, per_class, vote_weight])
     # Same lock order as apply_defense (model lock first), so concurrent sessions cannot deadlock.
     with model.lock, _BANKS_LOCK:
         if key not in _BANKS:
-            _BANKS[key] = NeighbourSelector(model, layers, neighbours, per_class)
+            _BANKS[key] = NeighbourSelector(model, layers, neighbours, per_class, vote_weight)
         return _BANKS[key]
 
 
 def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfile, *, select_layers: list[str],
                    neighbours: int, false_alarm: float, k: float, budget: float, steps: int, step_size: float,
-                   candidates: int = 1, rule: str = "margin", per_class: int = 400
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   candidates: int = 1, rule: str = "margin", per_class: int = 400, vote_weight: float = 30.0,
+                   gate: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Detect, then NIP toward the benign-neighbour class; returns (defended inputs, used class or -1).
 
     Inputs no detector flags are returned unchanged (used class -1). Flagged inputs get NIP with
@@ -218,7 +256,8 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
     """
     from nip_core.nip import inverse_perturbation, selection_scores
 
-    flagged, votes, _ = neighbour_selector(model, select_layers, neighbours, per_class)(x, false_alarm)
+    flagged, votes, _ = neighbour_selector(model, select_layers, neighbours, per_class, vote_weight)(x, false_alarm,
+                                                                                                   gate)
     todo = torch.nonzero(flagged).flatten()
     out = x.clone()
     used = torch.full((len(x),), -1, dtype=torch.long)
@@ -240,6 +279,106 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
     return out, used
 
 
+def explain_decision(model: LoadedModel, x: torch.Tensor, p: dict) -> list[dict] | None:
+    """Why ``nip`` defends each input as it does: detector scores against their thresholds, the
+    gate, the neighbour vote and the class NIP is pointed at (None where ``nip`` falls back to
+    top-K). Plain numbers, for the app and the CLI's summary."""
+    if not uses_neighbours(model):
+        return None
+    layers = _select_layers(model, p)
+    sel = neighbour_selector(model, layers, p["neighbours"], p["per_class"], p["vote_weight"])
+    scores, votes, pred = sel.scores(x)
+    flagged, _, _ = sel(x, p["false_alarm"], p["gate"])
+    th = sel.thresholds(p["false_alarm"]) if p["false_alarm"] > 0 else {}
+    gate = {k: float(torch.quantile(v, 1 - p["gate"])) for k, v in sel.reference_scores.items()
+            if k.startswith("abnormal:")} if p["gate"] < 1 else {}
+    out = []
+    for i in range(len(x)):
+        gate_open = not gate or any(float(scores[k][i]) > t for k, t in gate.items())
+        dets = {}
+        for k in scores:
+            over = bool(k in th and float(scores[k][i]) > float(th[k]))
+            counts = k.startswith("abnormal:") or gate_open
+            dets[k] = {"score": float(scores[k][i]), "threshold": float(th[k]) if k in th else None,
+                       "above": over, "fired": over and counts}
+        order = torch.sort(votes[i], descending=True, stable=True)
+        out.append({
+            "flagged": bool(flagged[i]), "prediction": int(pred[i]), "gate_open": gate_open,
+            "gate_thresholds": gate, "detectors": dets,
+            "vote": [{"class": int(c), "share": float(v)} for v, c in zip(order.values[:3], order.indices[:3])],
+            "nip_target": int(order.indices[0]) if bool(flagged[i]) else None,
+            "false_alarm": p["false_alarm"], "calibration_digits": sel.calibration_size,
+        })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# An attacker who knows the defense
+
+
+def _class_similarity(bank: BenignBank, emb: torch.Tensor, cls: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N]`` mean of the ``k`` largest cosines between each input and class ``cls``'s benign maps."""
+    sims = emb @ bank.feats.T
+    mask = bank.labels.to(emb.device)[None, :] == cls[:, None]
+    return sims.masked_fill(~mask, -2.0).topk(min(k, int(mask.sum(1).min())), dim=1).values.mean(1)
+
+
+def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, ap: dict, seed: int = 0
+                 ) -> torch.Tensor | None:
+    """PGD that knows ``nip``: fool the model *and* the neighbour vote, toward one wrong class.
+
+    For each input the target ``t`` is the wrong class whose benign ``conv1`` maps are closest.
+    Signed-gradient ascent (L∞ ``eps``, ``max_iter`` steps of ``eps_step``) on
+
+        − CE(model(x'), t) + weight · (sim_t(x') − sim_y(x'))
+
+    where ``sim_c`` is the mean of the ``neighbours`` largest cosines to class ``c``'s benign maps
+    at each selection layer. When model and vote agree on ``t``, the support and margin detectors
+    stay quiet, and if the abnormal-neuron detector fires, NIP is pointed at ``t``. Returns None
+    where ``nip`` does not use the vote (it falls back to top-K NIP there).
+    """
+    if not uses_neighbours(model):
+        return None
+    layers = _select_layers(model, p)
+    sel = neighbour_selector(model, layers, p["neighbours"], p["per_class"], p["vote_weight"])
+    dev = model.device
+    x0, y0 = x.to(dev), torch.as_tensor(y).long().to(dev)
+    banks = {name: sel.banks[name] for name in layers}
+    for bank in banks.values():  # the selector's statistics live on the CPU
+        bank.feats, bank.mean, bank.std = bank.feats.to(dev), bank.mean.to(dev), bank.std.to(dev)
+
+    def sims(xx: torch.Tensor, grad: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        outs, logits = layer_outputs(model, xx, layers, grad=grad)
+        return {n: b.embed(b.flat(outs[n])) for n, b in banks.items()}, logits
+
+    outs = []
+    with model.lock:
+        try:
+            for i in range(0, len(x0), 256):
+                xc, yc = x0[i:i + 256], y0[i:i + 256]
+                with torch.no_grad():
+                    embs, _ = sims(xc, False)
+                    s = sum(torch.stack([_class_similarity(banks[n], e, torch.full_like(yc, c), sel.k)
+                                         for c in range(model.num_classes)], 1) for n, e in embs.items())
+                    t = s.scatter(1, yc.view(-1, 1), float("-inf")).argmax(1)
+                delta = torch.zeros_like(xc)
+                for _ in range(ap["max_iter"]):
+                    xa = (xc + delta).requires_grad_(True)
+                    with torch.enable_grad():
+                        embs, logits = sims(xa, True)
+                        vote = sum(_class_similarity(banks[n], e, t, sel.k) - _class_similarity(banks[n], e, yc, sel.k)
+                                   for n, e in embs.items())
+                        loss = -torch.nn.functional.cross_entropy(logits, t, reduction="sum") + ap["weight"] * vote.sum()
+                        (g,) = torch.autograd.grad(loss, xa)
+                    delta = (delta + ap["eps_step"] * g.sign()).clamp(-ap["eps"], ap["eps"])
+                    delta = (xc + delta).clamp(0, 1) - xc
+                outs.append((xc + delta).detach().cpu())
+        finally:
+            for bank in banks.values():
+                bank.feats, bank.mean, bank.std = bank.feats.cpu(), bank.mean.cpu(), bank.std.cpu()
+    return torch.cat(outs)
+
+
 # ---------------------------------------------------------------------------------------------
 # Registration
 
@@ -247,8 +386,15 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
 def _select_layers(model: LoadedModel, p: dict) -> list[str]:
     if p["select_layers"] != "auto":
         return p["select_layers"].split("+")
-    early = [name for name in ("conv1", "conv2") if name in model.layers]
-    return early or [model.spec.default_layer]
+    first = [name for name in ("conv1",) if name in model.layers]
+    return first or [model.spec.layers[0]]
+
+
+def uses_neighbours(model: LoadedModel) -> bool:
+    """Whether ``nip`` can use the benign-neighbour vote on this model: it needs a labelled benign
+    set in the model's label space. ImageNet ships a handful of photos, and a user's model does
+    not share MNIST's labels; there ``nip`` falls back to the top-K NIP of ``nip_core.nip``."""
+    return model.spec.gallery == "mnist" and getattr(model.spec, "gallery_labels", True)
 
 
 def _nip_neighbours_transform(model, x, p, y, seed):
@@ -256,17 +402,14 @@ def _nip_neighbours_transform(model, x, p, y, seed):
     from nip_core.nip import nip_defend
 
     prof = nip_profile(model, p)
-    if model.spec.gallery != "mnist" or not getattr(model.spec, "gallery_labels", True):
-        # No labelled benign set in the model's label space (ImageNet ships a handful of photos;
-        # a user's model does not share MNIST's labels):
-        # fall back to the top-K class-conditional NIP of nip_core.nip.
+    if not uses_neighbours(model):
         xd, _ = nip_defend(model, x, prof, mode="topk", k=p["k"], budget=p["budget"], steps=p["steps"],
                            step_size=p["step_size"], candidates=p["candidates"], rule=p["rule"])
         return xd
     xd, _ = nip_neighbours(model, x, prof, select_layers=_select_layers(model, p), neighbours=p["neighbours"],
                            false_alarm=p["false_alarm"], k=p["k"], budget=p["budget"], steps=p["steps"],
                            step_size=p["step_size"], candidates=p["candidates"], rule=p["rule"],
-                           per_class=p["per_class"])
+                           per_class=p["per_class"], vote_weight=p["vote_weight"], gate=p["gate"])
     return xd
 
 
@@ -278,16 +421,20 @@ def _register() -> None:
     params = base + (
         Param("candidates", "int", 1, 1, 20, help="top neighbour-vote classes NIP is run for (rule picks one)"),
         Param("select_layers", "choice", "auto", choices=("auto", "conv1", "conv2", "conv1+conv2"),
-              help="layers whose benign neighbours vote and detect (auto: conv1+conv2 on LeNet)"),
-        Param("neighbours", "int", 25, 1, 500, help="benign neighbours per layer"),
-        Param("false_alarm", "float", 0.01, 0.0, 0.5, step=0.005,
-              help="per-detector share of benign references flagged (0: never defend)"),
+              help="layers whose benign neighbours vote and detect (auto: conv1 on LeNet)"),
+        Param("neighbours", "int", 10, 1, 500, help="benign neighbours per layer"),
+        Param("vote_weight", "float", 30.0, 0.0, 200.0, step=5.0,
+              help="neighbour weight exp(w·(cos − nearest cos)); 0 = plain majority vote"),
+        Param("false_alarm", "float", 0.005, 0.0, 0.5, step=0.005,
+              help="per-detector share of held-out benign digits (calib split) flagged; 0: never defend"),
+        Param("gate", "float", 0.1, 0.0, 1.0, step=0.05,
+              help="support/margin detectors count only above this benign share of abnormal neurons (1: always)"),
         Param("per_class", "int", 400, 1, 400, help="benign reference images per class"),
     )
     for name in ("nip", "nip-neighbours"):
         register(name, "NIP, label-free: detect with benign neighbours, NIP toward their class (issue 6)",
                  params, _nip_neighbours_transform, dataset_defaults={"imagenet": NIP_IMAGENET | {"candidates": 3}},
-                 family="nip")
+                 family="nip", aware_attack=aware_attack, explain_decision=explain_decision)
 
 
 _register()

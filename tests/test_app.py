@@ -49,7 +49,12 @@ def test_explore_run_shows_all_views(explored: AppTest) -> None:
     assert set(metrics) == {"benign prediction", "adversarial prediction", "defended prediction"}
     assert all(v.isdigit() for v in metrics.values())
     assert any(i.value.startswith("The attack ") for i in at.info)           # the signature verdict
-    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) >= 8       # compare-at-a-glance table
+    # nip explains itself (detectors on the benign and the adversarial input), then the comparison table
+    assert len(at.dataframe) == 3 and len(at.dataframe[2].value) >= 8
+    for df in at.dataframe[:2]:
+        assert list(df.value.columns) == ["detector", "score", "threshold", "fires"] and len(df.value) == 3
+    assert any(h.value.startswith("Why `nip`") for h in at.subheader)
+    assert any("Not flagged" in m.value for m in at.markdown)                # the benign digit passes
     assert at.query_params["attack"] == "fgsm" and at.query_params["defense"] == "nip"
 
 

@@ -23,6 +23,8 @@ def main() -> None:
     st.markdown("Held-out images the model classifies correctly are attacked once per attack; each defense is "
                 "applied to the adversarials and to the benign images. The **adaptive** row attacks each "
                 "deployable defense directly (PGD through model ∘ defense with a straight-through gradient). "
+                "The **defense-aware** row is an attack that also targets the defense's own decision: for the "
+                "label-free `nip` it fools the benign-neighbour vote too, which is what breaks it. "
                 "`nip-oracle` uses true labels, so it is not deployable and has no adaptive number.")
     with st.form(P + "form"):
         c = st.columns([2, 3, 3, 1, 1])
@@ -73,14 +75,18 @@ def show(result: dict) -> None:
     keep = ["attack", "defense", "deployable", "adv_accuracy", "defended_adv_accuracy", "benign_accuracy",
             "defense_success_rate", "linf_mean", "l2_mean", "attack_seconds_per_image", "defense_seconds_per_image"]
     st.dataframe([{k: r.get(k) for k in keep} | {"adaptive_accuracy": result["adaptive"].get(r["defense"], {})
-                                                   .get("accuracy")} for r in result["rows"]],
+                                                   .get("accuracy"),
+                                                   "defense_aware_accuracy": result["adaptive"].get(r["defense"], {})
+                                                   .get("aware", {}).get("accuracy")} for r in result["rows"]],
                  hide_index=True, width="stretch")
     st.markdown("**Summary per defense**")
     summ = result["summary"]
     st.dataframe([{"defense": d, "deployable": DEFENSES[d.split("[")[0]].deployable,
                    "mean accuracy under attack": summ["mean_adv_accuracy"].get(d),
                    "benign accuracy": summ["benign_accuracy"].get(d),
-                   "adaptive accuracy": summ["adaptive_accuracy"].get(d)} for d in result["defenses"]],
+                   "adaptive accuracy": summ["adaptive_accuracy"].get(d),
+                   "defense-aware accuracy": summ.get("adaptive_aware_accuracy", {}).get(d)}
+                  for d in result["defenses"]],
                  hide_index=True, width="stretch")
     from nip_core.evaluate import to_csv
     d = st.columns(2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import streamlit as st
 
 from app import common as C
@@ -184,6 +185,42 @@ def defense_inputs(model, defense: str) -> dict:
 
 # ----------------------------------------------------------------------------- results
 
+DETECTOR_TEXT = {"abnormal": "share of {layer} neurons outside their benign range",
+                 "no_support": "share of neighbour votes against the prediction",
+                 "low_margin": "close call: minus the gap between the top two softmax scores"}
+
+
+def show_decision(expl) -> None:
+    """The label-free NIP's own account: detectors, gate, vote, and where NIP was pointed."""
+    st.subheader(f"Why `{expl.defense}` acted as it did")
+    cols = st.columns(2)
+    for v, col in zip(("benign", "adversarial"), cols):
+        d = expl.decision[v]
+        with col:
+            st.markdown(f"**{v} input**")
+            vote = ", ".join(f"{expl.class_names[e['class']]} {e['share'] * 100:.0f}%" for e in d["vote"])
+            if d["flagged"]:
+                fired = ", ".join(k for k, e in d["detectors"].items() if e["fired"])
+                st.markdown(f":orange[Flagged by {fired}] → NIP toward class "
+                            f"**{expl.class_names[d['nip_target']]}** (neighbour vote: {vote}).")
+            else:
+                st.markdown(f":green[Not flagged] → passed through unchanged (neighbour vote: {vote}).")
+            rows = []
+            for k, e in d["detectors"].items():
+                base, _, layer = k.partition(":")
+                rows.append({"detector": DETECTOR_TEXT.get(base, k).format(layer=layer or ""),
+                             "score": e["score"], "threshold": e["threshold"],
+                             "fires": "yes" if e["fired"] else ("above, gated off" if e["above"] else "no")})
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                         column_config={"score": st.column_config.NumberColumn(format="%.4f"),
+                                        "threshold": st.column_config.NumberColumn(format="%.4f")})
+    first = expl.decision["benign"]
+    st.caption(f"Thresholds flag {first['false_alarm'] * 100:g}% of held-out benign digits per detector "
+               f"(calibrated on {first['calibration_digits']} digits of the calib split). The vote and margin "
+               "detectors count only when the abnormal-neuron share is also high (the gate). "
+               "An attacker who knows this can fool the vote: see the Benchmark page's aware-attack numbers.")
+
+
 def show_results(request: tuple, expl) -> None:
     model_name = request[0]
     st.divider()
@@ -211,6 +248,9 @@ def show_results(request: tuple, expl) -> None:
             else:
                 st.plotly_chart(F.perturbation_figure(expl, v), key=P + f"fig.pert.{v}", width="stretch")
             st.plotly_chart(F.prediction_bars(expl, v), key=P + f"fig.top.{v}", width="stretch")
+
+    if expl.decision:
+        show_decision(expl)
 
     st.subheader("Neuron influence")
     quantity = st.radio("Show", ["influence", "activations"], horizontal=True,
