@@ -30,10 +30,11 @@ def main() -> None:
                 "- `nip-topk` — class-conditional over the model's top-K candidate classes: run NIP once per "
                 "candidate and keep the one whose defended input scores best (`margin`: its logit minus the best "
                 "other logit; `confidence`: its softmax probability);\n"
-                "- `nip` (= `nip-neighbours`, the default) — detect first: inputs whose conv1/conv2 features sit "
-                "far from benign training digits (or whose prediction their benign neighbours disagree with) are "
-                "defended with NIP toward the neighbours' majority class; other inputs pass unchanged. On "
-                "ImageNet and user models (no labelled benign set) it falls back to `nip-topk`. "
+                "- `nip` (= `nip-neighbours`, the default) — detect first: an input is flagged when many of its "
+                "`conv1` neurons leave the range they take on benign training digits (or, if some do, when its "
+                "benign neighbours disagree with the prediction or the prediction is a close call). A flagged "
+                "input gets NIP toward the class of its 10 nearest benign digits at `conv1`; other inputs pass "
+                "unchanged. On ImageNet and user models (no labelled benign set) it falls back to `nip-topk`. "
                 "See docs/nip-research.md.")
     st.warning(C.LABEL_FREE_NOTE)
 
