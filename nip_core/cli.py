@@ -111,12 +111,12 @@ def cmd_evaluate(args) -> int:
 
 def _print_summary(result: dict) -> None:
     s = result["summary"]
-    names = [d for d in result["defenses"]]
-    print(f"{'defense':40s} {'mean adv acc':>12s} {'benign acc':>10s} {'adaptive':>9s}")
-    for d in names:
-        ad = s["adaptive_accuracy"].get(d)
+    aware = s.get("adaptive_aware_accuracy", {})
+    print(f"{'defense':40s} {'mean adv acc':>12s} {'benign acc':>10s} {'adaptive':>9s} {'aware':>6s}")
+    for d in result["defenses"]:
+        ad, aw = s["adaptive_accuracy"].get(d), aware.get(d)
         print(f"{d[:40]:40s} {s['mean_adv_accuracy'][d]:12.3f} {s['benign_accuracy'][d]:10.3f} "
-              f"{'n/a' if ad is None else f'{ad:.3f}':>9s}")
+              f"{'n/a' if ad is None else f'{ad:.3f}':>9s} {'n/a' if aw is None else f'{aw:.3f}':>6s}")
 
 
 def cmd_explain(args) -> int:

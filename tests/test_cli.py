@@ -65,7 +65,10 @@ def test_evaluate_writes_json_and_csv(tmp_path):
     assert res["adaptive"]["nip-oracle[layer=default;method=conductance;k=0.2;steps=20;step_size=0.03;budget=0.3;"
                            "candidates=3;rule=margin;n_steps=16]"]["accuracy"] is None
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
-    assert len(rows) == 6 and {"adv_accuracy", "defense_success_rate", "adaptive_accuracy"} <= set(rows[0])
+    assert len(rows) == 6 and {"adv_accuracy", "defense_success_rate", "adaptive_accuracy",
+                               "adaptive_aware_accuracy"} <= set(rows[0])
+    assert res["summary"]["adaptive_aware_accuracy"]["none"] is None      # no defense-aware attack for these
+    assert r.stdout.splitlines()[0].split()[-1] == "aware"                # the printed summary has the column
     assert "fc1" in res["observation"]["fgsm[eps=0.2]"]
 
 
