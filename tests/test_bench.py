@@ -40,3 +40,34 @@ def test_fast_conductance_matches_captum(lenet, digits):
             x, baselines=torch.zeros_like(x), target=y, n_steps=8, method="riemann_trapezoid")
         want = a.flatten(2).sum(2) if a.dim() > 2 else a
         assert torch.allclose(neuron_influence(lenet, x, y, layer, "conductance", n_steps=8), want, atol=1e-5)
+
+
+def test_paired_times_one_call_against_every_floor(monkeypatch):
+    import nip_core.bench as B
+
+    calls = {"op": 0, "full": 0, "layer": 0}
+
+    def counter(name):
+        def run():
+            calls[name] += 1
+        return run
+
+    dev = torch.device("cpu")
+    r = B._paired(counter("op"), {"full": (counter("full"), 2.0), "layer": (counter("layer"), 1.0)}, 3, dev)
+    assert calls == {"op": 4, "full": 4, "layer": 4}           # warm-up + 3 repeats, floors interleaved
+    assert set(r["ratio"]) == set(r["floor_seconds"]) == {"full", "layer"} and r["repeats"] == 3
+    # a call slower than SLOW counts its first (warm-up) run as a measurement and is not re-run
+    monkeypatch.setattr(B, "SLOW", -1.0)
+    calls.update(op=0, full=0, layer=0)
+    r = B._paired(counter("op"), {"full": (counter("full"), 2.0), "layer": (counter("layer"), 1.0)}, 1, dev)
+    assert calls["op"] == 1 and r["repeats"] == 1 and r["seconds"] >= 0
+
+
+def test_label_free_nip_is_timed_separately_only_where_it_differs(lenet):
+    from types import SimpleNamespace
+
+    from nip_core.bench import _same_as_topk
+    from nip_core.models import MODELS
+
+    assert _same_as_topk(lenet) == []                          # neighbour vote on MNIST: its own entry
+    assert _same_as_topk(SimpleNamespace(spec=MODELS["efficientnet-lite0"])) == [("nip", "nip-topk")]
