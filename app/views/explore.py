@@ -20,8 +20,8 @@ DEFAULT_MODEL, DEFAULT_ATTACK, DEFAULT_DEFENSE = "lenet-mnist", "fgsm", "nip"
 VARIANTS = F.VARIANTS
 NIP_SHARED = ("layer", "method", "k", "n_steps")   # set in the influence section / kept at default
 MODE_NOTES = {
-    "nip": "label-free (deployable): flags inputs whose conv features sit far from benign digits, then NIP "
-           "toward the class their benign neighbours vote for; on ImageNet/own models it falls back to top-K",
+    "nip": "label-free (deployable): flags inputs whose conv1 neurons leave their benign range, then NIP "
+           "toward the class of the nearest benign digits at conv1; on ImageNet/own models it falls back to top-K",
     "nip-neighbours": "same as nip (its explicit name)",
     "nip-topk": "label-free, class-conditional over the model's top-K candidate classes (deployable)",
     "nip-global": "label-free, one global all-class profile (deployable)",
@@ -185,9 +185,14 @@ def defense_inputs(model, defense: str) -> dict:
 
 # ----------------------------------------------------------------------------- results
 
-DETECTOR_TEXT = {"abnormal": "share of {layer} neurons outside their benign range",
-                 "no_support": "share of neighbour votes against the prediction",
-                 "low_margin": "close call: minus the gap between the top two softmax scores"}
+DETECTOR_TEXT = {"abnormal": "{layer} out-of-range share",
+                 "no_support": "votes against prediction",
+                 "low_margin": "close call (−top-2 gap)"}
+
+
+def detector_name(key: str) -> str:
+    base, _, layer = key.partition(":")
+    return DETECTOR_TEXT.get(base, key).format(layer=layer)
 
 
 def show_decision(expl) -> None:
@@ -198,24 +203,27 @@ def show_decision(expl) -> None:
         d = expl.decision[v]
         with col:
             st.markdown(f"**{v} input**")
-            vote = ", ".join(f"{expl.class_names[e['class']]} {e['share'] * 100:.0f}%" for e in d["vote"])
+            shown = [e for i, e in enumerate(d["vote"]) if i == 0 or e["share"] >= 0.005]
+            vote = ", ".join(f"{expl.class_names[e['class']]} ({e['share'] * 100:.0f}%)" for e in shown)
             if d["flagged"]:
-                fired = ", ".join(k for k, e in d["detectors"].items() if e["fired"])
+                fired = "; ".join(detector_name(k) for k, e in d["detectors"].items() if e["fired"])
                 st.markdown(f":orange[Flagged by {fired}] → NIP toward class "
                             f"**{expl.class_names[d['nip_target']]}** (neighbour vote: {vote}).")
             else:
                 st.markdown(f":green[Not flagged] → passed through unchanged (neighbour vote: {vote}).")
-            rows = []
-            for k, e in d["detectors"].items():
-                base, _, layer = k.partition(":")
-                rows.append({"detector": DETECTOR_TEXT.get(base, k).format(layer=layer or ""),
-                             "score": e["score"], "threshold": e["threshold"],
-                             "fires": "yes" if e["fired"] else ("above, gated off" if e["above"] else "no")})
+            rows = [{"detector": detector_name(k), "score": e["score"], "threshold": e["threshold"],
+                     "fires": "yes" if e["fired"] else ("above, gated off" if e["above"] else "no")}
+                    for k, e in d["detectors"].items()]
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                         column_config={"score": st.column_config.NumberColumn(format="%.4f"),
-                                        "threshold": st.column_config.NumberColumn(format="%.4f")})
+                         column_config={"detector": st.column_config.TextColumn(width="medium"),
+                                        "score": st.column_config.NumberColumn(format="%.4f", width="small"),
+                                        "threshold": st.column_config.NumberColumn(format="%.4f", width="small"),
+                                        "fires": st.column_config.TextColumn(width="small")})
     first = expl.decision["benign"]
-    st.caption(f"Thresholds flag {first['false_alarm'] * 100:g}% of held-out benign digits per detector "
+    st.caption("Detectors: the share of the layer's neurons outside the range they take on benign training "
+               "digits; the share of the benign neighbours' votes against the model's prediction; minus the gap "
+               "between the top two softmax scores. "
+               f"Thresholds flag {first['false_alarm'] * 100:g}% of held-out benign digits per detector "
                f"(calibrated on {first['calibration_digits']} digits of the calib split). The vote and margin "
                "detectors count only when the abnormal-neuron share is also high (the gate). "
                "An attacker who knows this can fool the vote: see the Benchmark page's aware-attack numbers.")
