@@ -111,20 +111,18 @@ class BenignBank:
     def embed(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize((flat - self.mean) / self.std, dim=1)
 
-    def neighbours(self, flat: torch.Tensor, k: int, skip_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def neighbours(self, flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(cosines to the ``k`` nearest benign maps ``[N, k]``, best first; their labels ``[N, k]``)."""
-        k = min(k, len(self.labels) - int(skip_self))
-        top = (self.embed(flat) @ self.feats.T).topk(k + int(skip_self), dim=1)
-        return top.values[:, int(skip_self):], self.labels[top.indices[:, int(skip_self):]]
+        top = (self.embed(flat) @ self.feats.T).topk(min(k, len(self.labels)), dim=1)
+        return top.values, self.labels[top.indices]
 
-    def votes(self, flat: torch.Tensor, k: int, num_classes: int, weight: float = 0.0,
-              skip_self: bool = False) -> torch.Tensor:
+    def votes(self, flat: torch.Tensor, k: int, num_classes: int, weight: float = 0.0) -> torch.Tensor:
         """``[N, num_classes]`` weighted share of the ``k`` nearest benign maps in each class.
 
         Neighbour ``i`` weighs ``exp(weight · (cos_i − cos_1))``: 0 gives the plain majority; larger
         values trust the closest neighbours more (1 for the nearest, always).
         """
-        sim, lab = self.neighbours(flat, k, skip_self)
+        sim, lab = self.neighbours(flat, k)
         w = torch.exp(weight * (sim - sim[:, :1]))
         v = (torch.nn.functional.one_hot(lab, num_classes).float() * w.unsqueeze(2)).sum(1)
         return v / v.sum(1, keepdim=True)
@@ -211,26 +209,31 @@ class NeighbourSelector:
 
     def __call__(self, x: torch.Tensor, false_alarm: float, gate: float = 1.0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(flagged ``[N]`` bool, votes ``[N, classes]``, model prediction ``[N]``) for inputs ``x``.
+        """(flagged ``[N]`` bool, votes ``[N, classes]``, model prediction ``[N]``) for inputs ``x``."""
+        scores, votes, pred = self.scores(x)
+        return self.flag(scores, false_alarm, gate), votes, pred
+
+    def flag(self, scores: dict[str, torch.Tensor], false_alarm: float, gate: float = 1.0) -> torch.Tensor:
+        """``[N]`` bool: which inputs the detectors flag.
 
         An ``abnormal:*`` score above its threshold flags the input. ``no_support`` and
         ``low_margin`` flag it only if some abnormal score also exceeds its ``(1 − gate)`` benign
         quantile (``gate`` ≥ 1: always): a vote that disagrees with the model, or a close call, is
         evidence of an attack only when the early neurons are also off their benign range.
         """
-        scores, votes, pred = self.scores(x)
-        flagged = torch.zeros(len(x), dtype=torch.bool)
+        n = len(next(iter(scores.values())))
+        flagged = torch.zeros(n, dtype=torch.bool)
         if false_alarm <= 0:
-            return flagged, votes, pred
+            return flagged
         abnormal = [k for k in scores if k.startswith("abnormal:")]
-        gated = torch.ones(len(x), dtype=torch.bool)
+        gated = torch.ones(n, dtype=torch.bool)
         if gate < 1:
-            gated = torch.zeros(len(x), dtype=torch.bool)
+            gated = torch.zeros(n, dtype=torch.bool)
             for k in abnormal:
                 gated |= scores[k] > torch.quantile(self.reference_scores[k], 1 - gate)
         for k, t in self.thresholds(false_alarm).items():
             flagged |= (scores[k] > t) & (True if k in abnormal else gated)
-        return flagged, votes, pred
+        return flagged
 
 
 def neighbour_selector(model: LoadedModel, layers: list[str], neighbours: int = 10, per_class: int = 400,
@@ -288,7 +291,7 @@ def explain_decision(model: LoadedModel, x: torch.Tensor, p: dict) -> list[dict]
     layers = _select_layers(model, p)
     sel = neighbour_selector(model, layers, p["neighbours"], p["per_class"], p["vote_weight"])
     scores, votes, pred = sel.scores(x)
-    flagged, _, _ = sel(x, p["false_alarm"], p["gate"])
+    flagged = sel.flag(scores, p["false_alarm"], p["gate"])
     th = sel.thresholds(p["false_alarm"]) if p["false_alarm"] > 0 else {}
     gate = {k: float(torch.quantile(v, 1 - p["gate"])) for k, v in sel.reference_scores.items()
             if k.startswith("abnormal:")} if p["gate"] < 1 else {}
