@@ -41,9 +41,7 @@ class Attack:
 
     def params_for(self, model: LoadedModel, values: dict | None = None) -> dict[str, Any]:
         """Validated parameters: spec defaults, then the dataset's defaults, then ``values``."""
-        merged = dict(self.dataset_defaults.get(model.spec.gallery, {}))
-        merged.update(values or {})
-        params = self.spec.validate(merged)
+        params = self.spec.validate_for(self.dataset_defaults, model.spec.gallery, values)
         if params.get("target", -1) >= model.num_classes:
             raise InputError(f"parameter 'target' must be -1 (untargeted) or a class in [0, {model.num_classes - 1}]; "
                              f"got {params['target']}.")

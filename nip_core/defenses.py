@@ -62,9 +62,7 @@ class Defense:
         return self.spec.name
 
     def params_for(self, model: LoadedModel, values: dict | None = None) -> dict[str, Any]:
-        merged = dict(self.dataset_defaults.get(model.spec.gallery, {}))
-        merged.update(values or {})
-        p = self.spec.validate(merged)
+        p = self.spec.validate_for(self.dataset_defaults, model.spec.gallery, values)
         if p.get("layer") not in (None, "default"):
             model.layer(p["layer"])
         return p

@@ -92,6 +92,13 @@ class Spec:
             out[key] = known[key].coerce(value)
         return out
 
+    def validate_for(self, dataset_defaults: Mapping[str, Mapping[str, Any]], dataset: str,
+                     values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Spec defaults, then ``dataset``'s defaults, then ``values``; validated as :meth:`validate`."""
+        merged = dict(dataset_defaults.get(dataset, {}))
+        merged.update(values or {})
+        return self.validate(merged)
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "summary": self.summary, "params": [_param_json(p) for p in self.params]}
 

@@ -66,29 +66,9 @@ def load_query_params() -> None:
             st.session_state[key(model, "image")] = image
         else:
             problems.append(f"unknown example image {image!r}")
-    attack = qp.get("attack", DEFAULT_ATTACK)
-    if attack not in ATTACKS:
-        problems.append(f"unknown attack {attack!r}")
-        attack = DEFAULT_ATTACK
-    st.session_state[key(model, "attack")] = attack
-    try:
-        values = ATTACKS[attack].params_for(m, C.parse_params_text(qp.get("ap", "")))
-        for name, v in values.items():
-            st.session_state[key(model, "a", attack, name)] = v
-    except InputError as exc:
-        problems.append(f"attack parameters: {exc}")
-    defense = qp.get("defense", DEFAULT_DEFENSE)
-    if defense not in DEFENSES:
-        problems.append(f"unknown defense {defense!r}")
-        defense = DEFAULT_DEFENSE
-    st.session_state[key(model, "defense")] = defense
-    try:
-        values = DEFENSES[defense].params_for(m, C.parse_params_text(qp.get("dp", "")))
-        for name, v in values.items():
-            if name not in NIP_SHARED:
-                st.session_state[key(model, "d", defense_group(defense), name)] = v
-    except InputError as exc:
-        problems.append(f"defense parameters: {exc}")
+    unit_from_query(qp, m, model, "attack", ATTACKS, DEFAULT_ATTACK, "ap", lambda a: ("a", a), problems)
+    unit_from_query(qp, m, model, "defense", DEFENSES, DEFAULT_DEFENSE, "dp", lambda d: ("d", defense_group(d)),
+                    problems, skip=NIP_SHARED)
     if "layer" in qp:
         if qp["layer"] in m.spec.layers:
             st.session_state[key(model, "layer")] = qp["layer"]
@@ -112,6 +92,27 @@ def load_query_params() -> None:
         st.session_state[P + "query_warning"] = ("Some settings in the link were ignored (defaults used): "
                                                  + "; ".join(problems) + ".")
     st.session_state[P + "autorun"] = True
+
+
+def unit_from_query(qp, m, model: str, kind: str, registry, default: str, params_arg: str, state_prefix,
+                    problems: list[str], skip: tuple[str, ...] = ()) -> None:
+    """Copy a link's attack or defense and its parameters into the widgets' state.
+
+    An unknown unit falls back to ``default`` and bad parameters to the unit's defaults; both are
+    recorded in ``problems`` for the page to show.
+    """
+    name = qp.get(kind, default)
+    if name not in registry:
+        problems.append(f"unknown {kind} {name!r}")
+        name = default
+    st.session_state[key(model, kind)] = name
+    try:
+        values = registry[name].params_for(m, C.parse_params_text(qp.get(params_arg, "")))
+        for pname, v in values.items():
+            if pname not in skip:
+                st.session_state[key(model, *state_prefix(name), pname)] = v
+    except InputError as exc:
+        problems.append(f"{kind} parameters: {exc}")
 
 
 def save_query_params(request: tuple) -> None:
