@@ -1,5 +1,9 @@
 """Attack registry: each attack is one small unit wrapping an ART evasion attack.
 
+One unit is not ART's: ``nip-aware``, the defense-aware attack on the label-free ``nip``
+(``nip_core.nip_variants.aware_attack``). It only applies where ``nip`` uses its benign-neighbour
+vote (MNIST models).
+
 Every budget is in [0,1] pixel space (``eps=0.1`` on MNIST means ±25 of 255 grey levels).
 Defaults depend on the dataset: MNIST tolerates large L∞ budgets (0.1–0.3), ImageNet models
 are attacked with 2/255–8/255. ``target=-1`` means untargeted; a class index makes the attack
@@ -34,6 +38,9 @@ class Attack:
     targeted_ok: bool = True
     probabilities: bool = False       # the ART attack expects softmax outputs
     dataset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Not an ART attack: run(model, x, y, params, seed) → adversarials; applies(model) → bool.
+    run: Callable[..., torch.Tensor] | None = field(default=None, repr=False)
+    applies: Callable[[LoadedModel], bool] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -49,9 +56,13 @@ class Attack:
             raise InputError(f"attack '{self.name}' cannot be targeted; use target=-1.")
         return params
 
+    def applies_to(self, model: LoadedModel) -> bool:
+        return self.applies is None or self.applies(model)
+
     def to_json(self) -> dict:
         return self.spec.to_json() | {"access": self.access, "norm": self.norm, "targeted": self.targeted_ok,
-                                      "dataset_defaults": self.dataset_defaults}
+                                      "dataset_defaults": self.dataset_defaults,
+                                      "library": "ART" if self.run is None else "nip_core"}
 
 
 def _eps(default: float, hi: float = 1.0, name: str = "eps", help_: str = "L∞ budget") -> Param:
@@ -164,6 +175,28 @@ register("universal", "Universal adversarial perturbation (Moosavi-Dezfooli et a
          targeted_ok=False, dataset_defaults={IMAGENET: {"eps": 8 / 255}})
 
 
+def _nip_aware(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, seed: int) -> torch.Tensor:
+    from nip_core.defenses import DEFENSES
+    from nip_core.nip_variants import aware_attack
+
+    return aware_attack(model, x, y, DEFENSES["nip"].params_for(model), p, seed)
+
+
+def _nip_uses_vote(model: LoadedModel) -> bool:
+    from nip_core.nip_variants import uses_neighbours
+
+    return uses_neighbours(model)
+
+
+# weight 100: the strongest of 0, 3, 10, 30, 100 on 100 tune-split digits (nip kept .79, .26,
+# .23, .18, .15 of them); the budget is the MNIST suite's PGD budget.
+register("nip-aware", "Defense-aware PGD against the label-free nip: fools the model and nip's benign-neighbour "
+         "vote at once (only where nip votes: MNIST models)",
+         [_eps(0.3), Param("eps_step", "float", 0.01, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(40),
+          Param("weight", "float", 100.0, 0.0, 1000.0, help="weight of the vote term against the model's loss")],
+         None, targeted_ok=False, run=_nip_aware, applies=_nip_uses_vote)
+
+
 class _ArtView(nn.Module):
     """What ART sees: float32 inputs (some attacks send float64), optional softmax outputs."""
 
@@ -219,6 +252,14 @@ def run_attack(model: LoadedModel, name: str, x: torch.Tensor, y: torch.Tensor, 
     """
     attack = ATTACKS.get_unit(name)
     p = attack.params_for(model, params)
+    if not attack.applies_to(model):
+        raise InputError(f"attack '{name}' does not apply to model '{model.name}': {attack.spec.summary}.")
+    if attack.run is not None:
+        t0 = time.perf_counter()
+        with model.lock, RNG_LOCK:
+            seed_everything(seed)
+            x_adv = attack.run(model, x.detach().cpu().float(), torch.as_tensor(y).long().cpu(), p, seed)
+        return AttackResult(x_adv.clamp(0.0, 1.0).view_as(x.cpu()), time.perf_counter() - t0, p)
     x_np = x.detach().cpu().numpy().astype(np.float32)
     targeted = p.get("target", -1) >= 0
     labels = np.full(len(x_np), p["target"]) if targeted else y.cpu().numpy()

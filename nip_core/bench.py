@@ -305,6 +305,9 @@ def _bench_attacks(model, cfg: dict, names: list[str] | None, device: torch.devi
         if name in cfg.get("skip_attacks", ()):
             out[name] = {"skipped": "too slow for --quick on this model (differential evolution over every pixel)"}
             continue
+        if not ATTACKS[name].applies_to(model):
+            out[name] = {"skipped": "does not apply to this model"}
+            continue
         params = dict(cfg["attack_params"].get(name, {}))
         try:
             t = _timed(lambda: run_attack(model, name, x, y, params, seed=0), device)

@@ -51,9 +51,9 @@ class Defense:
     needs_labels: bool = False
     dataset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     family: str = "baseline"
-    # A defense-aware adaptive attack, beyond BPDA: (model, x, y, defense params, attack params,
-    # seed) → adversarials, or None where it does not apply to this model.
-    aware_attack: Callable[..., torch.Tensor | None] | None = field(default=None, repr=False)
+    # The registered attack that knows this defense (beyond BPDA), e.g. "nip-aware"; evaluate runs
+    # it with its defaults wherever it applies to the model.
+    aware_attack: str | None = None
     # Why the defense treats each input as it does: (model, x, params) → one dict per input, or None.
     explain_decision: Callable[..., list[dict] | None] | None = field(default=None, repr=False)
 

@@ -12,9 +12,10 @@ benign and the adversarial images. Numbers per (attack, defense):
 The **adaptive** column attacks each defense directly: PGD through ``model ∘ defense`` with
 a straight-through (BPDA) gradient. Label-using analysis modes (``nip-oracle``) have no
 adaptive number, since they are not deployable. A defense that registers a defense-aware attack
-(``Defense.aware_attack``; the label-free ``nip`` does) also gets an **aware** number: that
-attack, which also targets the defense's own decision (for ``nip``: the neighbour vote), run
-with the ``ADAPTIVE_AWARE`` budget. BPDA alone can badly over-state such a defense.
+(``Defense.aware_attack``, the name of a registered attack; the label-free ``nip`` has
+``nip-aware``) also gets an **aware** number: that attack, which also targets the defense's own
+decision (for ``nip``: the neighbour vote), run with its defaults. BPDA alone can badly
+over-state such a defense.
 """
 from __future__ import annotations
 
@@ -55,10 +56,7 @@ SUITES: dict[str, dict[str, Any]] = {
 }
 ADAPTIVE = {"mnist": {"eps": 0.3, "eps_step": 0.03, "max_iter": 20},
             "imagenet": {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}}
-# Defense-aware PGD (same L∞ budget as the suite's PGD): the strongest `weight` of 0, 3, 10, 30
-# and 100 on 100 tune-split digits (nip accuracy .79, .26, .23, .18, .15).
-ADAPTIVE_AWARE = {"mnist": {"eps": 0.3, "eps_step": 0.01, "max_iter": 40, "weight": 100.0},
-                  "imagenet": {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10, "weight": 100.0}}
+
 
 
 def unit_label(name: str, params: dict[str, Any]) -> str:
@@ -186,17 +184,14 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
                 dr = apply_defense(model, d, ar.x_adv, dp, seed=seed)
                 adaptive_out[d_label] = {"accuracy": _acc(model, dr.x_def, y), "attack": unit_label("pgd-bpda", ap),
                                          "seconds_per_image": (time.perf_counter() - t0) / len(y)}
-                unit = DEFENSES.get_unit(d)
-                if unit.aware_attack is not None:
-                    t0 = time.perf_counter()
-                    aw = ADAPTIVE_AWARE[model.spec.gallery]
-                    x_aw = unit.aware_attack(model, x, y, unit.params_for(model, dp), aw, seed)
-                    if x_aw is not None:
-                        da = apply_defense(model, d, x_aw, dp, seed=seed)
-                        adaptive_out[d_label]["aware"] = {
-                            "accuracy": _acc(model, da.x_def, y), "undefended_accuracy": _acc(model, x_aw, y),
-                            "attack": unit_label(f"pgd-aware-{d}", aw),
-                            "seconds_per_image": (time.perf_counter() - t0) / len(y)}
+                aware = DEFENSES.get_unit(d).aware_attack
+                if aware is not None and ATTACKS.get_unit(aware).applies_to(model):
+                    aw = run_attack(model, aware, x, y, seed=seed)
+                    da = apply_defense(model, d, aw.x_adv, dp, seed=seed)
+                    adaptive_out[d_label]["aware"] = {
+                        "accuracy": _acc(model, da.x_def, y), "undefended_accuracy": _acc(model, aw.x_adv, y),
+                        "attack": unit_label(aware, aw.params),
+                        "seconds_per_image": (aw.seconds + da.seconds) / len(y)}
             tick(f"adaptive · {d}")
 
     def_labels = [unit_label(d, dp) for d, dp in def_units]

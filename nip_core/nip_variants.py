@@ -328,7 +328,8 @@ def _class_similarity(bank: BenignBank, emb: torch.Tensor, cls: torch.Tensor, k:
 
 def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, ap: dict, seed: int = 0
                  ) -> torch.Tensor | None:
-    """PGD that knows ``nip``: fool the model *and* the neighbour vote, toward one wrong class.
+    """PGD that knows ``nip`` (registered as the attack ``nip-aware``): fool the model *and* the
+    neighbour vote, toward one wrong class.
 
     For each input the target ``t`` is the wrong class whose benign ``conv1`` maps are closest.
     Signed-gradient ascent (L∞ ``eps``, ``max_iter`` steps of ``eps_step``) on
@@ -433,7 +434,7 @@ def _register() -> None:
     for name in ("nip", "nip-neighbours"):
         register(name, "NIP, label-free: detect with benign neighbours, NIP toward their class (issue 6)",
                  params, _nip_neighbours_transform, dataset_defaults={"imagenet": NIP_IMAGENET | {"candidates": 3}},
-                 family="nip", aware_attack=aware_attack, explain_decision=explain_decision)
+                 family="nip", aware_attack="nip-aware", explain_decision=explain_decision)
 
 
 _register()

@@ -85,6 +85,24 @@ def test_bad_query_parameter_warns_not_raises() -> None:
     assert at.selectbox(key="explore.model").value == "lenet-mnist"
 
 
+def test_link_with_an_attack_that_does_not_apply_warns_and_falls_back() -> None:
+    at = _app({"model": "efficientnet-lite0", "image": "chelsea", "attack": "nip-aware", "defense": "nip"})
+    assert not at.exception
+    assert any("'nip-aware' does not apply to model 'efficientnet-lite0'" in w.value for w in at.warning)
+    sb = at.selectbox(key="explore.efficientnet-lite0.attack")
+    assert sb.value == "fgsm" and not any(o.startswith("nip-aware") for o in sb.options)
+    assert any(o.startswith("pgd") for o in sb.options)
+
+
+def test_aware_attack_on_lenet_shows_the_vote_fooled() -> None:
+    at = _app({"model": "lenet-mnist", "attack": "nip-aware", "defense": "nip", "seed": "0"})
+    assert not at.exception and not at.warning
+    sb = at.selectbox(key="explore.lenet-mnist.attack")
+    assert sb.value == "nip-aware" and any(o.startswith("nip-aware") for o in sb.options)
+    assert any("Flagged" in m.value or "Not flagged" in m.value for m in at.markdown)
+    assert any(c.value.startswith("`nip-aware` knows") for c in at.caption)
+
+
 def test_garbage_upload_is_an_input_error() -> None:
     # AppTest cannot drive st.file_uploader; the page hands upload bytes to this function and shows
     # its InputError with st.error (the browser test uploads a real image).

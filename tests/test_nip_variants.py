@@ -115,21 +115,34 @@ def test_neighbour_vote_only_where_a_labelled_benign_set_exists(lenet):
 
 def test_defense_aware_attack_fools_the_vote(lenet, digits):
     """The aware attack targets the neighbour vote as well as the model: BPDA alone over-states nip."""
-    from nip_core.evaluate import ADAPTIVE_AWARE, evaluate
+    from nip_core.attacks import ATTACKS
+    from nip_core.evaluate import evaluate
 
     x, y = digits
-    unit = DEFENSES["nip"]
-    p = unit.params_for(lenet, {})
-    adv = unit.aware_attack(lenet, x, y, p, ADAPTIVE_AWARE["mnist"], 0)
-    assert (adv - x).abs().max() <= 0.3 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
-    _, votes, pred = neighbour_selector(lenet, ["conv1"])(adv, 0.005)
+    r = run_attack(lenet, "nip-aware", x, y, seed=0)
+    assert r.params == {"eps": 0.3, "eps_step": 0.01, "max_iter": 40, "weight": 100.0}
+    assert (r.x_adv - x).abs().max() <= 0.3 + 1e-6 and r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    _, votes, pred = neighbour_selector(lenet, ["conv1"])(r.x_adv, 0.005)
     assert float((votes.argmax(1) == y).float().mean()) <= 0.5 and not (pred == y).any()
-    r = evaluate("lenet-mnist", [("fgsm", {})], [("none", {}), ("nip", {})], n=8, split="tune")
-    aware = r["summary"]["adaptive_aware_accuracy"]
+    assert torch.equal(run_attack(lenet, "nip-aware", x, y, seed=0).x_adv, r.x_adv)
+    ev = evaluate("lenet-mnist", [("fgsm", {})], [("none", {}), ("nip", {})], n=8, split="tune")
+    aware = ev["summary"]["adaptive_aware_accuracy"]
     assert aware["none"] is None and aware["nip"] is not None
-    assert aware["nip"] < r["summary"]["adaptive_accuracy"]["nip"]
-    (label,) = [k for k in r["adaptive"] if k.startswith("nip[")]
-    assert r["adaptive"][label]["aware"]["attack"].startswith("pgd-aware-nip[")
+    assert aware["nip"] < ev["summary"]["adaptive_accuracy"]["nip"]
+    (label,) = [k for k in ev["adaptive"] if k.startswith("nip[")]
+    assert ev["adaptive"][label]["aware"]["attack"].startswith("nip-aware[")
+    assert ATTACKS["nip-aware"].to_json()["library"] == "nip_core" and ATTACKS["fgsm"].to_json()["library"] == "ART"
+
+
+def test_aware_attack_refuses_models_where_nip_does_not_vote():
+    import pytest
+
+    from nip_core.errors import InputError
+    from nip_core.models import load_model
+
+    eff = load_model("efficientnet-lite0")
+    with pytest.raises(InputError, match="does not apply to model 'efficientnet-lite0'"):
+        run_attack(eff, "nip-aware", torch.rand(1, 3, 224, 224), torch.tensor([1]))
 
 
 def test_explain_reports_why_nip_acted(lenet, digits):

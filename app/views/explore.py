@@ -66,7 +66,8 @@ def load_query_params() -> None:
             st.session_state[key(model, "image")] = image
         else:
             problems.append(f"unknown example image {image!r}")
-    unit_from_query(qp, m, model, "attack", ATTACKS, DEFAULT_ATTACK, "ap", lambda a: ("a", a), problems)
+    usable = {a: u for a, u in ATTACKS.items() if u.applies_to(m)}
+    unit_from_query(qp, m, model, "attack", usable, DEFAULT_ATTACK, "ap", lambda a: ("a", a), problems)
     unit_from_query(qp, m, model, "defense", DEFENSES, DEFAULT_DEFENSE, "dp", lambda d: ("d", defense_group(d)),
                     problems, skip=NIP_SHARED)
     if "layer" in qp:
@@ -103,7 +104,8 @@ def unit_from_query(qp, m, model: str, kind: str, registry, default: str, params
     """
     name = qp.get(kind, default)
     if name not in registry:
-        problems.append(f"unknown {kind} {name!r}")
+        problems.append(f"unknown {kind} {name!r}" if name not in (ATTACKS | DEFENSES) else
+                        f"{kind} {name!r} does not apply to model {model!r}")
         name = default
     st.session_state[key(model, kind)] = name
     try:
@@ -227,7 +229,8 @@ def show_decision(expl) -> None:
                f"Thresholds flag {first['false_alarm'] * 100:g}% of held-out benign digits per detector "
                f"(calibrated on {first['calibration_digits']} digits of the calib split). The vote and margin "
                "detectors count only when the abnormal-neuron share is also high (the gate). "
-               "An attacker who knows this can fool the vote: see the Benchmark page's aware-attack numbers.")
+               "An attacker who knows this can fool the vote: pick the `nip-aware` attack to try it, or see "
+               "the Benchmark page's defense-aware numbers.")
 
 
 def show_results(request: tuple, expl) -> None:
@@ -357,11 +360,18 @@ def main() -> None:
     with top[0]:
         picked = choose_image(model_name, model.num_classes, model.class_names)
     with top[1]:
-        attack = st.selectbox("Attack", sorted(ATTACKS), key=C.init_state(key(model_name, "attack"), DEFAULT_ATTACK),
+        attacks = sorted(a for a in ATTACKS if ATTACKS[a].applies_to(model))
+        ak = key(model_name, "attack")
+        if st.session_state.get(ak) not in (None, *attacks):  # e.g. a link's nip-aware on an ImageNet model
+            st.session_state[ak] = DEFAULT_ATTACK
+        attack = st.selectbox("Attack", attacks, key=C.init_state(ak, DEFAULT_ATTACK),
                               format_func=lambda a: f"{a} — {ATTACKS[a].spec.summary}")
         defense = st.selectbox("Defense", list(DEFENSES),
                                key=C.init_state(key(model_name, "defense"), DEFAULT_DEFENSE),
                                format_func=lambda d: d + ("" if DEFENSES[d].deployable else " (NOT deployable)"))
+        if attack == "nip-aware":
+            st.caption("`nip-aware` knows the label-free `nip`: it fools the model and nip's neighbour vote at "
+                       "once. Pair it with the `nip` defense to see the vote, and so the defense, fail.")
         note = MODE_NOTES.get(defense, DEFENSES[defense].spec.summary)
         (st.warning if not DEFENSES[defense].deployable else st.caption)(f"`{defense}`: {note}.")
 
