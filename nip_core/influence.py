@@ -182,6 +182,20 @@ class _StopForward(Exception):
     pass
 
 
+def capture_hook(box: list[torch.Tensor], stop: bool = True):
+    """A forward hook that appends the layer's output to ``box``, in the calling thread only
+    (other sessions' passes through the shared model are left alone), and with ``stop`` ends the
+    forward pass there (the caller catches ``_StopForward``)."""
+    owner = threading.get_ident()
+
+    def hook(_m, _inp, out):
+        if threading.get_ident() == owner:
+            box.append(out)
+            if stop:
+                raise _StopForward
+    return hook
+
+
 def layer_output(model: LoadedModel, x: torch.Tensor, layer: str | None = None, *, grad: bool = False,
                  stop: bool = True) -> torch.Tensor:
     """Raw output of ``layer`` (``[N, C, h, w]`` or ``[N, F]``) for inputs on the model's device.
@@ -192,16 +206,8 @@ def layer_output(model: LoadedModel, x: torch.Tensor, layer: str | None = None, 
     """
     module = model.layer(layer)
     box: list[torch.Tensor] = []
-    owner = threading.get_ident()
-
-    def hook(_m, _inp, out):
-        if threading.get_ident() == owner:
-            box.append(out)
-            if stop:
-                raise _StopForward
-
     with model.lock:
-        handle = module.register_forward_hook(hook)
+        handle = module.register_forward_hook(capture_hook(box, stop))
         try:
             with torch.set_grad_enabled(grad):
                 try:

@@ -23,12 +23,10 @@ show how far it falls behind the oracle.
 """
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from nip_core.errors import InputError
-from nip_core.influence import InfluenceProfile, _StopForward
+from nip_core.influence import InfluenceProfile, _StopForward, capture_hook
 from nip_core.models.base import LoadedModel
 
 NIP_VALUES = 1 << 23  # input values per NIP pass: ≤ 55 ImageNet images, 10,699 MNIST digits
@@ -58,13 +56,7 @@ def inverse_perturbation(model: LoadedModel, x: torch.Tensor, front: torch.Tenso
     w = f / f.sum(1, keepdim=True).clamp_min(1) - t / t.sum(1, keepdim=True).clamp_min(1)
     module = model.layer(layer)
     box: list[torch.Tensor] = []
-    owner = threading.get_ident()
-
-    def hook(_m, _inp, out):
-        if threading.get_ident() == owner:
-            box.append(out)
-            raise _StopForward  # the rest of the network does not affect J
-
+    hook = capture_hook(box, stop=True)  # the rest of the network does not affect J
     outs = []
     with model.lock, torch.enable_grad():
         # One hook for all steps and chunks (not one per step); chunks bound the autograd
