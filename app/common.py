@@ -29,8 +29,10 @@ COMPARE_DEFENSES = ("none", "jpeg", "bitdepth", "median", "gaussian", "random-si
 LABEL_FREE_NOTE = (
     "**Label-free NIP is hard.** A deployable defense does not know the true class, so `nip` guesses it: "
     "on MNIST it flags inputs whose `conv1` neurons leave the range they take on benign digits, and runs NIP "
-    "toward the class of the nearest benign digits at `conv1` (report split: mean adversarial accuracy 0.87, "
-    "benign 0.994). That guess is its weak point: an attacker who also targets the vote brings it down to "
+    "toward the class of the nearest benign digits at `conv1`, or, when few neurons moved (a minimal attack "
+    "such as DeepFool), toward the class the model predicts under small random noise (report split: mean "
+    "adversarial accuracy 0.88, benign 0.994). That guess is its weak point: an attacker who also targets the "
+    "vote brings it down to "
     "0.13 (defense-aware adaptive attack). On ImageNet and your own models `nip` falls back to `nip-topk`, "
     "which tries the top-K candidate classes; `nip-global` uses one all-class profile. "
     "`nip-oracle` uses the TRUE label to pick the profile: it shows what NIP could do with perfect "

@@ -175,11 +175,12 @@ register("universal", "Universal adversarial perturbation (Moosavi-Dezfooli et a
          targeted_ok=False, dataset_defaults={IMAGENET: {"eps": 8 / 255}})
 
 
-def _nip_aware(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, seed: int) -> torch.Tensor:
+def _nip_aware(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, seed: int,
+               against: dict | None = None) -> torch.Tensor:
     from nip_core.defenses import DEFENSES
     from nip_core.nip_variants import aware_attack
 
-    return aware_attack(model, x, y, DEFENSES["nip"].params_for(model), p, seed)
+    return aware_attack(model, x, y, DEFENSES["nip"].params_for(model, against), p, seed)
 
 
 def _nip_uses_vote(model: LoadedModel) -> bool:
@@ -245,10 +246,12 @@ class AttackResult:
 
 
 def run_attack(model: LoadedModel, name: str, x: torch.Tensor, y: torch.Tensor, params: dict | None = None,
-               seed: int = 0, net: nn.Module | None = None) -> AttackResult:
+               seed: int = 0, net: nn.Module | None = None, against: dict | None = None) -> AttackResult:
     """Attack ``x`` (true labels ``y``); returns adversarial images in [0,1] and wall time.
 
     ``net`` replaces the attacked network (used for adaptive attacks through a defense).
+    ``against``: for a defense-aware attack (``nip-aware``), the parameters of the defense it
+    attacks (default: the defense's registered defaults).
     """
     attack = ATTACKS.get_unit(name)
     p = attack.params_for(model, params)
@@ -258,7 +261,8 @@ def run_attack(model: LoadedModel, name: str, x: torch.Tensor, y: torch.Tensor, 
         t0 = time.perf_counter()
         with model.lock, RNG_LOCK:
             seed_everything(seed)
-            x_adv = attack.run(model, x.detach().cpu().float(), torch.as_tensor(y).long().cpu(), p, seed)
+            extra = {"against": against} if against is not None else {}
+            x_adv = attack.run(model, x.detach().cpu().float(), torch.as_tensor(y).long().cpu(), p, seed, **extra)
         return AttackResult(x_adv.clamp(0.0, 1.0).view_as(x.cpu()), time.perf_counter() - t0, p)
     x_np = x.detach().cpu().numpy().astype(np.float32)
     targeted = p.get("target", -1) >= 0

@@ -105,6 +105,8 @@ def cmd_evaluate(args) -> int:
         result["suite"] = args.suite
     paths = write_result(result, args.out)
     _print_summary(result)
+    for w in result["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
     return 0
 

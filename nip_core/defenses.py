@@ -52,10 +52,13 @@ class Defense:
     dataset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     family: str = "baseline"
     # The registered attack that knows this defense (beyond BPDA), e.g. "nip-aware"; evaluate runs
-    # it with its defaults wherever it applies to the model.
+    # it with its default settings, against the evaluated defense parameters, wherever it applies.
     aware_attack: str | None = None
-    # Why the defense treats each input as it does: (model, x, params) → one dict per input, or None.
+    # Why the defense treats each input as it does: (model, x, params, seed) → one dict per input, or None.
     explain_decision: Callable[..., list[dict] | None] | None = field(default=None, repr=False)
+    # The held-out split (``nip_core.data.SPLITS``) the defense places thresholds on, if any:
+    # evaluate warns when a table includes it.
+    calibration_split: str | None = None
 
     @property
     def name(self) -> str:

@@ -151,7 +151,7 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
     decision = None
     if dunit.explain_decision is not None:
         with model.lock:
-            why = dunit.explain_decision(model, torch.cat([x, x_adv]), dr.params)
+            why = dunit.explain_decision(model, torch.cat([x, x_adv]), dr.params, seed=seed)
         decision = dict(zip(VARIANTS[:2], why)) if why is not None else None
 
     say(0.7, "measuring neuron influence")

@@ -247,27 +247,89 @@ def neighbour_selector(model: LoadedModel, layers: list[str], neighbours: int = 
         return _BANKS[key]
 
 
+def smoothed_class(model: LoadedModel, x: torch.Tensor, amp: float, draws: int, seed: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class ``[N]``, its mean softmax ``[N]``): the model's average prediction over ``draws``
+    random-sign perturbations of size ``amp`` (clipped to [0, 1]).
+
+    The signs come from ``seed`` and are the same for every input, so an input's result does not
+    depend on the batch it is in.
+    """
+    g = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (draws, *x.shape[1:]), generator=g).float() * 2 - 1
+    mean = sum(model.logits((x + amp * s).clamp(0, 1)).float().cpu().softmax(1) for s in signs) / draws
+    return mean.argmax(1), mean.max(1).values
+
+
+def nip_targets(model: LoadedModel, sel: NeighbourSelector, x: torch.Tensor, p: dict, seed: int = 0) -> dict:
+    """Who ``nip`` defends and toward which class, and why.
+
+    Returns ``flagged`` ``[N]`` bool, ``target`` ``[N]`` (the class NIP is pointed at; -1 where not
+    flagged), ``votes`` ``[N, classes]``, ``pred``, the detector ``scores`` and, for the pocket rule,
+    ``smoothed``/``smoothed_share`` and ``pocket`` ``[N]`` bool.
+
+    **Pocket rule** (``pocket_amp`` > 0). A minimal attack (DeepFool, C&W) stops just past the
+    decision boundary, in a thin pocket of the wrong class: small random-sign noise takes the
+    model back out, and the class it then predicts on average is the original one. A large L∞
+    attack leaves a wide pocket, where noise keeps the wrong class or lands in a third one. So
+    when the abnormal-neuron detector fires but the abnormal share is at most ``pocket_level`` (a
+    small perturbation), and the smoothed class differs from the model's prediction, NIP is
+    pointed at the smoothed class instead of the vote's.
+    """
+    scores, votes, pred = sel.scores(x)
+    flagged = sel.flag(scores, p["false_alarm"], p["gate"])
+    order = torch.sort(votes, dim=1, descending=True, stable=True).indices
+    target = torch.where(flagged, order[:, 0], torch.full_like(pred, -1))
+    n = len(x)
+    out = {"flagged": flagged, "votes": votes, "pred": pred, "scores": scores, "order": order,
+           "smoothed": torch.full((n,), -1, dtype=torch.long), "smoothed_share": torch.full((n,), float("nan")),
+           "pocket": torch.zeros(n, dtype=torch.bool)}
+    abnormal = [k for k in scores if k.startswith("abnormal:")]
+    if p.get("pocket_amp", 0) > 0 and p["false_alarm"] > 0 and abnormal:
+        th = sel.thresholds(p["false_alarm"])
+        small = torch.zeros(n, dtype=torch.bool)
+        for k in abnormal:
+            small |= (scores[k] > th[k]) & (scores[k] <= p["pocket_level"])
+        small &= flagged
+        idx = torch.nonzero(small).flatten()
+        if len(idx):
+            cls, share = smoothed_class(model, x[idx], p["pocket_amp"], p["pocket_draws"], seed)
+            out["smoothed"][idx], out["smoothed_share"][idx] = cls, share
+            hit = cls != pred[idx]
+            out["pocket"][idx[hit]] = True
+            target[idx[hit]] = cls[hit]
+    out["target"] = target
+    return out
+
+
 def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfile, *, select_layers: list[str],
                    neighbours: int, false_alarm: float, k: float, budget: float, steps: int, step_size: float,
                    candidates: int = 1, rule: str = "margin", per_class: int = 400, vote_weight: float = 30.0,
-                   gate: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+                   gate: float = 0.1, pocket_amp: float = 0.0, pocket_draws: int = 32, pocket_level: float = 0.025,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Detect, then NIP toward the benign-neighbour class; returns (defended inputs, used class or -1).
 
     Inputs no detector flags are returned unchanged (used class -1). Flagged inputs get NIP with
-    the profile of the class winning the neighbour vote; with ``candidates`` > 1, NIP runs for each
-    of the top vote classes and ``rule`` (on the defended logits, as in ``nip_core.nip``) picks one.
+    the profile of the class winning the neighbour vote, or of the smoothed class where the pocket
+    rule applies (``nip_targets``). With ``candidates`` > 1, NIP runs for that class and the next
+    vote classes, and ``rule`` (on the defended logits, as in ``nip_core.nip``) picks one.
     """
     from nip_core.nip import inverse_perturbation, selection_scores
 
-    flagged, votes, _ = neighbour_selector(model, select_layers, neighbours, per_class, vote_weight)(x, false_alarm,
-                                                                                                   gate)
-    todo = torch.nonzero(flagged).flatten()
+    sel = neighbour_selector(model, select_layers, neighbours, per_class, vote_weight)
+    dec = nip_targets(model, sel, x, {"false_alarm": false_alarm, "gate": gate, "pocket_amp": pocket_amp,
+                                      "pocket_draws": pocket_draws, "pocket_level": pocket_level}, seed)
+    todo = torch.nonzero(dec["flagged"]).flatten()
     out = x.clone()
     used = torch.full((len(x),), -1, dtype=torch.long)
     if len(todo):
         kk = min(candidates, model.num_classes)
-        # Stable sort: vote ties go to the lower class index, so the defense is deterministic.
-        cand = torch.sort(votes[todo], dim=1, descending=True, stable=True).indices[:, :kk]
+        # The target first, then the vote's order (stable sort: ties go to the lower class index,
+        # so the defense is deterministic).
+        first = dec["target"][todo]
+        rest = dec["order"][todo]
+        rest = torch.stack([r[r != f] for r, f in zip(rest, first)])
+        cand = torch.cat([first[:, None], rest], 1)[:, :kk]
         flat = cand.reshape(-1)
         masks = {int(c): profile.masks(int(c), k) for c in flat.unique()}
         fm = torch.stack([masks[int(c)][0] for c in flat])
@@ -282,16 +344,16 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
     return out, used
 
 
-def explain_decision(model: LoadedModel, x: torch.Tensor, p: dict) -> list[dict] | None:
+def explain_decision(model: LoadedModel, x: torch.Tensor, p: dict, seed: int = 0) -> list[dict] | None:
     """Why ``nip`` defends each input as it does: detector scores against their thresholds, the
-    gate, the neighbour vote and the class NIP is pointed at (None where ``nip`` falls back to
-    top-K). Plain numbers, for the app and the CLI's summary."""
+    gate, the neighbour vote, the pocket rule and the class NIP is pointed at (None where ``nip``
+    falls back to top-K). Plain numbers, for the app and the CLI's summary."""
     if not uses_neighbours(model):
         return None
     layers = _select_layers(model, p)
     sel = neighbour_selector(model, layers, p["neighbours"], p["per_class"], p["vote_weight"])
-    scores, votes, pred = sel.scores(x)
-    flagged = sel.flag(scores, p["false_alarm"], p["gate"])
+    dec = nip_targets(model, sel, x, p, seed)
+    scores, votes = dec["scores"], dec["votes"]
     th = sel.thresholds(p["false_alarm"]) if p["false_alarm"] > 0 else {}
     gate = {k: float(torch.quantile(v, 1 - p["gate"])) for k, v in sel.reference_scores.items()
             if k.startswith("abnormal:")} if p["gate"] < 1 else {}
@@ -305,11 +367,16 @@ def explain_decision(model: LoadedModel, x: torch.Tensor, p: dict) -> list[dict]
             dets[k] = {"score": float(scores[k][i]), "threshold": float(th[k]) if k in th else None,
                        "above": over, "fired": over and counts}
         order = torch.sort(votes[i], descending=True, stable=True)
+        smoothed = int(dec["smoothed"][i])
         out.append({
-            "flagged": bool(flagged[i]), "prediction": int(pred[i]), "gate_open": gate_open,
+            "flagged": bool(dec["flagged"][i]), "prediction": int(dec["pred"][i]), "gate_open": gate_open,
             "gate_thresholds": gate, "detectors": dets,
             "vote": [{"class": int(c), "share": float(v)} for v, c in zip(order.values[:3], order.indices[:3])],
-            "nip_target": int(order.indices[0]) if bool(flagged[i]) else None,
+            "pocket": {"checked": smoothed >= 0, "applied": bool(dec["pocket"][i]),
+                       "smoothed_class": smoothed if smoothed >= 0 else None,
+                       "smoothed_share": float(dec["smoothed_share"][i]) if smoothed >= 0 else None,
+                       "level": p.get("pocket_level"), "amp": p.get("pocket_amp", 0.0)},
+            "nip_target": int(dec["target"][i]) if bool(dec["flagged"][i]) else None,
             "false_alarm": p["false_alarm"], "calibration_digits": sel.calibration_size,
         })
     return out
@@ -409,7 +476,9 @@ def _nip_neighbours_transform(model, x, p, y, seed):
     xd, _ = nip_neighbours(model, x, prof, select_layers=_select_layers(model, p), neighbours=p["neighbours"],
                            false_alarm=p["false_alarm"], k=p["k"], budget=p["budget"], steps=p["steps"],
                            step_size=p["step_size"], candidates=p["candidates"], rule=p["rule"],
-                           per_class=p["per_class"], vote_weight=p["vote_weight"], gate=p["gate"])
+                           per_class=p["per_class"], vote_weight=p["vote_weight"], gate=p["gate"],
+                           pocket_amp=p["pocket_amp"], pocket_draws=p["pocket_draws"], pocket_level=p["pocket_level"],
+                           seed=seed)
     return xd
 
 
@@ -430,11 +499,18 @@ def _register() -> None:
         Param("gate", "float", 0.1, 0.0, 1.0, step=0.05,
               help="support/margin detectors count only above this benign share of abnormal neurons (1: always)"),
         Param("per_class", "int", 400, 1, 400, help="benign reference images per class"),
+        Param("pocket_amp", "float", 0.1, 0.0, 0.5, step=0.01, unit="[0,1] pixel",
+              help="pocket rule: random-sign noise size; a small perturbation whose class flips under it is "
+                   "sent to the smoothed class (0: off)"),
+        Param("pocket_draws", "int", 32, 1, 256, help="pocket rule: noise draws averaged"),
+        Param("pocket_level", "float", 0.025, 0.0, 1.0, step=0.005,
+              help="pocket rule applies only up to this share of abnormal neurons (small perturbations)"),
     )
     for name in ("nip", "nip-neighbours"):
         register(name, "NIP, label-free: detect with benign neighbours, NIP toward their class (issue 6)",
                  params, _nip_neighbours_transform, dataset_defaults={"imagenet": NIP_IMAGENET | {"candidates": 3}},
-                 family="nip", aware_attack="nip-aware", explain_decision=explain_decision)
+                 family="nip", aware_attack="nip-aware", explain_decision=explain_decision,
+                 calibration_split="calib")
 
 
 _register()

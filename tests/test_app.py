@@ -103,6 +103,17 @@ def test_aware_attack_on_lenet_shows_the_vote_fooled() -> None:
     assert any(c.value.startswith("`nip-aware` knows") for c in at.caption)
 
 
+def test_deepfool_on_lenet_explains_the_pocket_rule() -> None:
+    """DeepFool stops just past the boundary: nip says it took the class predicted under noise."""
+    at = _app({"model": "lenet-mnist", "attack": "deepfool", "defense": "nip", "seed": "0"})
+    _ok(at)
+    [flagged] = [m.value for m in at.markdown if m.value.startswith(":orange[Flagged")]
+    assert "pocket rule" in flagged and "under ±0.1 noise the model predicts" in flagged
+    assert any("Pocket rule:" in c.value for c in at.caption)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["defended prediction"] == metrics["benign prediction"] != metrics["adversarial prediction"]
+
+
 def test_garbage_upload_is_an_input_error() -> None:
     # AppTest cannot drive st.file_uploader; the page hands upload bytes to this function and shows
     # its InputError with st.error (the browser test uploads a real image).

@@ -160,3 +160,91 @@ def test_explain_reports_why_nip_acted(lenet, digits):
     assert e.summary()["defense_decision"]["adversarial"]["flagged"] is True
     # defenses that do not explain themselves leave it empty
     assert explain(lenet, x[0], int(y[0]), defense="jpeg", layer="fc1").decision is None
+
+
+def test_smoothed_class_is_seeded_and_batch_independent(lenet, digits):
+    from nip_core.nip_variants import smoothed_class
+
+    x, _ = digits
+    cls, share = smoothed_class(lenet, x, 0.1, 16, seed=3)
+    again, share2 = smoothed_class(lenet, x, 0.1, 16, seed=3)
+    assert torch.equal(cls, again) and torch.equal(share, share2)
+    alone = [smoothed_class(lenet, x[i:i + 1], 0.1, 16, seed=3) for i in range(len(x))]
+    assert torch.equal(cls, torch.cat([c for c, _ in alone]))
+    assert torch.allclose(share, torch.cat([s for _, s in alone]), atol=1e-6)
+    # by hand: the mean softmax over the same 16 sign patterns
+    g = torch.Generator().manual_seed(3)
+    signs = torch.randint(0, 2, (16, *x.shape[1:]), generator=g).float() * 2 - 1
+    mean = torch.stack([lenet.logits((x + 0.1 * s).clamp(0, 1)).softmax(1) for s in signs]).mean(0)
+    assert torch.equal(cls, mean.argmax(1)) and torch.allclose(share, mean.max(1).values, atol=1e-6)
+    # no noise: the model's own prediction and confidence
+    c0, s0 = smoothed_class(lenet, x, 0.0, 4)
+    assert torch.equal(c0, lenet.predict(x)) and torch.allclose(s0, lenet.logits(x).softmax(1).max(1).values)
+
+
+def test_pocket_rule_sends_minimal_adversarials_back_and_leaves_large_ones_to_the_vote(lenet, digits):
+    """DeepFool stops just past the boundary: the smoothed class is the original one. FGSM 0.3 moves
+    far more conv1 neurons than ``pocket_level``, so the vote decides there."""
+    from nip_core.nip_variants import nip_targets
+
+    x, y = digits
+    p = DEFENSES["nip"].params_for(lenet)
+    assert p["pocket_amp"] > 0
+    sel = neighbour_selector(lenet, ["conv1"], p["neighbours"], p["per_class"], p["vote_weight"])
+    df = run_attack(lenet, "deepfool", x, y, seed=0).x_adv
+    dec = nip_targets(lenet, sel, df, p, seed=0)
+    off = nip_targets(lenet, sel, df, p | {"pocket_amp": 0.0}, seed=0)
+    assert dec["flagged"].all() and not (dec["pred"] == y).any()
+    assert dec["pocket"].sum() >= 6
+    assert torch.equal(dec["target"][dec["pocket"]], dec["smoothed"][dec["pocket"]])
+    assert not (dec["smoothed"][dec["pocket"]] == dec["pred"][dec["pocket"]]).any()
+    assert torch.equal(dec["target"][~dec["pocket"]], off["target"][~dec["pocket"]])
+    assert (dec["target"] == y).sum() >= (off["target"] == y).sum() and (dec["target"] == y).float().mean() >= 0.875
+    # the defense itself follows the decision
+    r = apply_defense(lenet, "nip", df, seed=0)
+    assert (lenet.predict(r.x_def) == y).float().mean() >= 0.875
+    big = run_attack(lenet, "fgsm", x, y, {"eps": 0.3}, seed=0).x_adv
+    dbig = nip_targets(lenet, sel, big, p, seed=0)
+    assert not dbig["pocket"].any() and (dbig["scores"]["abnormal:conv1"] > p["pocket_level"]).all()
+    assert torch.equal(dbig["target"], nip_targets(lenet, sel, big, p | {"pocket_amp": 0.0})["target"])
+    # the decision is explained with the same numbers
+    from nip_core.nip_variants import explain_decision
+
+    why = explain_decision(lenet, df, p, seed=0)
+    for i, w in enumerate(why):
+        assert w["pocket"]["applied"] == bool(dec["pocket"][i]) and w["nip_target"] == int(dec["target"][i])
+        if w["pocket"]["applied"]:
+            assert w["pocket"]["smoothed_class"] != w["prediction"] and 0 < w["pocket"]["smoothed_share"] <= 1
+
+
+def test_aware_attack_targets_the_evaluated_defense_settings(lenet, digits, monkeypatch):
+    """evaluate's aware column attacks nip as configured, not nip's registered defaults."""
+    import nip_core.nip_variants as nv
+    from nip_core.evaluate import evaluate
+
+    seen = []
+    real = nv.aware_attack
+
+    def spy(model, x, y, p, ap, seed=0):
+        seen.append(p)
+        return real(model, x, y, p, ap, seed)
+
+    monkeypatch.setattr(nv, "aware_attack", spy)
+    x, y = digits
+    run_attack(lenet, "nip-aware", x[:2], y[:2], {"max_iter": 2}, against={"neighbours": 3, "vote_weight": 0.0})
+    assert seen[-1]["neighbours"] == 3 and seen[-1]["vote_weight"] == 0.0
+    run_attack(lenet, "nip-aware", x[:2], y[:2], {"max_iter": 2})
+    assert seen[-1] == DEFENSES["nip"].params_for(lenet)
+    evaluate("lenet-mnist", [("fgsm", {})], [("nip", {"neighbours": 5})], n=2, split="tune")
+    assert seen[-1]["neighbours"] == 5
+
+
+def test_tables_that_include_the_calibration_digits_carry_a_warning(lenet):
+    from nip_core.evaluate import split_warnings
+
+    [w] = split_warnings(lenet, "all", 600, ["none", "jpeg", "nip"])
+    assert "'nip'" in w and "500+" in w and "--split report" in w
+    assert split_warnings(lenet, "all", 500, ["nip"]) == []          # positions 0–499: tune + report
+    assert split_warnings(lenet, "report", 10_000, ["nip", "nip-oracle"]) == []
+    assert split_warnings(lenet, "all", 900, ["jpeg", "nip-oracle"]) == []
+    assert len(split_warnings(lenet, "all", 900, ["nip", "nip-neighbours"])) == 2

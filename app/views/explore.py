@@ -208,10 +208,16 @@ def show_decision(expl) -> None:
             st.markdown(f"**{v} input**")
             shown = [e for i, e in enumerate(d["vote"]) if i == 0 or e["share"] >= 0.005]
             vote = ", ".join(f"{expl.class_names[e['class']]} ({e['share'] * 100:.0f}%)" for e in shown)
+            pocket = d.get("pocket") or {}
             if d["flagged"]:
                 fired = "; ".join(detector_name(k) for k, e in d["detectors"].items() if e["fired"])
+                why = f"neighbour vote: {vote}"
+                if pocket.get("applied"):
+                    why = (f"pocket rule: a small perturbation, and under ±{pocket['amp']:g} noise the model "
+                           f"predicts {expl.class_names[pocket['smoothed_class']]} "
+                           f"({pocket['smoothed_share'] * 100:.0f}%); neighbour vote: {vote}")
                 st.markdown(f":orange[Flagged by {fired}] → NIP toward class "
-                            f"**{expl.class_names[d['nip_target']]}** (neighbour vote: {vote}).")
+                            f"**{expl.class_names[d['nip_target']]}** ({why}).")
             else:
                 st.markdown(f":green[Not flagged] → passed through unchanged (neighbour vote: {vote}).")
             rows = [{"detector": detector_name(k), "score": e["score"], "threshold": e["threshold"],
@@ -229,6 +235,9 @@ def show_decision(expl) -> None:
                f"Thresholds flag {first['false_alarm'] * 100:g}% of held-out benign digits per detector "
                f"(calibrated on {first['calibration_digits']} digits of the calib split). The vote and margin "
                "detectors count only when the abnormal-neuron share is also high (the gate). "
+               f"Pocket rule: when few neurons are abnormal (share ≤ {first['pocket']['level']:g}, a small "
+               "perturbation such as DeepFool's) and the model's average prediction under small random-sign "
+               "noise differs from its prediction, NIP is pointed at that smoothed class instead of the vote's. "
                "An attacker who knows this can fool the vote: pick the `nip-aware` attack to try it, or see "
                "the Benchmark page's defense-aware numbers.")
 

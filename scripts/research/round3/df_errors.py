@@ -1,0 +1,34 @@
+"""Issue 6 round 3 (tune/calib only): what the vote gets wrong on DeepFool, and label-free
+signals that could fix it (model runner-up, random-sign smoothing)."""
+import torch
+from nip_core.models import load_model
+from nip_core.data import heldout_split
+from nip_core.nip_variants import neighbour_selector
+torch.set_num_threads(1)
+torch.manual_seed(0)
+m = load_model("lenet-mnist")
+d = torch.load("/tmp/nipres/adv-tune-150.pt"); y = d["y"]
+sel = neighbour_selector(m, ["conv1"], 10, 400, 30.0)
+th = sel.thresholds(0.005)
+print("attacks:", list(d["adv"]))
+def smooth(x, amp, draws=32):
+    g = torch.Generator().manual_seed(1)
+    acc = 0
+    for _ in range(draws):
+        s = torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1
+        acc = acc + m.logits((x + amp * s).clamp(0, 1)).softmax(1)
+    return acc / draws
+for k, x in d["adv"].items():
+    fl, v, p = sel(x, 0.005, 0.1)
+    s, _, _ = sel.scores(x)
+    lg = m.logits(x); top2 = lg.softmax(1).topk(2, 1)
+    c = v.argmax(1)
+    wrong = fl & (c != y)
+    print(f"== {k}: flagged {int(fl.sum())}/150, vote wrong on flagged {int(wrong.sum())}; runner-up==y {int((top2.indices[:,1]==y).sum())}")
+    sm = smooth(x, 0.1)
+    for i in torch.nonzero(wrong).flatten()[:12]:
+        i = int(i)
+        vs = torch.sort(v[i], descending=True)
+        print(f"  y={int(y[i])} pred={int(p[i])} runner={int(top2.indices[i,1])} margin={float(top2.values[i,0]-top2.values[i,1]):.3f} "
+              f"abn={float(s['abnormal:conv1'][i]):.4f} vote={[(int(a), round(float(b),2)) for b,a in zip(vs.values[:3], vs.indices[:3])]} "
+              f"smooth.1={int(sm[i].argmax())}({float(sm[i].max()):.2f}) p(y)={float(sm[i][y[i]]):.2f}")

@@ -1,0 +1,46 @@
+"""Issue 6 round 3 (tune/calib only): the "pocket" rule. A small perturbation leaves the input in
+a thin adversarial pocket: random-sign noise of small amplitude takes the model back out, so the
+class the model predicts under noise differs from its prediction. Rule: if the smoothed class
+(mean softmax over `draws` random-sign draws at amplitude `amp`) differs from the model's
+prediction and holds at least `share` of the mass, point NIP at it; otherwise at the vote's
+class, but only when the abnormal-neuron share is at most `level`. Prints class-choice accuracy (flagged: chosen class; unflagged: model prediction)."""
+import torch
+from nip_core.models import load_model
+from nip_core.data import heldout_split
+from nip_core.nip_variants import neighbour_selector
+torch.set_num_threads(1)
+m = load_model("lenet-mnist")
+xc, yc = heldout_split(m, "calib")
+d = torch.load("/tmp/nipres/adv-tune-150.pt"); y = d["y"]
+sel = neighbour_selector(m, ["conv1"], 10, 400, 30.0)
+sets = {"calib": (xc, yc), "benign": (d["x"], y)} | {k: (v, y) for k, v in d["adv"].items()}
+def smooth(x, amp, draws):
+    g = torch.Generator().manual_seed(0)
+    acc = 0
+    for _ in range(draws):
+        s = torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1
+        acc = acc + m.logits((x + amp * s).clamp(0, 1)).softmax(1)
+    return acc / draws
+base = {k: sel(x, 0.005, 0.1) for k, (x, _) in sets.items()}
+sc = {k: sel.scores(x)[0]['abnormal:conv1'] for k, (x, _) in sets.items()}
+cache = {}
+print("amp draws share level | adv-mean tune-benign calib | F.1 F.2 F.3 PGD CW DF MI | changed-right changed-wrong")
+import itertools
+for amp, draws, share, level in [(0.0, 1, 0.0, 1.0)] + list(itertools.product((0.05, 0.1), (32,), (0.0, 0.5), (0.01, 0.015, 0.02, 0.025, 0.03, 1.0))):
+        if True:
+            res, good, bad = {}, 0, 0
+            for k, (x, yy) in sets.items():
+                fl, v, p = base[k]
+                c = v.argmax(1)
+                if amp:
+                    if (k, amp, draws) not in cache:
+                        cache[(k, amp, draws)] = smooth(x, amp, draws)
+                    sm = cache[(k, amp, draws)]
+                    pocket = fl & (sm.argmax(1) != p) & (sm.max(1).values >= share) & (sc[k] <= level)
+                    c2 = torch.where(pocket, sm.argmax(1), c)
+                    good += int(((c2 == yy) & (c != yy) & fl).sum()); bad += int(((c2 != yy) & (c == yy) & fl).sum())
+                    c = c2
+                res[k] = float((torch.where(fl, c, p) == yy).float().mean())
+            adv = [res[k] for k in d["adv"]]
+            print(f"{amp:.2f} {draws:3d} {share:.1f} {level:.3f} | {sum(adv)/7:.4f} {res['benign']:.3f} {res['calib']:.4f} | "
+                  + " ".join(f"{a:.3f}" for a in adv) + f" | +{good} -{bad}")
