@@ -189,12 +189,19 @@ def _nip_uses_vote(model: LoadedModel) -> bool:
     return uses_neighbours(model)
 
 
-# weight 100: the strongest of 0, 3, 10, 30, 100 on 100 tune-split digits (nip kept .79, .26,
+# Settings for the attacker, chosen on tune digits (docs/nip-research.md §R7, §P6): weight 100 was the
+# strongest of 0, 3, 10, 30, 100 against the raw-vote nip (it kept .79, .26,
 # .23, .18, .15 of them); the budget is the MNIST suite's PGD budget.
 register("nip-aware", "Defense-aware PGD against the label-free nip: fools the model and nip's benign-neighbour "
          "vote at once (only where nip votes: MNIST models)",
          [_eps(0.3), Param("eps_step", "float", 0.01, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(40),
-          Param("weight", "float", 100.0, 0.0, 1000.0, help="weight of the vote term against the model's loss")],
+          Param("weight", "float", 100.0, 0.0, 1000.0, help="weight of the vote term against the model's loss"),
+          Param("surrogate", "float", 0.3, 0.001, 1.0,
+                help="width of the sigmoid whose gradient stands in for nip's binarisation (BPDA)"),
+          Param("stealth", "float", 0.0, 0.0, 1e5,
+                help="weight of keeping conv1 inside its benign range (hides from the abnormal-neuron detector)"),
+          Param("targets", "int", 3, 1, 9,
+                help="wrong classes tried per input, closest first; the first that beats nip is kept")],
          None, targeted_ok=False, run=_nip_aware, applies=_nip_uses_vote)
 
 

@@ -81,6 +81,21 @@ def neuron_means(out: torch.Tensor) -> torch.Tensor:
     return out.flatten(2).mean(2) if out.dim() > 2 else out
 
 
+def binarise(x: torch.Tensor, threshold: float, surrogate: float = 0.0) -> torch.Tensor:
+    """Pixels above ``threshold`` → 1, others → 0.
+
+    An L∞ perturbation of size ε changes no pixel farther than ε from the threshold. MNIST
+    pixels sit near 0 or 1, so at 0.5 and ε = 0.3 only mid-grey stroke edges can flip. With
+    ``surrogate`` > 0 the forward pass is the same, and the backward pass is the gradient of
+    ``sigmoid((x − threshold) / surrogate)`` (for the defense-aware attack).
+    """
+    hard = (x > threshold).to(x.dtype)
+    if surrogate <= 0:
+        return hard
+    soft = torch.sigmoid((x - threshold) / surrogate)
+    return hard + (soft - soft.detach())
+
+
 # ---------------------------------------------------------------------------------------------
 # Benign neighbours at layers the attack disturbs less
 
@@ -145,11 +160,25 @@ _BANKS: dict[str, "NeighbourSelector"] = {}
 _BANKS_LOCK = threading.Lock()
 
 
+def _bank(name: str, out: torch.Tensor, labels: torch.Tensor) -> BenignBank:
+    """A benign bank of one layer's maps, embedded as ``EMBEDDING`` says."""
+    pool, std = EMBEDDING.get(name, ("full", True))
+    bank = BenignBank(torch.zeros(0), labels, torch.zeros(1), torch.ones(1), pool=pool == "pool")
+    flat = bank.flat(out)
+    if std:
+        bank.mean, bank.std = flat.mean(0), flat.std(0) + 1e-3
+    bank.feats = bank.embed(flat)
+    return bank
+
+
 class NeighbourSelector:
     """Class vote and benign/adversarial flag from benign statistics at early layers.
 
     The vote: the ``neighbours`` nearest benign reference maps at each layer (cosine), weighted
-    by ``exp(vote_weight · (cos − cos_nearest))``. The scores (higher = less benign-like):
+    by ``exp(vote_weight · (cos − cos_nearest))``. With ``binarize`` > 0 the maps are those of
+    the input and the references **binarised** at that pixel value (``binarise``): an L∞ attack
+    of size ε moves only pixels within ε of the threshold across it, so it can hardly move this
+    vote. The range statistics always use the raw maps. The scores (higher = less benign-like):
 
     * ``abnormal:<layer>`` – share of the layer's neurons outside the range ``[min, max]`` they
       take on the benign references. Benign backgrounds leave most early neurons at a fixed
@@ -163,33 +192,29 @@ class NeighbourSelector:
     """
 
     def __init__(self, model: LoadedModel, layers: list[str], neighbours: int, per_class: int,
-                 vote_weight: float = 0.0) -> None:
+                 vote_weight: float = 0.0, binarize: float = 0.0) -> None:
         from nip_core.data import benign_reference, heldout_split
 
         self.model, self.layers, self.k, self.vote_weight = model, layers, neighbours, vote_weight
+        self.binarize = binarize
         x, y = benign_reference(model, per_class)
         outs, _ = _outputs(model, x, layers)
-        self.banks: dict[str, BenignBank] = {}
-        self.ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for name in layers:
-            pool, std = EMBEDDING.get(name, ("full", True))
-            bank = BenignBank(torch.zeros(0), y, torch.zeros(1), torch.ones(1), pool=pool == "pool")
-            flat = bank.flat(outs[name])
-            if std:
-                bank.mean, bank.std = flat.mean(0), flat.std(0) + 1e-3
-            bank.feats = bank.embed(flat)
-            self.banks[name] = bank
-            raw = outs[name].flatten(1)
-            self.ranges[name] = (raw.amin(0), raw.amax(0))
+        self.ranges = {name: (outs[name].flatten(1).amin(0), outs[name].flatten(1).amax(0)) for name in layers}
+        vote_outs = self._vote_outputs(x, outs)
+        self.banks = {name: _bank(name, vote_outs[name], y) for name in layers}
         xc, _ = heldout_split(model, "calib")
         self.calibration_size = len(xc)
-        self.reference_scores = self._scores(*_outputs(model, xc, layers))[0]
+        self.reference_scores = self.scores(xc)[0]
 
-    def _scores(self, outs: dict[str, torch.Tensor], logits: torch.Tensor
+    def _vote_outputs(self, x: torch.Tensor, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The maps the vote compares: ``outs`` (raw), or those of the binarised input."""
+        return outs if self.binarize <= 0 else _outputs(self.model, binarise(x, self.binarize), self.layers)[0]
+
+    def _scores(self, outs: dict[str, torch.Tensor], logits: torch.Tensor, vote_outs: dict[str, torch.Tensor]
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         scores, votes = {}, 0
         for name, bank in self.banks.items():
-            votes = votes + bank.votes(bank.flat(outs[name]), self.k, self.model.num_classes, self.vote_weight)
+            votes = votes + bank.votes(bank.flat(vote_outs[name]), self.k, self.model.num_classes, self.vote_weight)
             lo, hi = self.ranges[name]
             raw = outs[name].flatten(1)
             scores[f"abnormal:{name}"] = ((raw > hi + 1e-6) | (raw < lo - 1e-6)).float().mean(1)
@@ -205,7 +230,8 @@ class NeighbourSelector:
 
     def scores(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """(scores by name ``[N]``, votes ``[N, classes]``, model prediction ``[N]``) for inputs ``x``."""
-        return self._scores(*_outputs(self.model, x, self.layers))
+        outs, logits = _outputs(self.model, x, self.layers)
+        return self._scores(outs, logits, self._vote_outputs(x, outs))
 
     def __call__(self, x: torch.Tensor, false_alarm: float, gate: float = 1.0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -237,14 +263,20 @@ class NeighbourSelector:
 
 
 def neighbour_selector(model: LoadedModel, layers: list[str], neighbours: int = 10, per_class: int = 400,
-                       vote_weight: float = 30.0) -> NeighbourSelector:
+                       vote_weight: float = 30.0, binarize: float = 0.0) -> NeighbourSelector:
     """The selector for these settings, built once per process (one pass over the benign sets)."""
-    key = json.dumps([model.name, model.weights_sha256, layers, neighbours, per_class, vote_weight])
+    key = json.dumps([model.name, model.weights_sha256, layers, neighbours, per_class, vote_weight, binarize])
     # Same lock order as apply_defense (model lock first), so concurrent sessions cannot deadlock.
     with model.lock, _BANKS_LOCK:
         if key not in _BANKS:
-            _BANKS[key] = NeighbourSelector(model, layers, neighbours, per_class, vote_weight)
+            _BANKS[key] = NeighbourSelector(model, layers, neighbours, per_class, vote_weight, binarize)
         return _BANKS[key]
+
+
+def selector_for(model: LoadedModel, p: dict) -> NeighbourSelector:
+    """The selector ``nip`` with parameters ``p`` uses on ``model``."""
+    return neighbour_selector(model, _select_layers(model, p), p["neighbours"], p["per_class"], p["vote_weight"],
+                              p.get("vote_binarize", 0.0))
 
 
 def smoothed_class(model: LoadedModel, x: torch.Tensor, amp: float, draws: int, seed: int = 0
@@ -261,75 +293,80 @@ def smoothed_class(model: LoadedModel, x: torch.Tensor, amp: float, draws: int, 
     return mean.argmax(1), mean.max(1).values
 
 
+VOTE_SOURCES = ("vote", "pocket rule")
+
+
 def nip_targets(model: LoadedModel, sel: NeighbourSelector, x: torch.Tensor, p: dict, seed: int = 0) -> dict:
     """Who ``nip`` defends and toward which class, and why.
 
-    Returns ``flagged`` ``[N]`` bool, ``target`` ``[N]`` (the class NIP is pointed at; -1 where not
-    flagged), ``votes`` ``[N, classes]``, ``pred``, the detector ``scores`` and, for the pocket rule,
-    ``smoothed``/``smoothed_share`` and ``pocket`` ``[N]`` bool.
+    Returns ``flagged`` ``[N]`` bool; ``target`` ``[N]`` (the class NIP is pointed at, -1 where
+    not flagged); ``order`` ``[N, classes]`` (classes best first: the target, then the vote's
+    order); ``source`` ``[N]`` (index into ``VOTE_SOURCES``); ``votes``, ``pred``, the detector
+    ``scores``; for the pocket rule ``smoothed`` / ``smoothed_share`` and ``pocket`` ``[N]`` bool.
 
-    **Pocket rule** (``pocket_amp`` > 0). A minimal attack (DeepFool, C&W) stops just past the
-    decision boundary, in a thin pocket of the wrong class: small random-sign noise takes the
-    model back out, and the class it then predicts on average is the original one. A large L∞
-    attack leaves a wide pocket, where noise keeps the wrong class or lands in a third one. So
-    when the abnormal-neuron detector fires but the abnormal share is at most ``pocket_level`` (a
-    small perturbation), and the smoothed class differs from the model's prediction, NIP is
-    pointed at the smoothed class instead of the vote's.
+    The class is the neighbour vote's (binarised input, see ``NeighbourSelector``), except under
+    the **pocket rule** (``pocket_amp`` > 0) for small perturbations: the abnormal-neuron detector
+    fires but the abnormal share is at most ``small_level``. A minimal attack (DeepFool, C&W)
+    stops just past the decision boundary, in a thin pocket of the wrong class. Small random-sign
+    noise takes the model back out, and the class it then predicts on average is the original
+    one. If that smoothed class differs from the model's prediction, NIP is pointed at it.
     """
     scores, votes, pred = sel.scores(x)
     flagged = sel.flag(scores, p["false_alarm"], p["gate"])
     order = torch.sort(votes, dim=1, descending=True, stable=True).indices
-    target = torch.where(flagged, order[:, 0], torch.full_like(pred, -1))
     n = len(x)
-    out = {"flagged": flagged, "votes": votes, "pred": pred, "scores": scores, "order": order,
+    source = torch.zeros(n, dtype=torch.long)
+    out = {"flagged": flagged, "votes": votes, "pred": pred, "scores": scores,
            "smoothed": torch.full((n,), -1, dtype=torch.long), "smoothed_share": torch.full((n,), float("nan")),
            "pocket": torch.zeros(n, dtype=torch.bool)}
     abnormal = [k for k in scores if k.startswith("abnormal:")]
     if p.get("pocket_amp", 0) > 0 and p["false_alarm"] > 0 and abnormal:
         th = sel.thresholds(p["false_alarm"])
         small = torch.zeros(n, dtype=torch.bool)
+        large = torch.zeros(n, dtype=torch.bool)
         for k in abnormal:
-            small |= (scores[k] > th[k]) & (scores[k] <= p["pocket_level"])
-        small &= flagged
-        idx = torch.nonzero(small).flatten()
+            small |= scores[k] > th[k]
+            large |= scores[k] > p["small_level"]
+        idx = torch.nonzero(small & ~large & flagged).flatten()
         if len(idx):
             cls, share = smoothed_class(model, x[idx], p["pocket_amp"], p["pocket_draws"], seed)
             out["smoothed"][idx], out["smoothed_share"][idx] = cls, share
-            hit = cls != pred[idx]
-            out["pocket"][idx[hit]] = True
-            target[idx[hit]] = cls[hit]
-    out["target"] = target
+            hit = idx[cls != pred[idx]]
+            out["pocket"][hit] = True
+            source[hit] = 1
+            for i, c in zip(hit.tolist(), out["smoothed"][hit].tolist()):
+                order[i] = torch.cat([torch.tensor([c]), order[i][order[i] != c]])
+    out["order"], out["source"] = order, source
+    out["target"] = torch.where(flagged, order[:, 0], torch.full_like(pred, -1))
     return out
 
 
 def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfile, *, select_layers: list[str],
                    neighbours: int, false_alarm: float, k: float, budget: float, steps: int, step_size: float,
                    candidates: int = 1, rule: str = "margin", per_class: int = 400, vote_weight: float = 30.0,
-                   gate: float = 0.1, pocket_amp: float = 0.0, pocket_draws: int = 32, pocket_level: float = 0.025,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                   gate: float = 0.1, pocket_amp: float = 0.0, pocket_draws: int = 32, small_level: float = 0.025,
+                   vote_binarize: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Detect, then NIP toward the benign-neighbour class; returns (defended inputs, used class or -1).
 
     Inputs no detector flags are returned unchanged (used class -1). Flagged inputs get NIP with
-    the profile of the class winning the neighbour vote, or of the smoothed class where the pocket
-    rule applies (``nip_targets``). With ``candidates`` > 1, NIP runs for that class and the next
-    vote classes, and ``rule`` (on the defended logits, as in ``nip_core.nip``) picks one.
+    the profile of the class ``nip_targets`` chooses (raw vote, pocket rule or binarised vote).
+    With ``candidates`` > 1, NIP runs for that class and the next ones in the deciding vote's
+    order, and ``rule`` (on the defended logits, as in ``nip_core.nip``) picks one.
     """
     from nip_core.nip import inverse_perturbation, selection_scores
 
-    sel = neighbour_selector(model, select_layers, neighbours, per_class, vote_weight)
+    sel = neighbour_selector(model, select_layers, neighbours, per_class, vote_weight, vote_binarize)
     dec = nip_targets(model, sel, x, {"false_alarm": false_alarm, "gate": gate, "pocket_amp": pocket_amp,
-                                      "pocket_draws": pocket_draws, "pocket_level": pocket_level}, seed)
+                                      "pocket_draws": pocket_draws, "small_level": small_level,
+                                      "vote_binarize": vote_binarize}, seed)
     todo = torch.nonzero(dec["flagged"]).flatten()
     out = x.clone()
     used = torch.full((len(x),), -1, dtype=torch.long)
     if len(todo):
         kk = min(candidates, model.num_classes)
-        # The target first, then the vote's order (stable sort: ties go to the lower class index,
-        # so the defense is deterministic).
-        first = dec["target"][todo]
-        rest = dec["order"][todo]
-        rest = torch.stack([r[r != f] for r, f in zip(rest, first)])
-        cand = torch.cat([first[:, None], rest], 1)[:, :kk]
+        # The chosen class first, then the deciding vote's order (stable sorts: ties go to the
+        # lower class index, so the defense is deterministic).
+        cand = dec["order"][todo][:, :kk]
         flat = cand.reshape(-1)
         masks = {int(c): profile.masks(int(c), k) for c in flat.unique()}
         fm = torch.stack([masks[int(c)][0] for c in flat])
@@ -346,12 +383,11 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
 
 def explain_decision(model: LoadedModel, x: torch.Tensor, p: dict, seed: int = 0) -> list[dict] | None:
     """Why ``nip`` defends each input as it does: detector scores against their thresholds, the
-    gate, the neighbour vote, the pocket rule and the class NIP is pointed at (None where ``nip``
-    falls back to top-K). Plain numbers, for the app and the CLI's summary."""
+    gate, the neighbour votes, the pocket rule, which of them chose, and the class NIP is pointed
+    at (None where ``nip`` falls back to top-K). Plain numbers, for the app and the CLI's summary."""
     if not uses_neighbours(model):
         return None
-    layers = _select_layers(model, p)
-    sel = neighbour_selector(model, layers, p["neighbours"], p["per_class"], p["vote_weight"])
+    sel = selector_for(model, p)
     dec = nip_targets(model, sel, x, p, seed)
     scores, votes = dec["scores"], dec["votes"]
     th = sel.thresholds(p["false_alarm"]) if p["false_alarm"] > 0 else {}
@@ -375,7 +411,9 @@ def explain_decision(model: LoadedModel, x: torch.Tensor, p: dict, seed: int = 0
             "pocket": {"checked": smoothed >= 0, "applied": bool(dec["pocket"][i]),
                        "smoothed_class": smoothed if smoothed >= 0 else None,
                        "smoothed_share": float(dec["smoothed_share"][i]) if smoothed >= 0 else None,
-                       "level": p.get("pocket_level"), "amp": p.get("pocket_amp", 0.0)},
+                       "amp": p.get("pocket_amp", 0.0)},
+            "small_level": p.get("small_level"), "vote_binarize": sel.binarize,
+            "chosen_by": VOTE_SOURCES[int(dec["source"][i])] if bool(dec["flagged"][i]) else None,
             "nip_target": int(dec["target"][i]) if bool(dec["flagged"][i]) else None,
             "false_alarm": p["false_alarm"], "calibration_digits": sel.calibration_size,
         })
@@ -396,53 +434,90 @@ def _class_similarity(bank: BenignBank, emb: torch.Tensor, cls: torch.Tensor, k:
 def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, ap: dict, seed: int = 0
                  ) -> torch.Tensor | None:
     """PGD that knows ``nip`` (registered as the attack ``nip-aware``): fool the model *and* the
-    neighbour vote, toward one wrong class.
+    neighbour votes, toward one wrong class.
 
-    For each input the target ``t`` is the wrong class whose benign ``conv1`` maps are closest.
-    Signed-gradient ascent (L∞ ``eps``, ``max_iter`` steps of ``eps_step``) on
+    For each input the target ``t`` is the wrong class whose benign ``conv1`` maps are closest;
+    with ``targets`` > 1, inputs that ``nip`` still defends correctly are attacked again toward
+    the next-closest classes, and the first adversarial that beats ``nip`` is kept. Signed-gradient
+    ascent (L∞ ``eps``, ``max_iter`` steps of ``eps_step``) on
 
-        − CE(model(x'), t) + weight · (sim_t(x') − sim_y(x'))
+        − CE(model(x'), t) + weight · (sim_t(x') − sim_y(x')) − stealth · excess(x')
 
     where ``sim_c`` is the mean of the ``neighbours`` largest cosines to class ``c``'s benign maps
-    at each selection layer. When model and vote agree on ``t``, the support and margin detectors
-    stay quiet, and if the abnormal-neuron detector fires, NIP is pointed at ``t``. Returns None
-    where ``nip`` does not use the vote (it falls back to top-K NIP there).
+    at each selection layer, on the maps the vote uses. Where ``nip`` binarises the input
+    (``vote_binarize`` > 0) the threshold gets the gradient of a sigmoid of width ``surrogate``
+    (BPDA). ``excess`` is how far the raw ``conv1`` maps leave their benign
+    range (summed): with ``stealth`` > 0 the attacker also hides from the abnormal-neuron
+    detector, or keeps the perturbation "small" so that the raw vote decides. When model and
+    votes agree on ``t``, the support and margin
+    detectors stay quiet, and if the abnormal-neuron detector fires, NIP is pointed at ``t``.
+    Returns None where ``nip`` does not use the vote (it falls back to top-K NIP there).
     """
     if not uses_neighbours(model):
         return None
     layers = _select_layers(model, p)
-    sel = neighbour_selector(model, layers, p["neighbours"], p["per_class"], p["vote_weight"])
+    sel = selector_for(model, p)
     dev = model.device
     x0, y0 = x.to(dev), torch.as_tensor(y).long().to(dev)
-    # Device copies: the shared selector's statistics stay on the CPU, untouched.
-    banks = {n: BenignBank(b.feats.to(dev), b.labels.to(dev), b.mean.to(dev), b.std.to(dev), b.pool)
-             for n, b in sel.banks.items()}
 
-    def sims(xx: torch.Tensor, grad: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def on_device(banks: dict[str, BenignBank]) -> dict[str, BenignBank]:
+        # Device copies: the shared selector's statistics stay on the CPU, untouched.
+        return {n: BenignBank(b.feats.to(dev), b.labels.to(dev), b.mean.to(dev), b.std.to(dev), b.pool)
+                for n, b in banks.items()}
+
+    banks = on_device(sel.banks)
+    ranges = {n: (lo.to(dev), hi.to(dev)) for n, (lo, hi) in sel.ranges.items()}
+
+    def embeddings(xx: torch.Tensor, grad: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(the vote's embeddings by layer, logits, out-of-range excess ``[N]`` of the raw maps)."""
         outs, logits = layer_outputs(model, xx, layers, grad=grad)
-        return {n: b.embed(b.flat(outs[n])) for n, b in banks.items()}, logits
+        excess = sum(((outs[n].flatten(1) - ranges[n][1]).relu() + (ranges[n][0] - outs[n].flatten(1)).relu()).sum(1)
+                     for n in layers)
+        if sel.binarize > 0:
+            outs, _ = layer_outputs(model, binarise(xx, sel.binarize, ap["surrogate"] if grad else 0.0), layers,
+                                    grad=grad)
+        return {n: b.embed(b.flat(outs[n])) for n, b in banks.items()}, logits, excess
+
+    def similarity(embs: dict[str, torch.Tensor], cls: torch.Tensor) -> torch.Tensor:
+        return sum(_class_similarity(banks[n], e, cls, sel.k) for n, e in embs.items())
+
+    def pgd(xc: torch.Tensor, yc: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        delta = torch.zeros_like(xc)
+        for _ in range(ap["max_iter"]):
+            xa = (xc + delta).requires_grad_(True)
+            with torch.enable_grad():
+                embs, logits, excess = embeddings(xa, True)
+                vote = similarity(embs, t) - similarity(embs, yc)
+                loss = (-torch.nn.functional.cross_entropy(logits, t, reduction="sum") + ap["weight"] * vote.sum()
+                        - ap["stealth"] * excess.sum())
+                (g,) = torch.autograd.grad(loss, xa)
+            delta = (delta + ap["eps_step"] * g.sign()).clamp(-ap["eps"], ap["eps"])
+            delta = (xc + delta).clamp(0, 1) - xc
+        return (xc + delta).detach()
 
     outs = []
     with model.lock:
         for i in range(0, len(x0), 256):
             xc, yc = x0[i:i + 256], y0[i:i + 256]
             with torch.no_grad():
-                embs, _ = sims(xc, False)
-                s = sum(torch.stack([_class_similarity(banks[n], e, torch.full_like(yc, c), sel.k)
-                                     for c in range(model.num_classes)], 1) for n, e in embs.items())
-                t = s.scatter(1, yc.view(-1, 1), float("-inf")).argmax(1)
-            delta = torch.zeros_like(xc)
-            for _ in range(ap["max_iter"]):
-                xa = (xc + delta).requires_grad_(True)
-                with torch.enable_grad():
-                    embs, logits = sims(xa, True)
-                    vote = sum(_class_similarity(banks[n], e, t, sel.k) - _class_similarity(banks[n], e, yc, sel.k)
-                               for n, e in embs.items())
-                    loss = -torch.nn.functional.cross_entropy(logits, t, reduction="sum") + ap["weight"] * vote.sum()
-                    (g,) = torch.autograd.grad(loss, xa)
-                delta = (delta + ap["eps_step"] * g.sign()).clamp(-ap["eps"], ap["eps"])
-                delta = (xc + delta).clamp(0, 1) - xc
-            outs.append((xc + delta).detach().cpu())
+                embs, _, _ = embeddings(xc, False)
+                s = torch.stack([similarity(embs, torch.full_like(yc, c)) for c in range(model.num_classes)], 1)
+                ranked = torch.sort(s.scatter(1, yc.view(-1, 1), float("-inf")), dim=1, descending=True, stable=True).indices
+            best = pgd(xc, yc, ranked[:, 0])
+            # More targets: retry the inputs the defense still gets right, toward the next-closest
+            # wrong class, and keep the first adversarial that beats it.
+            for r in range(1, ap["targets"]):
+                with torch.no_grad():
+                    ok = model.net(_nip_neighbours_transform(model, best.cpu(), p, None, seed).to(dev)).argmax(1) == yc
+                idx = torch.nonzero(ok).flatten()
+                if not len(idx):
+                    break
+                retry = pgd(xc[idx], yc[idx], ranked[idx, r])
+                with torch.no_grad():
+                    won = model.net(_nip_neighbours_transform(model, retry.cpu(), p, None, seed).to(dev)).argmax(1) \
+                        != yc[idx]
+                best[idx[won]] = retry[won]
+            outs.append(best.cpu())
     return torch.cat(outs)
 
 
@@ -477,8 +552,8 @@ def _nip_neighbours_transform(model, x, p, y, seed):
                            false_alarm=p["false_alarm"], k=p["k"], budget=p["budget"], steps=p["steps"],
                            step_size=p["step_size"], candidates=p["candidates"], rule=p["rule"],
                            per_class=p["per_class"], vote_weight=p["vote_weight"], gate=p["gate"],
-                           pocket_amp=p["pocket_amp"], pocket_draws=p["pocket_draws"], pocket_level=p["pocket_level"],
-                           seed=seed)
+                           pocket_amp=p["pocket_amp"], pocket_draws=p["pocket_draws"], small_level=p["small_level"],
+                           vote_binarize=p["vote_binarize"], seed=seed)
     return xd
 
 
@@ -503,8 +578,10 @@ def _register() -> None:
               help="pocket rule: random-sign noise size; a small perturbation whose class flips under it is "
                    "sent to the smoothed class (0: off)"),
         Param("pocket_draws", "int", 32, 1, 256, help="pocket rule: noise draws averaged"),
-        Param("pocket_level", "float", 0.025, 0.0, 1.0, step=0.005,
-              help="pocket rule applies only up to this share of abnormal neurons (small perturbations)"),
+        Param("small_level", "float", 0.025, 0.0, 1.0, step=0.005,
+              help="pocket rule: applies up to this share of abnormal conv1 neurons (small perturbations)"),
+        Param("vote_binarize", "float", 0.4, 0.0, 0.95, step=0.05,
+              help="the vote compares conv1 maps of the input binarised at this pixel value (0: raw input)"),
     )
     for name in ("nip", "nip-neighbours"):
         register(name, "NIP, label-free: detect with benign neighbours, NIP toward their class (issue 6)",

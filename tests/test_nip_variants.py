@@ -120,18 +120,36 @@ def test_defense_aware_attack_fools_the_vote(lenet, digits):
 
     x, y = digits
     r = run_attack(lenet, "nip-aware", x, y, seed=0)
-    assert r.params == {"eps": 0.3, "eps_step": 0.01, "max_iter": 40, "weight": 100.0}
+    assert r.params == {"eps": 0.3, "eps_step": 0.01, "max_iter": 40, "weight": 100.0, "surrogate": 0.3,
+                        "stealth": 0.0, "targets": 3}
     assert (r.x_adv - x).abs().max() <= 0.3 + 1e-6 and r.x_adv.min() >= 0 and r.x_adv.max() <= 1
-    _, votes, pred = neighbour_selector(lenet, ["conv1"])(r.x_adv, 0.005)
-    assert float((votes.argmax(1) == y).float().mean()) <= 0.5 and not (pred == y).any()
+    assert not (lenet.predict(r.x_adv) == y).any()
     assert torch.equal(run_attack(lenet, "nip-aware", x, y, seed=0).x_adv, r.x_adv)
+    # against the raw-input vote, the attack moves the vote itself
+    raw = run_attack(lenet, "nip-aware", x, y, {"targets": 1}, seed=0, against={"vote_binarize": 0.0})
+    _, votes, pred = neighbour_selector(lenet, ["conv1"])(raw.x_adv, 0.005)
+    assert float((votes.argmax(1) == y).float().mean()) <= 0.5 and not (pred == y).any()
     ev = evaluate("lenet-mnist", [("fgsm", {})], [("none", {}), ("nip", {})], n=8, split="tune")
     aware = ev["summary"]["adaptive_aware_accuracy"]
     assert aware["none"] is None and aware["nip"] is not None
-    assert aware["nip"] < ev["summary"]["adaptive_accuracy"]["nip"]
+    assert aware["nip"] <= ev["summary"]["adaptive_accuracy"]["nip"]
     (label,) = [k for k in ev["adaptive"] if k.startswith("nip[")]
     assert ev["adaptive"][label]["aware"]["attack"].startswith("nip-aware[")
     assert ATTACKS["nip-aware"].to_json()["library"] == "nip_core" and ATTACKS["fgsm"].to_json()["library"] == "ART"
+
+
+def test_more_targets_only_strengthen_the_aware_attack(lenet):
+    """Retrying toward the next-closest classes keeps every input the first target already won."""
+    from nip_core.data import heldout_split
+
+    x, y = heldout_split(lenet, "tune")
+    x, y = x[:16], y[:16]
+    dp = {"vote_binarize": 0.0}
+    kept = []
+    for targets in (1, 3):
+        adv = run_attack(lenet, "nip-aware", x, y, {"targets": targets}, seed=0, against=dp).x_adv
+        kept.append(lenet.predict(apply_defense(lenet, "nip", adv, dp, seed=0).x_def) == y)
+    assert not (kept[1] & ~kept[0]).any() and kept[1].sum() <= kept[0].sum()
 
 
 def test_aware_attack_refuses_models_where_nip_does_not_vote():
@@ -154,6 +172,7 @@ def test_explain_reports_why_nip_acted(lenet, digits):
     assert not ben["flagged"] and ben["nip_target"] is None and not any(d["fired"] for d in ben["detectors"].values())
     assert adv["flagged"] and adv["detectors"]["abnormal:conv1"]["fired"]
     assert adv["detectors"]["abnormal:conv1"]["score"] > adv["detectors"]["abnormal:conv1"]["threshold"]
+    assert adv["chosen_by"] == "vote" and ben["chosen_by"] is None and adv["vote_binarize"] == 0.4
     assert adv["nip_target"] == adv["vote"][0]["class"] == e.prediction("defended")
     shares = [v["share"] for v in adv["vote"]]
     assert len(shares) == 3 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-6
@@ -184,13 +203,13 @@ def test_smoothed_class_is_seeded_and_batch_independent(lenet, digits):
 
 def test_pocket_rule_sends_minimal_adversarials_back_and_leaves_large_ones_to_the_vote(lenet, digits):
     """DeepFool stops just past the boundary: the smoothed class is the original one. FGSM 0.3 moves
-    far more conv1 neurons than ``pocket_level``, so the vote decides there."""
-    from nip_core.nip_variants import nip_targets
+    far more conv1 neurons than ``small_level``, so the (binarised) vote decides there."""
+    from nip_core.nip_variants import VOTE_SOURCES, nip_targets, selector_for
 
     x, y = digits
     p = DEFENSES["nip"].params_for(lenet)
-    assert p["pocket_amp"] > 0
-    sel = neighbour_selector(lenet, ["conv1"], p["neighbours"], p["per_class"], p["vote_weight"])
+    assert p["pocket_amp"] > 0 and p["vote_binarize"] > 0
+    sel = selector_for(lenet, p)
     df = run_attack(lenet, "deepfool", x, y, seed=0).x_adv
     dec = nip_targets(lenet, sel, df, p, seed=0)
     off = nip_targets(lenet, sel, df, p | {"pocket_amp": 0.0}, seed=0)
@@ -205,8 +224,10 @@ def test_pocket_rule_sends_minimal_adversarials_back_and_leaves_large_ones_to_th
     assert (lenet.predict(r.x_def) == y).float().mean() >= 0.875
     big = run_attack(lenet, "fgsm", x, y, {"eps": 0.3}, seed=0).x_adv
     dbig = nip_targets(lenet, sel, big, p, seed=0)
-    assert not dbig["pocket"].any() and (dbig["scores"]["abnormal:conv1"] > p["pocket_level"]).all()
+    assert not dbig["pocket"].any() and (dbig["scores"]["abnormal:conv1"] > p["small_level"]).all()
     assert torch.equal(dbig["target"], nip_targets(lenet, sel, big, p | {"pocket_amp": 0.0})["target"])
+    assert [VOTE_SOURCES[int(c)] for c in dbig["source"]] == ["vote"] * len(x)
+    assert torch.equal(dbig["target"], dbig["votes"].argmax(1))
     # the decision is explained with the same numbers
     from nip_core.nip_variants import explain_decision
 
@@ -248,3 +269,54 @@ def test_tables_that_include_the_calibration_digits_carry_a_warning(lenet):
     assert split_warnings(lenet, "report", 10_000, ["nip", "nip-oracle"]) == []
     assert split_warnings(lenet, "all", 900, ["jpeg", "nip-oracle"]) == []
     assert len(split_warnings(lenet, "all", 900, ["nip", "nip-neighbours"])) == 2
+
+
+def test_binarise_and_its_surrogate_gradient():
+    from nip_core.nip_variants import binarise
+
+    x = torch.tensor([0.0, 0.2, 0.5, 0.51, 0.9], requires_grad=True)
+    assert binarise(x, 0.5).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+    b = binarise(x, 0.5, surrogate=0.1)
+    assert b.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]                    # same forward pass
+    (g,) = torch.autograd.grad(b.sum(), x)
+    sig = torch.sigmoid((x.detach() - 0.5) / 0.1)
+    assert torch.allclose(g, sig * (1 - sig) / 0.1)                    # the sigmoid's gradient
+    assert binarise(x, 0.5).grad_fn is None or not binarise(x, 0.5).requires_grad
+
+
+def test_binarised_vote_ignores_perturbations_that_cannot_cross_the_threshold(lenet, digits):
+    """An L∞ change of 0.3 flips no pixel farther than 0.3 from the threshold, so the binarised vote stays."""
+    from nip_core.nip_variants import selector_for
+
+    x, y = digits
+    p = DEFENSES["nip"].params_for(lenet)
+    sel = selector_for(lenet, p)
+    raw = selector_for(lenet, p | {"vote_binarize": 0.0})
+    t = p["vote_binarize"]
+    assert 0.3 < t < 0.7 and sel.binarize == t and raw.binarize == 0.0
+    g = torch.Generator().manual_seed(0)
+    delta = 0.3 * (torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1)
+    far = (x < t - 0.3) | (x > t + 0.3)
+    xp = (x + delta * far).clamp(0, 1)
+    assert (xp - x).abs().max() <= 0.3 + 1e-6 and ((xp - x).abs() > 0.29).float().mean() > 0.4
+    (_, v_x, _), (_, v_p, _) = sel.scores(x), sel.scores(xp)
+    assert torch.equal(v_x, v_p) and (v_x.argmax(1) == y).float().mean() >= 0.875
+    (_, r_x, _), (_, r_p, _) = raw.scores(x), raw.scores(xp)
+    assert not torch.allclose(r_x, r_p)                                # the raw vote does move
+    # the range detector still reads the raw maps, so the perturbation is flagged
+    assert (sel.scores(xp)[0]["abnormal:conv1"] > sel.thresholds(0.005)["abnormal:conv1"]).all()
+
+
+def test_binarised_vote_resists_the_defense_aware_attack(lenet):
+    """The aware attack (which also attacks the binarised vote, through a surrogate gradient)
+    fools the raw-vote nip far more often than the registered one."""
+    from nip_core.data import heldout_split
+
+    x, y = heldout_split(lenet, "tune")
+    x, y = x[:16], y[:16]
+    kept = {}
+    for name, dp in (("binarised", {}), ("raw", {"vote_binarize": 0.0})):
+        adv = run_attack(lenet, "nip-aware", x, y, {"weight": 10.0}, seed=0, against=dp).x_adv
+        assert (lenet.predict(adv) == y).sum() <= 1                    # the model alone is fooled
+        kept[name] = int((lenet.predict(apply_defense(lenet, "nip", adv, dp, seed=0).x_def) == y).sum())
+    assert kept["binarised"] >= kept["raw"] + 4, kept

@@ -229,17 +229,21 @@ def show_decision(expl) -> None:
                                         "threshold": st.column_config.NumberColumn(format="%.4f", width="small"),
                                         "fires": st.column_config.TextColumn(width="small")})
     first = expl.decision["benign"]
+    vote_input = (f"the input binarised at {first['vote_binarize']:g} (an L∞ attack of size ε flips only pixels "
+                  f"within ε of {first['vote_binarize']:g}, so it can hardly move this vote)"
+                  if first["vote_binarize"] > 0 else "the raw input")
     st.caption("Detectors: the share of the layer's neurons outside the range they take on benign training "
                "digits; the share of the benign neighbours' votes against the model's prediction; minus the gap "
                "between the top two softmax scores. "
                f"Thresholds flag {first['false_alarm'] * 100:g}% of held-out benign digits per detector "
                f"(calibrated on {first['calibration_digits']} digits of the calib split). The vote and margin "
                "detectors count only when the abnormal-neuron share is also high (the gate). "
-               f"Pocket rule: when few neurons are abnormal (share ≤ {first['pocket']['level']:g}, a small "
+               f"The vote compares the conv1 maps of {vote_input} with those of benign training digits. "
+               f"Pocket rule: when few neurons are abnormal (share ≤ {first['small_level']:g}, a small "
                "perturbation such as DeepFool's) and the model's average prediction under small random-sign "
                "noise differs from its prediction, NIP is pointed at that smoothed class instead of the vote's. "
-               "An attacker who knows this can fool the vote: pick the `nip-aware` attack to try it, or see "
-               "the Benchmark page's defense-aware numbers.")
+               "An attacker who knows all this can still win sometimes: pick the `nip-aware` attack to try it, "
+               "or see the Benchmark page's defense-aware numbers.")
 
 
 def show_results(request: tuple, expl) -> None:

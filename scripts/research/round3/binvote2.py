@@ -1,0 +1,33 @@
+"""Issue 6 round 3 (tune/calib only): the binarised vote only for large perturbations (abnormal
+conv1 share above `pocket_level`); small ones keep the raw vote and the pocket rule."""
+import torch
+from nip_core.models import load_model
+from nip_core.data import heldout_split, benign_reference
+from nip_core.defenses import DEFENSES
+from nip_core.nip_variants import neighbour_selector, nip_targets, BenignBank, _outputs
+torch.set_num_threads(1)
+m = load_model("lenet-mnist")
+xc, yc = heldout_split(m, "calib")
+d = torch.load("/tmp/nipres/adv-tune-150.pt"); y = d["y"]
+p = DEFENSES["nip"].params_for(m)
+sel = neighbour_selector(m, ["conv1"], p["neighbours"], p["per_class"], p["vote_weight"])
+sets = {"calib": (xc, yc), "benign": (d["x"], y)} | {k: (v, y) for k, v in d["adv"].items()}
+xr, yr = benign_reference(m, 400)
+decs = {k: nip_targets(m, sel, x, p, seed=0) for k, (x, _) in sets.items()}
+for t in (0.5, 0.4):
+  outs, _ = _outputs(m, (xr > t).float(), ["conv1"])
+  bank = BenignBank(torch.zeros(0), yr, torch.zeros(1), torch.ones(1), pool=True)
+  bank.feats = bank.embed(bank.flat(outs["conv1"]))
+  for level in (0.0, 0.01, 0.02, 0.025, 0.03):
+    for k_nb, w in ((10, 30.0), (10, 0.0), (25, 0.0)):
+        res, lost = {}, {}
+        for k, (x, yy) in sets.items():
+            dec = decs[k]
+            o, _ = _outputs(m, (x > t).float(), ["conv1"])
+            v = bank.votes(bank.flat(o["conv1"]), k_nb, 10, w)
+            big = dec["scores"]["abnormal:conv1"] > level
+            tgt = torch.where(big & ~dec["pocket"], v.argmax(1), dec["target"])
+            res[k] = float((torch.where(dec["flagged"], tgt, dec["pred"]) == yy).float().mean())
+        adv = [res[k] for k in d["adv"]]
+        print(f"t {t} level {level:.3f} k {k_nb} w {w:4.0f}: adv {sum(adv)/7:.4f} benign {res['benign']:.3f} "
+              f"calib {res['calib']:.4f} | " + " ".join(f"{a:.3f}" for a in adv))
