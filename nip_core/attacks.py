@@ -194,7 +194,9 @@ def _nip_uses_vote(model: LoadedModel) -> bool:
 # .23, .18, .15 of them); the budget is the MNIST suite's PGD budget.
 register("nip-aware", "Defense-aware PGD against the label-free nip: fools the model and nip's benign-neighbour "
          "vote at once (only where nip votes: MNIST models)",
-         [_eps(0.3), Param("eps_step", "float", 0.01, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(40),
+         [_eps(0.3, hi=10.0, help_="budget: L∞, or L2 with norm=2"),
+          Param("eps_step", "float", 0.01, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(40),
+          Param("norm", "choice", "inf", choices=("inf", "2"), help="threat model: L∞ (signed steps) or L2"),
           Param("weight", "float", 100.0, 0.0, 1000.0, help="weight of the vote term against the model's loss"),
           Param("surrogate", "float", 0.3, 0.001, 1.0,
                 help="width of the sigmoid whose gradient stands in for nip's binarisation (BPDA)"),

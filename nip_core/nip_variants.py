@@ -436,8 +436,9 @@ def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, 
 
     For each input the target ``t`` is the wrong class whose benign ``conv1`` maps are closest;
     with ``targets`` > 1, inputs that ``nip`` still defends correctly are attacked again toward
-    the next-closest classes, and the first adversarial that beats ``nip`` is kept. Signed-gradient
-    ascent (L∞ ``eps``, ``max_iter`` steps of ``eps_step``) on
+    the next-closest classes, and the first adversarial that beats ``nip`` is kept. Gradient ascent
+    (``max_iter`` steps of ``eps_step``: signed within an L∞ ball of ``eps``, or with ``norm`` "2"
+    normalised within an L2 ball) on
 
         − CE(model(x'), t) + weight · (sim_t(x') − sim_y(x')) − stealth · excess(x')
 
@@ -489,7 +490,14 @@ def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, 
                 loss = (-torch.nn.functional.cross_entropy(logits, t, reduction="sum") + ap["weight"] * vote.sum()
                         - ap["stealth"] * excess.sum())
                 (g,) = torch.autograd.grad(loss, xa)
-            delta = (delta + ap["eps_step"] * g.sign()).clamp(-ap["eps"], ap["eps"])
+            if ap.get("norm", "inf") == "2":
+                # L2: a normalised gradient step, then back into the ball.
+                g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (g.dim() - 1))
+                delta = delta + ap["eps_step"] * g
+                scale = (ap["eps"] / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+                delta = delta * scale.view(-1, *[1] * (g.dim() - 1))
+            else:
+                delta = (delta + ap["eps_step"] * g.sign()).clamp(-ap["eps"], ap["eps"])
             delta = (xc + delta).clamp(0, 1) - xc
         return (xc + delta).detach()
 

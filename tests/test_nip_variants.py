@@ -320,3 +320,13 @@ def test_binarised_vote_resists_the_defense_aware_attack(lenet):
         assert (lenet.predict(adv) == y).sum() <= 1                    # the model alone is fooled
         kept[name] = int((lenet.predict(apply_defense(lenet, "nip", adv, dp, seed=0).x_def) == y).sum())
     assert kept["binarised"] >= kept["raw"] + 4, kept
+
+
+def test_aware_attack_l2_mode_stays_in_its_ball(lenet, digits):
+    x, y = digits
+    r = run_attack(lenet, "nip-aware", x, y, {"norm": "2", "eps": 1.5, "eps_step": 0.2, "max_iter": 10,
+                                             "targets": 1}, seed=0)
+    norms = (r.x_adv - x).flatten(1).norm(dim=1)
+    assert bool((norms <= 1.5 + 1e-4).all()) and float(norms.max()) > 1.0      # it uses its budget
+    assert (r.x_adv - x).abs().max() > 0.3                                     # and is not an L∞-0.3 attack
+    assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
