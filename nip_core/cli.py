@@ -119,6 +119,18 @@ def _print_summary(result: dict) -> None:
         ad, aw = s["adaptive_accuracy"].get(d), aware.get(d)
         print(f"{d[:40]:40s} {s['mean_adv_accuracy'][d]:12.3f} {s['benign_accuracy'][d]:10.3f} "
               f"{'n/a' if ad is None else f'{ad:.3f}':>9s} {'n/a' if aw is None else f'{aw:.3f}':>6s}")
+    paired = s.get("paired")
+    if paired:
+        deployable = {r["defense"] for r in result["rows"] if r["deployable"]} - {paired["defense"]}
+        name = paired["defense"].split("[")[0]
+        print(f"\n{name} against its closest deployable rival, image by image (exact McNemar p):")
+        for attack, cmp in paired["attacks"].items():
+            rival = min((d for d in cmp if d in deployable),
+                        key=lambda d: cmp[d]["only_this"] - cmp[d]["only_other"], default=None)
+            if rival is not None:
+                c = cmp[rival]
+                print(f"  {attack[:30]:30s} vs {rival.split('[')[0]:12s} only {name}: {c['only_this']:3d}  "
+                      f"only {rival.split('[')[0]}: {c['only_other']:3d}  p = {c['p_value']:.3g}")
 
 
 def cmd_explain(args) -> int:

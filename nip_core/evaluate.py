@@ -107,8 +107,12 @@ def _acc(model, x, y) -> float:
 
 def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 100, seed: int = 0,
              split: str = "all", adaptive: bool = True, progress: Progress | None = None,
-             observe: bool = True) -> dict[str, Any]:
+             observe: bool = True, paired_with: str = "nip") -> dict[str, Any]:
     """Run the evaluation grid; returns a JSON-able dict (see module doc).
+
+    Every row and benign entry carries ``correct``: one character per image, "1" where the
+    defended prediction is right. With ``paired_with`` among the defenses, ``summary.paired``
+    compares it image by image with every other defense (``paired_comparisons``).
 
     With ``observe``, also measures per attack how front/tail neurons change (``observation``,
     see ``nip_core.analysis``) at the model's fully connected / head layers.
@@ -137,7 +141,8 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
     benign: dict[str, dict[str, float]] = {}
     for d, dp in def_units:
         dr = apply_defense(model, d, x, dp, y=y, seed=seed)
-        benign[unit_label(d, dp)] = {"accuracy": _acc(model, dr.x_def, y), "seconds_per_image": dr.seconds / len(y)}
+        benign[unit_label(d, dp)] = {"accuracy": _acc(model, dr.x_def, y), "seconds_per_image": dr.seconds / len(y),
+                                     "correct": _bits(model.predict(dr.x_def) == y)}
         tick(f"benign · {d}")
 
     rows = []
@@ -169,6 +174,7 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
                 "defense_linf_mean": float((dr.x_def - ar.x_adv).flatten(1).abs().amax(1).mean()),
                 "attack_seconds_per_image": ar.seconds / len(y),
                 "defense_seconds_per_image": dr.seconds / len(y),
+                "correct": _bits(pred_def == y),
             })
             tick(f"{a_label} · {d}")
 
@@ -210,6 +216,8 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         for d, dp in def_units:
             if sum(dd == d for dd, _ in def_units) == 1:
                 summary[key][d] = summary[key][unit_label(d, dp)]
+    if [d for d, _ in def_units].count(paired_with) == 1:
+        summary["paired"] = paired_comparisons(rows, benign, paired_with)
     x_test, y_test = mnist("test") if model.spec.gallery == "mnist" else (x, y)
     return {
         "model": model_name, "weights_sha256": model.weights_sha256, "split": split, "seed": seed,
@@ -242,6 +250,36 @@ def split_warnings(model, split: str, n: int, defenses: list[str]) -> list[str]:
             out.append(f"the {n} images of split {split!r} include held-out positions {c_lo}+ (the {cal!r} "
                        f"split), on which '{d}' places its detector thresholds; its numbers there are "
                        "optimistic. Use --split report for a clean table.")
+    return out
+
+
+def _bits(ok: torch.Tensor) -> str:
+    return "".join("1" if v else "0" for v in ok.tolist())
+
+
+def paired_comparisons(rows: list[dict], benign: dict[str, dict], defense: str) -> dict[str, Any]:
+    """``defense`` against every other defense on the same images, attack by attack (and benign).
+
+    For each pair: how many images only ``defense`` gets right (``only_this``), how many only the
+    other gets right (``only_other``), and the exact two-sided McNemar p-value (a binomial test
+    of ``only_this`` against ``only_this + only_other`` at 1/2). A small difference in accuracy
+    with a large p-value is a tie, not a win.
+    """
+    from scipy.stats import binomtest
+
+    def compare(a: str, b: str) -> dict[str, Any]:
+        this = sum(x == "1" and y == "0" for x, y in zip(a, b))
+        other = sum(x == "0" and y == "1" for x, y in zip(a, b))
+        p = binomtest(this, this + other, 0.5).pvalue if this + other else 1.0
+        return {"only_this": this, "only_other": other, "p_value": float(p)}
+
+    label = next(r["defense"] for r in rows if r["defense_name"] == defense) if rows else defense
+    out: dict[str, Any] = {"defense": label, "attacks": {}, "benign": {}}
+    for attack in dict.fromkeys(r["attack"] for r in rows):
+        cells = {r["defense"]: r["correct"] for r in rows if r["attack"] == attack}
+        out["attacks"][attack] = {d: compare(cells[label], c) for d, c in cells.items() if d != label}
+    if label in benign:
+        out["benign"] = {d: compare(benign[label]["correct"], b["correct"]) for d, b in benign.items() if d != label}
     return out
 
 

@@ -70,6 +70,11 @@ def test_evaluate_writes_json_and_csv(tmp_path):
     assert res["summary"]["adaptive_aware_accuracy"]["none"] is None      # no defense-aware attack for these
     assert r.stdout.splitlines()[0].split()[-1] == "aware"                # the printed summary has the column
     assert "fc1" in res["observation"]["fgsm[eps=0.2]"]
+    # per-image correctness backs every accuracy; no `nip` in this grid, so no paired summary
+    for row in res["rows"]:
+        assert len(row["correct"]) == 12 and set(row["correct"]) <= {"0", "1"}
+        assert row["correct"].count("1") / 12 == pytest.approx(row["defended_adv_accuracy"])
+    assert "paired" not in res["summary"] and "against its closest" not in r.stdout
 
 
 @pytest.mark.parametrize("model, image, attack", [

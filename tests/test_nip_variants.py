@@ -1,4 +1,5 @@
 """Label-free NIP with benign-neighbour class selection (nip_core.nip_variants, issue 6)."""
+import pytest
 import torch
 
 from nip_core.attacks import run_attack
@@ -330,3 +331,21 @@ def test_aware_attack_l2_mode_stays_in_its_ball(lenet, digits):
     assert bool((norms <= 1.5 + 1e-4).all()) and float(norms.max()) > 1.0      # it uses its budget
     assert (r.x_adv - x).abs().max() > 0.3                                     # and is not an L∞-0.3 attack
     assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+
+
+def test_paired_comparisons_by_hand():
+    from nip_core.evaluate import paired_comparisons
+
+    rows = [{"attack": "a", "defense": "nip[x]", "defense_name": "nip", "correct": "1110100"},
+            {"attack": "a", "defense": "jpeg", "defense_name": "jpeg", "correct": "1001100"},
+            {"attack": "b", "defense": "nip[x]", "defense_name": "nip", "correct": "1111111"},
+            {"attack": "b", "defense": "jpeg", "defense_name": "jpeg", "correct": "1111111"}]
+    benign = {"nip[x]": {"correct": "11"}, "jpeg": {"correct": "10"}}
+    out = paired_comparisons(rows, benign, "nip")
+    a = out["attacks"]["a"]["jpeg"]
+    # images 1, 2 only nip; image 3 only jpeg: exact binomial two-sided p for 2 of 3 = 1.0
+    assert (a["only_this"], a["only_other"], a["p_value"]) == (2, 1, 1.0)
+    assert out["attacks"]["b"]["jpeg"] == {"only_this": 0, "only_other": 0, "p_value": 1.0}
+    assert out["benign"]["jpeg"]["only_this"] == 1 and out["defense"] == "nip[x]"
+    many = paired_comparisons([dict(rows[0], correct="1" * 12), dict(rows[1], correct="0" * 12)], {}, "nip")
+    assert many["attacks"]["a"]["jpeg"]["p_value"] == pytest.approx(2 * 0.5 ** 12)
