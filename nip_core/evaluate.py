@@ -283,6 +283,20 @@ def paired_comparisons(rows: list[dict], benign: dict[str, dict], defense: str) 
     return out
 
 
+def paired_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """``summary.paired`` as table rows: one per attack (and "benign") × other defense."""
+    paired = result.get("summary", {}).get("paired")
+    if not paired:
+        return []
+    name = paired["defense"].split("[")[0]
+    out = []
+    for attack, cmp in list(paired["attacks"].items()) + [("benign", paired.get("benign", {}))]:
+        for other, c in cmp.items():
+            out.append({"inputs": attack, "against": other, f"only {name} right": c["only_this"],
+                        "only the other right": c["only_other"], "McNemar p": c["p_value"]})
+    return out
+
+
 def _observed_layers(model) -> list[str]:
     # The paper's pattern is clearest at fully connected layers; also report the default.
     fc = [name for name in model.spec.layers if name.startswith("fc")]

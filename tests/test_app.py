@@ -173,6 +173,10 @@ def test_benchmark_page_defaults() -> None:
     rows = at.dataframe[0].value
     assert len(rows) == 2 * 5 and rows["defended_adv_accuracy"].between(0, 1).all()
     assert len([b for b in at.get("download_button")]) == 2
+    # nip against the 4 other defenses, on 2 attacks and the benign images, image by image
+    pairs = at.dataframe[2].value
+    assert len(pairs) == 3 * 4 and set(pairs["inputs"]) == {"benign", "fgsm[eps=0.2]", "pgd[eps=0.3;eps_step=0.01;max_iter=40]"}
+    assert (pairs["only nip right"] + pairs["only the other right"] <= 20).all() and pairs["McNemar p"].between(0, 1).all()
 
 
 def test_bring_your_own_model_is_per_session_and_refuses_pickles():
