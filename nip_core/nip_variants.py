@@ -83,7 +83,7 @@ def binarise(x: torch.Tensor, threshold: float, surrogate: float = 0.0) -> torch
     """Pixels above ``threshold`` → 1, others → 0.
 
     An L∞ perturbation of size ε changes no pixel farther than ε from the threshold. MNIST
-    pixels sit near 0 or 1, so at 0.5 and ε = 0.3 only mid-grey stroke edges can flip. With
+    pixels sit near 0 or 1, so at 0.4 and ε = 0.3 only mid-grey stroke edges can flip. With
     ``surrogate`` > 0 the forward pass is the same, and the backward pass is the gradient of
     ``sigmoid((x − threshold) / surrogate)`` (for the defense-aware attack).
     """
@@ -347,9 +347,9 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
     """Detect, then NIP toward the benign-neighbour class; returns (defended inputs, used class or -1).
 
     Inputs no detector flags are returned unchanged (used class -1). Flagged inputs get NIP with
-    the profile of the class ``nip_targets`` chooses (raw vote, pocket rule or binarised vote).
-    With ``candidates`` > 1, NIP runs for that class and the next ones in the deciding vote's
-    order, and ``rule`` (on the defended logits, as in ``nip_core.nip``) picks one.
+    the profile of the class ``nip_targets`` chooses (the vote, or the pocket rule's class).
+    With ``candidates`` > 1, NIP runs for that class and the next ones in the vote's order, and
+    ``rule`` (on the defended logits, as in ``nip_core.nip``) picks one.
     """
     from nip_core.nip import inverse_perturbation, selection_scores
 
@@ -362,8 +362,8 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
     used = torch.full((len(x),), -1, dtype=torch.long)
     if len(todo):
         kk = min(candidates, model.num_classes)
-        # The chosen class first, then the deciding vote's order (stable sorts: ties go to the
-        # lower class index, so the defense is deterministic).
+        # The chosen class first, then the vote's order (stable sorts: ties go to the lower
+        # class index, so the defense is deterministic).
         cand = dec["order"][todo][:, :kk]
         flat = cand.reshape(-1)
         masks = {int(c): profile.masks(int(c), k) for c in flat.unique()}
@@ -381,7 +381,7 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
 
 def explain_decision(model: LoadedModel, x: torch.Tensor, p: dict, seed: int = 0) -> list[dict] | None:
     """Why ``nip`` defends each input as it does: detector scores against their thresholds, the
-    gate, the neighbour votes, the pocket rule, which of them chose, and the class NIP is pointed
+    gate, the neighbour vote, the pocket rule, which of the two chose, and the class NIP is pointed
     at (None where ``nip`` falls back to top-K). Plain numbers, for the app and the CLI's summary."""
     if not uses_neighbours(model):
         return None
@@ -432,7 +432,7 @@ def _class_similarity(bank: BenignBank, emb: torch.Tensor, cls: torch.Tensor, k:
 def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, ap: dict, seed: int = 0
                  ) -> torch.Tensor | None:
     """PGD that knows ``nip`` (registered as the attack ``nip-aware``): fool the model *and* the
-    neighbour votes, toward one wrong class.
+    neighbour vote, toward one wrong class.
 
     For each input the target ``t`` is the wrong class whose benign ``conv1`` maps are closest;
     with ``targets`` > 1, inputs that ``nip`` still defends correctly are attacked again toward
@@ -445,12 +445,11 @@ def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, 
     where ``sim_c`` is the mean of the ``neighbours`` largest cosines to class ``c``'s benign maps
     at each selection layer, on the maps the vote uses. Where ``nip`` binarises the input
     (``vote_binarize`` > 0) the threshold gets the gradient of a sigmoid of width ``surrogate``
-    (BPDA). ``excess`` is how far the raw ``conv1`` maps leave their benign
-    range (summed): with ``stealth`` > 0 the attacker also hides from the abnormal-neuron
-    detector, or keeps the perturbation "small" so that the raw vote decides. When model and
-    votes agree on ``t``, the support and margin
-    detectors stay quiet, and if the abnormal-neuron detector fires, NIP is pointed at ``t``.
-    Returns None where ``nip`` does not use the vote (it falls back to top-K NIP there).
+    (BPDA). ``excess`` is how far the raw ``conv1`` maps leave their benign range (summed): with
+    ``stealth`` > 0 the attacker also tries to hide from the abnormal-neuron detector. When model
+    and vote agree on ``t``, the support and margin detectors stay quiet, and if the
+    abnormal-neuron detector fires, NIP is pointed at ``t``. Returns None where ``nip`` does not
+    use the vote (it falls back to top-K NIP there).
     """
     if not uses_neighbours(model):
         return None
@@ -459,12 +458,9 @@ def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, 
     dev = model.device
     x0, y0 = x.to(dev), torch.as_tensor(y).long().to(dev)
 
-    def on_device(banks: dict[str, BenignBank]) -> dict[str, BenignBank]:
-        # Device copies: the shared selector's statistics stay on the CPU, untouched.
-        return {n: BenignBank(b.feats.to(dev), b.labels.to(dev), b.mean.to(dev), b.std.to(dev), b.pool)
-                for n, b in banks.items()}
-
-    banks = on_device(sel.banks)
+    # Device copies: the shared selector's statistics stay on the CPU, untouched.
+    banks = {n: BenignBank(b.feats.to(dev), b.labels.to(dev), b.mean.to(dev), b.std.to(dev), b.pool)
+             for n, b in sel.banks.items()}
     ranges = {n: (lo.to(dev), hi.to(dev)) for n, (lo, hi) in sel.ranges.items()}
 
     def embeddings(xx: torch.Tensor, grad: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -501,6 +497,11 @@ def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, 
             delta = (xc + delta).clamp(0, 1) - xc
         return (xc + delta).detach()
 
+    def defended_pred(xx: torch.Tensor) -> torch.Tensor:
+        """The model's prediction after ``nip`` (with ``p``) defends ``xx``."""
+        with torch.no_grad():
+            return model.net(_nip_neighbours_transform(model, xx.cpu(), p, None, seed).to(dev)).argmax(1)
+
     outs = []
     with model.lock:
         for i in range(0, len(x0), 256):
@@ -508,20 +509,17 @@ def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, 
             with torch.no_grad():
                 embs, _, _ = embeddings(xc, False)
                 s = torch.stack([similarity(embs, torch.full_like(yc, c)) for c in range(model.num_classes)], 1)
-                ranked = torch.sort(s.scatter(1, yc.view(-1, 1), float("-inf")), dim=1, descending=True, stable=True).indices
+                s = s.scatter(1, yc.view(-1, 1), float("-inf"))
+                ranked = torch.sort(s, dim=1, descending=True, stable=True).indices
             best = pgd(xc, yc, ranked[:, 0])
             # More targets: retry the inputs the defense still gets right, toward the next-closest
             # wrong class, and keep the first adversarial that beats it.
             for r in range(1, ap["targets"]):
-                with torch.no_grad():
-                    ok = model.net(_nip_neighbours_transform(model, best.cpu(), p, None, seed).to(dev)).argmax(1) == yc
-                idx = torch.nonzero(ok).flatten()
+                idx = torch.nonzero(defended_pred(best) == yc).flatten()
                 if not len(idx):
                     break
                 retry = pgd(xc[idx], yc[idx], ranked[idx, r])
-                with torch.no_grad():
-                    won = model.net(_nip_neighbours_transform(model, retry.cpu(), p, None, seed).to(dev)).argmax(1) \
-                        != yc[idx]
+                won = defended_pred(retry) != yc[idx]
                 best[idx[won]] = retry[won]
             outs.append(best.cpu())
     return torch.cat(outs)

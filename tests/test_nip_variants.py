@@ -121,7 +121,7 @@ def test_defense_aware_attack_fools_the_vote(lenet, digits):
 
     x, y = digits
     r = run_attack(lenet, "nip-aware", x, y, seed=0)
-    assert r.params == {"eps": 0.3, "eps_step": 0.01, "max_iter": 40, "weight": 100.0, "surrogate": 0.3,
+    assert r.params == {"eps": 0.3, "eps_step": 0.01, "max_iter": 40, "norm": "inf", "weight": 100.0, "surrogate": 0.3,
                         "stealth": 0.0, "targets": 3}
     assert (r.x_adv - x).abs().max() <= 0.3 + 1e-6 and r.x_adv.min() >= 0 and r.x_adv.max() <= 1
     assert not (lenet.predict(r.x_adv) == y).any()
