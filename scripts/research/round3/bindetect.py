@@ -9,18 +9,15 @@ rule for small perturbations):
 Class-choice accuracy on the cached tune sets, calib, and the stealthy and plain aware attacks
 against A (100 tune digits)."""
 import torch
-from nip_core.models import load_model
-from nip_core.data import heldout_split
+from common import setup
 from nip_core.attacks import run_attack
 from nip_core.defenses import DEFENSES
 from nip_core.nip_variants import nip_targets, selector_for
-torch.set_num_threads(1)
-m = load_model("lenet-mnist")
-xc, yc = heldout_split(m, "calib")
-d = torch.load("/tmp/nipres/adv-tune-150.pt"); y = d["y"]
+m, d, sets = setup()
+y = d["y"]
+xc, yc = sets["calib"]
 p = DEFENSES["nip"].params_for(m)
 sel = selector_for(m, p)
-sets = {"calib": (xc, yc), "benign": (d["x"], y)} | {k: (v, y) for k, v in d["adv"].items()}
 xt, yt = d["x"][:100], y[:100]
 for st in (0.0, 1.0, 100.0, 10000.0):
     sets[f"aware-st{st:g}"] = (run_attack(m, "nip-aware", xt, yt, {"weight": 100.0, "stealth": st}, seed=0).x_adv, yt)

@@ -4,17 +4,15 @@ binarising at 0.5 only mid-grey (edge) pixels can change. Vote among the nearest
 by the conv1 maps of the *binarised* input (bank built the same way), and compare class-choice
 accuracy with the registered vote (raw conv1), with the registered detectors and pocket rule."""
 import torch
-from nip_core.models import load_model
-from nip_core.data import heldout_split, benign_reference
+from common import setup
+from nip_core.data import benign_reference
 from nip_core.defenses import DEFENSES
 from nip_core.nip_variants import neighbour_selector, nip_targets, BenignBank, _outputs
-torch.set_num_threads(1)
-m = load_model("lenet-mnist")
-xc, yc = heldout_split(m, "calib")
-d = torch.load("/tmp/nipres/adv-tune-150.pt"); y = d["y"]
+m, d, sets = setup()
+y = d["y"]
+xc, yc = sets["calib"]
 p = DEFENSES["nip"].params_for(m)
 sel = neighbour_selector(m, ["conv1"], p["neighbours"], p["per_class"], p["vote_weight"])
-sets = {"calib": (xc, yc), "benign": (d["x"], y)} | {k: (v, y) for k, v in d["adv"].items()}
 xr, yr = benign_reference(m, 400)
 
 def binar(x, t=0.5):

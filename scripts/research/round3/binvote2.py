@@ -1,17 +1,15 @@
 """Issue 6 round 3 (tune/calib only): the binarised vote only for large perturbations (abnormal
 conv1 share above `pocket_level`); small ones keep the raw vote and the pocket rule."""
 import torch
-from nip_core.models import load_model
-from nip_core.data import heldout_split, benign_reference
+from common import setup
+from nip_core.data import benign_reference
 from nip_core.defenses import DEFENSES
 from nip_core.nip_variants import neighbour_selector, nip_targets, BenignBank, _outputs
-torch.set_num_threads(1)
-m = load_model("lenet-mnist")
-xc, yc = heldout_split(m, "calib")
-d = torch.load("/tmp/nipres/adv-tune-150.pt"); y = d["y"]
+m, d, sets = setup()
+y = d["y"]
+xc, yc = sets["calib"]
 p = DEFENSES["nip"].params_for(m)
 sel = neighbour_selector(m, ["conv1"], p["neighbours"], p["per_class"], p["vote_weight"])
-sets = {"calib": (xc, yc), "benign": (d["x"], y)} | {k: (v, y) for k, v in d["adv"].items()}
 xr, yr = benign_reference(m, 400)
 decs = {k: nip_targets(m, sel, x, p, seed=0) for k, (x, _) in sets.items()}
 for t in (0.5, 0.4):

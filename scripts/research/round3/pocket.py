@@ -5,15 +5,12 @@ class the model predicts under noise differs from its prediction. Rule: if the s
 prediction and holds at least `share` of the mass, point NIP at it; otherwise at the vote's
 class, but only when the abnormal-neuron share is at most `level`. Prints class-choice accuracy (flagged: chosen class; unflagged: model prediction)."""
 import torch
-from nip_core.models import load_model
-from nip_core.data import heldout_split
+from common import setup
 from nip_core.nip_variants import neighbour_selector
-torch.set_num_threads(1)
-m = load_model("lenet-mnist")
-xc, yc = heldout_split(m, "calib")
-d = torch.load("/tmp/nipres/adv-tune-150.pt"); y = d["y"]
+m, d, sets = setup()
+y = d["y"]
+xc, yc = sets["calib"]
 sel = neighbour_selector(m, ["conv1"], 10, 400, 30.0)
-sets = {"calib": (xc, yc), "benign": (d["x"], y)} | {k: (v, y) for k, v in d["adv"].items()}
 def smooth(x, amp, draws):
     g = torch.Generator().manual_seed(0)
     acc = 0

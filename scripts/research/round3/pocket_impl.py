@@ -4,16 +4,13 @@ and on. `pocket_impl.py AMP LEVEL BINARIZE` for one setting. Flagged inputs
 count as right when NIP is pointed at the true class; unflagged ones when the model is right."""
 import sys
 import torch
-from nip_core.models import load_model
-from nip_core.data import heldout_split
+from common import setup
 from nip_core.defenses import DEFENSES
 from nip_core.nip_variants import nip_targets, selector_for
-torch.set_num_threads(1)
-m = load_model("lenet-mnist")
-xc, yc = heldout_split(m, "calib")
-d = torch.load("/tmp/nipres/adv-tune-150.pt"); y = d["y"]
+m, d, sets = setup()
+y = d["y"]
+xc, yc = sets["calib"]
 p = DEFENSES["nip"].params_for(m)
-sets = {"calib": (xc, yc), "benign": (d["x"], y)} | {k: (v, y) for k, v in d["adv"].items()}
 # (pocket amplitude, small_level, binarised-vote threshold); 0 switches a part off
 grid = [(0.0, 0.025, 0.0)] + [(a, l, 0.0) for a in (0.05, 0.1, 0.15) for l in (0.02, 0.025, 0.03)]
 if len(sys.argv) > 1:
