@@ -33,7 +33,11 @@ def main() -> None:
                 "- `nip` (= `nip-neighbours`, the default) — detect first: an input is flagged when many of its "
                 "`conv1` neurons leave the range they take on benign training digits (or, if some do, when its "
                 "benign neighbours disagree with the prediction or the prediction is a close call). A flagged "
-                "input gets NIP toward the class of its 10 nearest benign digits at `conv1`; other inputs pass "
+                "input gets NIP toward the class of its 10 nearest benign digits, compared by the `conv1` maps of "
+                "the input **binarised** at 0.4 (an L∞ change of 0.3 cannot flip MNIST's near-0 and near-1 "
+                "pixels, so the attacker can hardly move this vote). If only a few neurons left their range "
+                "(a minimal attack such as DeepFool) and small random noise changes the model's average "
+                "prediction, NIP goes toward that noisy prediction instead (the *pocket rule*). Other inputs pass "
                 "unchanged. On ImageNet and user models (no labelled benign set) it falls back to `nip-topk`. "
                 "See docs/nip-research.md.")
     st.warning(C.LABEL_FREE_NOTE)
@@ -57,7 +61,9 @@ def main() -> None:
         "- **Compare at a glance**: the same adversarial through each baseline, the random-sign control and the "
         "NIP modes.\n"
         "- **Benchmark heatmap**: accuracy (or defense success rate) per attack × defense, with benign and "
-        "adaptive rows.")
+        "adaptive rows.\n"
+        "- **Benchmark, image by image**: for `nip` against each other defense, the images only one of the two "
+        "gets right and the exact McNemar p-value; a lead of a few images with a large p is a tie.")
 
     st.subheader("Honest limits")
     st.markdown(
