@@ -283,6 +283,16 @@ def paired_comparisons(rows: list[dict], benign: dict[str, dict], defense: str) 
     return out
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for ``k`` successes in ``n`` trials (95% by default)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def paired_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """``summary.paired`` as table rows: one per attack (and "benign") × other defense."""
     paired = result.get("summary", {}).get("paired")

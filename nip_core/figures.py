@@ -393,18 +393,33 @@ def evaluation_heatmap(result: dict, metric: str = "defended_adv_accuracy", adap
     """
     defenses = list(result.get("defenses") or dict.fromkeys(r["defense"] for r in result["rows"]))
     attacks = list(result.get("attacks") or dict.fromkeys(r["attack"] for r in result["rows"]))
+    from nip_core.evaluate import wilson_interval
+
+    def interval(bits: str | None) -> str:
+        # Per-image correctness (newer results) gives the 95% Wilson interval of an accuracy.
+        if not bits:
+            return ""
+        lo, hi = wilson_interval(bits.count("1"), len(bits))
+        return f"<br>95% interval {100 * lo:.0f}–{100 * hi:.0f}% ({bits.count('1')}/{len(bits)} images)"
+
     cell = {(r["attack"], r["defense"]): r.get(metric) for r in result["rows"]}
+    bits = {(r["attack"], r["defense"]): r.get("correct") for r in result["rows"]}
     z = [[cell.get((a, d)) for d in defenses] for a in attacks]
+    hover = [[interval(bits.get((a, d))) if metric == "defended_adv_accuracy" else "" for d in defenses]
+             for a in attacks]
     ylabels = list(attacks)
     if metric == "defended_adv_accuracy":
         z.append([result["summary"]["benign_accuracy"].get(d) for d in defenses])
+        hover.append([interval(result.get("benign", {}).get(d, {}).get("correct")) for d in defenses])
         ylabels.append("benign (no attack)")
         if adaptive and result.get("adaptive"):
             z.append([result["adaptive"].get(d, {}).get("accuracy") for d in defenses])
+            hover.append([""] * len(defenses))
             ylabels.append("adaptive PGD-BPDA")
             aware = [result["adaptive"].get(d, {}).get("aware", {}).get("accuracy") for d in defenses]
             if any(v is not None for v in aware):
                 z.append(aware)
+                hover.append([""] * len(defenses))
                 ylabels.append("defense-aware PGD")
     zz = np.array([[np.nan if v is None else 100 * float(v) for v in row] for row in z], dtype=float)
     text = [["n/a" if not np.isfinite(v) else f"{v:.0f}%" for v in row] for row in zz]
@@ -412,10 +427,10 @@ def evaluation_heatmap(result: dict, metric: str = "defended_adv_accuracy", adap
               "benign_accuracy": "benign accuracy after defense", "adv_accuracy": "accuracy with no defense"}
     label = titles.get(metric, metric)
     fig = go.Figure(go.Heatmap(
-        z=zz, x=_bare_names(defenses), y=_bare_names(ylabels, 34), text=text,
+        z=zz, x=_bare_names(defenses), y=_bare_names(ylabels, 34), text=text, customdata=hover,
         texttemplate="%{text}", colorscale="Viridis", zmin=0, zmax=100,
         colorbar=dict(title=dict(text=f"{label} (%)", side="right")),
-        hovertemplate="attack %{y}<br>defense %{x}<br>" + label + " %{text}<extra></extra>",
+        hovertemplate="attack %{y}<br>defense %{x}<br>" + label + " %{text}%{customdata}<extra></extra>",
     ))
     fig.update_layout(
         title=dict(text=f"{label.capitalize()} — {result.get('model', '')}, N = {result.get('n_images', '?')}, "

@@ -1,0 +1,33 @@
+"""Statistics that go with an evaluation table: intervals for accuracies, shown in the heatmap."""
+import pytest
+
+from nip_core.evaluate import wilson_interval
+from nip_core.figures import evaluation_heatmap
+
+
+def test_wilson_interval_known_values():
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(347, 350)[0] > 0.97 and wilson_interval(0, 0) == (0.0, 1.0)
+    lo20, hi20 = wilson_interval(19, 20)
+    lo350, hi350 = wilson_interval(333, 350)          # same accuracy, many more images: narrower
+    assert hi350 - lo350 < (hi20 - lo20) / 3
+
+
+def test_heatmap_hover_shows_the_interval_from_per_image_results():
+    result = {"model": "m", "n_images": 4, "seed": 0, "attacks": ["a"], "defenses": ["none", "nip"],
+              "rows": [{"attack": "a", "defense": "none", "defended_adv_accuracy": 0.0, "correct": "0000"},
+                       {"attack": "a", "defense": "nip", "defended_adv_accuracy": 0.75, "correct": "1101"}],
+              "benign": {"none": {"correct": "1111"}, "nip": {"correct": "1111"}},
+              "summary": {"benign_accuracy": {"none": 1.0, "nip": 1.0}}, "adaptive": {}}
+    fig = evaluation_heatmap(result)
+    hover = fig.data[0].customdata
+    lo, hi = wilson_interval(3, 4)
+    assert hover[0][1] == f"<br>95% interval {100 * lo:.0f}–{100 * hi:.0f}% (3/4 images)"
+    assert "(4/4 images)" in hover[1][0] and "%{customdata}" in fig.data[0].hovertemplate
+    # older results without per-image data still draw, without an interval
+    for r in result["rows"]:
+        del r["correct"]
+    del result["benign"]
+    assert list(evaluation_heatmap(result).data[0].customdata[0]) == ["", ""]
