@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 FULL = {"batch_sizes": (1, 64), "repeats": 5}
+SHIPPED_BENCH = "docs/bench.json"
 TOPK_NAMES = ("nip-topk", "nip")  # the top-K class-conditional NIP (issue 5's "nip [topk]"), by registry name
 QUICK_IMAGENET_SKIP = ("pixel", "bim", "pgd-l2", "mifgsm", "apgd", "ead", "jsma", "deepfool", "simba", "universal")
 QUICK_CHANGES = ("LeNet at batch 64 only; EfficientNet at batch 2 only", "3 repeats (LeNet), 2 (EfficientNet)",
@@ -494,3 +495,36 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return v.tolist()
     return v
+
+
+def _shipped_attack_times() -> dict[str, dict[str, Any]]:
+    """Per model, the attack entries of the shipped bench (empty if the file is missing)."""
+    from nip_core.runtime import REPO_ROOT
+
+    global _ATTACK_TIMES
+    if _ATTACK_TIMES is None:
+        try:
+            models = json.loads((REPO_ROOT / SHIPPED_BENCH).read_text())["models"]
+            _ATTACK_TIMES = {m: v.get("attacks", {}) for m, v in models.items()}
+        except (OSError, ValueError, KeyError):
+            _ATTACK_TIMES = {}
+    return _ATTACK_TIMES
+
+
+_ATTACK_TIMES: dict[str, dict[str, Any]] | None = None
+
+
+def expected_attack_seconds(model_name: str, attack: str, params: dict[str, Any]) -> float | None:
+    """Seconds one image is expected to take under ``attack`` with ``params``, from the shipped
+    bench (``docs/bench.json``, a 2-core CPU): the measured time per image, scaled by the ratio of
+    ``max_iter`` when the bench ran a different number of iterations. An estimate: other settings
+    (restarts, search steps) are not scaled. None where the bench has no number."""
+    entry = _shipped_attack_times().get(model_name, {}).get(attack)
+    if not entry or "per_image" not in entry:
+        return None
+    seconds = float(entry["per_image"])
+    ran, wanted = entry.get("params", {}).get("max_iter"), params.get("max_iter")
+    if ran and wanted:
+        seconds *= wanted / ran
+    return seconds
+

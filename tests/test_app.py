@@ -114,6 +114,18 @@ def test_deepfool_on_lenet_explains_the_pocket_rule() -> None:
     assert metrics["defended prediction"] == metrics["benign prediction"] != metrics["adversarial prediction"]
 
 
+def test_slow_attack_is_announced_before_it_runs() -> None:
+    """Picking the pixel attack on EfficientNet warns how long it may take; nothing runs yet."""
+    at = _app()
+    at.selectbox(key="explore.model").set_value("efficientnet-lite0").run()
+    at.selectbox(key="explore.efficientnet-lite0.attack").set_value("pixel").run()
+    _ok(at)
+    [slow] = [c.value for c in at.caption if c.value.startswith("Slow:")]
+    assert "`pixel` may take up to about" in slow and not at.get("plotly_chart")
+    at.selectbox(key="explore.efficientnet-lite0.attack").set_value("fgsm").run()
+    assert not [c for c in at.caption if c.value.startswith("Slow:")]
+
+
 def test_garbage_upload_is_an_input_error() -> None:
     # AppTest cannot drive st.file_uploader; the page hands upload bytes to this function and shows
     # its InputError with st.error (the browser test uploads a real image).

@@ -31,3 +31,16 @@ def test_heatmap_hover_shows_the_interval_from_per_image_results():
         del r["correct"]
     del result["benign"]
     assert list(evaluation_heatmap(result).data[0].customdata[0]) == ["", ""]
+
+
+def test_expected_attack_seconds_scales_the_shipped_bench(monkeypatch):
+    import nip_core.bench as bench
+
+    monkeypatch.setattr(bench, "_ATTACK_TIMES", {"m": {"pgd": {"per_image": 2.0, "params": {"max_iter": 10}},
+                                                       "fgsm": {"per_image": 0.5, "params": {"eps": 0.1}}}})
+    assert bench.expected_attack_seconds("m", "pgd", {"max_iter": 40}) == pytest.approx(8.0)
+    assert bench.expected_attack_seconds("m", "fgsm", {"eps": 0.3}) == pytest.approx(0.5)
+    assert bench.expected_attack_seconds("m", "cw-l2", {}) is None
+    assert bench.expected_attack_seconds("other", "pgd", {}) is None
+    monkeypatch.setattr(bench, "_ATTACK_TIMES", None)                  # the shipped file itself
+    assert bench.expected_attack_seconds("efficientnet-lite0", "pixel", {"max_iter": 10}) > 60

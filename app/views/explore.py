@@ -9,6 +9,7 @@ import streamlit as st
 from app import common as C
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
+from nip_core.bench import expected_attack_seconds
 from nip_core.defenses import DEFENSES
 from nip_core.errors import InputError
 from nip_core.images import tensor_to_png_bytes
@@ -19,9 +20,12 @@ P = "explore."                      # session-state prefix of this page
 DEFAULT_MODEL, DEFAULT_ATTACK, DEFAULT_DEFENSE = "lenet-mnist", "fgsm", "nip"
 VARIANTS = F.VARIANTS
 NIP_SHARED = ("layer", "method", "k", "n_steps")   # set in the influence section / kept at default
+SLOW_ATTACK_SECONDS = 10.0   # warn before an attack expected to take longer than this per image
 MODE_NOTES = {
     "nip": "label-free (deployable): flags inputs whose conv1 neurons leave their benign range, then NIP "
-           "toward the class of the nearest benign digits at conv1; on ImageNet/own models it falls back to top-K",
+           "toward the class of the nearest benign digits (conv1 of the binarised input; the pocket rule for small "
+           "perturbations); on ImageNet/own models it falls back to top-K, which on the 21 held-out ImageNet "
+           "photos turned 10 correct benign predictions wrong",
     "nip-neighbours": "same as nip (its explicit name)",
     "nip-topk": "label-free, class-conditional over the model's top-K candidate classes (deployable)",
     "nip-global": "label-free, one global all-class profile (deployable)",
@@ -382,6 +386,11 @@ def main() -> None:
         defense = st.selectbox("Defense", list(DEFENSES),
                                key=C.init_state(key(model_name, "defense"), DEFAULT_DEFENSE),
                                format_func=lambda d: d + ("" if DEFENSES[d].deployable else " (NOT deployable)"))
+        est = expected_attack_seconds(model_name, attack, ATTACKS[attack].params_for(model))
+        if est is not None and est >= SLOW_ATTACK_SECONDS:
+            st.caption(f"Slow: with its default settings `{attack}` may take up to about {est:.0f} s for one image "
+                       "here (scaled from the bench on a 2-core CPU, docs/bench.json). Fewer iterations make it "
+                       "faster.")
         if attack == "nip-aware":
             st.caption("`nip-aware` knows the label-free `nip`: it fools the model and nip's neighbour vote at "
                        "once (through the binarisation, and trying up to 3 wrong classes). Pair it with the `nip` "
