@@ -4,25 +4,21 @@ binarising at 0.5 only mid-grey (edge) pixels can change. Vote among the nearest
 by the conv1 maps of the *binarised* input (bank built the same way), and compare class-choice
 accuracy with the registered vote (raw conv1), with the registered detectors and pocket rule."""
 import torch
-from common import setup
-from nip_core.data import benign_reference
+from common import binarised_bank, setup
 from nip_core.defenses import DEFENSES
-from nip_core.nip_variants import neighbour_selector, nip_targets, BenignBank, _outputs
+from nip_core.nip_variants import neighbour_selector, nip_targets, _outputs
 m, d, sets = setup()
 y = d["y"]
 xc, yc = sets["calib"]
 p = DEFENSES["nip"].params_for(m)
 sel = neighbour_selector(m, ["conv1"], p["neighbours"], p["per_class"], p["vote_weight"])
-xr, yr = benign_reference(m, 400)
 
 def binar(x, t=0.5):
     return (x > t).float()
 
 for t in (0.3, 0.5):
   for k_nb, w in ((10, 30.0), (25, 30.0), (10, 0.0)):
-    outs, _ = _outputs(m, binar(xr, t), ["conv1"])
-    bank = BenignBank(torch.zeros(0), yr, torch.zeros(1), torch.ones(1), pool=True)
-    bank.feats = bank.embed(bank.flat(outs["conv1"]))
+    bank = binarised_bank(m, t)
     res = {}
     for k, (x, yy) in sets.items():
         dec = nip_targets(m, sel, x, p, seed=0)

@@ -1,21 +1,17 @@
 """Issue 6 round 3 (tune/calib only): the binarised vote only for large perturbations (abnormal
 conv1 share above `pocket_level`); small ones keep the raw vote and the pocket rule."""
 import torch
-from common import setup
-from nip_core.data import benign_reference
+from common import binarised_bank, setup
 from nip_core.defenses import DEFENSES
-from nip_core.nip_variants import neighbour_selector, nip_targets, BenignBank, _outputs
+from nip_core.nip_variants import neighbour_selector, nip_targets, _outputs
 m, d, sets = setup()
 y = d["y"]
 xc, yc = sets["calib"]
 p = DEFENSES["nip"].params_for(m)
 sel = neighbour_selector(m, ["conv1"], p["neighbours"], p["per_class"], p["vote_weight"])
-xr, yr = benign_reference(m, 400)
 decs = {k: nip_targets(m, sel, x, p, seed=0) for k, (x, _) in sets.items()}
 for t in (0.5, 0.4):
-  outs, _ = _outputs(m, (xr > t).float(), ["conv1"])
-  bank = BenignBank(torch.zeros(0), yr, torch.zeros(1), torch.ones(1), pool=True)
-  bank.feats = bank.embed(bank.flat(outs["conv1"]))
+  bank = binarised_bank(m, t)
   for level in (0.0, 0.01, 0.02, 0.025, 0.03):
     for k_nb, w in ((10, 30.0), (10, 0.0), (25, 0.0)):
         res, lost = {}, {}

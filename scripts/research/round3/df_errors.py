@@ -1,6 +1,7 @@
 """Issue 6 round 3 (tune/calib only): what the vote gets wrong on DeepFool, and label-free
 signals that could fix it (model runner-up, random-sign smoothing)."""
 import torch
+from common import smooth_per_input
 from nip_core.models import load_model
 from nip_core.data import heldout_split
 from nip_core.nip_variants import neighbour_selector
@@ -12,12 +13,7 @@ sel = neighbour_selector(m, ["conv1"], 10, 400, 30.0)
 th = sel.thresholds(0.005)
 print("attacks:", list(d["adv"]))
 def smooth(x, amp, draws=32):
-    g = torch.Generator().manual_seed(1)
-    acc = 0
-    for _ in range(draws):
-        s = torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1
-        acc = acc + m.logits((x + amp * s).clamp(0, 1)).softmax(1)
-    return acc / draws
+    return smooth_per_input(m, x, amp, draws, seed=1)
 for k, x in d["adv"].items():
     fl, v, p = sel(x, 0.005, 0.1)
     s, _, _ = sel.scores(x)

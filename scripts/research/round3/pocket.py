@@ -5,19 +5,14 @@ class the model predicts under noise differs from its prediction. Rule: if the s
 prediction and holds at least `share` of the mass, point NIP at it; otherwise at the vote's
 class, but only when the abnormal-neuron share is at most `level`. Prints class-choice accuracy (flagged: chosen class; unflagged: model prediction)."""
 import torch
-from common import setup
+from common import setup, smooth_per_input
 from nip_core.nip_variants import neighbour_selector
 m, d, sets = setup()
 y = d["y"]
 xc, yc = sets["calib"]
 sel = neighbour_selector(m, ["conv1"], 10, 400, 30.0)
 def smooth(x, amp, draws):
-    g = torch.Generator().manual_seed(0)
-    acc = 0
-    for _ in range(draws):
-        s = torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1
-        acc = acc + m.logits((x + amp * s).clamp(0, 1)).softmax(1)
-    return acc / draws
+    return smooth_per_input(m, x, amp, draws, seed=0)
 base = {k: sel(x, 0.005, 0.1) for k, (x, _) in sets.items()}
 sc = {k: sel.scores(x)[0]['abnormal:conv1'] for k, (x, _) in sets.items()}
 cache = {}
