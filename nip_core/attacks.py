@@ -1,7 +1,7 @@
 """Attack registry: each attack is one small unit wrapping an ART evasion attack.
 
 One unit is not ART's: ``nip-aware``, the defense-aware attack on the label-free ``nip``
-(``nip_core.nip_variants.aware_attack``). It only applies where ``nip`` uses its benign-neighbour
+(``nip_core.label_free.aware_attack``). It only applies where ``nip`` uses its benign-neighbour
 vote (MNIST models).
 
 Every budget is in [0,1] pixel space (``eps=0.1`` on MNIST means ±25 of 255 grey levels).
@@ -178,13 +178,13 @@ register("universal", "Universal adversarial perturbation (Moosavi-Dezfooli et a
 def _nip_aware(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, seed: int,
                against: dict | None = None) -> torch.Tensor:
     from nip_core.defenses import DEFENSES
-    from nip_core.nip_variants import aware_attack
+    from nip_core.label_free import aware_attack
 
     return aware_attack(model, x, y, DEFENSES["nip"].params_for(model, against), p, seed)
 
 
 def _nip_uses_vote(model: LoadedModel) -> bool:
-    from nip_core.nip_variants import uses_neighbours
+    from nip_core.label_free import uses_neighbours
 
     return uses_neighbours(model)
 

@@ -270,7 +270,7 @@ def _nip_defenses() -> list[str]:
 def _same_as_topk(model) -> list[tuple[str, str]]:
     """``(name, nip-topk)`` for NIP units that run exactly the top-K computation on this model
     (label-free ``nip`` falls back to top-K where there is no labelled benign set): timed once."""
-    from nip_core.nip_variants import uses_neighbours
+    from nip_core.label_free import uses_neighbours
 
     if uses_neighbours(model) or "nip-topk" not in _nip_defenses():
         return []

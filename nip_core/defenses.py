@@ -1,78 +1,31 @@
-"""Defense registry: NIP (label-free and oracle), baselines from ART, and the random control.
+"""Defenses: the baselines from ART, the random control, oracle/top-K/global NIP, and BPDA.
 
 Every defense maps inputs in [0,1] to inputs in [0,1] before the unchanged model classifies
-them. Each is one registered :class:`Defense` with declared, validated parameters.
+them. Each is one registered :class:`~nip_core.defense_registry.Defense` with declared,
+validated parameters. Importing this module registers every built-in defense, the label-free
+``nip`` of :mod:`nip_core.label_free` included; the registry itself lives in
+:mod:`nip_core.defense_registry`, below both.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from nip_core.influence import METHODS, influence_profile
+from nip_core.defense_registry import (DEFENSES, NIP_IMAGENET, NIP_PARAMS, Defense, nip_profile,
+                                       register)
+from nip_core.label_free import register_label_free
 from nip_core.models.base import LoadedModel
 from nip_core.nip import nip_defend
-from nip_core.params import Param, Registry, Spec
+from nip_core.params import Param
 from nip_core.runtime import RNG_LOCK
 
-DEFENSES = Registry("defense")
-
-# NIP budgets are in [0,1] pixel units; ImageNet inputs need far smaller ones than MNIST.
-NIP_PARAMS = (
-    Param("layer", "choice", "default", choices=("default", "conv1", "conv2", "fc1", "fc2", "block6", "block10",
-                                                "block14", "block15", "head"), help="influence layer"),
-    Param("method", "choice", "conductance", choices=METHODS, help="influence method"),
-    Param("k", "float", 0.2, 0.01, 0.5, step=0.01, help="front/tail share of live neurons"),
-    Param("steps", "int", 20, 1, 200, help="inverse-perturbation steps T"),
-    Param("step_size", "float", 0.03, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel", help="step size α"),
-    Param("budget", "float", 0.3, 0.0, 1.0, step=1 / 255, unit="[0,1] pixel", help="L∞ budget ε"),
-    Param("candidates", "int", 3, 1, 20, help="top-K candidate classes (label-free class-conditional mode)"),
-    Param("rule", "choice", "margin", choices=("margin", "confidence"), help="candidate selection rule"),
-    Param("n_steps", "int", 16, 2, 200, help="conductance integration steps for the profile"),
-)
-# On ImageNet every top-K candidate class needs its own profile over the reference photos;
-# gradient×activation costs one pass per photo instead of n_steps + 1 for conductance, and at
-# the default `head` layer (followed only by pooling and the linear classifier) the two rank
-# neurons almost identically.
-NIP_IMAGENET = {"budget": 4 / 255, "step_size": 1 / 255, "steps": 10, "method": "grad_x_act"}
-
-
-@dataclass(frozen=True)
-class Defense:
-    """A registered defense: spec, transform and what it needs."""
-
-    spec: Spec
-    transform: Callable[[LoadedModel, torch.Tensor, dict, torch.Tensor | None, int], torch.Tensor] = field(repr=False)
-    deployable: bool = True
-    needs_labels: bool = False
-    dataset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
-    family: str = "baseline"
-    # The registered attack that knows this defense (beyond BPDA), e.g. "nip-aware"; evaluate runs
-    # it with its default settings, against the evaluated defense parameters, wherever it applies.
-    aware_attack: str | None = None
-    # Why the defense treats each input as it does: (model, x, params, seed) → one dict per input, or None.
-    explain_decision: Callable[..., list[dict] | None] | None = field(default=None, repr=False)
-    # The held-out split (``nip_core.data.SPLITS``) the defense places thresholds on, if any:
-    # evaluate warns when a table includes it.
-    calibration_split: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def params_for(self, model: LoadedModel, values: dict | None = None) -> dict[str, Any]:
-        p = self.spec.validate_for(self.dataset_defaults, model.spec.gallery, values)
-        if p.get("layer") not in (None, "default"):
-            model.layer(p["layer"])
-        return p
-
-    def to_json(self) -> dict:
-        return self.spec.to_json() | {"deployable": self.deployable, "needs_labels": self.needs_labels,
-                                      "family": self.family, "dataset_defaults": self.dataset_defaults}
+__all__ = ["DEFENSES", "NIP_IMAGENET", "NIP_PARAMS", "Defense", "DefenseResult", "DefendedNet", "apply_defense",
+           "nip_profile", "register"]
 
 
 @dataclass
@@ -91,18 +44,6 @@ def apply_defense(model: LoadedModel, name: str, x: torch.Tensor, params: dict |
     with model.lock, RNG_LOCK:
         out = d.transform(model, x.cpu(), p, y, seed)
     return DefenseResult(out.clamp(0, 1).float(), time.perf_counter() - t0, p)
-
-
-def register(name: str, summary: str, params, transform, **kw) -> Defense:
-    return DEFENSES.register(Defense(Spec(name, summary, tuple(params)), transform, **kw))
-
-
-def _layer(model: LoadedModel, p: dict) -> str:
-    return model.spec.default_layer if p.get("layer") in (None, "default") else p["layer"]
-
-
-def nip_profile(model: LoadedModel, p: dict):
-    return influence_profile(model, _layer(model, p), p["method"], p["n_steps"])
 
 
 def _nip(mode: str):
@@ -202,5 +143,6 @@ class DefendedNet(nn.Module):
         return self.inner(x_st)
 
 
-# Label-free NIP variants (issue 6); registers `nip` (= nip-neighbours). Must stay the last line.
-from nip_core import nip_variants  # noqa: E402,F401
+# The label-free NIP registers `nip` (= nip-neighbours) after the units above, so that listings
+# keep their order: baselines first, the default defense last.
+register_label_free()

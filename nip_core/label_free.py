@@ -1,4 +1,4 @@
-"""Label-free NIP (issue 6): detect with benign statistics, then NIP toward a chosen class.
+"""Label-free NIP: detect with benign statistics, then NIP toward a chosen class.
 
 Chen et al., "Fight Perturbations with Perturbations: Defending Adversarial Attacks via Neuron
 Influence" (arXiv 2112.13060), compute neuron influence on benign examples. They then add an
@@ -48,8 +48,12 @@ import threading
 
 import torch
 
-from nip_core.influence import InfluenceProfile
+from nip_core.data import benign_reference, heldout_split
+from nip_core.defense_registry import DEFENSES, NIP_IMAGENET, NIP_PARAMS, nip_profile, register
+from nip_core.influence import InfluenceProfile, capture_hook
 from nip_core.models.base import LoadedModel
+from nip_core.nip import inverse_perturbation, nip_defend, selection_scores
+from nip_core.params import Param
 
 # ---------------------------------------------------------------------------------------------
 # Several layers in one forward pass
@@ -61,8 +65,6 @@ def layer_outputs(model: LoadedModel, x: torch.Tensor, layers: list[str], *, gra
 
     Caller holds ``model.lock`` (hooks must not leak into other sessions' passes).
     """
-    from nip_core.influence import capture_hook
-
     boxes: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     handles = [model.layer(name).register_forward_hook(capture_hook(boxes[name], stop=False)) for name in layers]
     try:
@@ -191,8 +193,6 @@ class NeighbourSelector:
 
     def __init__(self, model: LoadedModel, layers: list[str], neighbours: int, per_class: int,
                  vote_weight: float = 0.0, binarize: float = 0.0) -> None:
-        from nip_core.data import benign_reference, heldout_split
-
         self.model, self.layers, self.k, self.vote_weight = model, layers, neighbours, vote_weight
         self.binarize = binarize
         x, y = benign_reference(model, per_class)
@@ -351,8 +351,6 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
     With ``candidates`` > 1, NIP runs for that class and the next ones in the vote's order, and
     ``rule`` (on the defended logits, as in ``nip_core.nip``) picks one.
     """
-    from nip_core.nip import inverse_perturbation, selection_scores
-
     sel = neighbour_selector(model, select_layers, neighbours, per_class, vote_weight, vote_binarize)
     dec = nip_targets(model, sel, x, {"false_alarm": false_alarm, "gate": gate, "pocket_amp": pocket_amp,
                                       "pocket_draws": pocket_draws, "small_level": small_level,
@@ -544,9 +542,6 @@ def uses_neighbours(model: LoadedModel) -> bool:
 
 
 def _nip_neighbours_transform(model, x, p, y, seed):
-    from nip_core.defenses import nip_profile
-    from nip_core.nip import nip_defend
-
     prof = nip_profile(model, p)
     if not uses_neighbours(model):
         xd, _ = nip_defend(model, x, prof, mode="topk", k=p["k"], budget=p["budget"], steps=p["steps"],
@@ -561,10 +556,10 @@ def _nip_neighbours_transform(model, x, p, y, seed):
     return xd
 
 
-def _register() -> None:
-    from nip_core.defenses import NIP_IMAGENET, NIP_PARAMS, register
-    from nip_core.params import Param
-
+def register_label_free() -> None:
+    """Register ``nip`` and its alias ``nip-neighbours`` (once; :mod:`nip_core.defenses` calls this)."""
+    if "nip" in DEFENSES:
+        return
     base = tuple(q for q in NIP_PARAMS if q.name != "candidates")
     params = base + (
         Param("candidates", "int", 1, 1, 20, help="top neighbour-vote classes NIP is run for (rule picks one)"),
@@ -592,6 +587,3 @@ def _register() -> None:
                  params, _nip_neighbours_transform, dataset_defaults={"imagenet": NIP_IMAGENET | {"candidates": 3}},
                  family="nip", aware_attack="nip-aware", explain_decision=explain_decision,
                  calibration_split="calib")
-
-
-_register()

@@ -1,11 +1,11 @@
-"""Label-free NIP with benign-neighbour class selection (nip_core.nip_variants, issue 6)."""
+"""Label-free NIP with benign-neighbour class selection (nip_core.label_free, issue 6)."""
 import pytest
 import torch
 
 from nip_core.attacks import run_attack
 from nip_core.defenses import DEFENSES, apply_defense
 from nip_core.influence import influence_profile, layer_output
-from nip_core.nip_variants import BenignBank, layer_outputs, neighbour_selector, nip_neighbours
+from nip_core.label_free import BenignBank, layer_outputs, neighbour_selector, nip_neighbours
 
 
 def test_benign_bank_votes_by_hand():
@@ -108,7 +108,7 @@ def test_neighbour_vote_only_where_a_labelled_benign_set_exists(lenet):
     from types import SimpleNamespace
 
     from nip_core.models import MODELS
-    from nip_core.nip_variants import uses_neighbours
+    from nip_core.label_free import uses_neighbours
 
     assert uses_neighbours(lenet)
     assert not uses_neighbours(SimpleNamespace(spec=MODELS["efficientnet-lite0"]))
@@ -183,7 +183,7 @@ def test_explain_reports_why_nip_acted(lenet, digits):
 
 
 def test_smoothed_class_is_seeded_and_batch_independent(lenet, digits):
-    from nip_core.nip_variants import smoothed_class
+    from nip_core.label_free import smoothed_class
 
     x, _ = digits
     cls, share = smoothed_class(lenet, x, 0.1, 16, seed=3)
@@ -205,7 +205,7 @@ def test_smoothed_class_is_seeded_and_batch_independent(lenet, digits):
 def test_pocket_rule_sends_minimal_adversarials_back_and_leaves_large_ones_to_the_vote(lenet, digits):
     """DeepFool stops just past the boundary: the smoothed class is the original one. FGSM 0.3 moves
     far more conv1 neurons than ``small_level``, so the (binarised) vote decides there."""
-    from nip_core.nip_variants import VOTE_SOURCES, nip_targets, selector_for
+    from nip_core.label_free import VOTE_SOURCES, nip_targets, selector_for
 
     x, y = digits
     p = DEFENSES["nip"].params_for(lenet)
@@ -230,7 +230,7 @@ def test_pocket_rule_sends_minimal_adversarials_back_and_leaves_large_ones_to_th
     assert [VOTE_SOURCES[int(c)] for c in dbig["source"]] == ["vote"] * len(x)
     assert torch.equal(dbig["target"], dbig["votes"].argmax(1))
     # the decision is explained with the same numbers
-    from nip_core.nip_variants import explain_decision
+    from nip_core.label_free import explain_decision
 
     why = explain_decision(lenet, df, p, seed=0)
     for i, w in enumerate(why):
@@ -241,7 +241,7 @@ def test_pocket_rule_sends_minimal_adversarials_back_and_leaves_large_ones_to_th
 
 def test_aware_attack_targets_the_evaluated_defense_settings(lenet, digits, monkeypatch):
     """evaluate's aware column attacks nip as configured, not nip's registered defaults."""
-    import nip_core.nip_variants as nv
+    import nip_core.label_free as nv
     from nip_core.evaluate import evaluate
 
     seen = []
@@ -273,7 +273,7 @@ def test_tables_that_include_the_calibration_digits_carry_a_warning(lenet):
 
 
 def test_binarise_and_its_surrogate_gradient():
-    from nip_core.nip_variants import binarise
+    from nip_core.label_free import binarise
 
     x = torch.tensor([0.0, 0.2, 0.5, 0.51, 0.9], requires_grad=True)
     assert binarise(x, 0.5).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
@@ -287,7 +287,7 @@ def test_binarise_and_its_surrogate_gradient():
 
 def test_binarised_vote_ignores_perturbations_that_cannot_cross_the_threshold(lenet, digits):
     """An L∞ change of 0.3 flips no pixel farther than 0.3 from the threshold, so the binarised vote stays."""
-    from nip_core.nip_variants import selector_for
+    from nip_core.label_free import selector_for
 
     x, y = digits
     p = DEFENSES["nip"].params_for(lenet)
