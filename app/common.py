@@ -26,20 +26,36 @@ log = logging.getLogger("nip_explorer.app")
 ParamsKey = tuple[tuple[str, Any], ...]
 COMPARE_DEFENSES = ("none", "jpeg", "bitdepth", "median", "gaussian", "random-sign", "nip-global", "nip",
                     "nip-oracle")
-LABEL_FREE_NOTE = (
-    "**Label-free NIP is hard.** A deployable defense does not know the true class, so `nip` guesses it: "
-    "on MNIST it flags inputs whose `conv1` neurons leave the range they take on benign digits, and runs NIP "
-    "toward the class of the nearest benign digits, compared at `conv1` on the binarised input; when few "
-    "neurons moved (a minimal attack such as DeepFool), toward the class the model predicts under small random "
-    "noise (report split: mean adversarial accuracy 0.95, benign 0.994). That guess is its weak point: an "
-    "attacker who also targets the vote brings it down to 0.78 (a vote on the raw input fell to 0.13), and "
-    "the binarised vote holds only because MNIST pixels are nearly binary. "
-    "On ImageNet and your own models `nip` falls back to `nip-topk`, "
-    "which tries the top-K candidate classes; `nip-global` uses one all-class profile. "
-    "`nip-oracle` uses the TRUE label to pick the profile: it shows what NIP could do with perfect "
-    "knowledge, and is **not deployable**. Expect the label-free modes to fall well short of the oracle; "
-    "compare against the `random-sign` control (same budget, random direction)."
-)
+
+
+def label_free_note() -> str:
+    """Why label-free NIP is hard, with the numbers of the shipped MNIST report (``nip_core.results``)."""
+    from nip_core.results import headline
+
+    h = headline("paper-mnist", "nip")
+    return (
+        "**Label-free NIP is hard.** A deployable defense does not know the true class, so `nip` guesses it: "
+        "on MNIST it flags inputs whose `conv1` neurons leave the range they take on benign digits, and runs NIP "
+        "toward the class of the nearest benign digits, compared at `conv1` on the binarised input; when few "
+        "neurons moved (a minimal attack such as DeepFool), toward the class the model predicts under small random "
+        f"noise ({h.split} split, {h.n_images} digits: mean adversarial accuracy {h.fmt('mean_adv_accuracy')}, "
+        f"benign {h.fmt('benign_accuracy')}). That guess is its weak point: an attacker who also targets the vote "
+        f"brings it down to {h.fmt('aware_accuracy')}, and the binarised vote holds only because MNIST pixels are "
+        "nearly binary. "
+        "On ImageNet and your own models `nip` falls back to `nip-topk`, "
+        "which tries the top-K candidate classes; `nip-global` uses one all-class profile. "
+        "`nip-oracle` uses the TRUE label to pick the profile: it shows what NIP could do with perfect "
+        "knowledge, and is **not deployable**. Expect the label-free modes to fall well short of the oracle; "
+        "compare against the `random-sign` control (same budget, random direction)."
+    )
+
+
+def aware_note() -> str:
+    """How often ``nip`` wins against the attack that knows it, from the shipped MNIST report."""
+    from nip_core.results import headline
+
+    h = headline("paper-mnist", "nip")
+    return f"on the MNIST {h.split} split `nip` still wins {h.pct('aware_accuracy')} of the time against it"
 
 
 # ----------------------------------------------------------------------------- loaders

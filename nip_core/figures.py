@@ -347,13 +347,9 @@ def profile_heatmap(profile, classes: Sequence[int] | None = None, class_names: 
         dz = np.where(np.broadcast_to(dead, z.shape), 1.0, np.nan)
         fig.add_trace(go.Heatmap(z=dz, y=ylabels, x=list(range(z.shape[1])), colorscale=_DEAD_SCALE, showscale=False,
                                  hovertemplate="neuron %{x}: dead (never active on the references)<extra></extra>"))
-    fig.update_layout(
-        title=dict(text=f"Benign influence profile — {profile.model_name}, layer {profile.layer} "
-                        f"({profile.n_neurons} neurons, {int(dead.sum())} dead in grey)", x=0.0),
-        xaxis_title="neuron index", yaxis=dict(title="class profile", autorange="reversed", type="category"),
-        margin=dict(l=50, r=20, t=60, b=40), height=max(300, 40 + 28 * len(rows)),
-    )
-    return fig
+    return _grid_layout(fig, f"Benign influence profile — {profile.model_name}, layer {profile.layer} "
+                             f"({profile.n_neurons} neurons, {int(dead.sum())} dead in grey)",
+                        "neuron index", "class profile", height=max(300, 40 + 28 * len(rows)), bottom=40)
 
 
 def defense_comparison(rows: Sequence[dict], reference_name: str = "reference") -> go.Figure:
@@ -432,10 +428,16 @@ def evaluation_heatmap(result: dict, metric: str = "defended_adv_accuracy", adap
         colorbar=dict(title=dict(text=f"{label} (%)", side="right")),
         hovertemplate="attack %{y}<br>defense %{x}<br>" + label + " %{text}%{customdata}<extra></extra>",
     ))
+    return _grid_layout(fig, f"{label.capitalize()} — {result.get('model', '')}, N = {result.get('n_images', '?')}, "
+                             f"seed {result.get('seed', '?')} (n/a = not applicable)",
+                        "defense", "attack", height=max(300, 90 + 45 * len(ylabels)), bottom=60)
+
+
+def _grid_layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int, bottom: int) -> go.Figure:
+    """Layout shared by the labelled-grid heatmaps: left title, categorical y axis read top-down."""
     fig.update_layout(
-        title=dict(text=f"{label.capitalize()} — {result.get('model', '')}, N = {result.get('n_images', '?')}, "
-                        f"seed {result.get('seed', '?')} (n/a = not applicable)", x=0.0),
-        xaxis_title="defense", yaxis=dict(title="attack", autorange="reversed", type="category"),
-        margin=dict(l=50, r=20, t=60, b=60), height=max(300, 90 + 45 * len(ylabels)),
+        title=dict(text=title, x=0.0), xaxis_title=x_title,
+        yaxis=dict(title=y_title, autorange="reversed", type="category"),
+        margin=dict(l=50, r=20, t=60, b=bottom), height=height,
     )
     return fig

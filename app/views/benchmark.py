@@ -25,7 +25,7 @@ def main() -> None:
                 "deployable defense directly (PGD through model ∘ defense with a straight-through gradient). "
                 "The **defense-aware** row is an attack that also targets the defense's own decision: for the "
                 "label-free `nip` it fools the benign-neighbour vote too, which is `nip`'s weak point "
-                "(on the MNIST report split `nip` still wins 78% of the time against it). "
+                f"({C.aware_note()}). "
                 "`nip-oracle` uses true labels, so it is not deployable and has no adaptive number.")
     with st.form(P + "form"):
         c = st.columns([2, 3, 3, 1, 1])

@@ -360,7 +360,7 @@ def main() -> None:
     with st.sidebar:
         st.markdown("### About the defense modes")
         st.markdown("\n".join(f"- `{k}`: {v}" for k, v in MODE_NOTES.items()))
-        st.info(C.LABEL_FREE_NOTE)
+        st.info(C.label_free_note())
         st.caption("The page URL holds the configuration of the last run: copy it to share the view.")
 
     C.byom_panel()
@@ -394,7 +394,7 @@ def main() -> None:
         if attack == "nip-aware":
             st.caption("`nip-aware` knows the label-free `nip`: it fools the model and nip's neighbour vote at "
                        "once (through the binarisation, and trying up to 3 wrong classes). Pair it with the `nip` "
-                       "defense: on the MNIST report split nip still wins 78% of the time, and loses the rest.")
+                       f"defense: {C.aware_note()}, and loses the rest.")
         note = MODE_NOTES.get(defense, DEFENSES[defense].spec.summary)
         (st.warning if not DEFENSES[defense].deployable else st.caption)(f"`{defense}`: {note}.")
 

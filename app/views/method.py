@@ -40,7 +40,7 @@ def main() -> None:
                 "prediction, NIP goes toward that noisy prediction instead (the *pocket rule*). Other inputs pass "
                 "unchanged. On ImageNet and user models (no labelled benign set) it falls back to `nip-topk`. "
                 "See docs/nip-research.md.")
-    st.warning(C.LABEL_FREE_NOTE)
+    st.warning(C.label_free_note())
 
     st.subheader("What each chart shows")
     st.markdown(
