@@ -27,7 +27,7 @@ MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
-PREPROCESS = ("mnist", "imagenet")
+PREPROCESS = ("mnist", "imagenet", "natural")
 _ACCEPTED = "a PNG, JPEG, WebP, BMP or GIF image"
 
 # Leading bytes of common files we refuse, so the message can say what the file looks like.
@@ -155,10 +155,12 @@ def to_model_input(img: Image.Image, *, channels: int, size: int, preprocess: st
     Args:
         img: a PIL image (any mode; normally the output of :func:`decode_image`).
         channels: 1 for a grey model, 3 for an RGB model.
-        size: the model's square input side in pixels (28 for MNIST, 224 for ImageNet).
+        size: the model's square input side in pixels (28 for MNIST, 32 for CIFAR-10, 224 for ImageNet).
         preprocess: ``"mnist"`` — grey, inverted when the background is bright, digit cropped
             to its ink, scaled to fit ``size*20/28`` pixels and centred by centre of mass;
-            ``"imagenet"`` — shorter side resized to ``round(size*256/224)`` then centre-cropped.
+            ``"imagenet"`` — shorter side resized to ``round(size*256/224)`` then centre-cropped;
+            ``"natural"`` — shorter side resized to ``size`` then centre-cropped (no margin: small
+            whole-scene images such as CIFAR-10's 32×32 photos).
 
     Returns:
         float32 tensor ``[channels, size, size]`` in [0,1], not normalised.
@@ -175,14 +177,16 @@ def to_model_input(img: Image.Image, *, channels: int, size: int, preprocess: st
     if preprocess == "mnist":
         x = _mnist_digit(rgb, size)
         return x.expand(channels, size, size).contiguous()
-    x = _imagenet_crop(rgb, size)
+    short_side = size if preprocess == "natural" else round(size * 256 / 224)
+    x = _resize_centre_crop(rgb, short_side, size)
     if channels == 1:
         x = TF.rgb_to_grayscale(x, num_output_channels=1)
     return x.clamp(0.0, 1.0).contiguous()
 
 
-def _imagenet_crop(rgb: Image.Image, size: int) -> torch.Tensor:
-    resized = TF.resize(rgb, round(size * 256 / 224), interpolation=InterpolationMode.BILINEAR, antialias=True)
+def _resize_centre_crop(rgb: Image.Image, short_side: int, size: int) -> torch.Tensor:
+    """Shorter side resized to ``short_side`` (aspect kept), then the central ``size``×``size`` square."""
+    resized = TF.resize(rgb, short_side, interpolation=InterpolationMode.BILINEAR, antialias=True)
     return TF.to_tensor(TF.center_crop(resized, [size, size])).float()
 
 

@@ -9,5 +9,6 @@ from __future__ import annotations
 from nip_core.models.base import LoadedModel, ModelSpec, MODELS, load_model, model_names
 from nip_core.models import lenet as _lenet  # noqa: F401  (registers lenet-mnist)
 from nip_core.models import efficientnet as _efficientnet  # noqa: F401  (registers efficientnet-lite0)
+from nip_core.models import resnet8 as _resnet8  # noqa: F401  (registers resnet8-cifar10)
 
 __all__ = ["LoadedModel", "ModelSpec", "MODELS", "load_model", "model_names"]
