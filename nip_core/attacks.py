@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nip_core.data import defaults_chain
 from nip_core.errors import InputError
 from nip_core.models.base import LoadedModel
 from nip_core.params import Param, Registry, Spec
@@ -48,7 +49,7 @@ class Attack:
 
     def params_for(self, model: LoadedModel, values: dict | None = None) -> dict[str, Any]:
         """Validated parameters: spec defaults, then the dataset's defaults, then ``values``."""
-        params = self.spec.validate_for(self.dataset_defaults, model.spec.gallery, values)
+        params = self.spec.validate_for(self.dataset_defaults, defaults_chain(model), values)
         if params.get("target", -1) >= model.num_classes:
             raise InputError(f"parameter 'target' must be -1 (untargeted) or a class in [0, {model.num_classes - 1}]; "
                              f"got {params['target']}.")
@@ -74,7 +75,7 @@ def _iters(default: int, hi: int = 1000, name: str = "max_iter") -> Param:
 
 
 TARGET = Param("target", "int", -1, -1, 999, help="-1 untargeted, else the target class")
-MNIST, IMAGENET = "mnist", "imagenet"
+MNIST, IMAGENET, FASHION = "mnist", "imagenet", "fashion"
 
 
 def register(name: str, summary: str, params: list[Param], build, targeted_ok: bool = True,

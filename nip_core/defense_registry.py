@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from nip_core.data import defaults_chain
 from nip_core.influence import METHODS, influence_profile
 from nip_core.models.base import LoadedModel
 from nip_core.params import Param, Registry, Spec
@@ -62,7 +63,7 @@ class Defense:
         return self.spec.name
 
     def params_for(self, model: LoadedModel, values: dict | None = None) -> dict[str, Any]:
-        p = self.spec.validate_for(self.dataset_defaults, model.spec.gallery, values)
+        p = self.spec.validate_for(self.dataset_defaults, defaults_chain(model), values)
         if p.get("layer") not in (None, "default"):
             model.layer(p["layer"])
         return p

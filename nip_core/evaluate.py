@@ -31,7 +31,7 @@ import torch
 
 from nip_core.analysis import suppression_stats
 from nip_core.attacks import ATTACKS, run_attack
-from nip_core.data import heldout_split, mnist
+from nip_core.data import dataset_of, heldout_split
 from nip_core.defenses import DEFENSES, DefendedNet, apply_defense
 from nip_core.errors import InputError
 from nip_core.models import load_model
@@ -55,8 +55,6 @@ SUITES: dict[str, dict[str, Any]] = {
                      ("random-sign", {}), ("nip-oracle", {}), ("nip-global", {}), ("nip", {})],
     },
 }
-ADAPTIVE = {"mnist": {"eps": 0.3, "eps_step": 0.03, "max_iter": 20},
-            "imagenet": {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}}
 
 
 
@@ -180,7 +178,7 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
 
     adaptive_out: dict[str, dict[str, Any]] = {}
     if adaptive:
-        ap = ADAPTIVE[model.spec.gallery]
+        ap = dataset_of(model).adaptive
         for d, dp in def_units:
             d_label = unit_label(d, dp)
             if DEFENSES[d].needs_labels:
@@ -218,7 +216,7 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
                 summary[key][d] = summary[key][unit_label(d, dp)]
     if [d for d, _ in def_units].count(paired_with) == 1:
         summary["paired"] = paired_comparisons(rows, benign, paired_with)
-    x_test, y_test = mnist("test") if model.spec.gallery == "mnist" else (x, y)
+    x_test, y_test = dataset_of(model).heldout(model) if getattr(model.spec, "gallery_labels", True) else (x, y)
     return {
         "model": model_name, "weights_sha256": model.weights_sha256, "split": split, "seed": seed,
         "n_images": len(y), "attacks": [unit_label(a, p) for a, p in att_units],
@@ -236,16 +234,15 @@ def split_warnings(model, split: str, n: int, defenses: list[str]) -> list[str]:
     """What a reader of the table must know about the images it was measured on: a table that
     includes the held-out images a defense placed its thresholds on (``Defense.calibration_split``;
     for the label-free ``nip``, MNIST positions 500 on) flatters that defense."""
-    from nip_core.data import SPLITS
-
-    lo, hi = SPLITS[split]
+    ds = dataset_of(model)
+    lo, hi = ds.splits[split]
     end = lo + n if hi is None else min(lo + n, hi)
     out = []
     for d in dict.fromkeys(defenses):
         cal = DEFENSES[d].calibration_split
-        if cal is None or model.spec.gallery != "mnist":
+        if cal is None or not ds.builtin_calibration:
             continue
-        c_lo, c_hi = SPLITS[cal]
+        c_lo, c_hi = ds.splits[cal]
         if lo < (c_hi if c_hi is not None else float("inf")) and end > c_lo:
             out.append(f"the {n} images of split {split!r} include held-out positions {c_lo}+ (the {cal!r} "
                        f"split), on which '{d}' places its detector thresholds; its numbers there are "

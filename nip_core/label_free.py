@@ -38,8 +38,9 @@ Known limitations (measured in ``docs/nip-research.md``):
 * The binarised vote's robustness (``nip-aware``: .78 on the report split, against .13 for a
   vote on the raw input) is an MNIST property: near-binary pixels and ε = 0.3. It does not hold
   for natural images or larger budgets.
-* It needs a labelled benign set in the model's label space (MNIST training digits). On ImageNet
-  and on user models it falls back to the top-K NIP of ``nip_core.nip``.
+* It needs a labelled benign set in the model's label space (``nip_core.calibration``: built in
+  for MNIST and Fashion-MNIST; ``calibrate --data`` for other models). Without one it passes
+  inputs through unchanged, and says so, rather than guess (never harm).
 """
 from __future__ import annotations
 
@@ -48,11 +49,12 @@ import threading
 
 import torch
 
-from nip_core.data import benign_reference, heldout_split
+from nip_core.calibration import Calibration, calibration_for, how_to_calibrate
 from nip_core.defense_registry import DEFENSES, NIP_IMAGENET, NIP_PARAMS, nip_profile, register
+from nip_core.errors import InputError
 from nip_core.influence import InfluenceProfile, capture_hook
 from nip_core.models.base import LoadedModel
-from nip_core.nip import inverse_perturbation, nip_defend, selection_scores
+from nip_core.nip import inverse_perturbation, selection_scores
 from nip_core.params import Param
 
 # ---------------------------------------------------------------------------------------------
@@ -192,15 +194,19 @@ class NeighbourSelector:
     """
 
     def __init__(self, model: LoadedModel, layers: list[str], neighbours: int, per_class: int,
-                 vote_weight: float = 0.0, binarize: float = 0.0) -> None:
+                 vote_weight: float = 0.0, binarize: float = 0.0, calibration: Calibration | None = None) -> None:
         self.model, self.layers, self.k, self.vote_weight = model, layers, neighbours, vote_weight
         self.binarize = binarize
-        x, y = benign_reference(model, per_class)
+        cal = calibration or calibration_for(model)
+        if cal is None:
+            raise InputError(how_to_calibrate(model))
+        self.calibration = cal
+        x, y = cal.reference(per_class)
         outs, _ = _outputs(model, x, layers)
         self.ranges = {name: (outs[name].flatten(1).amin(0), outs[name].flatten(1).amax(0)) for name in layers}
         vote_outs = self._vote_outputs(x, outs)
         self.banks = {name: _bank(name, vote_outs[name], y) for name in layers}
-        xc, _ = heldout_split(model, "calib")
+        xc = cal.calib_x
         self.calibration_size = len(xc)
         self.reference_scores = self.scores(xc)[0]
 
@@ -262,12 +268,16 @@ class NeighbourSelector:
 
 def neighbour_selector(model: LoadedModel, layers: list[str], neighbours: int = 10, per_class: int = 400,
                        vote_weight: float = 30.0, binarize: float = 0.0) -> NeighbourSelector:
-    """The selector for these settings, built once per process (one pass over the benign sets)."""
-    key = json.dumps([model.name, model.weights_sha256, layers, neighbours, per_class, vote_weight, binarize])
+    """The selector for these settings and the model's current calibration, built once per process
+    (one pass over the benign sets)."""
+    cal = calibration_for(model)
+    if cal is None:
+        raise InputError(how_to_calibrate(model))
+    key = json.dumps([model.name, model.weights_sha256, cal.key, layers, neighbours, per_class, vote_weight, binarize])
     # Same lock order as apply_defense (model lock first), so concurrent sessions cannot deadlock.
     with model.lock, _BANKS_LOCK:
         if key not in _BANKS:
-            _BANKS[key] = NeighbourSelector(model, layers, neighbours, per_class, vote_weight, binarize)
+            _BANKS[key] = NeighbourSelector(model, layers, neighbours, per_class, vote_weight, binarize, cal)
         return _BANKS[key]
 
 
@@ -380,7 +390,7 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
 def explain_decision(model: LoadedModel, x: torch.Tensor, p: dict, seed: int = 0) -> list[dict] | None:
     """Why ``nip`` defends each input as it does: detector scores against their thresholds, the
     gate, the neighbour vote, the pocket rule, which of the two chose, and the class NIP is pointed
-    at (None where ``nip`` falls back to top-K). Plain numbers, for the app and the CLI's summary."""
+    at (None where ``nip`` has no calibration and passes inputs through). Plain numbers, for the app and the CLI's summary."""
     if not uses_neighbours(model):
         return None
     sel = selector_for(model, p)
@@ -447,7 +457,7 @@ def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, 
     ``stealth`` > 0 the attacker also tries to hide from the abnormal-neuron detector. When model
     and vote agree on ``t``, the support and margin detectors stay quiet, and if the
     abnormal-neuron detector fires, NIP is pointed at ``t``. Returns None where ``nip`` does not
-    use the vote (it falls back to top-K NIP there).
+    use the vote (no calibration: it passes inputs through there).
     """
     if not uses_neighbours(model):
         return None
@@ -535,18 +545,18 @@ def _select_layers(model: LoadedModel, p: dict) -> list[str]:
 
 
 def uses_neighbours(model: LoadedModel) -> bool:
-    """Whether ``nip`` can use the benign-neighbour vote on this model: it needs a labelled benign
-    set in the model's label space. ImageNet ships a handful of photos, and a user's model does
-    not share MNIST's labels; there ``nip`` falls back to the top-K NIP of ``nip_core.nip``."""
-    return model.spec.gallery == "mnist" and getattr(model.spec, "gallery_labels", True)
+    """Whether ``nip`` can use the benign-neighbour vote on this model: it needs a calibration, a
+    labelled benign set in the model's label space (``nip_core.calibration``: MNIST and
+    Fashion-MNIST have one built in; other models get one with ``calibrate --data``). Without it
+    ``nip`` passes inputs through unchanged (never harm): the top-K fallback it used before turned
+    half of the correctly classified ImageNet photos wrong."""
+    return calibration_for(model) is not None
 
 
 def _nip_neighbours_transform(model, x, p, y, seed):
-    prof = nip_profile(model, p)
     if not uses_neighbours(model):
-        xd, _ = nip_defend(model, x, prof, mode="topk", k=p["k"], budget=p["budget"], steps=p["steps"],
-                           step_size=p["step_size"], candidates=p["candidates"], rule=p["rule"])
-        return xd
+        return x.clone()
+    prof = nip_profile(model, p)
     xd, _ = nip_neighbours(model, x, prof, select_layers=_select_layers(model, p), neighbours=p["neighbours"],
                            false_alarm=p["false_alarm"], k=p["k"], budget=p["budget"], steps=p["steps"],
                            step_size=p["step_size"], candidates=p["candidates"], rule=p["rule"],

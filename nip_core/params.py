@@ -92,10 +92,16 @@ class Spec:
             out[key] = known[key].coerce(value)
         return out
 
-    def validate_for(self, dataset_defaults: Mapping[str, Mapping[str, Any]], dataset: str,
+    def validate_for(self, dataset_defaults: Mapping[str, Mapping[str, Any]], dataset: str | Sequence[str],
                      values: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Spec defaults, then ``dataset``'s defaults, then ``values``; validated as :meth:`validate`."""
-        merged = dict(dataset_defaults.get(dataset, {}))
+        """Spec defaults, then the dataset's defaults, then ``values``; validated as :meth:`validate`.
+
+        ``dataset`` is one dataset key or a chain of them, most general first
+        (``nip_core.data.defaults_chain``: CIFAR-10 takes ImageNet's defaults unless it has its own).
+        """
+        merged: dict[str, Any] = {}
+        for key in ([dataset] if isinstance(dataset, str) else dataset):
+            merged.update(dataset_defaults.get(key, {}))
         merged.update(values or {})
         return self.validate(merged)
 

@@ -104,14 +104,12 @@ def test_deterministic_and_registered_as_nip(lenet, digits):
     assert "nip-topk" in DEFENSES and DEFENSES["nip-topk"].deployable
 
 
-def test_neighbour_vote_only_where_a_labelled_benign_set_exists(lenet):
-    from types import SimpleNamespace
-
-    from nip_core.models import MODELS
+def test_neighbour_vote_only_where_a_calibration_exists(lenet):
     from nip_core.label_free import uses_neighbours
+    from nip_core.models import load_model
 
     assert uses_neighbours(lenet)
-    assert not uses_neighbours(SimpleNamespace(spec=MODELS["efficientnet-lite0"]))
+    assert not uses_neighbours(load_model("resnet8-cifar10"))
 
 
 def test_defense_aware_attack_fools_the_vote(lenet, digits):
