@@ -1,4 +1,4 @@
-"""Command line: ``python -m nip_core list|evaluate|explain|train|profile|bench``.
+"""Command line: ``python -m nip_core list|evaluate|explain|train|profile|calibrate|bench``.
 
 Bad arguments or inputs exit with status 2 and one readable line on stderr.
 """
@@ -185,18 +185,61 @@ def cmd_train(args) -> int:
     return 0
 
 
+def load_data_arg(path: str, model, split: str = "all", seed: int = 0):
+    """``--data PATH`` read in the model's classes and geometry, cut to ``split``; prints one
+    summary line (read / skipped) on stderr. Returns (LabelledData, x, y) of the split."""
+    import torch
+
+    from nip_core.sources.userdata import load_labelled_data, split_indices
+
+    data = load_labelled_data(path, class_names=model.class_names, channels=model.spec.input_channels,
+                              size=model.spec.input_size, preprocess=model.spec.preprocess)
+    print(data.summary_line(), file=sys.stderr)
+    idx = torch.from_numpy(split_indices(len(data.y), split, seed).copy())
+    return data, data.x[idx], data.y[idx]
+
+
 def cmd_profile(args) -> int:
     from nip_core.influence import influence_profile, save_profile_to_assets
     from nip_core.models import load_model
 
     model = load_model(args.model)
     layers = model.spec.layers if args.layer == "all" else [args.layer or model.spec.default_layer]
+    data = None
+    if args.data:
+        if args.ship:
+            raise _input_error("--ship writes the shipped profiles of the model's own data; drop it with --data.")
+        d, x, y = load_data_arg(args.data, model, args.split, args.seed)
+        data = (x, y, f"{d.data_sha256}-{args.split}-{args.seed}")
     for layer in layers:
-        prof = influence_profile(model, layer, args.method, args.n_steps)
+        prof = influence_profile(model, layer, args.method, args.n_steps, data=data)
         if args.ship:
             save_profile_to_assets(prof, model)
         print(f"{model.name} {layer} {args.method}: {prof.n_neurons} neurons, {int(prof.dead.sum())} dead, "
-              f"{len(prof.per_class)} class profiles")
+              f"{len(prof.per_class)} class profiles" + (f" from {args.data} ({args.split})" if data else ""))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from nip_core.byom import resolve_model
+    from nip_core.calibration import calibrate, forget_user_calibration
+    from nip_core.models import load_model
+
+    model = load_model(resolve_model(args))
+    if args.forget:
+        forget_user_calibration(model)
+        print(f"{model.name}: back to its built-in calibration (if any)", file=sys.stderr)
+        return 0
+    data = None
+    if args.data:
+        data, _, _ = load_data_arg(args.data, model)
+    cal, path = calibrate(model, data, seed=args.seed, ship=args.ship)
+    info = cal.to_json() | {"path": str(path)}
+    if data is not None:
+        info["skipped"] = data.skipped
+    print(json.dumps(info, indent=2, default=str))
+    print(f"calibrated nip for {model.name}: {info['bank_images']} bank images in {info['classes_in_bank']} classes, "
+          f"{info['calib_images']} calibration images → {path}", file=sys.stderr)
     return 0
 
 
@@ -265,7 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="conductance", choices=["conductance", "grad_x_act"])
     s.add_argument("--n-steps", type=int, default=16)
     s.add_argument("--ship", action="store_true", help="write into assets/profiles")
+    s.add_argument("--data", help="profile your own labelled images: an ImageFolder, a .zip of one, or an .npz")
+    s.add_argument("--split", default="all", choices=["all", "tune", "report", "calib"],
+                   help="with --data: which seeded split of the data (docs/data.md)")
+    s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_profile)
+
+    s = sub.add_parser("calibrate", help="build the benign bank the label-free nip needs (cached on disk)")
+    s.add_argument("--model", help="a registered model, or bring your own with --arch/--weights/--classes")
+    add_byom_arguments(s)
+    s.add_argument("--data", help="labelled benign images in the model's classes: an ImageFolder, a .zip of one, "
+                                  "or an .npz with x and y (default: the model's own training data)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the data's split (its calib part is used)")
+    s.add_argument("--ship", action="store_true", help="write the built-in calibration into assets/calibration")
+    s.add_argument("--forget", action="store_true", help="drop the user calibration of this model")
+    s.set_defaults(fn=cmd_calibrate)
 
     s = sub.add_parser("bench", help="performance against the compute floor")
     s.add_argument("--quick", action="store_true")

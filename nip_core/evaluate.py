@@ -48,6 +48,21 @@ SUITES: dict[str, dict[str, Any]] = {
         "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("median", {}), ("gaussian", {}),
                      ("random-sign", {}), ("nip-oracle", {}), ("nip-global", {}), ("nip", {})],
     },
+    "paper-fashion": {
+        "model": "lenet-fashion",
+        "attacks": [("fgsm", {"eps": 0.05}), ("fgsm", {"eps": 0.1}), ("fgsm", {"eps": 0.2}),
+                    ("pgd", {"eps": 0.1, "eps_step": 0.01, "max_iter": 40}), ("cw-l2", {}), ("deepfool", {}),
+                    ("mifgsm", {"eps": 0.1, "eps_step": 0.01})],
+        "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("median", {}), ("gaussian", {}),
+                     ("random-sign", {}), ("nip-oracle", {}), ("nip-global", {}), ("nip", {})],
+    },
+    "paper-cifar10": {
+        "model": "resnet8-cifar10",
+        "attacks": [("fgsm", {"eps": 2 / 255}), ("fgsm", {"eps": 8 / 255}),
+                    ("pgd", {"eps": 8 / 255, "eps_step": 2 / 255, "max_iter": 20}), ("cw-l2", {}), ("deepfool", {})],
+        "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("median", {}), ("gaussian", {}),
+                     ("random-sign", {}), ("nip-oracle", {}), ("nip-global", {}), ("nip", {})],
+    },
     "paper-imagenet": {
         "model": "efficientnet-lite0",
         "attacks": [("fgsm", {"eps": 2 / 255}), ("pgd", {"eps": 4 / 255, "max_iter": 10})],

@@ -335,9 +335,11 @@ _PROFILES: dict[str, InfluenceProfile] = {}
 _PROFILES_LOCK = threading.Lock()
 
 
-def _profile_key(model: LoadedModel, layer: str, method: str, n_steps: int, per_class: int) -> str:
-    blob = json.dumps({"w": model.weights_sha256, "layer": layer, "method": method, "n_steps": n_steps,
-                       "per_class": per_class, "v": 2}, sort_keys=True)
+def _profile_key(model: LoadedModel, layer: str, method: str, n_steps: int, per_class: int,
+                 data: str | None = None) -> str:
+    fields = {"w": model.weights_sha256, "layer": layer, "method": method, "n_steps": n_steps,
+              "per_class": per_class, "v": 2} | ({"data": data} if data else {})
+    blob = json.dumps(fields, sort_keys=True)
     return f"{model.name}-{layer}-{method}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
@@ -347,25 +349,37 @@ def shipped_profile_dir():
 
 def influence_profile(model: LoadedModel, layer: str | None = None, method: str = "conductance",
                       n_steps: int = DEFAULT_STEPS, per_class: int = 100, use_cache: bool = True,
-                      progress: Callable[[float, str], None] | None = None) -> InfluenceProfile:
+                      progress: Callable[[float, str], None] | None = None,
+                      data: tuple[torch.Tensor, torch.Tensor, str] | None = None) -> InfluenceProfile:
     """The benign influence profile of ``layer``, from memory, disk, shipped assets or computed.
 
     The disk cache key covers the weights hash, layer, method and parameters, so a retrained
     model or a different method never reuses a stale profile.
+
+    Args:
+        data: ``(x, y, content_sha256)``: labelled benign images of the user's (``profile --data``)
+            to profile instead of the dataset's references; the hash joins the cache key.
     """
-    from nip_core.data import benign_reference
+    from nip_core.data import benign_reference, dataset_of
 
     _check_method(method)
     layer = layer or model.spec.default_layer
     model.layer(layer)
-    key = _profile_key(model, layer, method, n_steps, per_class)
+    key = _profile_key(model, layer, method, n_steps, per_class, data[2] if data else None)
     with _PROFILES_LOCK:
         if use_cache and key in _PROFILES:
             return _PROFILES[key]
     def reference() -> tuple[torch.Tensor, torch.Tensor]:  # loaded only when something is computed
+        if data is not None:
+            x, y = data[0], data[1]
+            keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in sorted(set(y.tolist()))])
+            return x[keep.sort().values], y[keep.sort().values]
         return benign_reference(model, per_class)
 
-    labelled = model.spec.gallery == "mnist" and getattr(model.spec, "gallery_labels", True)
+    # Per-class profiles where the references are labelled training images in the model's classes
+    # (MNIST, Fashion-MNIST, a user's labelled data); elsewhere classes are filled on demand.
+    labelled = data is not None or (dataset_of(model).builtin_calibration
+                                    and getattr(model.spec, "gallery_labels", True))
 
     def fill(classes: list[int]) -> torch.Tensor:
         # Classes with no benign examples: influence toward each class over every reference

@@ -226,10 +226,10 @@ def test_npz_float_nchw_skips_bad_items(tmp_path):
 
 
 def test_npz_grey_nhw_is_preprocessed_exactly_like_an_upload(tmp_path):
-    x = np.zeros((2, 28, 28), dtype=np.uint8)
-    x[0, 6:22, 12:15] = 255                       # a "1"
-    x[1, 8:20, 8:20] = 255
-    x[1, 11:17, 11:17] = 0                        # a "0"
+    x = np.zeros((2, 40, 40), dtype=np.uint8)      # not the model's 28×28: preprocessed like an upload
+    x[0, 6:32, 18:22] = 255                       # a "1"
+    x[1, 8:30, 8:30] = 255
+    x[1, 13:25, 13:25] = 0                        # a "0"
     np.savez(tmp_path / "d.npz", x=x, y=np.array([1, 0], dtype=np.uint8))
     data = load_labelled_data(tmp_path / "d.npz", class_names=[str(i) for i in range(10)],
                               channels=1, size=28, preprocess="mnist")
@@ -239,6 +239,17 @@ def test_npz_grey_nhw_is_preprocessed_exactly_like_an_upload(tmp_path):
         Image.fromarray(x[i]).save(path)
         upload = load_image_file(path, channels=1, size=28, preprocess="mnist")
         assert torch.equal(data.x[i], upload)
+
+
+def test_npz_in_the_models_geometry_keeps_its_pixels(tmp_path):
+    """Arrays already shaped for the model (N×28×28 for LeNet) are used as they are: the upload
+    preprocessing (crop and re-centre) would cost accuracy on data made for the model."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([1, 0, 2]))
+    data = load_labelled_data(tmp_path / "d.npz", class_names=[str(i) for i in range(10)],
+                              channels=1, size=28, preprocess="mnist")
+    assert torch.equal(data.x, torch.from_numpy(x.astype(np.float32) / 255.0)[:, None])
 
 
 @pytest.mark.parametrize("arrays, message", [
