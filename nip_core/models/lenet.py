@@ -60,4 +60,5 @@ SPEC = register_model(ModelSpec(
     summary="LeNet-5 CNN trained on 4,000 real MNIST digits (28×28 gray)",
     input_channels=1, input_size=28, preprocess="mnist", gallery="mnist",
     layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1", factory=_load,
+    affine_layers=("fc2",),
 ))

@@ -1,0 +1,78 @@
+"""Warm the shared caches once per server process, in a background thread.
+
+The first session to run the app starts :func:`start`; the page does not wait for it. The thread
+fills the same ``st.cache_resource`` / ``st.cache_data`` entries the pages use (models, galleries,
+influence profiles, calibration) and runs each model's default Explore view once, so the engine's
+one-time costs (library imports, the label-free ``nip``'s benign bank, first passes through each
+network) are paid before a visitor asks. The model a shared link names goes first. The thread
+runs at a lower OS priority than the sessions, and every computation goes through the same run
+queue, so a visitor's run is never stuck behind more than one warm-up step.
+
+Set ``NIP_NO_WARMUP=1`` to switch it off (tests that time cold starts, debugging).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+log = logging.getLogger("nip_explorer.warmup")
+_LOCK = threading.Lock()
+_THREAD: threading.Thread | None = None
+DONE = threading.Event()
+ENABLED = os.environ.get("NIP_NO_WARMUP", "") in ("", "0")   # in-process tests switch it off
+
+
+def start(first: str | None = None) -> threading.Thread | None:
+    """Start the warm-up thread once per process; ``first``: a model to warm before the others."""
+    global _THREAD
+    with _LOCK:
+        if _THREAD is None and ENABLED:
+            _THREAD = threading.Thread(target=_run, args=(first,), name="nip-explorer-warmup", daemon=True)
+            _THREAD.start()
+        return _THREAD
+
+
+def order(first: str | None) -> list[str]:
+    """Built-in models, ``first`` (if it is one) first, then the default model, then the rest."""
+    from nip_core.byom import is_custom
+    from nip_core.models import MODELS
+
+    shipped = [m for m in MODELS if not is_custom(m)]
+    head = [m for m in (first, "lenet-mnist") if m in shipped]
+    return list(dict.fromkeys(head + shipped))
+
+
+def _run(first: str | None) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)   # Linux: per-thread niceness
+    except (AttributeError, OSError):
+        pass
+    try:
+        for name in order(first):
+            warm_model(name)
+    except Exception:   # a warm-up failure only costs speed; the page reports real errors itself
+        log.exception("warm-up stopped")
+    finally:
+        DONE.set()
+
+
+def warm_model(name: str) -> None:
+    """Load one model's shared objects and run its default Explore view (default image, attack, defense)."""
+    from app import common as C
+
+    model = C.get_model(name)
+    entries = C.gallery_entries(name)
+    layer = model.spec.default_layer
+    C.get_profile(name, layer, "conductance")
+    C.has_calibration(name)
+    e = entries[0]
+    # Explore's default view of this model, built as the page builds it: the same cache entry.
+    C.explanation(*C.build_request(name, e["key"], None, e["label"], "fgsm", {}, "nip", {}, layer,
+                                   "conductance", 0.2, 0))
+    from app import tour as T
+
+    for step in T.STEPS:   # the guided tour's example images
+        if not step.photo and T.why_not(step, name) is None:
+            T.step_image(step, name)
+    log.info("warmed %s", name)
