@@ -55,9 +55,9 @@ def test_targeted_attack_hits_target(lenet, digits):
 def test_defense_runs_is_deterministic_and_stays_in_range(lenet, digits, name):
     x, y = digits
     params = {"max_iter": 2} if name == "tvm" else {}
-    r = apply_defense(lenet, name, x[:4], params, y=y[:4], seed=1)
+    r = apply_defense(lenet, name, x[:4], params, y=y[:4], seed=1, x_benign=x[:4])
     assert r.x_def.shape == x[:4].shape and 0 <= float(r.x_def.min()) and float(r.x_def.max()) <= 1
-    again = apply_defense(lenet, name, x[:4], params, y=y[:4], seed=1)
+    again = apply_defense(lenet, name, x[:4], params, y=y[:4], seed=1, x_benign=x[:4])
     assert torch.equal(r.x_def, again.x_def)
     if "budget" in r.params:
         assert (r.x_def - x[:4]).abs().max() <= r.params["budget"] + 1e-5
