@@ -14,10 +14,10 @@ QUICK = {
     "mifgsm": {"max_iter": 5}, "apgd": {"max_iter": 5}, "cw-l2": {"max_iter": 5, "binary_search_steps": 2},
     "deepfool": {"max_iter": 10}, "ead": {"max_iter": 5, "binary_search_steps": 1}, "square": {"max_iter": 30},
     "hsj": {"max_iter": 2, "max_eval": 50, "init_eval": 10}, "pixel": {"max_iter": 2, "pixels": 3},
-    "simba": {"max_iter": 50}, "universal": {"max_iter": 1},
+    "simba": {"max_iter": 50}, "universal": {"max_iter": 1}, "autoattack": {"max_iter": 5, "square_queries": 20},
 }
 # Attacks that reliably fool LeNet on these digits even with QUICK settings.
-STRONG = {"fgsm", "pgd", "pgd-l2", "mifgsm", "apgd", "cw-l2", "deepfool", "hsj"}
+STRONG = {"fgsm", "pgd", "pgd-l2", "mifgsm", "apgd", "cw-l2", "deepfool", "hsj", "autoattack"}
 
 
 def test_at_least_thirteen_attacks_both_access_kinds():
