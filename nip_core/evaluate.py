@@ -636,7 +636,7 @@ def _device() -> str:
 CSV_FIELDS = ["attack", "defense", "deployable", "n", "adv_accuracy", "defended_adv_accuracy", "benign_accuracy",
               "defense_success_rate", "n_successful_adv", "linf_mean", "l2_mean", "defense_linf_mean",
               "attack_seconds_per_image", "defense_seconds_per_image", "adaptive_accuracy",
-              "adaptive_aware_accuracy"]
+              "adaptive_aware_accuracy", "blackbox_accuracy"]
 
 
 def to_csv(result: dict[str, Any]) -> str:
@@ -647,7 +647,8 @@ def to_csv(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         ad = result["adaptive"].get(r["defense"], {})
         w.writerow(r | {"adaptive_accuracy": ad.get("accuracy"),
-                        "adaptive_aware_accuracy": ad.get("aware", {}).get("accuracy")})
+                        "adaptive_aware_accuracy": ad.get("aware", {}).get("accuracy"),
+                        "blackbox_accuracy": ad.get("blackbox", {}).get("accuracy")})
     return buf.getvalue()
 
 
