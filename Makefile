@@ -9,7 +9,7 @@ REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 PORT ?= 8501
 
-.PHONY: run test venv chromium bench evaluate-paper
+.PHONY: run test venv chromium bench evaluate-paper evaluate-fashion evaluate-cifar10 evaluate-imagenet
 
 venv: $(STAMP)
 
@@ -33,5 +33,15 @@ test: $(STAMP) chromium
 bench: $(STAMP)
 	$(PY) -m nip_core bench --out docs/bench.json
 
+# The shipped report tables (docs/results/): each run is disclosed in docs/nip-research.md.
 evaluate-paper: $(STAMP)
-	$(PY) -m nip_core evaluate --model lenet-mnist --suite paper-mnist --split report --out docs/results/paper-mnist-report.json
+	$(PY) -m nip_core evaluate --suite paper-mnist --split report --out docs/results/paper-mnist-report.json
+
+evaluate-fashion: $(STAMP)
+	$(PY) -m nip_core evaluate --suite paper-fashion --split report --out docs/results/paper-fashion-report.json
+
+evaluate-cifar10: $(STAMP)
+	$(PY) -m nip_core evaluate --suite paper-cifar10 --split report --out docs/results/paper-cifar10.json
+
+evaluate-imagenet: $(STAMP)
+	$(PY) -m nip_core evaluate --suite paper-imagenet --split report --out docs/results/paper-imagenet.json

@@ -28,6 +28,22 @@ def suppression_stats(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, 
                       layer: str | None = None, k: float = 0.2, method: str = "conductance",
                       n_steps: int = 16) -> dict[str, Any]:
     """Front/tail changes between benign and adversarial inputs (successful adversarials only)."""
+    return suppression_from_sums([suppression_sums(model, x, x_adv, y, layer, k, method, n_steps)])
+
+
+_CHANGES = ("front_activation_change", "tail_activation_change", "front_influence_change", "tail_influence_change")
+_SHARES = ("share_front_down_tail_up", "share_front_down", "share_tail_up")
+
+
+def suppression_sums(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+                     layer: str | None = None, k: float = 0.2, method: str = "conductance",
+                     n_steps: int = 16) -> dict[str, Any]:
+    """What :func:`suppression_stats` averages, as sums and counts over the successful adversarials
+    of this batch: batches (evaluation shards) combine exactly with :func:`suppression_from_sums`.
+
+    Args:
+        x, x_adv: benign and adversarial images ``[N,C,H,W]`` in [0,1]; y: true labels ``[N]``.
+    """
     layer = layer or model.spec.default_layer
     fooled = model.predict(x_adv) != y
     out: dict[str, Any] = {"layer": layer, "k": k, "method": method, "n_successful": int(fooled.sum())}
@@ -49,10 +65,22 @@ def suppression_stats(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, 
         dat = _group_mean(act_a, tm) - _group_mean(act_b, tm)
         dif = _group_mean(inf_a, fm) - _group_mean(inf_b, fm)
         dit = _group_mean(inf_a, tm) - _group_mean(inf_b, tm)
-        out[kind] = {
-            "front_activation_change": float(daf.mean()), "tail_activation_change": float(dat.mean()),
-            "front_influence_change": float(dif.mean()), "tail_influence_change": float(dit.mean()),
-            "share_front_down_tail_up": float(((daf < 0) & (dat > 0)).float().mean()),
-            "share_front_down": float((daf < 0).float().mean()), "share_tail_up": float((dat > 0).float().mean()),
-        }
+        sums = {name: float(v.double().sum()) for name, v in zip(_CHANGES, (daf, dat, dif, dit))}
+        counts = {name: int(v.sum()) for name, v in zip(_SHARES, ((daf < 0) & (dat > 0), daf < 0, dat > 0))}
+        out[kind] = {"sums": sums, "counts": counts}
+    return out
+
+
+def suppression_from_sums(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine :func:`suppression_sums` of disjoint batches (same layer, k, method) into the
+    means and shares of :func:`suppression_stats`, as if measured on all images at once."""
+    first = parts[0]
+    n = sum(p["n_successful"] for p in parts)
+    out: dict[str, Any] = {"layer": first["layer"], "k": first["k"], "method": first["method"], "n_successful": n}
+    if n == 0:
+        return out
+    for kind in ("true_class", "global"):
+        have = [p[kind] for p in parts if kind in p]
+        out[kind] = {name: sum(h["sums"][name] for h in have) / n for name in _CHANGES}
+        out[kind] |= {name: sum(h["counts"][name] for h in have) / n for name in _SHARES}
     return out

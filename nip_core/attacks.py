@@ -153,6 +153,31 @@ register("square", "Square Attack (Andriushchenko et al. 2020), score-based blac
          lambda c, p: _art().SquareAttack(c, norm=np.inf, eps=p["eps"], max_iter=p["max_iter"], p_init=p["p_init"],
                                           nb_restarts=1, batch_size=64, verbose=False),
          access="black-box", targeted_ok=False, dataset_defaults={IMAGENET: {"eps": 4 / 255}})
+def _autoattack(c, p):
+    """ART's AutoAttack with the field's ensemble: APGD (cross-entropy), APGD (DLR), DeepFool and
+    Square, each untargeted; the worst case per image is kept. ``restarts`` and ``square_queries``
+    default below the standard evaluation (5 restarts, 5,000 queries) to stay interactive."""
+    ev = _art()
+    eps, step = p["eps"], p["eps_step"]
+    attacks = [ev.AutoProjectedGradientDescent(c, norm=np.inf, eps=eps, eps_step=step, max_iter=p["max_iter"],
+                                               targeted=False, nb_random_init=p["restarts"], batch_size=64,
+                                               loss_type=loss, verbose=False)
+               for loss in ("cross_entropy", "difference_logits_ratio")]
+    attacks.append(ev.DeepFool(c, max_iter=100, epsilon=1e-3, nb_grads=10, batch_size=64, verbose=False))
+    attacks.append(ev.SquareAttack(c, norm=np.inf, eps=eps, max_iter=p["square_queries"], p_init=0.8,
+                                   nb_restarts=1, batch_size=64, verbose=False))
+    return ev.AutoAttack(c, norm=np.inf, eps=eps, eps_step=step, attacks=attacks, batch_size=64)
+
+
+register("autoattack", "AutoAttack (Croce & Hein 2020): APGD-CE, APGD-DLR, DeepFool and Square, worst case per "
+         "image (ART AutoAttack)",
+         [_eps(0.3), Param("eps_step", "float", 0.1, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(100),
+          Param("restarts", "int", 1, 1, 10, help="APGD random restarts (standard: 5)"),
+          Param("square_queries", "int", 1000, 10, 10000, help="Square attack queries (standard: 5,000)")],
+         _autoattack, targeted_ok=False,
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 20},
+                           FASHION: {"eps": 0.1, "eps_step": 0.03}})
+
 register("hsj", "HopSkipJump (Chen et al. 2020), decision-based black-box, L2",
          [_iters(10, 200), Param("max_eval", "int", 200, 10, 10000), Param("init_eval", "int", 20, 1, 1000)],
          lambda c, p: _art().HopSkipJump(c, max_iter=p["max_iter"], max_eval=p["max_eval"], init_eval=p["init_eval"],
@@ -282,7 +307,7 @@ def run_attack(model: LoadedModel, name: str, x: torch.Tensor, y: torch.Tensor, 
     with model.lock, RNG_LOCK:
         seed_everything(seed)
         art_attack = attack.build(art_classifier(model, net, attack.probabilities), p)
-        if name in ("jsma", "deepfool", "universal", "square") and not targeted:
+        if name in ("jsma", "deepfool", "universal", "square", "autoattack") and not targeted:
             out = art_attack.generate(x_np) if name in ("jsma", "universal") else art_attack.generate(x_np, y=onehot)
         elif name == "hsj":
             # ART's HopSkipJump draws its starting points from an unseeded RandomState; give it

@@ -330,7 +330,7 @@ def _bench_defenses(model, cfg: dict, names: list[str] | None, device: torch.dev
     out = {}
     for name in names or [d for d in DEFENSES if DEFENSES[d].family != "nip"]:
         try:
-            t = _median(lambda: apply_defense(model, name, x, {}, y=y), cfg["repeats"], device)
+            t = _median(lambda: apply_defense(model, name, x, {}, y=y, x_benign=x), cfg["repeats"], device)
         except Exception as e:
             out[name] = {"error": f"{type(e).__name__}: {e}"}
             continue

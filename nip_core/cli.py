@@ -23,15 +23,16 @@ class _LazyBar:
     """A tqdm bar drawn on the first progress message, so an input refused before any work
     leaves exactly one line (the error) on stderr."""
 
-    def __init__(self, desc: str) -> None:
-        self.desc, self.bar = desc, None
+    def __init__(self, desc: str, eta: bool = False) -> None:
+        self.desc, self.bar, self.eta = desc, None, eta
 
     def update(self, frac: float, msg: str) -> None:
         if self.bar is None:
             from tqdm import tqdm
+            clock = "{elapsed}<{remaining}" if self.eta else "{elapsed}"
             self.bar = tqdm(total=100, desc=self.desc, file=sys.stderr, leave=True,
-                            bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}")
-        self.bar.n = round(100 * frac)
+                            bar_format="{l_bar}{bar}| {n:.0f}% [" + clock + "] {postfix}")
+        self.bar.update(round(100 * frac) - self.bar.n)   # update(), not n=…, so tqdm's rate (ETA) follows
         self.bar.set_postfix_str(msg[:60])
         self.bar.refresh()
 
@@ -72,7 +73,7 @@ def cmd_list(args) -> int:
 def cmd_evaluate(args) -> int:
     from nip_core.attacks import ATTACKS
     from nip_core.defenses import DEFENSES
-    from nip_core.evaluate import SUITES, evaluate, parse_units, write_result
+    from nip_core.evaluate import SHARD_SIZE, SUITES, evaluate, parse_units, write_result
     from nip_core.models.base import get_spec
     from nip_core.byom import resolve_model
 
@@ -90,6 +91,8 @@ def cmd_evaluate(args) -> int:
         if args.defenses:
             defenses = parse_units(args.defenses, DEFENSES)
         n = args.n if args.n is not None else 10_000
+        if args.blackbox_eps is None and not args.no_blackbox:
+            args.blackbox_eps = suite.get("blackbox_eps")
     else:
         if not (args.model and args.attacks and args.defenses):
             raise _input_error("evaluate needs --model, --attacks and --defenses (or --suite).")
@@ -97,28 +100,63 @@ def cmd_evaluate(args) -> int:
         get_spec(model)
         attacks, defenses = parse_units(args.attacks, ATTACKS), parse_units(args.defenses, DEFENSES)
     get_spec(model)
-    bar, update = _progress_bar(f"evaluate {model}")
-    result = evaluate(model, attacks, defenses, n=n, seed=args.seed, split=args.split,
-                      adaptive=not args.no_adaptive, progress=update)
-    bar.close()
+    if args.ray is None and (args.workers is not None):
+        raise _input_error("--workers needs --ray (local, or a cluster address).")
+    bar = _LazyBar(f"evaluate {model}", eta=True)
+    try:
+        result = evaluate(model, attacks, defenses, n=n, seed=args.seed, split=args.split,
+                          adaptive=not args.no_adaptive, progress=bar.update, ray_address=args.ray,
+                          workers=args.workers, threads_per_worker=args.threads, shard_size=SHARD_SIZE if args.shard_size is None else args.shard_size,
+                          cache=None if args.no_cache else (args.cache or _default_shard_cache()),
+                          fresh=args.fresh, model_source=_model_source(args), data=args.data,
+                          data_seed=args.data_seed, blackbox=_blackbox(args))
+    finally:
+        bar.close()
     if args.suite:
         result["suite"] = args.suite
     paths = write_result(result, args.out)
     _print_summary(result)
+    if result["data"].get("source") != "heldout":
+        print(f"data: {result['data']['summary']}", file=sys.stderr)
+    for d, note in result.get("calibration", {}).items():
+        if not note.get("calibrated", True):
+            print(f"note: {note['note']}", file=sys.stderr)
     for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
     return 0
 
 
+def _blackbox(args) -> dict[str, Any] | None:
+    if args.no_blackbox or args.blackbox_eps is None or args.no_adaptive:
+        return None
+    return {"eps": args.blackbox_eps, "max_iter": args.blackbox_queries, "n": args.blackbox_n}
+
+
+def _default_shard_cache() -> str:
+    from nip_core.runtime import cache_dir
+    return str(cache_dir() / "shards")
+
+
+def _model_source(args) -> dict[str, Any] | None:
+    """A user's model as Ray workers must load it (absolute paths; they must exist on every node)."""
+    if getattr(args, "weights", None) is None:
+        return None
+    return {"arch": args.arch, "weights": str(Path(args.weights).resolve()),
+            "class_names": str(Path(args.classes).resolve()), "input_size": args.input_size}
+
+
 def _print_summary(result: dict) -> None:
     s = result["summary"]
-    aware = s.get("adaptive_aware_accuracy", {})
-    print(f"{'defense':40s} {'mean adv acc':>12s} {'benign acc':>10s} {'adaptive':>9s} {'aware':>6s}")
+    aware, bbox = s.get("adaptive_aware_accuracy", {}), s.get("blackbox_accuracy", {})
+
+    def cell(v, w: int) -> str:
+        return f"{'n/a' if v is None else f'{v:.3f}':>{w}s}"
+
+    print(f"{'defense':40s} {'mean adv acc':>12s} {'benign acc':>10s} {'adaptive':>9s} {'aware':>6s} {'black-box':>9s}")
     for d in result["defenses"]:
-        ad, aw = s["adaptive_accuracy"].get(d), aware.get(d)
         print(f"{d[:40]:40s} {s['mean_adv_accuracy'][d]:12.3f} {s['benign_accuracy'][d]:10.3f} "
-              f"{'n/a' if ad is None else f'{ad:.3f}':>9s} {'n/a' if aw is None else f'{aw:.3f}':>6s}")
+              f"{cell(s['adaptive_accuracy'].get(d), 9)} {cell(aware.get(d), 6)} {cell(bbox.get(d), 9)}")
     paired = s.get("paired")
     if paired:
         deployable = {r["defense"] for r in result["rows"] if r["deployable"]} - {paired["defense"]}
@@ -272,12 +310,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_byom_arguments(s)
     s.add_argument("--attacks", help="e.g. fgsm[eps=0.1],pgd,cw-l2")
     s.add_argument("--defenses", help="e.g. none,jpeg,nip,nip-oracle,random-sign")
-    s.add_argument("--suite", help="a fixed suite: paper-mnist or paper-imagenet")
+    s.add_argument("--suite", help="a fixed suite: paper-mnist, paper-fashion, paper-cifar10 or paper-imagenet")
     s.add_argument("--split", default="all", choices=["all", "tune", "report"])
     s.add_argument("--n", type=int, help="number of images (default 100, or the whole split for --suite)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-adaptive", action="store_true", help="skip the adaptive (BPDA) PGD column")
+    s.add_argument("--no-adaptive", action="store_true", help="skip the adaptive columns (BPDA, aware, black-box)")
+    s.add_argument("--data", help="evaluate on your own labelled images (an ImageFolder, a .zip of one, or an .npz "
+                                  "with x and y; docs/data.md) instead of the model's held-out set")
+    s.add_argument("--data-seed", type=int, default=0, dest="data_seed", help="seed of the --data split")
+    s.add_argument("--blackbox-eps", type=float, dest="blackbox_eps",
+                   help="add the black-box column: Square attack (L∞ eps) through model ∘ defense (suites: on)")
+    s.add_argument("--blackbox-queries", type=int, default=1000, dest="blackbox_queries")
+    s.add_argument("--blackbox-n", type=int, default=100, dest="blackbox_n", help="images the black-box column attacks")
+    s.add_argument("--no-blackbox", action="store_true", dest="no_blackbox")
     s.add_argument("--out", required=True, help="JSON path; a CSV is written beside it")
+    g = s.add_argument_group("shards, cache and Ray (docs/cluster.md)")
+    g.add_argument("--ray", metavar="ADDRESS",
+                   help="run shards on Ray: 'local' starts Ray on this machine, else a cluster address (HOST:PORT, auto)")
+    g.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, else one per --threads CPUs)")
+    g.add_argument("--threads", type=int, help="torch threads per worker (default: CPUs / workers)")
+    g.add_argument("--shard-size", type=int, dest="shard_size", help="images per shard (default 64)")
+    g.add_argument("--cache", help="folder of finished shards (default: <cache dir>/shards); re-runs compute only "
+                                   "missing shards")
+    g.add_argument("--no-cache", action="store_true", dest="no_cache", help="neither read nor write finished shards")
+    g.add_argument("--fresh", action="store_true", help="recompute every shard (and overwrite the cache)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("explain", help="one image: predictions, influence and figures")

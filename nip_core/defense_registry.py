@@ -57,6 +57,8 @@ class Defense:
     # The held-out split (``nip_core.data.SPLITS``) the defense places thresholds on, if any:
     # evaluate warns when a table includes it.
     calibration_split: str | None = None
+    # Needs the benign image too (the authors' oracle protocol): ``transform(..., x_benign=...)``.
+    needs_benign: bool = False
 
     @property
     def name(self) -> str:
@@ -78,6 +80,7 @@ class Defense:
 
     def to_json(self) -> dict:
         return self.spec.to_json() | {"deployable": self.deployable, "needs_labels": self.needs_labels,
+                                      "needs_benign": self.needs_benign,
                                       "family": self.family, "dataset_defaults": self.dataset_defaults}
 
 

@@ -19,8 +19,9 @@ from torch import nn
 from nip_core.defense_registry import (DEFENSES, NIP_IMAGENET, NIP_PARAMS, Defense, nip_profile,
                                        register)
 from nip_core.label_free import register_label_free
+from nip_core.errors import InputError
 from nip_core.models.base import LoadedModel
-from nip_core.nip import nip_defend
+from nip_core.nip import logit_perturbation, nip_defend
 from nip_core.params import Param
 from nip_core.runtime import RNG_LOCK
 
@@ -36,13 +37,21 @@ class DefenseResult:
 
 
 def apply_defense(model: LoadedModel, name: str, x: torch.Tensor, params: dict | None = None,
-                  y: torch.Tensor | None = None, seed: int = 0) -> DefenseResult:
-    """Defend inputs ``x`` (``y`` only for label-using analysis modes)."""
+                  y: torch.Tensor | None = None, seed: int = 0, x_benign: torch.Tensor | None = None
+                  ) -> DefenseResult:
+    """Defend inputs ``x`` (``y`` only for label-using analysis modes; ``x_benign``, the benign
+    images ``x`` came from, only for ``needs_benign`` modes such as ``nip-authors``)."""
     d = DEFENSES.get_unit(name)
     p = d.params_for(model, params)
+    extra = {}
+    if d.needs_benign:
+        if x_benign is None or len(x_benign) != len(x):
+            raise InputError(f"'{name}' is the authors' oracle protocol: it needs the benign image each input came "
+                             "from (analysis only, not deployable).")
+        extra["x_benign"] = x_benign.cpu()
     t0 = time.perf_counter()
     with model.lock, RNG_LOCK:
-        out = d.transform(model, x.cpu(), p, y, seed)
+        out = d.transform(model, x.cpu(), p, y, seed, **extra)
     return DefenseResult(out.clamp(0, 1).float(), time.perf_counter() - t0, p)
 
 
@@ -63,6 +72,66 @@ register("nip-global", "NIP, label-free: global (all-class) influence profile",
 register("nip-oracle", "NIP with the TRUE class's profile — analysis only, not deployable",
          NIP_PARAMS, _nip("oracle"), deployable=False, needs_labels=True,
          dataset_defaults={"imagenet": NIP_IMAGENET}, family="nip")
+
+
+def _counter_attack_oracle(model, x, p, y, seed):
+    if y is None:
+        raise InputError("counter-attack-oracle needs the true labels; it is an analysis mode, not a deployable defense.")
+    return logit_perturbation(model, x, torch.as_tensor(y), p["budget"], p["steps"], p["step_size"])
+
+
+register("counter-attack-oracle", "Ablation of nip-oracle: logit-targeted PGD toward the TRUE class with NIP's budget, "
+         "steps and step size (no neurons) — analysis only, not deployable",
+         [q for q in NIP_PARAMS if q.name in ("steps", "step_size", "budget")], _counter_attack_oracle,
+         deployable=False, needs_labels=True,
+         dataset_defaults={"imagenet": {k: NIP_IMAGENET[k] for k in ("budget", "step_size", "steps")}},
+         family="ablation")
+
+
+def _nip_authors(model, x, p, y, seed, x_benign=None):
+    """Chen et al.'s released procedure (Reverse_VGG_CIFAR.py): at the layer feeding the classifier,
+    gradient × activation toward the benign image's prediction picks its ``front`` top and ``tail``
+    bottom neurons; the gradient of Σfront − Σtail is taken **at the benign image**, scaled to unit
+    RMS, and one step of size ``eta`` is added to the adversarial; if that does not restore the
+    benign prediction, the step is subtracted instead. An oracle protocol: it needs the benign image."""
+    layer = model.spec.default_layer if p["layer"] == "default" else p["layer"]
+    module = model.layer(layer)
+    xb = x_benign.to(model.device)
+    box: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda m, i, o: box.append(o))
+    try:
+        with torch.enable_grad():
+            xg = xb.clone().requires_grad_(True)
+            logits = model.net(xg)
+            pred = logits.argmax(1)
+            act = box[0]
+            acts = act.flatten(2).mean(2) if act.dim() > 2 else act
+            (g_act,) = torch.autograd.grad(logits.gather(1, pred.view(-1, 1)).sum(), act, retain_graph=True)
+            g = g_act.flatten(2).mean(2) if g_act.dim() > 2 else g_act
+            score = (g * acts).detach()
+            nf, nt = min(p["front"], score.shape[1]), min(p["tail"], score.shape[1])
+            front = score.topk(nf, dim=1).indices
+            tail = (-score).topk(nt, dim=1).indices
+            objective = acts.gather(1, front).sum() - acts.gather(1, tail).sum()
+            (grad,) = torch.autograd.grad(objective, xg)
+    finally:
+        handle.remove()
+    rms = grad.flatten(1).pow(2).mean(1).sqrt().view(-1, *([1] * (grad.dim() - 1)))
+    step = p["eta"] * grad / (rms + 1e-5)
+    xa = x.to(model.device)
+    plus = (xa + step).clamp(0, 1)
+    restored = model.net(plus).argmax(1) == pred
+    out = torch.where(restored.view(-1, *([1] * (xa.dim() - 1))), plus, (xa - step).clamp(0, 1))
+    return out.detach().cpu()
+
+
+register("nip-authors", "The authors' released NIP protocol (one RMS-normalised step η from the gradient at the "
+         "BENIGN image, sign chosen with the benign prediction) — oracle, analysis only, not deployable",
+         [Param("layer", "choice", "default", choices=NIP_PARAMS[0].choices, help="layer feeding the classifier"),
+          Param("front", "int", 1, 1, 1000, help="top neurons raised (authors: 1)"),
+          Param("tail", "int", 5, 1, 1000, help="bottom neurons lowered (authors: 5)"),
+          Param("eta", "float", 0.001, 0.0, 1.0, unit="[0,1] pixel", help="step size η (authors: 0.001 on CIFAR-10)")],
+         _nip_authors, deployable=False, needs_labels=False, needs_benign=True, family="ablation")
 
 
 def _random_sign(model, x, p, y, seed):

@@ -17,60 +17,83 @@ adaptive number, since they are not deployable. A defense that registers a defen
 decision (for ``nip``: the neighbour vote), run with its default settings against the
 defense's evaluated parameters. BPDA alone can badly
 over-state such a defense.
+
+The grid runs as **shards** (``nip_core.shards``): the benign pass, each attack and each adaptive
+column on chunks of ``shard_size`` images. :func:`evaluate_shard` evaluates one; the serial path
+calls it in a loop and the Ray backend (``nip_core.distributed``, ``--ray``) from actors;
+:func:`merge_shards` rebuilds every number from per-image bits and sums, in shard order, so both
+give the same result. Seeds are per shard, from its content. See ``docs/cluster.md``.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 import platform
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from nip_core.analysis import suppression_stats
+from nip_core.analysis import suppression_from_sums, suppression_sums
 from nip_core.attacks import ATTACKS, run_attack
 from nip_core.data import dataset_of, heldout_split
 from nip_core.defenses import DEFENSES, DefendedNet, apply_defense
 from nip_core.errors import InputError
 from nip_core.models import load_model
+from nip_core.shards import Shard, shard_seed
+
+# One ART batch (attacks run with batch_size=64): larger shards gain no vectorisation.
+SHARD_SIZE = 64
 
 Progress = Callable[[float, str], None]
 UnitList = list[tuple[str, dict[str, Any]]]
 
-# Fixed suites (issue 6). Labels carry the budget so one attack can appear at several sizes.
+# Fixed suites, so that results compare across runs. Labels carry the budget so one attack can
+# appear at several sizes. Every suite carries the baselines, the random control, the oracle and
+# deployable NIP modes, and the ablations of issue 13: counter-attack (nip without neurons), its
+# oracle, and the authors' released protocol (nip-authors, an oracle).
+_NIP_AND_ABLATIONS = [("random-sign", {}), ("nip-oracle", {}), ("counter-attack-oracle", {}), ("nip-authors", {}),
+                      ("nip-global", {}), ("counter-attack", {}), ("nip", {})]
 SUITES: dict[str, dict[str, Any]] = {
     "paper-mnist": {
         "model": "lenet-mnist",
         "attacks": [("fgsm", {"eps": 0.1}), ("fgsm", {"eps": 0.2}), ("fgsm", {"eps": 0.3}), ("pgd", {"eps": 0.3}),
                     ("cw-l2", {}), ("deepfool", {}), ("mifgsm", {"eps": 0.3})],
-        "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("median", {}), ("gaussian", {}),
-                     ("random-sign", {}), ("nip-oracle", {}), ("nip-global", {}), ("nip", {})],
+        # bit depth 1 is feature squeezing's own MNIST setting (Xu et al., NDSS 2018)
+        "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("bitdepth", {"bits": 1}), ("median", {}),
+                     ("gaussian", {})] + _NIP_AND_ABLATIONS,
+        "blackbox_eps": 0.3,
     },
     "paper-fashion": {
         "model": "lenet-fashion",
         "attacks": [("fgsm", {"eps": 0.05}), ("fgsm", {"eps": 0.1}), ("fgsm", {"eps": 0.2}),
                     ("pgd", {"eps": 0.1, "eps_step": 0.01, "max_iter": 40}), ("cw-l2", {}), ("deepfool", {}),
                     ("mifgsm", {"eps": 0.1, "eps_step": 0.01})],
-        "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("median", {}), ("gaussian", {}),
-                     ("random-sign", {}), ("nip-oracle", {}), ("nip-global", {}), ("nip", {})],
+        # Feature squeezing (Xu et al., NDSS 2018) recommends 1 bit for MNIST and 5 bits for CIFAR-10
+        # and ImageNet; Fashion-MNIST is not in the paper, so both settings are carried.
+        "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {"bits": 1}), ("bitdepth", {"bits": 5}), ("median", {}),
+                     ("gaussian", {}), ("tvm", {})] + _NIP_AND_ABLATIONS,
+        "blackbox_eps": 0.1,
     },
     "paper-cifar10": {
         "model": "resnet8-cifar10",
         "attacks": [("fgsm", {"eps": 2 / 255}), ("fgsm", {"eps": 8 / 255}),
                     ("pgd", {"eps": 8 / 255, "eps_step": 2 / 255, "max_iter": 20}), ("cw-l2", {}), ("deepfool", {})],
         "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("median", {}), ("gaussian", {}),
-                     ("random-sign", {}), ("nip-oracle", {}), ("nip-global", {}), ("nip", {})],
+                     ("tvm", {})] + _NIP_AND_ABLATIONS,
+        "blackbox_eps": 8 / 255,
     },
     "paper-imagenet": {
         "model": "efficientnet-lite0",
         "attacks": [("fgsm", {"eps": 2 / 255}), ("pgd", {"eps": 4 / 255, "max_iter": 10})],
-        "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("median", {}), ("gaussian", {}),
-                     ("random-sign", {}), ("nip-oracle", {}), ("nip-global", {}), ("nip", {})],
+        "defenses": [("none", {}), ("jpeg", {}), ("bitdepth", {}), ("median", {}), ("gaussian", {})]
+        + _NIP_AND_ABLATIONS,
+        "blackbox_eps": 4 / 255,
     },
 }
-
 
 
 def unit_label(name: str, params: dict[str, Any]) -> str:
@@ -118,9 +141,249 @@ def _acc(model, x, y) -> float:
     return float((model.predict(x) == y).float().mean()) if len(y) else float("nan")
 
 
+@dataclass
+class EvalJob:
+    """What an evaluation is, in plain values: enough for any process (a Ray worker on another
+    node) to rebuild the same :class:`EvalContext`.
+
+    ``model_source``: for a model brought by the user, the keyword arguments of
+    ``nip_core.byom.load_custom_model`` (file paths that must be readable where the job runs).
+    """
+
+    model: str
+    attacks: UnitList
+    defenses: UnitList
+    n: int
+    seed: int = 0
+    split: str = "all"
+    observe: bool = True
+    model_source: dict[str, Any] | None = None
+    # The user's labelled data (``--data``: ImageFolder, .zip or .npz), read where the job runs.
+    data_path: str | None = None
+    data_seed: int = 0
+    # The black-box column: Square attack through model ∘ defense on the first ``n`` images.
+    blackbox: dict[str, Any] | None = None
+
+
+class EvalContext:
+    """A job made ready to run shards: the model loaded once, units validated, images read."""
+
+    def __init__(self, job: EvalJob) -> None:
+        from nip_core.models.base import MODELS
+
+        if not isinstance(job.n, int) or job.n < 1:
+            raise InputError(f"parameter 'n' must be an integer ≥ 1; got {job.n!r}.")
+        if job.model_source is not None and job.model not in MODELS:
+            from nip_core.byom import load_custom_model
+            load_custom_model(**job.model_source)
+        self.job = job
+        self.model = model = load_model(job.model)
+        self.att_units = [(a, ATTACKS.get_unit(a).params_for(model, p)) for a, p in job.attacks]
+        self.def_units = [(d, DEFENSES.get_unit(d).params_for(model, p)) for d, p in job.defenses]
+        self.data = None
+        if job.data_path is not None:
+            x, y, self.data = user_split(model, job.data_path, job.split, job.data_seed)
+        else:
+            x, y = heldout_split(model, job.split)
+        self.x, self.y = x[:job.n], y[:job.n]
+        if len(self.y) == 0:
+            raise InputError(f"split {job.split!r} has no images for {job.model}"
+                             + (f" in {job.data_path}." if job.data_path else "."))
+        self.attack_labels = [unit_label(a, {k: v for k, v in ap.items() if k != "target" or v >= 0})
+                              for a, ap in self.att_units]
+        self.defense_labels = [unit_label(d, dp) for d, dp in self.def_units]
+        self.layers = _observed_layers(model) if job.observe else []
+        self.adaptive_params = dataset_of(model).adaptive
+        self.blackbox = None
+        if job.blackbox:
+            self.blackbox = {"eps": float(job.blackbox.get("eps", self.adaptive_params["eps"])),
+                             "max_iter": int(job.blackbox.get("max_iter", 1000)),
+                             "n": min(int(job.blackbox.get("n", 100)), len(self.y))}
+
+    def adaptive_units(self) -> list[int]:
+        """Defenses that get an adaptive column (analysis modes, which need labels or the benign
+        image, are not deployable and not attacked)."""
+        return [i for i, (d, _) in enumerate(self.def_units) if DEFENSES[d].deployable]
+
+    def label(self, shard: Shard) -> str:
+        """The unit a shard runs: "benign", an attack label or (adaptive) a defense label."""
+        if shard.kind == "attack":
+            return self.attack_labels[shard.unit]
+        return self.defense_labels[shard.unit] if shard.kind == "adaptive" else "benign"
+
+    def fingerprint(self) -> str:
+        """sha256 of the images and labels: workers check they read the same data as the driver."""
+        import hashlib
+        return hashlib.sha256(self.x.numpy().tobytes() + self.y.numpy().tobytes()).hexdigest()
+
+    def key_fields(self, shard: Shard, device: str) -> dict[str, Any]:
+        """What determines ``shard``'s numbers, for its cache key (``nip_core.shards.shard_key``)."""
+        from nip_core.shards import data_key
+
+        m, job = self.model, self.job
+        fields: dict[str, Any] = {"model": m.name, "weights": m.weights_sha256, "device": device, "seed": job.seed,
+                                  "data": data_key(job.split, self.data.data_sha256 if self.data else None,
+                                                   job.data_seed)}
+        if shard.kind == "attack":
+            fields |= {"attack": self.att_units[shard.unit], "defenses": self.def_units, "observe": self.layers}
+        elif shard.kind == "benign":
+            fields |= {"defenses": self.def_units}
+        else:
+            d, dp = self.def_units[shard.unit]
+            aware = DEFENSES.get_unit(d).aware_attack
+            fields |= {"defense": (d, dp), "adaptive": self.adaptive_params, "blackbox": self.blackbox,
+                       "aware": aware and (aware, ATTACKS.get_unit(aware).params_for(m, {}))}
+        return fields
+
+
+def evaluate_shard(ctx: EvalContext, shard: Shard) -> dict[str, Any]:
+    """Evaluate one shard (see :class:`nip_core.shards.Shard`); a JSON-able dict of per-image
+    bits ("1" = right) and sums, which :func:`merge_shards` combines exactly.
+
+    The seed is the shard's own (:func:`nip_core.shards.shard_seed`), so the result is the same
+    whichever process runs it, and the function is idempotent: a retried shard gives the same dict.
+    """
+    model = ctx.model
+    x, y = ctx.x[shard.start:shard.stop], ctx.y[shard.start:shard.stop]
+    seed = shard_seed(ctx.job.seed, shard.kind, ctx.label(shard), shard.start)
+    if shard.kind == "benign":
+        out: dict[str, Any] = {}
+        for (d, dp), dl in zip(ctx.def_units, ctx.defense_labels):
+            dr = apply_defense(model, d, x, dp, y=y, seed=seed, x_benign=x)
+            out[dl] = {"correct": _bits(model.predict(dr.x_def) == y), "seconds": dr.seconds}
+        return {"defenses": out}
+    if shard.kind == "attack":
+        a, ap = ctx.att_units[shard.unit]
+        ar = run_attack(model, a, x, y, ap, seed=seed)
+        fooled = model.predict(ar.x_adv) != y
+        delta = (ar.x_adv - x).flatten(1)
+        res: dict[str, Any] = {
+            "attack_seconds": ar.seconds, "adv_correct": _bits(~fooled),
+            "linf_sum": float(delta.abs().amax(1).double().sum()), "l2_sum": float(delta.norm(dim=1).double().sum()),
+            "observation": {lay: suppression_sums(model, x, ar.x_adv, y, lay) for lay in ctx.layers},
+            "defenses": {}}
+        for (d, dp), dl in zip(ctx.def_units, ctx.defense_labels):
+            dr = apply_defense(model, d, ar.x_adv, dp, y=y, seed=seed, x_benign=x)
+            res["defenses"][dl] = {
+                "correct": _bits(model.predict(dr.x_def) == y), "seconds": dr.seconds,
+                "defense_linf_sum": float((dr.x_def - ar.x_adv).flatten(1).abs().amax(1).double().sum())}
+        return res
+    d, dp = ctx.def_units[shard.unit]
+    t0 = time.perf_counter()
+    ar = run_attack(model, "pgd", x, y, ctx.adaptive_params, seed=seed, net=DefendedNet(model, d, dp, seed))
+    dr = apply_defense(model, d, ar.x_adv, dp, seed=seed)
+    res = {"correct": _bits(model.predict(dr.x_def) == y), "seconds": time.perf_counter() - t0, "aware": None,
+           "blackbox": None}
+    bb = ctx.blackbox
+    if bb is not None and shard.start < bb["n"]:
+        # Score-based black-box: Square queries the defended pipeline's outputs, no gradient at all.
+        hi = min(shard.stop, bb["n"]) - shard.start
+        t1 = time.perf_counter()
+        sq = run_attack(model, "square", x[:hi], y[:hi], {"eps": bb["eps"], "max_iter": bb["max_iter"]}, seed=seed,
+                        net=DefendedNet(model, d, dp, seed))
+        ds = apply_defense(model, d, sq.x_adv, dp, seed=seed)
+        res["blackbox"] = {"correct": _bits(model.predict(ds.x_def) == y[:hi]),
+                           "undefended_correct": _bits(model.predict(sq.x_adv) == y[:hi]),
+                           "seconds": time.perf_counter() - t1}
+    aware = DEFENSES.get_unit(d).aware_attack
+    if aware is not None and ATTACKS.get_unit(aware).applies_to(model):
+        aw = run_attack(model, aware, x, y, seed=seed, against=dp)
+        da = apply_defense(model, d, aw.x_adv, dp, seed=seed)
+        res["aware"] = {"correct": _bits(model.predict(da.x_def) == y),
+                        "undefended_correct": _bits(model.predict(aw.x_adv) == y),
+                        "attack": unit_label(aware, aw.params), "seconds": aw.seconds + da.seconds}
+    return res
+
+
+def merge_shards(ctx: EvalContext, results: dict[Shard, dict[str, Any]], adaptive: bool
+                 ) -> tuple[list[dict], dict[str, dict], dict[str, dict], dict[str, Any]]:
+    """Rows, benign, adaptive and observation of the whole grid from its shard results.
+
+    Shards are taken in merge order (kind, unit, first image), whatever order they finished in;
+    accuracies are counts of per-image bits, means are sums over images divided by ``n``.
+    """
+    n = len(ctx.y)
+    shards = sorted(results, key=lambda s: s.order)
+
+    def parts(kind: str, unit: int) -> list[dict[str, Any]]:
+        return [results[s] for s in shards if s.kind == kind and s.unit == unit]
+
+    def ratio(k: int, m: int) -> float:
+        return k / m if m else float("nan")
+
+    benign: dict[str, dict[str, Any]] = {}
+    for dl in ctx.defense_labels:
+        cells = [p["defenses"][dl] for p in parts("benign", 0)]
+        bits = "".join(c["correct"] for c in cells)
+        benign[dl] = {"accuracy": ratio(bits.count("1"), n), "seconds_per_image": sum(c["seconds"] for c in cells) / n,
+                      "correct": bits}
+
+    rows: list[dict[str, Any]] = []
+    observation: dict[str, Any] = {}
+    for i, (a, _) in enumerate(ctx.att_units):
+        ps, a_label = parts("attack", i), ctx.attack_labels[i]
+        adv = "".join(p["adv_correct"] for p in ps)
+        fooled = adv.count("0")
+        if ctx.layers:
+            observation[a_label] = {lay: suppression_from_sums([p["observation"][lay] for p in ps]) for lay in ctx.layers}
+        for (d, _), dl in zip(ctx.def_units, ctx.defense_labels):
+            cells = [p["defenses"][dl] for p in ps]
+            bits = "".join(c["correct"] for c in cells)
+            restored = sum(c == "1" and v == "0" for c, v in zip(bits, adv))
+            rows.append({
+                "attack": a_label, "attack_name": a, "defense": dl, "defense_name": d,
+                "deployable": DEFENSES[d].deployable, "n": n,
+                "clean_accuracy": 1.0,
+                "adv_accuracy": ratio(n - fooled, n),
+                "defended_adv_accuracy": ratio(bits.count("1"), n),
+                "benign_accuracy": benign[dl]["accuracy"],
+                "defense_success_rate": restored / fooled if fooled else None,
+                "n_successful_adv": fooled,
+                "linf_mean": sum(p["linf_sum"] for p in ps) / n, "l2_mean": sum(p["l2_sum"] for p in ps) / n,
+                "defense_linf_mean": sum(c["defense_linf_sum"] for c in cells) / n,
+                "attack_seconds_per_image": sum(p["attack_seconds"] for p in ps) / n,
+                "defense_seconds_per_image": sum(c["seconds"] for c in cells) / n,
+                "correct": bits,
+            })
+
+    adaptive_out: dict[str, dict[str, Any]] = {}
+    if adaptive:
+        for i, ((d, _), dl) in enumerate(zip(ctx.def_units, ctx.defense_labels)):
+            if not DEFENSES[d].deployable:
+                adaptive_out[dl] = {"accuracy": None, "note": "analysis mode (needs the true label or the benign "
+                                                              "image): not deployable, not attacked"}
+                continue
+            ps = parts("adaptive", i)
+            bits = "".join(p["correct"] for p in ps)
+            adaptive_out[dl] = {"accuracy": ratio(bits.count("1"), n), "attack": unit_label("pgd-bpda", ctx.adaptive_params),
+                                "seconds_per_image": sum(p["seconds"] for p in ps) / n, "correct": bits}
+            aw = [p["aware"] for p in ps if p["aware"] is not None]
+            if aw:
+                abits = "".join(w["correct"] for w in aw)
+                adaptive_out[dl]["aware"] = {
+                    "accuracy": ratio(abits.count("1"), n),
+                    "undefended_accuracy": ratio("".join(w["undefended_correct"] for w in aw).count("1"), n),
+                    "attack": aw[0]["attack"], "seconds_per_image": sum(w["seconds"] for w in aw) / n,
+                    "correct": abits}
+            bb = [p["blackbox"] for p in ps if p.get("blackbox") is not None]
+            if bb:
+                bbits = "".join(b["correct"] for b in bb)
+                adaptive_out[dl]["blackbox"] = {
+                    "accuracy": ratio(bbits.count("1"), len(bbits)),
+                    "undefended_accuracy": ratio("".join(b["undefended_correct"] for b in bb).count("1"), len(bbits)),
+                    "attack": unit_label("square", {"eps": ctx.blackbox["eps"], "max_iter": ctx.blackbox["max_iter"]}),
+                    "n": len(bbits), "seconds_per_image": sum(b["seconds"] for b in bb) / len(bbits),
+                    "correct": bbits}
+    return rows, benign, adaptive_out, observation
+
+
 def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 100, seed: int = 0,
              split: str = "all", adaptive: bool = True, progress: Progress | None = None,
-             observe: bool = True, paired_with: str = "nip") -> dict[str, Any]:
+             observe: bool = True, paired_with: str = "nip", *, ray_address: str | None = None,
+             workers: int | None = None, threads_per_worker: int | None = None, shard_size: int = SHARD_SIZE,
+             cache: str | os.PathLike | None = None, fresh: bool = False, model_source: dict | None = None,
+             on_shard: Callable[[dict[str, Any]], None] | None = None, data: str | os.PathLike | None = None,
+             data_seed: int = 0, blackbox: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the evaluation grid; returns a JSON-able dict (see module doc).
 
     Every row and benign entry carries ``correct``: one character per image, "1" where the
@@ -129,93 +392,85 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
 
     With ``observe``, also measures per attack how front/tail neurons change (``observation``,
     see ``nip_core.analysis``) at the model's fully connected / head layers.
+
+    The grid runs as shards (``nip_core.shards``) of ``shard_size`` images, in this process or,
+    with ``ray_address`` (``"local"`` or a cluster address), on ``workers`` Ray actors with
+    ``threads_per_worker`` torch threads each (``nip_core.distributed``). Every deterministic
+    field is the same either way. ``cache``: a folder of finished shards (None: no cache);
+    ``fresh`` recomputes and overwrites them. ``on_shard`` (tests, tools) is called with a dict
+    after each computed shard has been stored.
+
+    ``data``: the user's labelled images (``nip_core.sources.userdata``: an ImageFolder, a .zip of
+    one, or an .npz) instead of the model's held-out set; ``split`` then cuts the seeded split
+    ``data_seed`` of them (``docs/data.md``), and the JSON's ``data`` block lists skipped files.
+    ``blackbox``: ``{"eps", "max_iter", "n"}`` adds the black-box column: ART's Square attack,
+    scored by the defended outputs, against every deployable defense on the first ``n`` images.
     """
+    from nip_core.shards import ShardCache, plan, shard_key
+
     say = progress or (lambda f, m: None)
-    if not isinstance(n, int) or n < 1:
-        raise InputError(f"parameter 'n' must be an integer ≥ 1; got {n!r}.")
-    model = load_model(model_name)
-    att_units = [(a, ATTACKS.get_unit(a).params_for(model, p)) for a, p in attacks]
-    def_units = [(d, DEFENSES.get_unit(d).params_for(model, p)) for d, p in defenses]
-    x, y = heldout_split(model, split)
-    x, y = x[:n], y[:n]
-    if len(y) == 0:
-        raise InputError(f"split {split!r} has no images for {model_name}.")
+    if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
+        raise InputError(f"parameter 'shard_size' must be an integer ≥ 1; got {shard_size!r}.")
+    job = EvalJob(model_name, [(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses],
+                  n, seed, split, observe, model_source, None if data is None else str(data), data_seed, blackbox)
+    ctx = EvalContext(job)
+    model, att_units, def_units, x, y = ctx.model, ctx.att_units, ctx.def_units, ctx.x, ctx.y
     warnings = split_warnings(model, split, len(y), [d for d, _ in def_units])
     t_start = time.perf_counter()
-    steps = len(att_units) * (len(def_units) + 1) + len(def_units) + (len(def_units) if adaptive else 0)
-    done = 0
 
-    def tick(msg: str) -> None:
-        nonlocal done
-        done += 1
-        say(min(done / steps, 1.0), msg)
+    shards = plan(len(att_units), ctx.adaptive_units() if adaptive else [], len(y), shard_size)
+    store = ShardCache(cache, fresh) if cache is not None else None
+    results: dict[Shard, dict[str, Any]] = {}
+    pool = None
+    if ray_address is not None:
+        from nip_core.distributed import RayPool
+        pool = RayPool(ray_address, job, ctx.fingerprint(), workers=workers, threads=threads_per_worker)
+    try:
+        device = pool.device if pool is not None else _device().split(":")[0]
+        keys = {s: shard_key(ctx.key_fields(s, device), s) for s in shards} if store is not None else {}
+        for s in shards:
+            hit = store.get(keys[s]) if store is not None else None
+            if hit is not None:
+                results[s] = hit
+        from_cache = len(results)
+        todo = [s for s in shards if s not in results]
+        if from_cache:
+            say(from_cache / len(shards), f"{from_cache}/{len(shards)} shards from the cache")
 
-    observation: dict[str, Any] = {}
-    benign: dict[str, dict[str, float]] = {}
-    for d, dp in def_units:
-        dr = apply_defense(model, d, x, dp, y=y, seed=seed)
-        benign[unit_label(d, dp)] = {"accuracy": _acc(model, dr.x_def, y), "seconds_per_image": dr.seconds / len(y),
-                                     "correct": _bits(model.predict(dr.x_def) == y)}
-        tick(f"benign · {d}")
+        def finished(s: Shard, res: dict[str, Any], running: list) -> None:
+            results[s] = res
+            if store is not None:
+                store.put(keys[s], res, {"model": model_name, "shard": str(s), "unit": ctx.label(s), "seed": seed,
+                                         "split": split})
+            what = "benign" if s.kind == "benign" else f"{s.kind} {ctx.label(s)}"
+            say(len(results) / len(shards), f"{len(results)}/{len(shards)} shards · images {s.start}–{s.stop - 1} · {what}")
+            if on_shard is not None:
+                on_shard({"shard": s, "computed": len(results) - from_cache, "total": len(shards),
+                          "running": running})
 
-    rows = []
-    for a, ap in att_units:
-        ar = run_attack(model, a, x, y, ap, seed=seed)
-        a_label = unit_label(a, {k: v for k, v in ap.items() if k != "target" or v >= 0})
-        tick(f"attack {a_label}")
-        pred_adv = model.predict(ar.x_adv)
-        fooled = pred_adv != y
-        if observe:
-            observation[a_label] = {lay: suppression_stats(model, x, ar.x_adv, y, lay)
-                                    for lay in _observed_layers(model)}
-        delta = (ar.x_adv - x).flatten(1)
-        for d, dp in def_units:
-            dr = apply_defense(model, d, ar.x_adv, dp, y=y, seed=seed)
-            pred_def = model.predict(dr.x_def)
-            restored = (pred_def == y) & fooled
-            d_label = unit_label(d, dp)
-            rows.append({
-                "attack": a_label, "attack_name": a, "defense": d_label, "defense_name": d,
-                "deployable": DEFENSES[d].deployable, "n": len(y),
-                "clean_accuracy": 1.0,
-                "adv_accuracy": float((~fooled).float().mean()),
-                "defended_adv_accuracy": float((pred_def == y).float().mean()),
-                "benign_accuracy": benign[d_label]["accuracy"],
-                "defense_success_rate": float(restored.sum() / fooled.sum()) if fooled.any() else None,
-                "n_successful_adv": int(fooled.sum()),
-                "linf_mean": float(delta.abs().amax(1).mean()), "l2_mean": float(delta.norm(dim=1).mean()),
-                "defense_linf_mean": float((dr.x_def - ar.x_adv).flatten(1).abs().amax(1).mean()),
-                "attack_seconds_per_image": ar.seconds / len(y),
-                "defense_seconds_per_image": dr.seconds / len(y),
-                "correct": _bits(pred_def == y),
-            })
-            tick(f"{a_label} · {d}")
+        if pool is None:
+            threads = torch.get_num_threads()
+            if threads_per_worker:
+                torch.set_num_threads(threads_per_worker)
+            try:
+                for s in todo:
+                    finished(s, evaluate_shard(ctx, s), [])
+            finally:
+                torch.set_num_threads(threads)
+            distributed: dict[str, Any] = {"backend": "serial", "workers": 1,
+                                           "threads_per_worker": threads_per_worker or threads}
+        else:
+            for s, res in pool.run(todo):
+                finished(s, res, pool.running)
+            distributed = pool.info()
+    finally:
+        if pool is not None:
+            pool.close()
+    distributed |= {"shard_size": shard_size, "shards": len(shards), "shards_from_cache": from_cache,
+                    "shards_computed": len(shards) - from_cache, "cache": None if store is None else str(store)}
 
-    adaptive_out: dict[str, dict[str, Any]] = {}
-    if adaptive:
-        ap = dataset_of(model).adaptive
-        for d, dp in def_units:
-            d_label = unit_label(d, dp)
-            if DEFENSES[d].needs_labels:
-                adaptive_out[d_label] = {"accuracy": None, "note": "needs true labels: not deployable, not attacked"}
-            else:
-                t0 = time.perf_counter()
-                net = DefendedNet(model, d, dp, seed)
-                ar = run_attack(model, "pgd", x, y, ap, seed=seed, net=net)
-                dr = apply_defense(model, d, ar.x_adv, dp, seed=seed)
-                adaptive_out[d_label] = {"accuracy": _acc(model, dr.x_def, y), "attack": unit_label("pgd-bpda", ap),
-                                         "seconds_per_image": (time.perf_counter() - t0) / len(y)}
-                aware = DEFENSES.get_unit(d).aware_attack
-                if aware is not None and ATTACKS.get_unit(aware).applies_to(model):
-                    aw = run_attack(model, aware, x, y, seed=seed, against=dp)
-                    da = apply_defense(model, d, aw.x_adv, dp, seed=seed)
-                    adaptive_out[d_label]["aware"] = {
-                        "accuracy": _acc(model, da.x_def, y), "undefended_accuracy": _acc(model, aw.x_adv, y),
-                        "attack": unit_label(aware, aw.params),
-                        "seconds_per_image": (aw.seconds + da.seconds) / len(y)}
-            tick(f"adaptive · {d}")
-
-    def_labels = [unit_label(d, dp) for d, dp in def_units]
+    rows, benign, adaptive_out, observation = merge_shards(ctx, results, adaptive)
+    def_labels = ctx.defense_labels
     summary = {
         "mean_adv_accuracy": {dl: _mean([r["defended_adv_accuracy"] for r in rows if r["defense"] == dl])
                               for dl in def_labels},
@@ -223,6 +478,7 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         "adaptive_accuracy": {dl: adaptive_out.get(dl, {}).get("accuracy") for dl in def_labels},
         "adaptive_aware_accuracy": {dl: adaptive_out.get(dl, {}).get("aware", {}).get("accuracy")
                                     for dl in def_labels},
+        "blackbox_accuracy": {dl: adaptive_out.get(dl, {}).get("blackbox", {}).get("accuracy") for dl in def_labels},
     }
     # Summary maps are also keyed by bare defense name when that name is unambiguous.
     for key in list(summary):
@@ -231,7 +487,10 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
                 summary[key][d] = summary[key][unit_label(d, dp)]
     if [d for d, _ in def_units].count(paired_with) == 1:
         summary["paired"] = paired_comparisons(rows, benign, paired_with)
-    x_test, y_test = dataset_of(model).heldout(model) if getattr(model.spec, "gallery_labels", True) else (x, y)
+    if ctx.data is not None or not getattr(model.spec, "gallery_labels", True):
+        x_test, y_test = x, y
+    else:
+        x_test, y_test = dataset_of(model).heldout(model)
     return {
         "model": model_name, "weights_sha256": model.weights_sha256, "split": split, "seed": seed,
         "n_images": len(y), "attacks": [unit_label(a, p) for a, p in att_units],
@@ -241,8 +500,39 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         "rows": rows, "benign": benign, "adaptive": adaptive_out, "summary": summary, "observation": observation,
         "seconds_total": time.perf_counter() - t_start,
         "environment": environment(),
+        "distributed": distributed,
         "warnings": warnings,
+        "calibration": calibration_notes(model, [d for d, _ in def_units]),
+        "data": ({"source": "heldout", "dataset": dataset_of(model).name} if ctx.data is None else
+                 ctx.data.to_json() | {"split": split, "split_seed": data_seed}),
     }
+
+
+def calibration_notes(model, defenses: list[str]) -> dict[str, Any]:
+    """For each defense that needs a calibration (the label-free ``nip``, ``counter-attack``):
+    which one it used, or that it had none and passed inputs through (``nip_core.calibration``)."""
+    from nip_core.calibration import calibration_for, how_to_calibrate
+
+    out: dict[str, Any] = {}
+    for d in dict.fromkeys(defenses):
+        if DEFENSES[d].calibration_split is None:
+            continue
+        cal = calibration_for(model)
+        out[d] = cal.to_json() if cal is not None else {"calibrated": False, "note": how_to_calibrate(model)}
+    return out
+
+
+def user_split(model, path: str, split: str, seed: int):
+    """The images of ``split`` of the user's data that the model classifies correctly, and the
+    loaded :class:`~nip_core.sources.userdata.LabelledData` (for its skipped files and hash)."""
+    from nip_core.sources.userdata import load_labelled_data, split_indices
+
+    data = load_labelled_data(path, class_names=model.class_names, channels=model.spec.input_channels,
+                              size=model.spec.input_size, preprocess=model.spec.preprocess)
+    idx = torch.from_numpy(split_indices(len(data.y), split, seed).copy())
+    x, y = data.x[idx], data.y[idx]
+    ok = model.predict(x) == y
+    return x[ok], y[ok], data
 
 
 def split_warnings(model, split: str, n: int, defenses: list[str]) -> list[str]:
@@ -376,7 +666,7 @@ def _device() -> str:
 CSV_FIELDS = ["attack", "defense", "deployable", "n", "adv_accuracy", "defended_adv_accuracy", "benign_accuracy",
               "defense_success_rate", "n_successful_adv", "linf_mean", "l2_mean", "defense_linf_mean",
               "attack_seconds_per_image", "defense_seconds_per_image", "adaptive_accuracy",
-              "adaptive_aware_accuracy"]
+              "adaptive_aware_accuracy", "blackbox_accuracy"]
 
 
 def to_csv(result: dict[str, Any]) -> str:
@@ -387,7 +677,8 @@ def to_csv(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         ad = result["adaptive"].get(r["defense"], {})
         w.writerow(r | {"adaptive_accuracy": ad.get("accuracy"),
-                        "adaptive_aware_accuracy": ad.get("aware", {}).get("accuracy")})
+                        "adaptive_aware_accuracy": ad.get("aware", {}).get("accuracy"),
+                        "blackbox_accuracy": ad.get("blackbox", {}).get("accuracy")})
     return buf.getvalue()
 
 

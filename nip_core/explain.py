@@ -145,7 +145,8 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
     x_adv = ar.x_adv
 
     say(0.5, f"applying defense {defense}")
-    dr = apply_defense(model, defense, x_adv, defense_params, y=y if dunit.needs_labels else None, seed=seed)
+    dr = apply_defense(model, defense, x_adv, defense_params, y=y if dunit.needs_labels else None, seed=seed,
+                       x_benign=x)
     secs["defense"] = dr.seconds
     x_def = dr.x_def
     decision = None

@@ -54,7 +54,7 @@ from nip_core.defense_registry import DEFENSES, NIP_IMAGENET, NIP_PARAMS, nip_pr
 from nip_core.errors import InputError
 from nip_core.influence import InfluenceProfile, capture_hook
 from nip_core.models.base import LoadedModel
-from nip_core.nip import inverse_perturbation, selection_scores
+from nip_core.nip import inverse_perturbation, logit_perturbation, selection_scores
 from nip_core.params import Param
 
 # ---------------------------------------------------------------------------------------------
@@ -353,8 +353,13 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
                    neighbours: int, false_alarm: float, k: float, budget: float, steps: int, step_size: float,
                    candidates: int = 1, rule: str = "margin", per_class: int = 400, vote_weight: float = 30.0,
                    gate: float = 0.1, pocket_amp: float = 0.0, pocket_draws: int = 32, small_level: float = 0.025,
-                   vote_binarize: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                   vote_binarize: float = 0.0, seed: int = 0, mechanism: str = "nip"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Detect, then NIP toward the benign-neighbour class; returns (defended inputs, used class or -1).
+
+    ``mechanism="logits"`` is the ablation ``counter-attack``: the same detection and class choice,
+    then a logit-targeted PGD toward the class (:func:`nip_core.nip.logit_perturbation`) with
+    the same budget, steps and step size: no neurons.
 
     Inputs no detector flags are returned unchanged (used class -1). Flagged inputs get NIP with
     the profile of the class ``nip_targets`` chooses (the vote, or the pocket rule's class).
@@ -374,11 +379,14 @@ def nip_neighbours(model: LoadedModel, x: torch.Tensor, profile: InfluenceProfil
         # class index, so the defense is deterministic).
         cand = dec["order"][todo][:, :kk]
         flat = cand.reshape(-1)
-        masks = {int(c): profile.masks(int(c), k) for c in flat.unique()}
-        fm = torch.stack([masks[int(c)][0] for c in flat])
-        tm = torch.stack([masks[int(c)][1] for c in flat])
-        xd = inverse_perturbation(model, x[todo].repeat_interleave(kk, 0), fm, tm, profile.layer, budget, steps,
-                                  step_size)
+        xs = x[todo].repeat_interleave(kk, 0)
+        if mechanism == "logits":
+            xd = logit_perturbation(model, xs, flat, budget, steps, step_size)
+        else:
+            masks = {int(c): profile.masks(int(c), k) for c in flat.unique()}
+            fm = torch.stack([masks[int(c)][0] for c in flat])
+            tm = torch.stack([masks[int(c)][1] for c in flat])
+            xd = inverse_perturbation(model, xs, fm, tm, profile.layer, budget, steps, step_size)
         best = selection_scores(model.logits(xd), flat, rule).view(-1, kk).argmax(1) if kk > 1 \
             else torch.zeros(len(todo), dtype=torch.long)
         pick = torch.arange(len(todo)) * kk + best
@@ -553,16 +561,16 @@ def uses_neighbours(model: LoadedModel) -> bool:
     return calibration_for(model) is not None
 
 
-def _nip_neighbours_transform(model, x, p, y, seed):
+def _nip_neighbours_transform(model, x, p, y, seed, mechanism: str = "nip"):
     if not uses_neighbours(model):
         return x.clone()
-    prof = nip_profile(model, p)
+    prof = nip_profile(model, p) if mechanism == "nip" else None
     xd, _ = nip_neighbours(model, x, prof, select_layers=_select_layers(model, p), neighbours=p["neighbours"],
                            false_alarm=p["false_alarm"], k=p["k"], budget=p["budget"], steps=p["steps"],
                            step_size=p["step_size"], candidates=p["candidates"], rule=p["rule"],
                            per_class=p["per_class"], vote_weight=p["vote_weight"], gate=p["gate"],
                            pocket_amp=p["pocket_amp"], pocket_draws=p["pocket_draws"], small_level=p["small_level"],
-                           vote_binarize=p["vote_binarize"], seed=seed)
+                           vote_binarize=p["vote_binarize"], seed=seed, mechanism=mechanism)
     return xd
 
 
@@ -592,6 +600,11 @@ def register_label_free() -> None:
         Param("vote_binarize", "float", 0.4, 0.0, 0.95, step=0.05,
               help="the vote compares conv1 maps of the input binarised at this pixel value (0: raw input)"),
     )
+    register("counter-attack", "Ablation of nip: the same detection and class choice, then a logit-targeted PGD "
+             "toward the class with NIP's budget, steps and step size (no neurons)",
+             params, lambda m, x, p, y, s: _nip_neighbours_transform(m, x, p, y, s, mechanism="logits"),
+             dataset_defaults={"imagenet": NIP_IMAGENET | {"candidates": 3}}, family="ablation",
+             calibration_split="calib")
     for name in ("nip", "nip-neighbours"):
         register(name, "NIP, label-free: detect with benign neighbours, NIP toward their class (issue 6)",
                  params, _nip_neighbours_transform, dataset_defaults={"imagenet": NIP_IMAGENET | {"candidates": 3}},

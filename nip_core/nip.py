@@ -84,6 +84,32 @@ def inverse_perturbation(model: LoadedModel, x: torch.Tensor, front: torch.Tenso
     return torch.cat(outs) if outs else x0.detach().cpu()
 
 
+def logit_perturbation(model: LoadedModel, x: torch.Tensor, target: torch.Tensor, budget: float, steps: int,
+                       step_size: float) -> torch.Tensor:
+    """The ablation of NIP without neurons: signed-gradient *descent* on the cross-entropy of the
+    logits toward ``target`` (a targeted PGD, no random start), with NIP's budget, steps and step
+    size. Same projection as :func:`inverse_perturbation`; returns defended inputs (CPU).
+
+    Args:
+        x: ``[N, C, H, W]`` inputs in [0,1]; target: ``[N]`` classes to move toward.
+    """
+    dev = model.device
+    x0, t0 = x.to(dev), torch.as_tensor(target).long().view(-1).to(dev)
+    outs = []
+    with model.lock, torch.enable_grad():
+        for sl in _chunks(x0):
+            xc, tc = x0[sl], t0[sl]
+            delta = torch.zeros_like(xc)
+            for _ in range(steps):
+                xd = (xc + delta).requires_grad_(True)
+                loss = torch.nn.functional.cross_entropy(model.net(xd), tc, reduction="sum")
+                (g,) = torch.autograd.grad(loss, xd)
+                delta = (delta - step_size * g.sign()).clamp(-budget, budget)
+                delta = (xc + delta).clamp(0, 1) - xc
+            outs.append((xc + delta).detach().cpu())
+    return torch.cat(outs) if outs else x0.detach().cpu()
+
+
 def nip_chunk(x: torch.Tensor) -> int:
     """Most images per NIP pass: about ``NIP_VALUES`` input values (bounds the autograd graph)."""
     return max(1, NIP_VALUES // max(1, x[0].numel()))

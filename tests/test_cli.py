@@ -68,7 +68,7 @@ def test_evaluate_writes_json_and_csv(tmp_path):
     assert len(rows) == 6 and {"adv_accuracy", "defense_success_rate", "adaptive_accuracy",
                                "adaptive_aware_accuracy"} <= set(rows[0])
     assert res["summary"]["adaptive_aware_accuracy"]["none"] is None      # no defense-aware attack for these
-    assert r.stdout.splitlines()[0].split()[-1] == "aware"                # the printed summary has the column
+    assert r.stdout.splitlines()[0].split()[-2:] == ["aware", "black-box"]  # the printed summary has the columns
     assert "fc1" in res["observation"]["fgsm[eps=0.2]"]
     # per-image correctness backs every accuracy; no `nip` in this grid, so no paired summary
     for row in res["rows"]:

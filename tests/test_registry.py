@@ -14,10 +14,10 @@ QUICK = {
     "mifgsm": {"max_iter": 5}, "apgd": {"max_iter": 5}, "cw-l2": {"max_iter": 5, "binary_search_steps": 2},
     "deepfool": {"max_iter": 10}, "ead": {"max_iter": 5, "binary_search_steps": 1}, "square": {"max_iter": 30},
     "hsj": {"max_iter": 2, "max_eval": 50, "init_eval": 10}, "pixel": {"max_iter": 2, "pixels": 3},
-    "simba": {"max_iter": 50}, "universal": {"max_iter": 1},
+    "simba": {"max_iter": 50}, "universal": {"max_iter": 1}, "autoattack": {"max_iter": 5, "square_queries": 20},
 }
 # Attacks that reliably fool LeNet on these digits even with QUICK settings.
-STRONG = {"fgsm", "pgd", "pgd-l2", "mifgsm", "apgd", "cw-l2", "deepfool", "hsj"}
+STRONG = {"fgsm", "pgd", "pgd-l2", "mifgsm", "apgd", "cw-l2", "deepfool", "hsj", "autoattack"}
 
 
 def test_at_least_thirteen_attacks_both_access_kinds():
@@ -55,9 +55,9 @@ def test_targeted_attack_hits_target(lenet, digits):
 def test_defense_runs_is_deterministic_and_stays_in_range(lenet, digits, name):
     x, y = digits
     params = {"max_iter": 2} if name == "tvm" else {}
-    r = apply_defense(lenet, name, x[:4], params, y=y[:4], seed=1)
+    r = apply_defense(lenet, name, x[:4], params, y=y[:4], seed=1, x_benign=x[:4])
     assert r.x_def.shape == x[:4].shape and 0 <= float(r.x_def.min()) and float(r.x_def.max()) <= 1
-    again = apply_defense(lenet, name, x[:4], params, y=y[:4], seed=1)
+    again = apply_defense(lenet, name, x[:4], params, y=y[:4], seed=1, x_benign=x[:4])
     assert torch.equal(r.x_def, again.x_def)
     if "budget" in r.params:
         assert (r.x_def - x[:4]).abs().max() <= r.params["budget"] + 1e-5
