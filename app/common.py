@@ -325,19 +325,26 @@ def evaluation(model_name: str, attacks: tuple, defenses: tuple, n: int, seed: i
     """``nip_core.evaluate.evaluate`` keyed on plain values (attacks/defenses: (name, params) tuples).
 
     ``upload``: (file name, bytes) of the user's labelled data (see :func:`user_data`); ``split``
-    then applies to it.
+    then applies to it (the engine's seeded 30/40/30 split, ``data_seed`` 0 as in the CLI).
     """
     from nip_core.evaluate import evaluate
 
+    units = ([(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses])
     with _queued(_progress):
-        kw: dict[str, Any] = {}
-        if upload is not None:
-            if not evaluate_takes_data():
-                raise InputError("this version of the engine cannot evaluate on uploaded data yet "
-                                 "(nip_core.evaluate.evaluate has no data= argument); use the built-in images.")
-            kw["data"] = user_data(model_name, *upload)
-        return evaluate(model_name, [(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses],
-                        n=n, seed=seed, split=split, adaptive=adaptive, progress=_progress, **kw)
+        if upload is None:
+            return evaluate(model_name, *units, n=n, seed=seed, split=split, adaptive=adaptive, progress=_progress)
+        if not evaluate_takes_data():
+            raise InputError("this version of the engine cannot evaluate on uploaded data yet "
+                             "(nip_core.evaluate.evaluate has no data= argument); use the built-in images.")
+        user_data(model_name, *upload)             # refuse an unusable file before any work, with its reason
+        with _upload_on_disk(*upload) as path:     # evaluate reads it (safe_extract_zip for a .zip)
+            result = evaluate(model_name, *units, n=n, seed=seed, split=split, adaptive=adaptive,
+                              progress=_progress, data=str(path))
+        block = result.get("data")
+        if isinstance(block, dict):                # name the user's file, not the temporary path
+            block.update({k: str(v).replace(str(path), upload[0]) for k, v in block.items()
+                          if isinstance(v, str) and str(path) in v})
+        return result
 
 
 def evaluate_takes_data() -> bool:
@@ -361,10 +368,22 @@ def user_data(model_name: str, file_name: str, data: bytes):
     ``safe_extract_zip`` (no path traversal, links or zip bombs) inside ``load_labelled_data``.
     Raises InputError for an unusable file.
     """
+    from nip_core.sources.userdata import load_labelled_data
+
+    spec = get_model(model_name).spec
+    with _upload_on_disk(file_name, data) as path:
+        out = load_labelled_data(path, class_names=get_model(model_name).class_names,
+                                 channels=spec.input_channels, size=spec.input_size, preprocess=spec.preprocess,
+                                 max_images=DATA_MAX_IMAGES, max_bytes=4 * DATA_UPLOAD_MAX_MB * 2**20)
+    out.source = file_name   # what the summary line names: the user's file, not the temporary path
+    return out
+
+
+@contextmanager
+def _upload_on_disk(file_name: str, data: bytes) -> Iterator[Any]:
+    """The uploaded bytes as ``upload.zip``/``upload.npz`` in a private temporary folder (removed after)."""
     import tempfile
     from pathlib import Path
-
-    from nip_core.sources.userdata import load_labelled_data
 
     if len(data) > DATA_UPLOAD_MAX_MB * 2**20:
         raise InputError(f"{file_name} is {len(data) / 2**20:.1f} MB, over the {DATA_UPLOAD_MAX_MB} MB limit for "
@@ -373,15 +392,10 @@ def user_data(model_name: str, file_name: str, data: bytes):
     if suffix not in (".zip", ".npz"):
         raise InputError(f"{file_name} is not a .zip or .npz file; upload a .zip of class folders of images, "
                          "or a .npz with arrays x and y.")
-    spec = get_model(model_name).spec
     with tempfile.TemporaryDirectory(prefix="nip-upload-") as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
-        out = load_labelled_data(path, class_names=get_model(model_name).class_names,
-                                 channels=spec.input_channels, size=spec.input_size, preprocess=spec.preprocess,
-                                 max_images=DATA_MAX_IMAGES, max_bytes=4 * DATA_UPLOAD_MAX_MB * 2**20)
-    out.source = file_name   # what the summary line names: the user's file, not the temporary path
-    return out
+        yield path
 
 
 @st.cache_data(show_spinner=False, ttl=60)

@@ -445,3 +445,19 @@ def test_run_queue_is_first_come_first_served_and_tells_the_place():
     assert order == ["a", "b", "c", "d"] and "a" not in told
     assert told["c"][:2] == [2, 1] and told["d"] == [3, 2, 1]
     assert queue_message(3) == "waiting: your run starts after 3 others"
+
+
+def test_benchmark_runs_the_grid_on_uploaded_data() -> None:
+    at = _app()
+    at.switch_page("views/benchmark.py").run()
+    at.radio(key="benchmark.source").set_value("run").run()
+    at.file_uploader(key="benchmark.data_file").set_value(("digits.zip", _digit_zip(), "application/zip")).run()
+    at.multiselect(key="benchmark.attacks").set_value(["fgsm"])
+    at.multiselect(key="benchmark.defenses").set_value(["none", "median"])
+    at = _submit(at, "Run benchmark")
+    _ok(at)
+    assert len(at.get("plotly_chart")) == 1
+    assert any(c.value.startswith("Images: your data, read 20 of 20 images from digits.zip") for c in at.caption)
+    assert at.subheader[0].value.startswith("lenet-mnist:")
+    n = int({m.label: m.value for m in at.metric}["images"])
+    assert 1 <= n <= 20                    # the gallery digits the model classifies correctly

@@ -30,12 +30,14 @@ def test_demo_image_is_fooled_by_the_attack_and_restored_by_the_oracle(lenet):
 
 
 def test_demo_image_falls_back_to_the_best_partial_match(lenet):
-    """No image satisfies 'the oracle does not restore it' and 'restores it' at once: the first wish wins."""
-    key = demo_image(lenet, "fgsm", restore=("nip-oracle",), defeat=("nip-oracle",))
-    it = _item(lenet, key)
-    y = torch.tensor([it.label])
-    xa = run_attack(lenet, "fgsm", it.image[None], y).x_adv
-    assert int(lenet.predict(apply_defense(lenet, "nip-oracle", xa, y=y).x_def)[0]) == it.label
+    """No defense 'none' restores a fooled digit: the wish fails everywhere, so the first image that is
+    classified correctly and fooled wins."""
+    key = demo_image(lenet, "fgsm", restore=("none",))
+    for it in gallery("mnist"):
+        x, y = it.image[None], torch.tensor([it.label])
+        if int(lenet.predict(x)[0]) == it.label and int(lenet.predict(run_attack(lenet, "fgsm", x, y).x_adv)[0]) != it.label:
+            assert key == it.key
+            break
 
 
 def test_shipped_tour_examples_name_gallery_images_of_the_current_weights(lenet):

@@ -184,6 +184,9 @@ def show(result: dict, where: str) -> None:
     cols[1].metric("images", result["n_images"])
     secs = result.get("seconds_total")
     cols[2].metric("wall time", "n/a" if secs is None else f"{secs:.1f} s")
+    data = result.get("data")
+    if isinstance(data, dict) and data.get("summary"):
+        st.caption(f"Images: your data, {data['summary']} ({data.get('split', 'all')} split).")
     for w in result.get("warnings") or []:
         st.warning(f"Note on this table: {w}")
     metric = st.radio("Heatmap", list(METRICS), format_func=METRICS.get, horizontal=True,
