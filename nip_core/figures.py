@@ -406,7 +406,9 @@ def evaluation_heatmap(result: dict, metric: str = "defended_adv_accuracy", adap
     one, "defense-aware PGD"; columns are the defenses.
     """
     defenses = list(result.get("defenses") or dict.fromkeys(r["defense"] for r in result["rows"]))
-    attacks = list(result.get("attacks") or dict.fromkeys(r["attack"] for r in result["rows"]))
+    # Rows name attacks as the table does (``fgsm[eps=0.1]``); ``result["attacks"]`` may also carry
+    # parameters the rows leave out (an untargeted ``target=-1``), so the rows' labels lead.
+    attacks = list(dict.fromkeys(r["attack"] for r in result["rows"]))
     from nip_core.evaluate import wilson_interval
 
     def interval(bits: str | None) -> str:

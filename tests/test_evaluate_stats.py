@@ -59,3 +59,17 @@ def test_accuracy_intervals_from_bits_and_from_older_files():
         ("fgsm", "none", 1, 4), ("fgsm", "nip", 3, 4), ("benign", "none", 4, 4), ("benign", "nip", 2, 4)]
     assert (rows[1]["ci_low"], rows[1]["ci_high"]) == wilson_interval(3, 4)
     assert rows[2]["ci_high"] == 1.0 and rows[2]["ci_low"] < 1.0
+
+
+def test_heatmap_of_every_shipped_result_has_a_number_in_every_attack_row():
+    """The shipped reports list attacks with `target=-1` that their rows leave out: rows must still match."""
+    import numpy as np
+
+    from nip_core.results import shipped_result, shipped_suites
+
+    for suite, file in shipped_suites().items():
+        result = shipped_result(file)
+        fig = evaluation_heatmap(result)
+        z = np.array(fig.data[0].z, dtype=float)
+        n_attacks = len({r["attack"] for r in result["rows"]})
+        assert np.isfinite(z[:n_attacks]).all(), suite

@@ -182,7 +182,7 @@ def show_tour_step() -> None:
         for col, (label, target) in zip(cols, targets.items()):
             reason = T.why_not(target, model) if target is not None else None
             if col.button(label, key=P + f"tour.{label}", disabled=target is None or reason is not None,
-                          help=reason, width="stretch"):
+                          help=reason, width="stretch", type="primary" if label == "Next step" else "secondary"):
                 st.switch_page(T.EXPLORE_PAGE, query_params=T.step_query(target, model))
         if cols[2].button("Leave the tour", key=P + "tour.leave", width="stretch"):
             st.session_state.pop(P + "tour", None)
