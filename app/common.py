@@ -62,6 +62,26 @@ def aware_note() -> str:
     return f"on the MNIST {h.split} split `nip` still wins {h.pct('aware_accuracy')} of the time against it"
 
 
+# ----------------------------------------------------------------------------- torch threads
+
+def configure_torch() -> int:
+    """One torch thread per computation (``NIP_TORCH_THREADS``, default 1), set once per process.
+
+    The server shares a small machine with its visitors' browsers: with two OpenMP threads per op,
+    every op spin-waits for a core the browsers hold, and a LeNet Explore run measured 3.5 s instead
+    of 0.05 s (EfficientNet: 7–30 s instead of 1 s) on a loaded 2-core machine. One thread is also
+    what the run queue gives each run.
+    """
+    import os
+
+    import torch
+
+    n = int(os.environ.get("NIP_TORCH_THREADS", "1") or 1)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 # ----------------------------------------------------------------------------- the run queue
 
 class RunQueue:
@@ -86,8 +106,15 @@ class RunQueue:
             return len(self._tickets)
 
     @contextmanager
-    def turn(self, report: Callable[[int], None] | None = None) -> Iterator[None]:
-        """Hold a slot for the block; while waiting, ``report(runs ahead)`` whenever that number changes."""
+    def turn(self, report: Callable[[int], None] | None = None, background: bool = False) -> Iterator[None]:
+        """Hold a slot for the block; while waiting, ``report(runs ahead)`` whenever that number changes.
+
+        A ``background`` turn (the server's warm-up) starts only when no visitor's run is running or
+        waiting, so a visitor waits for at most one background step.
+        """
+        if background:
+            yield from self._background_turn()
+            return
         depth = getattr(self._local, "depth", 0)
         if depth:
             self._local.depth = depth + 1
@@ -120,6 +147,24 @@ class RunQueue:
                     self._tickets.remove(ticket)
                 self._cond.notify_all()
             raise
+        self._local.depth = 1
+        try:
+            yield
+        finally:
+            self._local.depth = 0
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+
+    def _background_turn(self) -> Iterator[None]:
+        if getattr(self._local, "depth", 0):
+            yield
+            return
+        with self._cond:
+            while self._tickets or self._running:
+                self._cond.wait(timeout=0.5)
+            self._running += 1
         self._local.depth = 1
         try:
             yield

@@ -19,7 +19,9 @@ import streamlit as st  # noqa: E402
 # whenever a page URL (e.g. a shared /explore?... link) is the first request the server sees.
 PAGES = Path(__file__).resolve().parent / "views"
 
-from app import warmup  # noqa: E402
+from app import common, warmup  # noqa: E402
+
+common.configure_torch()
 
 st.set_page_config(page_title="NIP Explorer", page_icon=":material/shield:", layout="wide")
 # Once per server process, in the background: load the models, galleries and profiles every session

@@ -5,8 +5,9 @@ fills the same ``st.cache_resource`` / ``st.cache_data`` entries the pages use (
 influence profiles, calibration) and runs each model's default Explore view once, so the engine's
 one-time costs (library imports, the label-free ``nip``'s benign bank, first passes through each
 network) are paid before a visitor asks. The model a shared link names goes first. The thread
-runs at a lower OS priority than the sessions, and every computation goes through the same run
-queue, so a visitor's run is never stuck behind more than one warm-up step.
+runs at a lower OS priority than the sessions, and each step takes a *background* turn of the run
+queue (``RunQueue.turn(background=True)``): it starts only when no visitor's run is running or
+waiting, so a visitor waits for at most one warm-up step.
 
 Set ``NIP_NO_WARMUP=1`` to switch it off (tests that time cold starts, debugging).
 """
@@ -58,21 +59,26 @@ def _run(first: str | None) -> None:
 
 
 def warm_model(name: str) -> None:
-    """Load one model's shared objects and run its default Explore view (default image, attack, defense)."""
+    """Load one model's shared objects and run its default Explore view (default image, attack, defense)
+    and the tour's example choice, one background step at a time (a visitor's run goes first)."""
     from app import common as C
-
-    model = C.get_model(name)
-    entries = C.gallery_entries(name)
-    layer = model.spec.default_layer
-    C.get_profile(name, layer, "conductance")
-    C.has_calibration(name)
-    e = entries[0]
-    # Explore's default view of this model, built as the page builds it: the same cache entry.
-    C.explanation(*C.build_request(name, e["key"], None, e["label"], "fgsm", {}, "nip", {}, layer,
-                                   "conductance", 0.2, 0))
     from app import tour as T
 
-    for step in T.STEPS:   # the guided tour's example images
-        if not step.photo and T.why_not(step, name) is None:
-            T.step_image(step, name)
+    def step(fn, *args):
+        with C.RUNS.turn(background=True):
+            return fn(*args)
+
+    model = step(C.get_model, name)
+    entries = step(C.gallery_entries, name)
+    layer = model.spec.default_layer
+    step(C.get_profile, name, layer, "conductance")
+    step(C.has_calibration, name)
+    e = entries[0]
+    # Explore's default view of this model, built as the page builds it: the same cache entry.
+    request = step(C.build_request, name, e["key"], None, e["label"], "fgsm", {}, "nip", {}, layer,
+                   "conductance", 0.2, 0)
+    step(C.explanation, *request)
+    for s in T.STEPS:   # the guided tour's example images
+        if not s.photo and T.why_not(s, name) is None:
+            step(T.step_image, s, name)
     log.info("warmed %s", name)

@@ -217,13 +217,14 @@ async def run_session(browser, url: str, plan: dict[str, Any], timeout: float, s
                 m = re.search(r"your run starts after (\d+)", text)
                 if m:
                     res["queue_ahead_max"] = max(res["queue_ahead_max"], int(m.group(1)))
+            done = await page.get_by_role("button", name="Download summary (JSON)").count()
             metrics = await read_metrics(page)
             if res["first_result_s"] is None and {"benign", "adversarial", "defended"} <= set(metrics):
                 res["first_result_s"] = time.perf_counter() - t0
                 res["page"] = {"predictions": metrics}
                 captions = await page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
                 res["page"]["caption"] = next((c for c in captions if "· attack " in c), "")
-            if await page.get_by_role("button", name="Download summary (JSON)").count():
+            if done and "page" in res:   # the page drew its last element (and, before it, the metrics)
                 res["complete_s"] = time.perf_counter() - t0
                 res["page"]["predictions"] = await read_metrics(page)
                 break

@@ -461,3 +461,40 @@ def test_benchmark_runs_the_grid_on_uploaded_data() -> None:
     assert at.subheader[0].value.startswith("lenet-mnist:")
     n = int({m.label: m.value for m in at.metric}["images"])
     assert 1 <= n <= 20                    # the gallery digits the model classifies correctly
+
+
+def test_background_turns_wait_for_visitors_runs():
+    """The warm-up's steps start only when no visitor's run is running or waiting."""
+    import threading
+    import time
+
+    from app.common import RunQueue
+
+    q = RunQueue(slots=1)
+    order = []
+    release = threading.Event()
+
+    def visitor(name: str, hold: bool) -> None:
+        with q.turn():
+            order.append(name)
+            release.wait(10) if hold else time.sleep(0.2)
+
+    def warm() -> None:
+        with q.turn(background=True):
+            order.append("warm")
+            with q.turn():        # a cached computation inside a warm-up step: re-entrant
+                pass
+
+    a = threading.Thread(target=visitor, args=("a", True))
+    a.start()
+    time.sleep(0.1)
+    w = threading.Thread(target=warm)
+    w.start()
+    time.sleep(0.1)
+    b = threading.Thread(target=visitor, args=("b", False))
+    b.start()
+    time.sleep(0.1)
+    release.set()
+    for t in (a, w, b):
+        t.join(10)
+    assert order == ["a", "b", "warm"]
