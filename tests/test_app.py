@@ -12,6 +12,7 @@ app.warmup.ENABLED = False   # no background warm-up thread inside the test proc
 
 ENTRY = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 TIMEOUT = 300
+VIEW_CHARTS = 9    # an Explore view: benign image, 2 perturbations, 3 top-5 bars, 2 heatmap rows, group chart
 
 
 def _app(query: dict | None = None) -> AppTest:
@@ -47,16 +48,17 @@ def test_explore_run_shows_all_views(explored: AppTest) -> None:
     at = explored
     _ok(at)
     charts = at.get("plotly_chart")
-    # benign image, 2 perturbations, 3 top-5 bars, heatmaps, differences, groups, 3 maps, across-classes
-    assert len(charts) == 13
+    # benign image, 2 perturbations, 3 top-5 bars, heatmaps, differences, groups
+    assert len(charts) == VIEW_CHARTS
     metrics = {m.label: m.value for m in at.metric}
     assert set(metrics) == {"benign prediction", "adversarial prediction", "defended prediction"}
     assert all(v.isdigit() for v in metrics.values())
     assert any(i.value.startswith("The attack ") for i in at.info)           # the signature verdict
-    # nip explains itself (detectors on the benign and the adversarial input)
-    assert len(at.dataframe) == 2
-    for df in at.dataframe[:2]:
-        assert list(df.value.columns) == ["detector", "score", "threshold", "fires"] and len(df.value) == 3
+    # nip explains itself (detectors on the benign and the adversarial input), in two static tables
+    assert len(at.table) == 2 and not at.dataframe
+    for t in at.table:
+        df = t.value
+        assert list(df.columns) == ["score", "threshold", "fires"] and len(df) == 3
     assert any(h.value.startswith("Why `nip`") for h in at.subheader)
     assert any("Not flagged" in m.value for m in at.markdown)                # the benign digit passes
     assert at.query_params["attack"] == "fgsm" and at.query_params["defense"] == "nip"
@@ -69,17 +71,21 @@ def test_every_defense_comparison_runs_on_request(explored: AppTest) -> None:
     assert toggle.value is False
     toggle.set_value(True).run()
     _ok(at)
-    assert len(at.get("plotly_chart")) == 14 and len(at.dataframe) == 3
-    table = at.dataframe[2].value
+    assert len(at.get("plotly_chart")) == VIEW_CHARTS + 1 and len(at.dataframe) == 1
+    table = at.dataframe[0].value
     assert {"none", "jpeg", "nip", "nip-oracle", "random-sign"} <= set(table["defense"])
 
 
 def test_explore_neuron_drill_down(explored: AppTest) -> None:
+    """Off until asked for; then one neuron's maps on the three inputs and its profile across classes."""
     at = explored
+    assert not [s for s in at.selectbox if s.key and s.key.startswith("explore.neuron.")]
+    at.toggle(key="explore.drill").set_value(True).run()
     [sb] = [s for s in at.selectbox if s.key and s.key.startswith("explore.neuron.")]
     sb.select_index(5).run()
     _ok(at)
-    assert len(at.get("plotly_chart")) >= 13
+    assert len(at.get("plotly_chart")) >= VIEW_CHARTS + 4
+    at.toggle(key="explore.drill").set_value(False).run()
 
 
 def test_explore_link_reproduces_view() -> None:
@@ -90,7 +96,7 @@ def test_explore_link_reproduces_view() -> None:
     assert at.selectbox(key="explore.lenet-mnist.attack").value == "pgd"
     assert at.number_input(key="explore.lenet-mnist.a.pgd.max_iter").value == 5
     assert at.selectbox(key="explore.lenet-mnist.layer").value == "fc2"
-    assert len(at.get("plotly_chart")) >= 13                               # the link runs the view
+    assert len(at.get("plotly_chart")) == VIEW_CHARTS                      # the link runs the view
 
 
 def test_bad_query_parameter_warns_not_raises() -> None:
@@ -256,7 +262,7 @@ def test_tour_page_offers_every_step_with_a_link() -> None:
     [b for b in at.button if b.label == "Open step 2"][0].click().run()
     _ok(at)
     assert at.query_params["tour"] == "attack" and at.query_params["defense"] == "none"
-    assert "step 2 of 6" in _tour_card(at) and len(at.get("plotly_chart")) == 13
+    assert "step 2 of 6" in _tour_card(at) and len(at.get("plotly_chart")) == VIEW_CHARTS
 
 
 def test_tour_photo_model_skips_the_steps_that_need_a_calibration() -> None:
@@ -283,7 +289,7 @@ def test_tour_walk_tells_the_story_on_lenet() -> None:
             _ok(at)
         assert f"step {i + 1} of 6" in _tour_card(at) and at.query_params["tour"] == step.key
         assert at.query_params["attack"] == step.attack and at.query_params["defense"] == step.defense
-        assert len(at.get("plotly_chart")) == 13
+        assert len(at.get("plotly_chart")) == VIEW_CHARTS
         seen[step.key] = _metrics(at)
     assert seen["neurons"]["adversarial"] == seen["neurons"]["benign"]          # ε = 0: nothing happens
     assert seen["attack"]["adversarial"] != seen["attack"]["benign"]            # FGSM flips the digit
@@ -327,7 +333,7 @@ def test_form_shows_only_the_parameters_that_apply() -> None:
     assert at.selectbox(key="explore.resnet8-cifar10.layer").options == ["stem", "stack1", "stack2", "stack3"]
     at = _submit(at, "Run")
     _ok(at)
-    assert at.query_params["layer"] == "stack3" and len(at.get("plotly_chart")) == 13
+    assert at.query_params["layer"] == "stack3" and len(at.get("plotly_chart")) == VIEW_CHARTS
 
 
 def test_benchmark_shows_the_shipped_tables_on_arrival() -> None:

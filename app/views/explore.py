@@ -307,11 +307,9 @@ def show_decision(expl) -> None:
             rows = [{"detector": detector_name(k), "score": e["score"], "threshold": e["threshold"],
                      "fires": "yes" if e["fired"] else ("above, gated off" if e["above"] else "no")}
                     for k, e in d["detectors"].items()]
-            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                         column_config={"detector": st.column_config.TextColumn(width="medium"),
-                                        "score": st.column_config.NumberColumn(format="%.4f", width="small"),
-                                        "threshold": st.column_config.NumberColumn(format="%.4f", width="small"),
-                                        "fires": st.column_config.TextColumn(width="small")})
+            # Three rows: a static table (no data-grid component for the browser to load).
+            st.table(pd.DataFrame(rows).set_index("detector").style.format(
+                {"score": "{:.4f}", "threshold": lambda v: "—" if v is None or v != v else f"{v:.4f}"}))
     first = expl.decision["benign"]
     vote_input = (f"the input binarised at {first['vote_binarize']:g} (an L∞ attack of size ε flips only pixels "
                   f"within ε of {first['vote_binarize']:g}, so it can hardly move this vote)"
@@ -372,6 +370,21 @@ def show_results(request: tuple, expl) -> None:
     st.info(F.signature_verdict(expl.signature()))
 
     st.subheader("Drill down: one neuron")
+    # Off until asked for: four more charts that a class opening one link would each draw.
+    if st.toggle("Show one neuron's activation maps and its profile across classes",
+                 key=C.init_state(P + "drill", False)):
+        show_neuron(request, expl)
+    secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
+    st.caption(f"Time: {secs}.")
+    st.download_button("Download summary (JSON)", json.dumps(expl.summary(), indent=2, default=float),
+                       file_name="nip_explanation.json", mime="application/json", key=P + "download")
+    show_comparison(request, expl)
+
+
+def show_neuron(request: tuple, expl) -> None:
+    """One neuron: its activation map on the three inputs and its benign profile across classes."""
+    model_name = request[0]
+    ref = expl.reference_class
     n = len(expl.influence["benign"])
     groups = F.neuron_groups(n, expl.front, expl.tail, expl.dead)
     rank = {int(j): r for r, j in enumerate(expl.front)}
@@ -403,11 +416,12 @@ def show_results(request: tuple, expl) -> None:
     if len(expl.class_names) > 20:
         st.caption("ImageNet class profiles exist only for classes already computed over the few shipped photos.")
 
-    secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
-    st.caption(f"Time: {secs}.")
-    st.download_button("Download summary (JSON)", json.dumps(expl.summary(), indent=2, default=float),
-                       file_name="nip_explanation.json", mime="application/json", key=P + "download")
 
+def show_comparison(request: tuple, expl) -> None:
+    """The request's adversarial through every defense (on request)."""
+    model_name = request[0]
+    ref = expl.reference_class
+    ref_name = expl.class_names[ref]
     st.subheader("Compare at a glance: every defense on this adversarial")
     big = len(expl.class_names) > 20
     # Off until asked for: it runs every defense again (a class opening one link at once pays for it 20 times).
