@@ -492,10 +492,13 @@ def build_request(model_name: str, image_key: str, image_bytes: bytes | None, la
 # ----------------------------------------------------------------------------- UI helpers
 
 def run_with_progress(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``fn(*args, _progress=cb, **kwargs)`` in a worker thread, showing progress in an st.status.
+    """Run ``fn(*args, _progress=cb, **kwargs)`` in a worker thread, showing its progress in a bar.
 
-    The cached function only puts messages on a queue; this (script) thread draws them.
-    Exceptions from ``fn`` are re-raised here.
+    The cached function only puts messages on a queue; this (script) thread draws them, including
+    the run queue's "your run starts after N others". A plain progress bar, not an animated status
+    box: a browser tab showing a spinning status for the length of a queue burns a tenth of a core,
+    and a class waiting together would spend more on spinners than on their runs. The bar is
+    removed when the run is done. Exceptions from ``fn`` are re-raised here.
     """
     messages: queue.Queue[tuple[float, str]] = queue.Queue()
     box: dict[str, Any] = {}
@@ -508,23 +511,31 @@ def run_with_progress(label: str, fn: Callable[..., Any], *args: Any, **kwargs: 
 
     worker = threading.Thread(target=work, name="nip-explorer-worker", daemon=True)
     add_script_run_ctx(worker, get_script_run_ctx())
-    with st.status(label, expanded=False) as status:
-        bar = st.progress(0.0, text="starting")
-        worker.start()
-        while worker.is_alive() or not messages.empty():
-            try:
-                frac, msg = messages.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            bar.progress(min(max(frac, 0.0), 1.0), text=msg)
-            status.update(label=f"{label} — {msg}")
-        worker.join()
-        if "error" in box:
-            status.update(label=f"{label} — failed", state="error")
-            raise box["error"]
-        bar.progress(1.0, text="done")
-        status.update(label=f"{label} — done", state="complete")
+    slot = st.empty()
+    worker.start()
+    shown = None
+    while worker.is_alive() or not messages.empty():
+        try:
+            frac, msg = messages.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if (frac, msg) != shown:
+            slot.progress(min(max(frac, 0.0), 1.0), text=f"{label}: {msg}")
+            shown = (frac, msg)
+    worker.join()
+    slot.empty()
+    if "error" in box:
+        raise box["error"]
     return box["value"]
+
+
+QUIET_CSS = "<style>[data-testid='stStatusWidget'] { display: none; }</style>"
+
+
+def quiet_running_indicator() -> None:
+    """Hide Streamlit's animated "running" indicator: the pages show their own progress bars, and
+    the animation costs every open tab CPU for as long as its script runs (a queued class)."""
+    st.html(QUIET_CSS)
 
 
 def show_error(exc: BaseException, where: str) -> None:

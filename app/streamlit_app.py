@@ -27,6 +27,7 @@ st.set_page_config(page_title="NIP Explorer", page_icon=":material/shield:", lay
 # Once per server process, in the background: load the models, galleries and profiles every session
 # shares and run each model's default view, the model of this first link first. Never waited for.
 warmup.start(first=st.query_params.get("model"))
+common.quiet_running_indicator()
 page = st.navigation([
     st.Page(PAGES / "explore.py", title="Explore", icon=":material/search:", default=True),  # the default page is served at /
     st.Page(PAGES / "tour.py", title="Tour", icon=":material/school:", url_path="tour"),
