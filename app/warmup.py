@@ -50,12 +50,20 @@ def _run(first: str | None) -> None:
     except (AttributeError, OSError):
         pass
     try:
+        prime_imports()
         for name in order(first):
             warm_model(name)
     except Exception:   # a warm-up failure only costs speed; the page reports real errors itself
         log.exception("warm-up stopped")
     finally:
         DONE.set()
+
+
+def prime_imports() -> None:
+    """Import the attack library (ART: about 3 s, half of it SciPy) while the first visitor's page is
+    still being built; their first attack would otherwise pay for it."""
+    import art.attacks.evasion  # noqa: F401
+    import art.estimators.classification  # noqa: F401
 
 
 def warm_model(name: str) -> None:

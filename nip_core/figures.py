@@ -277,15 +277,37 @@ def image_figure(image: Any, title: str = "image") -> go.Figure:
     return fig
 
 
+PERTURBATION_MAX_SIDE = 112   # larger images are shown as means of square pixel blocks
+
+
+def _block_mean(d: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
+    """``[H,W]`` → means of ``f×f`` blocks (``f`` the smallest factor with ``H/f ≤ max_side``), and ``f``."""
+    f = 1
+    while d.shape[0] / f > max_side or d.shape[1] / f > max_side:
+        f += 1
+    if f == 1:
+        return d, 1
+    h, w = d.shape[0] // f * f, d.shape[1] // f * f
+    return d[:h, :w].reshape(h // f, f, w // f, f).mean((1, 3)), f
+
+
 def perturbation_figure(expl, variant: str = "adversarial") -> go.Figure:
-    """The perturbation ``x_variant − x_benign`` (channel mean), amplified to fill the colour scale."""
-    d = _np(expl.perturbation(variant)).mean(0)
+    """The perturbation ``x_variant − x_benign`` (channel mean), amplified to fill the colour scale.
+
+    Images larger than ``PERTURBATION_MAX_SIDE`` pixels a side are drawn as means of ``f×f``
+    pixel blocks (a 224×224 photo: 2×2), a quarter of the cells to send and draw; the norms in the
+    title are those of the full perturbation.
+    """
+    d, f = _block_mean(_np(expl.perturbation(variant)).mean(0), PERTURBATION_MAX_SIDE)
     lim = float(np.abs(d).max()) or 1.0
     norms = expl.norms(variant)
+    axis = np.arange(d.shape[1]) * f + (f - 1) / 2, np.arange(d.shape[0]) * f + (f - 1) / 2
     fig = go.Figure(go.Heatmap(
-        z=_f32(d), colorscale=DIVERGING, zmin=-lim, zmax=lim, zmid=0,
+        z=_f32(d), x=axis[0] if f > 1 else None, y=axis[1] if f > 1 else None,
+        colorscale=DIVERGING, zmin=-lim, zmax=lim, zmid=0,
         colorbar=dict(title=dict(text="Δ pixel<br>([0,1] units)", side="right"), thickness=10),
-        hovertemplate="x %{x}, y %{y}<br>Δ %{z:.4f}<extra></extra>",
+        hovertemplate=("x %{x}, y %{y}<br>Δ %{z:.4f}" + (f" (mean of {f}×{f} pixels)" if f > 1 else "")
+                       + "<extra></extra>"),
     ))
     fig.update_yaxes(autorange="reversed", scaleanchor="x", title_text="y (pixel)", showgrid=False)
     fig.update_xaxes(title_text="x (pixel)", showgrid=False, constrain="domain")

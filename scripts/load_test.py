@@ -14,8 +14,16 @@ records:
   label, and the benign (and with ``--verify full``: adversarial and defended) predictions
   equal the engine's for that request, computed here in-process.
 
-and writes a JSON report (``--out``) with p50/p95/max latencies. Exit status 0 when every
-session finished with its own correct result, 1 otherwise.
+and writes a JSON report (``--out``) with p50/p95/max latencies, the longest queue a session was
+told about ("your run starts after N others"), and the machine's load (``uptime``) before and
+after. Exit status 0 when every session finished with its own correct result, 1 otherwise.
+
+``--plan class`` is a class opening one demo link at once (issue 15): every session LeNet + FGSM +
+nip on the same image, each with its own eps and seed. The browsers run on the same machine as the
+server (one headless Chromium, a context per session), so they share its cores. With
+``--teacher-first`` one more session (the teacher's) opens the demo first, alone, in the same
+browser, so the browser has loaded the app's code once before the class arrives; without it, all
+sessions also compile the app's JavaScript at the same moment.
 
 Uses Playwright with the system Chromium (``/usr/bin/chromium``; never ``playwright install``)
 and refuses any request that leaves the loopback interface.
@@ -242,13 +250,17 @@ async def run_session(browser, url: str, plan: dict[str, Any], timeout: float, s
     return res
 
 
-async def drive(url: str, plans: list[dict[str, Any]], timeout: float, start_gap: float) -> list[dict[str, Any]]:
+async def drive(url: str, plans: list[dict[str, Any]], timeout: float, start_gap: float,
+                teacher: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every plan's session at once in one browser (a context each); with ``teacher``, that session
+    first, alone and to the end, in the same browser (the tab a teacher opens the demo in)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            return await asyncio.gather(*(run_session(browser, url, p, timeout, start_gap) for p in plans))
+            first = await run_session(browser, url, teacher, timeout, 0) if teacher is not None else None
+            return list(await asyncio.gather(*(run_session(browser, url, p, timeout, start_gap) for p in plans))), first
         finally:
             await browser.close()
 
@@ -306,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stagger", type=float, default=0.0, help="seconds between session starts")
     ap.add_argument("--verify", choices=["benign", "full"], default="benign",
                     help="check the benign prediction (default) or all three against the engine")
+    ap.add_argument("--teacher-first", action="store_true",
+                    help="before the sessions, one more (the teacher's, its own eps and seed) opens the demo in "
+                         "the same browser and finishes; the browser has then loaded the app's code once")
     ap.add_argument("--out", default="load.json")
     args = ap.parse_args(argv)
     Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -330,8 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         ready_s = time.perf_counter() - t_ready
         plans = (class_plans if args.plan == "class" else session_plans)(args.model, args.sessions, args.seed)
         load_before = {"uptime": uptime(), "load_avg": os.getloadavg()}
+        teacher = None
+        if args.teacher_first:
+            teacher = dict(plans[0], session=-1, seed=args.seed + 10_000)
+            teacher["ap"] = dict(teacher["ap"], eps=0.25) if "eps" in teacher["ap"] else teacher["ap"]
         t0 = time.perf_counter()
-        results = asyncio.run(drive(url, plans, args.timeout, args.stagger))
+        results, teacher_res = asyncio.run(drive(url, plans, args.timeout, args.stagger, teacher))
         wall = time.perf_counter() - t0
     finally:
         if proc is not None:
@@ -348,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         "ok": sum(r["ok"] for r in results), "errors": sum(bool(r["errors"]) for r in results),
         "wrong_results": sum(bool(r["problems"]) for r in results if r.get("page")),
         "wall_s": round(wall, 3), "first_result_s": stats(first), "complete_s": stats(complete),
+        "teacher_first": None if teacher_res is None else {
+            "complete_s": teacher_res["complete_s"], "errors": teacher_res["errors"],
+            "note": "the teacher's session ran alone before the others; the sessions' times start when they "
+                    "all open their links at once"},
         "verify": args.verify, "plan": args.plan, "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
         "before": load_before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()},
         "queue_ahead_max": max((r.get("queue_ahead_max", 0) for r in results), default=0),
