@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -99,6 +100,7 @@ class RunQueue:
         self._tickets: deque[object] = deque()
         self._running = 0
         self._local = threading.local()
+        self._last_visit = float("-inf")   # monotonic time a visitor's run last ended
 
     def waiting(self) -> int:
         """Runs waiting for a slot now."""
@@ -106,14 +108,16 @@ class RunQueue:
             return len(self._tickets)
 
     @contextmanager
-    def turn(self, report: Callable[[int], None] | None = None, background: bool = False) -> Iterator[None]:
+    def turn(self, report: Callable[[int], None] | None = None, background: bool = False,
+             quiet_s: float = 0.0) -> Iterator[None]:
         """Hold a slot for the block; while waiting, ``report(runs ahead)`` whenever that number changes.
 
         A ``background`` turn (the server's warm-up) starts only when no visitor's run is running or
-        waiting, so a visitor waits for at most one background step.
+        waiting and none has ended in the last ``quiet_s`` seconds, so a visitor waits for at most one
+        background step and a busy class is not slowed down by warming models nobody asked for.
         """
         if background:
-            yield from self._background_turn()
+            yield from self._background_turn(quiet_s)
             return
         depth = getattr(self._local, "depth", 0)
         if depth:
@@ -154,15 +158,15 @@ class RunQueue:
             self._local.depth = 0
             with self._cond:
                 self._running -= 1
+                self._last_visit = time.monotonic()
                 self._cond.notify_all()
 
-
-    def _background_turn(self) -> Iterator[None]:
+    def _background_turn(self, quiet_s: float) -> Iterator[None]:
         if getattr(self._local, "depth", 0):
             yield
             return
         with self._cond:
-            while self._tickets or self._running:
+            while self._tickets or self._running or time.monotonic() - self._last_visit < quiet_s:
                 self._cond.wait(timeout=0.5)
             self._running += 1
         self._local.depth = 1

@@ -12,7 +12,7 @@ app.warmup.ENABLED = False   # no background warm-up thread inside the test proc
 
 ENTRY = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 TIMEOUT = 300
-VIEW_CHARTS = 9    # an Explore view: benign image, 2 perturbations, 3 top-5 bars, 2 heatmap rows, group chart
+VIEW_CHARTS = 8    # an Explore view: 2 perturbations, 3 top-5 bars, 2 heatmap rows, group chart
 
 
 def _app(query: dict | None = None) -> AppTest:
@@ -48,7 +48,7 @@ def test_explore_run_shows_all_views(explored: AppTest) -> None:
     at = explored
     _ok(at)
     charts = at.get("plotly_chart")
-    # benign image, 2 perturbations, 3 top-5 bars, heatmaps, differences, groups
+    # 2 perturbations, 3 top-5 bars, heatmaps, differences, groups
     assert len(charts) == VIEW_CHARTS
     metrics = {m.label: m.value for m in at.metric}
     assert set(metrics) == {"benign prediction", "adversarial prediction", "defended prediction"}

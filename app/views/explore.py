@@ -349,12 +349,11 @@ def show_results(request: tuple, expl) -> None:
             colour = "green" if c == ref else "red"
             st.markdown(f":{colour}[{p * 100:.1f}% confidence · {'matches' if c == ref else 'differs from'} "
                         f"class {ref}]")
-            if v == "benign":
-                st.plotly_chart(F.image_figure(expl.images[v], "benign input (pixel values in [0,1])"),
-                                key=P + "fig.benign_image", width="stretch")
-            else:
+            if v != "benign":
                 st.plotly_chart(F.perturbation_figure(expl, v), key=P + f"fig.pert.{v}", width="stretch")
-            st.plotly_chart(F.prediction_bars(expl, v), key=P + f"fig.top.{v}", width="stretch")
+            # The bars print their values: a static chart, cheaper for every open tab to draw.
+            st.plotly_chart(F.prediction_bars(expl, v), key=P + f"fig.top.{v}", width="stretch",
+                            config={"staticPlot": True})
 
     if expl.decision:
         show_decision(expl)
