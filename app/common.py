@@ -107,6 +107,24 @@ class RunQueue:
         with self._cond:
             return len(self._tickets)
 
+    def held(self) -> bool:
+        """Whether the calling thread holds a slot."""
+        return getattr(self._local, "depth", 0) > 0
+
+    @contextmanager
+    def lent(self, held: bool) -> Iterator[None]:
+        """In a worker thread: act as the holder of the slot its starting thread holds (``held``),
+        so the worker's own turns pass through instead of queueing behind that slot."""
+        if not held:
+            yield
+            return
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+
     @contextmanager
     def turn(self, report: Callable[[int], None] | None = None, background: bool = False,
              quiet_s: float = 0.0) -> Iterator[None]:
@@ -189,6 +207,20 @@ def queue_message(ahead: int) -> str:
 def _queued(progress: Callable[[float, str], None] | None):
     """``RUNS.turn`` reporting the place in the queue through a progress callback."""
     return RUNS.turn(None if progress is None else lambda ahead: progress(0.0, queue_message(ahead)))
+
+
+@contextmanager
+def page_turn(active: bool = True) -> Iterator[None]:
+    """Hold one run-queue slot for a whole page run (compute *and* draw), showing the place in the
+    queue while waiting: a class's sessions then finish one after another, first come first served,
+    instead of all drawing at once at the end. ``active=False``: no turn (cheap reruns)."""
+    if not active:
+        yield
+        return
+    slot = st.empty()
+    with RUNS.turn(lambda ahead: slot.progress(0.0, text=queue_message(ahead))):
+        slot.empty()
+        yield
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -507,9 +539,12 @@ def run_with_progress(label: str, fn: Callable[..., Any], *args: Any, **kwargs: 
     messages: queue.Queue[tuple[float, str]] = queue.Queue()
     box: dict[str, Any] = {}
 
+    held = RUNS.held()   # the page's turn, lent to its worker
+
     def work() -> None:
         try:
-            box["value"] = fn(*args, _progress=lambda f, m: messages.put((float(f), str(m))), **kwargs)
+            with RUNS.lent(held):
+                box["value"] = fn(*args, _progress=lambda f, m: messages.put((float(f), str(m))), **kwargs)
         except BaseException as exc:  # re-raised in the script thread
             box["error"] = exc
 

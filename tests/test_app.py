@@ -504,3 +504,23 @@ def test_background_turns_wait_for_visitors_runs():
     for t in (a, w, b):
         t.join(10)
     assert order == ["a", "b", "warm"]
+
+
+def test_a_page_turn_lends_its_slot_to_its_worker():
+    """The page holds the slot for compute and drawing; its worker's queued computation does not wait."""
+    import threading
+
+    from app.common import RUNS
+
+    done = threading.Event()
+    with RUNS.turn():
+        held = RUNS.held()
+
+        def worker() -> None:
+            with RUNS.lent(held), RUNS.turn():
+                done.set()
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(5)
+    assert held and done.is_set() and not RUNS.held()
