@@ -85,8 +85,7 @@ class ShardWorker:
         torch.set_num_threads(threads)
         self.ctx, self.error = None, None
         try:
-            from nip_core.evaluate import EvalContext
-            self.ctx = EvalContext(job)
+            self.ctx = job.context()   # the job carries its own code: no import back into evaluate
         except (InputError, OSError) as e:   # e.g. data or weights not readable on this node
             self.error = f"on node {socket.gethostname()}: {e}"
 
@@ -99,9 +98,8 @@ class ShardWorker:
 
     def run(self, shard) -> dict[str, Any]:
         """``{"result": …}`` of ``nip_core.evaluate.evaluate_shard``, or ``{"error": …}`` for bad input."""
-        from nip_core.evaluate import evaluate_shard
         try:
-            return {"result": evaluate_shard(self.ctx, shard)}
+            return {"result": self.ctx.run(shard)}
         except InputError as e:
             return {"error": str(e)}
 
