@@ -130,10 +130,11 @@ def _maxrss_mb() -> float:
 
 def _inputs(model, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Real inputs: held-out digits, or the gallery photos and their mirror images, cycled."""
-    from nip_core.data import gallery, mnist
+    from nip_core.data import dataset_of, gallery
 
-    if model.spec.gallery == "mnist":
-        x, y = mnist("test")
+    ds = dataset_of(model)
+    if ds.builtin_calibration:      # a large labelled held-out set (MNIST, Fashion-MNIST)
+        x, y = ds.heldout(model)
     else:
         items = gallery(model.spec.gallery)
         x = torch.stack([it.image for it in items])
