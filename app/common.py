@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -42,8 +43,11 @@ def label_free_note() -> str:
         f"benign {h.fmt('benign_accuracy')}). That guess is its weak point: an attacker who also targets the vote "
         f"brings it down to {h.fmt('aware_accuracy')}, and the binarised vote holds only because MNIST pixels are "
         "nearly binary. "
-        "On ImageNet and your own models `nip` falls back to `nip-topk`, "
-        "which tries the top-K candidate classes; `nip-global` uses one all-class profile. "
+        "`nip` needs a **calibration** (labelled benign images in the model's classes): the MNIST and "
+        "Fashion-MNIST models ship one; on ImageNet, CIFAR-10 and your own models it passes inputs through "
+        "unchanged until you calibrate it (`python -m nip_core calibrate --model M --data PATH`), so it never "
+        "harms a benign input. `nip-topk` (top-K candidate classes) and `nip-global` (one all-class profile) "
+        "stay selectable by name. "
         "`nip-oracle` uses the TRUE label to pick the profile: it shows what NIP could do with perfect "
         "knowledge, and is **not deployable**. Expect the label-free modes to fall well short of the oracle; "
         "compare against the `random-sign` control (same budget, random direction)."
@@ -56,6 +60,131 @@ def aware_note() -> str:
 
     h = headline("paper-mnist", "nip")
     return f"on the MNIST {h.split} split `nip` still wins {h.pct('aware_accuracy')} of the time against it"
+
+
+# ----------------------------------------------------------------------------- torch threads
+
+def configure_torch() -> int:
+    """One torch thread per computation (``NIP_TORCH_THREADS``, default 1), set once per process.
+
+    The server shares a small machine with its visitors' browsers: with two OpenMP threads per op,
+    every op spin-waits for a core the browsers hold, and a LeNet Explore run measured 3.5 s instead
+    of 0.05 s (EfficientNet: 7–30 s instead of 1 s) on a loaded 2-core machine. One thread is also
+    what the run queue gives each run.
+    """
+    import os
+
+    import torch
+
+    n = int(os.environ.get("NIP_TORCH_THREADS", "1") or 1)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+# ----------------------------------------------------------------------------- the run queue
+
+class RunQueue:
+    """First come, first served admission for the heavy computations of every session.
+
+    ``slots`` runs at a time get the CPU; the others wait their turn and are told their place
+    ("your run starts after 3 others") instead of many threads fighting over one model lock on a
+    small machine. Re-entrant per thread: a run that needs another cached computation does not
+    queue behind itself.
+    """
+
+    def __init__(self, slots: int = 1) -> None:
+        self.slots = slots
+        self._cond = threading.Condition()
+        self._tickets: deque[object] = deque()
+        self._running = 0
+        self._local = threading.local()
+
+    def waiting(self) -> int:
+        """Runs waiting for a slot now."""
+        with self._cond:
+            return len(self._tickets)
+
+    @contextmanager
+    def turn(self, report: Callable[[int], None] | None = None, background: bool = False) -> Iterator[None]:
+        """Hold a slot for the block; while waiting, ``report(runs ahead)`` whenever that number changes.
+
+        A ``background`` turn (the server's warm-up) starts only when no visitor's run is running or
+        waiting, so a visitor waits for at most one background step.
+        """
+        if background:
+            yield from self._background_turn()
+            return
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+            return
+        ticket, told = object(), None
+        with self._cond:
+            self._tickets.append(ticket)
+        try:
+            while True:
+                with self._cond:
+                    pos = self._tickets.index(ticket)
+                    if pos < self.slots - self._running:
+                        self._tickets.remove(ticket)
+                        self._running += 1
+                        break
+                    ahead = pos + self._running
+                    if ahead == told:
+                        self._cond.wait(timeout=0.5)
+                        continue
+                told = ahead
+                if report is not None:
+                    report(ahead)
+        except BaseException:
+            with self._cond:
+                if ticket in self._tickets:
+                    self._tickets.remove(ticket)
+                self._cond.notify_all()
+            raise
+        self._local.depth = 1
+        try:
+            yield
+        finally:
+            self._local.depth = 0
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+
+    def _background_turn(self) -> Iterator[None]:
+        if getattr(self._local, "depth", 0):
+            yield
+            return
+        with self._cond:
+            while self._tickets or self._running:
+                self._cond.wait(timeout=0.5)
+            self._running += 1
+        self._local.depth = 1
+        try:
+            yield
+        finally:
+            self._local.depth = 0
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+
+RUNS = RunQueue(slots=1)
+
+
+def queue_message(ahead: int) -> str:
+    return f"waiting: your run starts after {ahead} other{'s' if ahead != 1 else ''}"
+
+
+def _queued(progress: Callable[[float, str], None] | None):
+    """``RUNS.turn`` reporting the place in the queue through a progress callback."""
+    return RUNS.turn(None if progress is None else lambda ahead: progress(0.0, queue_message(ahead)))
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -158,11 +287,12 @@ def explanation(model_name: str, image_key: str, image_bytes: bytes | None, labe
     """``nip_core.explain.explain`` for one request; every argument is a plain value."""
     from nip_core.explain import explain
 
-    image, gallery_label = _image(model_name, image_key, image_bytes)
-    label = gallery_label if label is None else label
-    return explain(get_model(model_name), image, label, attack=attack, attack_params=dict(attack_params),
-                   defense=defense, defense_params=dict(defense_params), layer=layer, method=method, k=k,
-                   seed=seed, progress=_progress)
+    with _queued(_progress):
+        image, gallery_label = _image(model_name, image_key, image_bytes)
+        label = gallery_label if label is None else label
+        return explain(get_model(model_name), image, label, attack=attack, attack_params=dict(attack_params),
+                       defense=defense, defense_params=dict(defense_params), layer=layer, method=method, k=k,
+                       seed=seed, progress=_progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=48)
@@ -173,7 +303,8 @@ def neuron_maps(request: tuple, neuron: int):
 
     expl = explanation(*request)
     x = torch.stack([expl.images[v] for v in ("benign", "adversarial", "defended")])
-    return spatial_map(get_model(expl.model_name), x, expl.layer, neuron)
+    with _queued(None):
+        return spatial_map(get_model(expl.model_name), x, expl.layer, neuron)
 
 
 @st.cache_data(show_spinner=False)
@@ -191,6 +322,12 @@ def is_conv_layer(model_name: str, layer: str) -> bool:
 def defense_comparison(request: tuple, nip_params: ParamsKey,
                        _progress: Callable[[float, str], None] | None = None) -> list[dict[str, Any]]:
     """The request's adversarial through each baseline defense, the control and NIP's modes."""
+    with _queued(_progress):
+        return _defense_comparison(request, nip_params, _progress)
+
+
+def _defense_comparison(request: tuple, nip_params: ParamsKey,
+                        _progress: Callable[[float, str], None] | None) -> list[dict[str, Any]]:
     from nip_core.defenses import DEFENSES, apply_defense
     import torch
 
@@ -228,21 +365,140 @@ def defense_comparison(request: tuple, nip_params: ParamsKey,
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def evaluation(model_name: str, attacks: tuple, defenses: tuple, n: int, seed: int, adaptive: bool,
+               split: str = "all", upload: tuple[str, bytes] | None = None,
                _progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
-    """``nip_core.evaluate.evaluate`` keyed on plain values (attacks/defenses: (name, params) tuples)."""
+    """``nip_core.evaluate.evaluate`` keyed on plain values (attacks/defenses: (name, params) tuples).
+
+    ``upload``: (file name, bytes) of the user's labelled data (see :func:`user_data`); ``split``
+    then applies to it (the engine's seeded 30/40/30 split, ``data_seed`` 0 as in the CLI).
+    """
     from nip_core.evaluate import evaluate
 
-    return evaluate(model_name, [(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses],
-                    n=n, seed=seed, adaptive=adaptive, progress=_progress)
+    units = ([(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses])
+    with _queued(_progress):
+        if upload is None:
+            return evaluate(model_name, *units, n=n, seed=seed, split=split, adaptive=adaptive, progress=_progress)
+        if not evaluate_takes_data():
+            raise InputError("this version of the engine cannot evaluate on uploaded data yet "
+                             "(nip_core.evaluate.evaluate has no data= argument); use the built-in images.")
+        user_data(model_name, *upload)             # refuse an unusable file before any work, with its reason
+        with _upload_on_disk(*upload) as path:     # evaluate reads it (safe_extract_zip for a .zip)
+            result = evaluate(model_name, *units, n=n, seed=seed, split=split, adaptive=adaptive,
+                              progress=_progress, data=str(path))
+        block = result.get("data")
+        if isinstance(block, dict):                # name the user's file, not the temporary path
+            block.update({k: str(v).replace(str(path), upload[0]) for k, v in block.items()
+                          if isinstance(v, str) and str(path) in v})
+        return result
+
+
+def evaluate_takes_data() -> bool:
+    """Whether the engine's ``evaluate`` accepts ``data=LabelledData`` (the user's own images)."""
+    import inspect
+
+    from nip_core.evaluate import evaluate
+    return "data" in inspect.signature(evaluate).parameters
+
+
+DATA_UPLOAD_MAX_MB = 50   # also Streamlit's server.maxUploadSize (.streamlit/config.toml)
+DATA_MAX_IMAGES = 5000
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def user_data(model_name: str, file_name: str, data: bytes):
+    """The user's labelled images (an uploaded .zip holding an ImageFolder or a .npz, or a .npz) for
+    the model: ``nip_core.sources.userdata.LabelledData``, with ``.skipped`` and ``.summary_line()``.
+
+    The bytes are written to a private temporary folder under a fixed name; a .zip is extracted by
+    ``safe_extract_zip`` (no path traversal, links or zip bombs) inside ``load_labelled_data``.
+    Raises InputError for an unusable file.
+    """
+    from nip_core.sources.userdata import load_labelled_data
+
+    spec = get_model(model_name).spec
+    with _upload_on_disk(file_name, data) as path:
+        out = load_labelled_data(path, class_names=get_model(model_name).class_names,
+                                 channels=spec.input_channels, size=spec.input_size, preprocess=spec.preprocess,
+                                 max_images=DATA_MAX_IMAGES, max_bytes=4 * DATA_UPLOAD_MAX_MB * 2**20)
+    out.source = file_name   # what the summary line names: the user's file, not the temporary path
+    return out
+
+
+@contextmanager
+def _upload_on_disk(file_name: str, data: bytes) -> Iterator[Any]:
+    """The uploaded bytes as ``upload.zip``/``upload.npz`` in a private temporary folder (removed after)."""
+    import tempfile
+    from pathlib import Path
+
+    if len(data) > DATA_UPLOAD_MAX_MB * 2**20:
+        raise InputError(f"{file_name} is {len(data) / 2**20:.1f} MB, over the {DATA_UPLOAD_MAX_MB} MB limit for "
+                         "uploaded data; upload a smaller subset.")
+    suffix = Path(file_name).suffix.lower()
+    if suffix not in (".zip", ".npz"):
+        raise InputError(f"{file_name} is not a .zip or .npz file; upload a .zip of class folders of images, "
+                         "or a .npz with arrays x and y.")
+    with tempfile.TemporaryDirectory(prefix="nip-upload-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        yield path
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def has_calibration(model_name: str) -> bool:
+    """Whether the label-free ``nip`` has a calibration for the model (else it passes inputs through)."""
+    from nip_core.calibration import calibration_for
+    return calibration_for(get_model(model_name)) is not None
+
+
+def calibration_hint(model_name: str) -> str:
+    """One line: ``nip`` passes inputs through on this model, and how to calibrate it."""
+    from nip_core.calibration import how_to_calibrate
+    return how_to_calibrate(get_model(model_name))
+
+
+@st.cache_data(show_spinner=False)
+def demo_image(model_name: str, attack: str = "fgsm", restore: tuple[str, ...] = ("nip-oracle",),
+               defeat: tuple[str, ...] = ()) -> str:
+    """A gallery image that shows a step of the guided tour (``nip_core.explain.demo_image``)."""
+    from nip_core.explain import demo_image as pick
+
+    with _queued(None):
+        return pick(get_model(model_name), attack=attack, restore=restore, defeat=defeat)
+
+
+def build_request(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None, attack: str,
+                  attack_params: dict[str, Any], defense: str, defense_params: dict[str, Any], layer: str,
+                  method: str, k: float, seed: int) -> tuple:
+    """The plain-value key of one Explore view (:func:`explanation`'s arguments).
+
+    Only parameters that differ from the unit's defaults on this model are kept (shorter share
+    links, and one cache entry however the defaults were reached); NIP defenses measure and act
+    at the influence section's layer, method and k.
+    """
+    from nip_core.attacks import ATTACKS
+    from nip_core.defenses import DEFENSES
+
+    model = get_model(model_name)
+    a_def = ATTACKS[attack].params_for(model)
+    d_def = DEFENSES[defense].params_for(model)
+    ap = {n: v for n, v in attack_params.items() if a_def.get(n) != v}
+    dp = {n: v for n, v in defense_params.items() if d_def.get(n) != v}
+    if DEFENSES[defense].family == "nip":
+        dp.update(layer=layer, method=method, k=float(k))
+    return (model_name, image_key, image_bytes, label, attack, tuple(sorted(ap.items())),
+            defense, tuple(sorted(dp.items())), layer, method, float(k), int(seed))
 
 
 # ----------------------------------------------------------------------------- UI helpers
 
 def run_with_progress(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``fn(*args, _progress=cb, **kwargs)`` in a worker thread, showing progress in an st.status.
+    """Run ``fn(*args, _progress=cb, **kwargs)`` in a worker thread, showing its progress in a bar.
 
-    The cached function only puts messages on a queue; this (script) thread draws them.
-    Exceptions from ``fn`` are re-raised here.
+    The cached function only puts messages on a queue; this (script) thread draws them, including
+    the run queue's "your run starts after N others". A plain progress bar, not an animated status
+    box: a browser tab showing a spinning status for the length of a queue burns a tenth of a core,
+    and a class waiting together would spend more on spinners than on their runs. The bar is
+    removed when the run is done. Exceptions from ``fn`` are re-raised here.
     """
     messages: queue.Queue[tuple[float, str]] = queue.Queue()
     box: dict[str, Any] = {}
@@ -255,23 +511,31 @@ def run_with_progress(label: str, fn: Callable[..., Any], *args: Any, **kwargs: 
 
     worker = threading.Thread(target=work, name="nip-explorer-worker", daemon=True)
     add_script_run_ctx(worker, get_script_run_ctx())
-    with st.status(label, expanded=False) as status:
-        bar = st.progress(0.0, text="starting")
-        worker.start()
-        while worker.is_alive() or not messages.empty():
-            try:
-                frac, msg = messages.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            bar.progress(min(max(frac, 0.0), 1.0), text=msg)
-            status.update(label=f"{label} — {msg}")
-        worker.join()
-        if "error" in box:
-            status.update(label=f"{label} — failed", state="error")
-            raise box["error"]
-        bar.progress(1.0, text="done")
-        status.update(label=f"{label} — done", state="complete")
+    slot = st.empty()
+    worker.start()
+    shown = None
+    while worker.is_alive() or not messages.empty():
+        try:
+            frac, msg = messages.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if (frac, msg) != shown:
+            slot.progress(min(max(frac, 0.0), 1.0), text=f"{label}: {msg}")
+            shown = (frac, msg)
+    worker.join()
+    slot.empty()
+    if "error" in box:
+        raise box["error"]
     return box["value"]
+
+
+QUIET_CSS = "<style>[data-testid='stStatusWidget'] { display: none; }</style>"
+
+
+def quiet_running_indicator() -> None:
+    """Hide Streamlit's animated "running" indicator: the pages show their own progress bars, and
+    the animation costs every open tab CPU for as long as its script runs (a queued class)."""
+    st.html(QUIET_CSS)
 
 
 def show_error(exc: BaseException, where: str) -> None:
@@ -313,12 +577,19 @@ def param_help(p: Param) -> str:
     return extra + f"Allowed: {p.describe_range()}."
 
 
-def param_input(p: Param, default: Any, key: str, high: float | None = None) -> Any:
-    """One widget for a declared parameter (defaults come from the registry, not the UI)."""
+def param_input(p: Param, default: Any, key: str, high: float | None = None,
+                choices: list[Any] | None = None) -> Any:
+    """One widget for a declared parameter (defaults come from the registry, not the UI).
+
+    ``choices`` narrows a choice parameter to the options that apply (e.g. the model's layers).
+    """
     init_state(key, default)
     label, help_ = param_label(p), param_help(p)
     if p.kind == "choice":
-        return st.selectbox(label, list(p.choices), key=key, help=help_)
+        options = list(p.choices) if choices is None else list(choices)
+        if st.session_state[key] not in options:
+            st.session_state[key] = default if default in options else options[0]
+        return st.selectbox(label, options, key=key, help=help_)
     if p.kind == "bool":
         return st.checkbox(label, key=key, help=help_)
     hi = p.high if high is None else high

@@ -19,9 +19,18 @@ import streamlit as st  # noqa: E402
 # whenever a page URL (e.g. a shared /explore?... link) is the first request the server sees.
 PAGES = Path(__file__).resolve().parent / "views"
 
+from app import common, warmup  # noqa: E402
+
+common.configure_torch()
+
 st.set_page_config(page_title="NIP Explorer", page_icon=":material/shield:", layout="wide")
+# Once per server process, in the background: load the models, galleries and profiles every session
+# shares and run each model's default view, the model of this first link first. Never waited for.
+warmup.start(first=st.query_params.get("model"))
+common.quiet_running_indicator()
 page = st.navigation([
     st.Page(PAGES / "explore.py", title="Explore", icon=":material/search:", default=True),  # the default page is served at /
+    st.Page(PAGES / "tour.py", title="Tour", icon=":material/school:", url_path="tour"),
     st.Page(PAGES / "benchmark.py", title="Benchmark", icon=":material/table_chart:", url_path="benchmark"),
     st.Page(PAGES / "profiles.py", title="Profiles", icon=":material/hub:", url_path="profiles"),
     st.Page(PAGES / "method.py", title="Method", icon=":material/menu_book:", url_path="method"),

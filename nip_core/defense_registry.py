@@ -65,7 +65,15 @@ class Defense:
         return self.spec.name
 
     def params_for(self, model: LoadedModel, values: dict | None = None) -> dict[str, Any]:
+        values = dict(values or {})
+        # NIP's layer may be any of this model's own influence layers (ResNet-8's `stack3`, a user
+        # model's), beyond the names its Param lists; other values are validated as declared.
+        own = None
+        if any(q.name == "layer" for q in self.spec.params) and str(values.get("layer")) in model.spec.layers:
+            own = str(values.pop("layer"))
         p = self.spec.validate_for(self.dataset_defaults, defaults_chain(model), values)
+        if own is not None:
+            p["layer"] = own
         if p.get("layer") not in (None, "default"):
             model.layer(p["layer"])
         return p

@@ -603,6 +603,36 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def accuracy_intervals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Accuracy after each defense with its 95% Wilson interval: one row per attack × defense, then
+    one per defense on the benign images.
+
+    The count of correct images comes from the per-image ``correct`` bits where the result has
+    them, else from ``accuracy × n`` (older result files).
+    """
+    def row(inputs: str, defense: str, acc: float | None, bits: str | None, n: Any) -> dict[str, Any]:
+        if bits:
+            k, n = bits.count("1"), len(bits)
+        elif acc is not None and isinstance(n, int) and n > 0:
+            k = int(round(acc * n))
+        else:
+            return {"inputs": inputs, "defense": defense, "accuracy": acc, "correct": None, "n": None,
+                    "ci_low": None, "ci_high": None}
+        lo, hi = wilson_interval(k, n)
+        return {"inputs": inputs, "defense": defense, "accuracy": k / n, "correct": k, "n": n,
+                "ci_low": lo, "ci_high": hi}
+
+    n_all = result.get("n_images")
+    out = [row(r["attack"], r["defense"], r.get("defended_adv_accuracy"), r.get("correct"), r.get("n", n_all))
+           for r in result["rows"]]
+    benign = result.get("benign") or {}
+    for d in result.get("defenses") or dict.fromkeys(r["defense"] for r in result["rows"]):
+        b = benign.get(d, {})
+        acc = b.get("accuracy", result.get("summary", {}).get("benign_accuracy", {}).get(d))
+        out.append(row("benign", d, acc, b.get("correct"), n_all))
+    return out
+
+
 def paired_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """``summary.paired`` as table rows: one per attack (and "benign") × other defense."""
     paired = result.get("summary", {}).get("paired")

@@ -172,3 +172,51 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
         attack=attack, attack_params=ar.params, defense=defense, defense_params=dr.params, seconds=secs,
         decision=decision,
     )
+
+
+def demo_image(model: LoadedModel, attack: str = "fgsm", restore: tuple[str, ...] = ("nip-oracle",),
+               defeat: tuple[str, ...] = (), seed: int = 0) -> str:
+    """The key of the gallery image that shows a step of NIP's story best on ``model``.
+
+    Wanted: an image the model classifies correctly, that ``attack`` (at its dataset defaults)
+    fools, that each defense in ``restore`` classifies correctly again and that each defense in
+    ``defeat`` does not (all at their defaults). Images are tried one at a time in gallery order
+    and the first that meets every wish is returned; otherwise the one meeting the most important
+    wishes (correct, then fooled, then the conditions in the order given), ties going to the
+    earlier image. Used by the app's guided tour so that its presets work on every built-in model.
+
+    Args:
+        model: a built-in model (its gallery labels are its classes).
+        attack: the attack's name; restore, defeat: defense names; seed: their seed.
+    """
+    from nip_core.data import gallery
+
+    items = gallery(model.spec.gallery)
+    if not items:
+        raise InputError(f"model {model.name!r} has no example images.")
+    wishes = [(d, True) for d in restore] + [(d, False) for d in defeat]
+    worst = 2 ** (len(wishes) + 2)
+
+    def shortfall(it) -> int:
+        """0 when the image meets every wish; larger for more important misses."""
+        x, y = it.image.unsqueeze(0), torch.tensor([it.label])
+        if int(model.predict(x)[0]) != it.label:
+            return worst
+        xa = run_attack(model, attack, x, y, seed=seed).x_adv
+        if int(model.predict(xa)[0]) == it.label:
+            return worst // 2
+        miss = 0
+        for i, (d, want) in enumerate(wishes):
+            xd = apply_defense(model, d, xa, y=y if DEFENSES.get_unit(d).needs_labels else None, seed=seed).x_def
+            if (int(model.predict(xd)[0]) == it.label) != want:
+                miss += 2 ** (len(wishes) - 1 - i)
+        return miss
+
+    best = (worst + 1, items[0].key)
+    for it in items:
+        score = shortfall(it)
+        if score < best[0]:
+            best = (score, it.key)
+        if score == 0:
+            break
+    return best[1]

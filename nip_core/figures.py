@@ -116,14 +116,15 @@ def _panel_heatmaps(panels: list[tuple[str, np.ndarray]], dead: np.ndarray | Non
     dead_grid = to_grid(np.where(dead_mask, 1.0, np.nan)) if dead_mask.any() else None
     for i, g in enumerate(grids, start=1):
         fig.add_trace(go.Heatmap(
-            z=g, customdata=hover, coloraxis="coloraxis", xgap=1, ygap=1, name=panels[i - 1][0],
+            z=_f32(g), customdata=hover, coloraxis="coloraxis", xgap=1, ygap=1, name=panels[i - 1][0],
             hovertemplate="%{customdata}<br>" + value_name + " %{z:.4g}<extra>" + panels[i - 1][0] + "</extra>",
         ), row=1, col=i)
         if dead_grid is not None:
             fig.add_trace(go.Heatmap(
-                z=dead_grid, customdata=hover, colorscale=_DEAD_SCALE, showscale=False, xgap=1, ygap=1,
-                name="dead", showlegend=(i == 1), hovertemplate="%{customdata}<br>dead: never active on the "
-                                                               "benign references<extra></extra>",
+                z=_f32(dead_grid), colorscale=_DEAD_SCALE, showscale=False, xgap=1, ygap=1,
+                name="dead", showlegend=(i == 1),
+                hovertemplate=f"neuron %{{y}}×{cols} + %{{x}}: dead, never active on the benign "
+                              "references<extra></extra>",
             ), row=1, col=i)
     _neuron_grid_axes(fig, len(panels), rows, cols)
     fig.update_layout(
@@ -244,29 +245,69 @@ def prediction_bars(expl, variant: str, n: int = 5) -> go.Figure:
     return fig
 
 
+def _png_source(rgb: np.ndarray) -> str:
+    """``[3,H,W]`` in [0,1] → a PNG data URI for ``go.Image(source=...)``: a 224×224 photo travels
+    to the browser as a few dozen kB instead of 150,000 JSON numbers."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(rgb.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    """Half the bytes sent per heatmap cell; float32 keeps far more digits than the hover shows."""
+    return np.asarray(a, dtype=np.float32)
+
+
 def image_figure(image: Any, title: str = "image") -> go.Figure:
     """A ``[C,H,W]`` image in [0,1] as a figure (pixel coordinates on the axes)."""
     arr = _np(image)
     if arr.shape[0] == 1:
-        fig = go.Figure(go.Heatmap(z=arr[0], colorscale="gray", zmin=0, zmax=1, showscale=False,
+        fig = go.Figure(go.Heatmap(z=_f32(arr[0]), colorscale="gray", zmin=0, zmax=1, showscale=False,
                                    hovertemplate="x %{x}, y %{y}<br>grey %{z:.3f}<extra></extra>"))
     else:
-        fig = go.Figure(go.Image(z=np.clip(arr.transpose(1, 2, 0), 0, 1) * 255))
+        fig = go.Figure(go.Image(source=_png_source(arr), hoverinfo="x+y"))
     fig.update_yaxes(autorange="reversed", scaleanchor="x", title_text="y (pixel)", showgrid=False)
     fig.update_xaxes(title_text="x (pixel)", showgrid=False, constrain="domain")
     fig.update_layout(title=dict(text=title, x=0.0), margin=dict(l=40, r=10, t=40, b=40), height=300)
     return fig
 
 
+PERTURBATION_MAX_SIDE = 112   # larger images are shown as means of square pixel blocks
+
+
+def _block_mean(d: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
+    """``[H,W]`` → means of ``f×f`` blocks (``f`` the smallest factor with ``H/f ≤ max_side``), and ``f``."""
+    f = 1
+    while d.shape[0] / f > max_side or d.shape[1] / f > max_side:
+        f += 1
+    if f == 1:
+        return d, 1
+    h, w = d.shape[0] // f * f, d.shape[1] // f * f
+    return d[:h, :w].reshape(h // f, f, w // f, f).mean((1, 3)), f
+
+
 def perturbation_figure(expl, variant: str = "adversarial") -> go.Figure:
-    """The perturbation ``x_variant − x_benign`` (channel mean), amplified to fill the colour scale."""
-    d = _np(expl.perturbation(variant)).mean(0)
+    """The perturbation ``x_variant − x_benign`` (channel mean), amplified to fill the colour scale.
+
+    Images larger than ``PERTURBATION_MAX_SIDE`` pixels a side are drawn as means of ``f×f``
+    pixel blocks (a 224×224 photo: 2×2), a quarter of the cells to send and draw; the norms in the
+    title are those of the full perturbation.
+    """
+    d, f = _block_mean(_np(expl.perturbation(variant)).mean(0), PERTURBATION_MAX_SIDE)
     lim = float(np.abs(d).max()) or 1.0
     norms = expl.norms(variant)
+    axis = np.arange(d.shape[1]) * f + (f - 1) / 2, np.arange(d.shape[0]) * f + (f - 1) / 2
     fig = go.Figure(go.Heatmap(
-        z=d, colorscale=DIVERGING, zmin=-lim, zmax=lim, zmid=0,
+        z=_f32(d), x=axis[0] if f > 1 else None, y=axis[1] if f > 1 else None,
+        colorscale=DIVERGING, zmin=-lim, zmax=lim, zmid=0,
         colorbar=dict(title=dict(text="Δ pixel<br>([0,1] units)", side="right"), thickness=10),
-        hovertemplate="x %{x}, y %{y}<br>Δ %{z:.4f}<extra></extra>",
+        hovertemplate=("x %{x}, y %{y}<br>Δ %{z:.4f}" + (f" (mean of {f}×{f} pixels)" if f > 1 else "")
+                       + "<extra></extra>"),
     ))
     fig.update_yaxes(autorange="reversed", scaleanchor="x", title_text="y (pixel)", showgrid=False)
     fig.update_xaxes(title_text="x (pixel)", showgrid=False, constrain="domain")
@@ -289,11 +330,10 @@ def spatial_overlay(image: Any, activation_map: Any, title: str = "activation ma
         rgb = np.repeat(arr, 3, axis=0)
     else:
         rgb = arr
-    fig = go.Figure(go.Image(z=np.clip(rgb.transpose(1, 2, 0), 0, 1) * 255,
-                             hoverinfo="skip"))
+    fig = go.Figure(go.Image(source=_png_source(rgb), hoverinfo="skip"))
     top = float(zmax if zmax is not None else (np.nanmax(m) if np.isfinite(m).any() else 1.0)) or 1.0
     fig.add_trace(go.Heatmap(
-        z=m, colorscale="Inferno", zmin=0, zmax=top, opacity=0.55,
+        z=_f32(m), colorscale="Inferno", zmin=0, zmax=top, opacity=0.55,
         colorbar=dict(title=dict(text=value_label, side="right"), thickness=10),
         hovertemplate="x %{x}, y %{y}<br>value %{z:.4g}<extra></extra>",
     ))
@@ -388,7 +428,9 @@ def evaluation_heatmap(result: dict, metric: str = "defended_adv_accuracy", adap
     one, "defense-aware PGD"; columns are the defenses.
     """
     defenses = list(result.get("defenses") or dict.fromkeys(r["defense"] for r in result["rows"]))
-    attacks = list(result.get("attacks") or dict.fromkeys(r["attack"] for r in result["rows"]))
+    # Rows name attacks as the table does (``fgsm[eps=0.1]``); ``result["attacks"]`` may also carry
+    # parameters the rows leave out (an untargeted ``target=-1``), so the rows' labels lead.
+    attacks = list(dict.fromkeys(r["attack"] for r in result["rows"]))
     from nip_core.evaluate import wilson_interval
 
     def interval(bits: str | None) -> str:

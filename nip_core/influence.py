@@ -65,7 +65,8 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
     if target_t.numel() == 1:
         target_t = target_t.expand(len(x))
     if method == "conductance":
-        return _conductance(model, module, x, target_t.view(1, -1), n_steps, batch_size)[0]
+        return _conductance(model, module, x, target_t.view(1, -1), conductance_steps(model, layer, n_steps),
+                            batch_size)[0]
     outs = []
     with model.lock:
         algo = LayerGradientXActivation(model.net, module)
@@ -74,6 +75,17 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
             a = algo.attribute(xb, target=target_t[i:i + batch_size].to(model.device))
             outs.append(_per_neuron(a.detach()).float().cpu())
     return torch.cat(outs)
+
+
+def conductance_steps(model: LoadedModel, layer: str | None, n_steps: int) -> int:
+    """Integration steps that give ``n_steps``-step conductance exactly at ``layer``.
+
+    Where the layer reaches the logits through an affine map (``ModelSpec.affine_layers``), the
+    gradient ``g_i`` is the same at every interpolant, so the trapezoid sum telescopes:
+    ``Σ_{i<n} (a_{i+1} − a_i) · g = (a(x) − a(0)) · g``, which one step computes.
+    """
+    layer = layer or model.spec.default_layer
+    return 1 if layer in getattr(model.spec, "affine_layers", ()) else n_steps
 
 
 def conductance_chunk(x: torch.Tensor, n_steps: int, batch_size: int = 64) -> int:
@@ -387,7 +399,8 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
         if method == "conductance":
             x_ref, _ = reference()
             targets = torch.tensor(classes, dtype=torch.long).view(-1, 1).expand(-1, len(x_ref))
-            return _conductance(model, model.layer(layer), x_ref, targets, n_steps).mean(1)
+            return _conductance(model, model.layer(layer), x_ref, targets,
+                                conductance_steps(model, layer, n_steps)).mean(1)
         x_ref, _ = reference()
         targets = torch.tensor(classes, dtype=torch.long).view(-1, 1).expand(-1, len(x_ref))
         return _grad_x_act(model, model.layer(layer), x_ref, targets).mean(1)

@@ -16,11 +16,22 @@ from nip_core.runtime import REPO_ROOT
 
 RESULTS_DIR = REPO_ROOT / "docs" / "results"
 
-# Suite → the shipped result file of its report run (the tables the app shows on arrival).
-SHIPPED_SUITES = {
+# Suite → the file its report run ships as (the tables the app shows on arrival). A suite is
+# shipped when its file exists: re-running a suite's report adds it to the app without a code change.
+SUITE_FILES = {
     "paper-mnist": "paper-mnist-report.json",
+    "paper-fashion": "paper-fashion-report.json",
     "paper-imagenet": "paper-imagenet.json",
+    "paper-cifar10": "paper-cifar10.json",
 }
+
+
+def shipped_suites() -> dict[str, str]:
+    """Suite → result file, for the suites whose result file is present in :data:`RESULTS_DIR`."""
+    return {s: f for s, f in SUITE_FILES.items() if (RESULTS_DIR / f).is_file()}
+
+
+SHIPPED_SUITES = shipped_suites()
 
 
 def shipped_result(file_name: str) -> dict[str, Any]:
@@ -63,9 +74,10 @@ class Headline:
 
 def headline(suite: str = "paper-mnist", defense: str = "nip") -> Headline:
     """The headline numbers of ``defense`` in the shipped report of ``suite``."""
-    if suite not in SHIPPED_SUITES:
-        raise InputError(f"no shipped report for suite {suite!r}; shipped: {', '.join(SHIPPED_SUITES)}.")
-    r = shipped_result(SHIPPED_SUITES[suite])
+    shipped = shipped_suites()
+    if suite not in shipped:
+        raise InputError(f"no shipped report for suite {suite!r}; shipped: {', '.join(shipped)}.")
+    r = shipped_result(shipped[suite])
     s = r["summary"]
     return Headline(suite=suite, split=r.get("split", "?"), n_images=int(r.get("n_images", 0)), defense=defense,
                     mean_adv_accuracy=s["mean_adv_accuracy"].get(defense),
@@ -73,3 +85,58 @@ def headline(suite: str = "paper-mnist", defense: str = "nip") -> Headline:
                     bpda_accuracy=s["adaptive_accuracy"].get(defense),
                     aware_accuracy=s.get("adaptive_aware_accuracy", {}).get(defense),
                     undefended_mean_adv_accuracy=s["mean_adv_accuracy"].get("none"))
+
+
+MAX_RESULT_BYTES = 20 * 1024 * 1024
+_ROW_FIELDS = ("attack", "defense", "defended_adv_accuracy")
+
+
+def read_result(data: bytes, name: str = "the file") -> dict[str, Any]:
+    """An evaluation result (``evaluate``'s JSON, from the CLI, the app or a Ray run), checked.
+
+    Args:
+        data: the file's bytes (UTF-8 JSON, at most ``MAX_RESULT_BYTES``).
+        name: how messages name the file.
+
+    Returns:
+        The parsed result, with ``attacks``/``defenses`` filled in from the rows when missing.
+
+    Raises:
+        InputError: not JSON, or not the shape of an evaluation result (one sentence saying what is
+            missing).
+    """
+    if len(data) > MAX_RESULT_BYTES:
+        raise InputError(f"{name} is {len(data) / 2**20:.1f} MB, over the {MAX_RESULT_BYTES / 2**20:g} MB limit "
+                         "for a results file.")
+    try:
+        r = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise InputError(f"{name} is not a JSON file; open the .json that `python -m nip_core evaluate` or the "
+                         "Benchmark page wrote.") from None
+    how = "it is not an evaluation result (the .json of `python -m nip_core evaluate` or the Benchmark page)"
+    if not isinstance(r, dict):
+        raise InputError(f"{name}: {how}.")
+    missing = [k for k in ("model", "rows", "summary") if k not in r]
+    if missing:
+        raise InputError(f"{name}: {how}; it has no {', '.join(repr(k) for k in missing)}.")
+    rows = r["rows"]
+    if not isinstance(rows, list) or not rows or not all(isinstance(x, dict) for x in rows):
+        raise InputError(f"{name}: {how}; 'rows' must be a non-empty list of table rows.")
+    for i, row in enumerate(rows):
+        lacks = [k for k in _ROW_FIELDS if k not in row]
+        if lacks:
+            raise InputError(f"{name}: row {i} has no {', '.join(repr(k) for k in lacks)}.")
+        v = row["defended_adv_accuracy"]
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1):
+            raise InputError(f"{name}: row {i} has an accuracy of {v!r}; accuracies lie in [0, 1].")
+    summary = r["summary"]
+    if not isinstance(summary, dict) or not all(isinstance(summary.get(k), dict)
+                                                for k in ("mean_adv_accuracy", "benign_accuracy")):
+        raise InputError(f"{name}: {how}; its 'summary' lacks mean_adv_accuracy and benign_accuracy.")
+    r.setdefault("attacks", list(dict.fromkeys(row["attack"] for row in rows)))
+    r.setdefault("defenses", list(dict.fromkeys(row["defense"] for row in rows)))
+    r.setdefault("adaptive", {})
+    r.setdefault("benign", {})
+    r.setdefault("n_images", rows[0].get("n", "?"))
+    r["summary"].setdefault("adaptive_accuracy", {})
+    return r

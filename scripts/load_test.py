@@ -14,14 +14,23 @@ records:
   label, and the benign (and with ``--verify full``: adversarial and defended) predictions
   equal the engine's for that request, computed here in-process.
 
-and writes a JSON report (``--out``) with p50/p95/max latencies. Exit status 0 when every
-session finished with its own correct result, 1 otherwise.
+and writes a JSON report (``--out``) with p50/p95/max latencies, the longest queue a session was
+told about ("your run starts after N others"), and the machine's load (``uptime``) before and
+after. Exit status 0 when every session finished with its own correct result, 1 otherwise.
+
+``--plan class`` is a class opening one demo link at once (issue 15): every session LeNet + FGSM +
+nip on the same image, each with its own eps and seed. The browsers run on the same machine as the
+server (one headless Chromium, a context per session), so they share its cores. With
+``--teacher-first`` one more session (the teacher's) opens the demo first, alone, in the same
+browser, so the browser has loaded the app's code once before the class arrives; without it, all
+sessions also compile the app's JavaScript at the same moment.
 
 Uses Playwright with the system Chromium (``/usr/bin/chromium``; never ``playwright install``)
 and refuses any request that leaves the loopback interface.
 
     .venv/bin/python scripts/load_test.py --sessions 4 --out load.json
     .venv/bin/python scripts/load_test.py --url http://127.0.0.1:8501 --sessions 6 --out load.json
+    .venv/bin/python scripts/load_test.py --plan class --sessions 20 --verify full --out docs/results/load.json
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-MAX_SESSIONS = 12
+MAX_SESSIONS = 24
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 # (attack, attack params, defense, defense params): cheap settings so sessions finish on a shared CPU.
@@ -62,6 +72,18 @@ PLANS = [
 
 
 # ----------------------------------------------------------------------------- plans and expectations
+
+def class_plans(model_name: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """A class opening one demo: every session FGSM + nip on the same image, each with its own eps and
+    seed (eps spread over [0.1, 0.3])."""
+    from nip_core.data import gallery
+    from nip_core.models import load_model
+
+    it = gallery(load_model(model_name).spec.gallery)[0]
+    return [{"session": i, "model": model_name, "image": it.key, "label": it.label, "label_name": it.label_name,
+             "attack": "fgsm", "ap": {"eps": round(0.1 + 0.2 * i / max(1, n - 1), 3)}, "defense": "nip", "dp": {},
+             "seed": seed + i} for i in range(n)]
+
 
 def session_plans(model_name: str, n: int, seed: int) -> list[dict[str, Any]]:
     """One configuration per session: distinct gallery images (distinct labels first)."""
@@ -194,17 +216,23 @@ async def run_session(browser, url: str, plan: dict[str, Any], timeout: float, s
     page.on("pageerror", lambda exc: res["errors"].append(f"browser: {exc}"[:300]))
     t0 = time.perf_counter()
     deadline = t0 + timeout
+    res["queue_ahead_max"] = 0
     try:
         await page.goto(f"{url}/?{plan_query(plan)}", wait_until="domcontentloaded", timeout=timeout * 1000)
         while time.perf_counter() < deadline:
             errs = await page_errors(page)
+            for text in await page.get_by_text("your run starts after").all_inner_texts():
+                m = re.search(r"your run starts after (\d+)", text)
+                if m:
+                    res["queue_ahead_max"] = max(res["queue_ahead_max"], int(m.group(1)))
+            done = await page.get_by_role("button", name="Download summary (JSON)").count()
             metrics = await read_metrics(page)
             if res["first_result_s"] is None and {"benign", "adversarial", "defended"} <= set(metrics):
                 res["first_result_s"] = time.perf_counter() - t0
                 res["page"] = {"predictions": metrics}
                 captions = await page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
                 res["page"]["caption"] = next((c for c in captions if "· attack " in c), "")
-            if await page.get_by_role("button", name="Download summary (JSON)").count():
+            if done and "page" in res:   # the page drew its last element (and, before it, the metrics)
                 res["complete_s"] = time.perf_counter() - t0
                 res["page"]["predictions"] = await read_metrics(page)
                 break
@@ -222,13 +250,17 @@ async def run_session(browser, url: str, plan: dict[str, Any], timeout: float, s
     return res
 
 
-async def drive(url: str, plans: list[dict[str, Any]], timeout: float, start_gap: float) -> list[dict[str, Any]]:
+async def drive(url: str, plans: list[dict[str, Any]], timeout: float, start_gap: float,
+                teacher: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every plan's session at once in one browser (a context each); with ``teacher``, that session
+    first, alone and to the end, in the same browser (the tab a teacher opens the demo in)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            return await asyncio.gather(*(run_session(browser, url, p, timeout, start_gap) for p in plans))
+            first = await run_session(browser, url, teacher, timeout, 0) if teacher is not None else None
+            return list(await asyncio.gather(*(run_session(browser, url, p, timeout, start_gap) for p in plans))), first
         finally:
             await browser.close()
 
@@ -253,6 +285,14 @@ def check(res: dict[str, Any], expected: dict[str, str]) -> list[str]:
     return problems
 
 
+def uptime() -> str:
+    """``uptime``'s line (the machine's load while measuring), or "" where it is missing."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -270,11 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", help="a running app (loopback only); default: start one on a free port")
     ap.add_argument("--sessions", type=int, default=4, help=f"concurrent sessions (1–{MAX_SESSIONS})")
     ap.add_argument("--model", default="lenet-mnist")
+    ap.add_argument("--plan", choices=["mixed", "class"], default="mixed",
+                    help="mixed: a different image, attack and defense per session; class: every session the "
+                         "same demo link (FGSM + nip) with its own eps and seed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=600, help="seconds per session")
     ap.add_argument("--stagger", type=float, default=0.0, help="seconds between session starts")
     ap.add_argument("--verify", choices=["benign", "full"], default="benign",
                     help="check the benign prediction (default) or all three against the engine")
+    ap.add_argument("--teacher-first", action="store_true",
+                    help="before the sessions, one more (the teacher's, its own eps and seed) opens the demo in "
+                         "the same browser and finishes; the browser has then loaded the app's code once")
     ap.add_argument("--out", default="load.json")
     args = ap.parse_args(argv)
     Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -297,9 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         t_ready = time.perf_counter()
         wait_healthy(url, proc, 180)
         ready_s = time.perf_counter() - t_ready
-        plans = session_plans(args.model, args.sessions, args.seed)
+        plans = (class_plans if args.plan == "class" else session_plans)(args.model, args.sessions, args.seed)
+        load_before = {"uptime": uptime(), "load_avg": os.getloadavg()}
+        teacher = None
+        if args.teacher_first:
+            teacher = dict(plans[0], session=-1, seed=args.seed + 10_000)
+            teacher["ap"] = dict(teacher["ap"], eps=0.25) if "eps" in teacher["ap"] else teacher["ap"]
         t0 = time.perf_counter()
-        results = asyncio.run(drive(url, plans, args.timeout, args.stagger))
+        results, teacher_res = asyncio.run(drive(url, plans, args.timeout, args.stagger, teacher))
         wall = time.perf_counter() - t0
     finally:
         if proc is not None:
@@ -316,12 +367,19 @@ def main(argv: list[str] | None = None) -> int:
         "ok": sum(r["ok"] for r in results), "errors": sum(bool(r["errors"]) for r in results),
         "wrong_results": sum(bool(r["problems"]) for r in results if r.get("page")),
         "wall_s": round(wall, 3), "first_result_s": stats(first), "complete_s": stats(complete),
-        "verify": args.verify, "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+        "teacher_first": None if teacher_res is None else {
+            "complete_s": teacher_res["complete_s"], "errors": teacher_res["errors"],
+            "note": "the teacher's session ran alone before the others; the sessions' times start when they "
+                    "all open their links at once"},
+        "verify": args.verify, "plan": args.plan, "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+        "before": load_before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()},
+        "queue_ahead_max": max((r.get("queue_ahead_max", 0) for r in results), default=0),
+        "browsers": "the same machine (one headless Chromium, one context per session)",
         "results": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in results],
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("sessions", "ok", "errors", "wrong_results", "wall_s",
-                                             "first_result_s", "complete_s")}))
+                                             "first_result_s", "complete_s", "queue_ahead_max", "before")}))
     for r in results:
         if not r["ok"]:
             print(f"session {r['plan']['session']} ({r['plan']['attack']}/{r['plan']['defense']}): "

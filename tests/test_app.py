@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import app.warmup
+
+app.warmup.ENABLED = False   # no background warm-up thread inside the test process
+
 ENTRY = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 TIMEOUT = 300
+VIEW_CHARTS = 9    # an Explore view: benign image, 2 perturbations, 3 top-5 bars, 2 heatmap rows, group chart
 
 
 def _app(query: dict | None = None) -> AppTest:
@@ -43,27 +48,44 @@ def test_explore_run_shows_all_views(explored: AppTest) -> None:
     at = explored
     _ok(at)
     charts = at.get("plotly_chart")
-    # benign image, 2 perturbations, 3 top-5 bars, heatmaps, differences, groups, 3 maps, across-classes, compare
-    assert len(charts) >= 14
+    # benign image, 2 perturbations, 3 top-5 bars, heatmaps, differences, groups
+    assert len(charts) == VIEW_CHARTS
     metrics = {m.label: m.value for m in at.metric}
     assert set(metrics) == {"benign prediction", "adversarial prediction", "defended prediction"}
     assert all(v.isdigit() for v in metrics.values())
     assert any(i.value.startswith("The attack ") for i in at.info)           # the signature verdict
-    # nip explains itself (detectors on the benign and the adversarial input), then the comparison table
-    assert len(at.dataframe) == 3 and len(at.dataframe[2].value) >= 8
-    for df in at.dataframe[:2]:
-        assert list(df.value.columns) == ["detector", "score", "threshold", "fires"] and len(df.value) == 3
+    # nip explains itself (detectors on the benign and the adversarial input), in two static tables
+    assert len(at.table) == 2 and not at.dataframe
+    for t in at.table:
+        df = t.value
+        assert list(df.columns) == ["score", "threshold", "fires"] and len(df) == 3
     assert any(h.value.startswith("Why `nip`") for h in at.subheader)
     assert any("Not flagged" in m.value for m in at.markdown)                # the benign digit passes
     assert at.query_params["attack"] == "fgsm" and at.query_params["defense"] == "nip"
 
 
-def test_explore_neuron_drill_down(explored: AppTest) -> None:
+def test_every_defense_comparison_runs_on_request(explored: AppTest) -> None:
+    """Off until asked for (a class opening one link pays for it once per student); then every defense."""
     at = explored
+    toggle = at.toggle(key="explore.compare.lenet-mnist")
+    assert toggle.value is False
+    toggle.set_value(True).run()
+    _ok(at)
+    assert len(at.get("plotly_chart")) == VIEW_CHARTS + 1 and len(at.dataframe) == 1
+    table = at.dataframe[0].value
+    assert {"none", "jpeg", "nip", "nip-oracle", "random-sign"} <= set(table["defense"])
+
+
+def test_explore_neuron_drill_down(explored: AppTest) -> None:
+    """Off until asked for; then one neuron's maps on the three inputs and its profile across classes."""
+    at = explored
+    assert not [s for s in at.selectbox if s.key and s.key.startswith("explore.neuron.")]
+    at.toggle(key="explore.drill").set_value(True).run()
     [sb] = [s for s in at.selectbox if s.key and s.key.startswith("explore.neuron.")]
     sb.select_index(5).run()
     _ok(at)
-    assert len(at.get("plotly_chart")) >= 14
+    assert len(at.get("plotly_chart")) >= VIEW_CHARTS + 4
+    at.toggle(key="explore.drill").set_value(False).run()
 
 
 def test_explore_link_reproduces_view() -> None:
@@ -74,7 +96,7 @@ def test_explore_link_reproduces_view() -> None:
     assert at.selectbox(key="explore.lenet-mnist.attack").value == "pgd"
     assert at.number_input(key="explore.lenet-mnist.a.pgd.max_iter").value == 5
     assert at.selectbox(key="explore.lenet-mnist.layer").value == "fc2"
-    assert len(at.get("plotly_chart")) >= 14                               # the link runs the view
+    assert len(at.get("plotly_chart")) == VIEW_CHARTS                      # the link runs the view
 
 
 def test_bad_query_parameter_warns_not_raises() -> None:
@@ -171,20 +193,24 @@ def test_method_page() -> None:
     assert any("not deployable" in w.value for w in at.warning)
 
 
-def test_benchmark_page_defaults() -> None:
+def test_benchmark_page_runs_a_new_grid() -> None:
     at = _app()
     at.switch_page("views/benchmark.py").run()
+    at.radio(key="benchmark.source").set_value("run").run()
     _ok(at)
     assert at.multiselect(key="benchmark.attacks").value == ["fgsm", "pgd"]
     assert at.number_input(key="benchmark.n").value == 20
+    assert not at.get("plotly_chart")                                       # nothing runs before the click
     at = _submit(at, "Run benchmark")
     _ok(at)
     assert len(at.get("plotly_chart")) == 1
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["images"] == "20"
-    rows = at.dataframe[0].value
+    rows = at.dataframe[3].value               # summary, intervals, pairs, then every row
     assert len(rows) == 2 * 5 and rows["defended_adv_accuracy"].between(0, 1).all()
     assert len([b for b in at.get("download_button")]) == 2
+    ci = at.dataframe[1].value
+    assert len(ci) == 2 * 5 + 5 and ((ci["ci_low"] <= ci["accuracy"]) & (ci["accuracy"] <= ci["ci_high"])).all()
     # nip against the 4 other defenses, on 2 attacks and the benign images, image by image
     pairs = at.dataframe[2].value
     assert len(pairs) == 3 * 4 and set(pairs["inputs"]) == {"benign", "fgsm[eps=0.2]", "pgd[eps=0.3;eps_step=0.01;max_iter=40]"}
@@ -210,3 +236,271 @@ def test_bring_your_own_model_is_per_session_and_refuses_pickles():
     pickle.dump(net.state_dict(), buf)
     with pytest.raises(InputError, match="safetensors"):
         C.load_custom("lenet", buf.getvalue(), b"a\nb\nc\n", None)
+
+
+# ----------------------------------------------------------------------------- the classroom (issue 15)
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label.replace(" prediction", ""): m.value for m in at.metric}
+
+
+def _tour_card(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("**Guided tour · step"))
+
+
+def test_tour_page_offers_every_step_with_a_link() -> None:
+    at = _app()
+    at.switch_page("views/tour.py").run()
+    _ok(at)
+    assert at.selectbox(key="tour.model").value == "lenet-mnist"
+    opens = [b for b in at.button if b.label.startswith("Open step")]
+    assert [b.label for b in opens] == [f"Open step {i}" for i in range(1, 7)]
+    links = [c.value for c in at.code]
+    assert len(links) == 6 and all("model=" in u and "tour=" in u for u in links)
+    assert "model=resnet8-cifar10" in links[-1] and "tm=lenet-mnist" in links[-1]    # the photo step
+    # One click opens Explore with the step's preset, run, and the step's card on top.
+    [b for b in at.button if b.label == "Open step 2"][0].click().run()
+    _ok(at)
+    assert at.query_params["tour"] == "attack" and at.query_params["defense"] == "none"
+    assert "step 2 of 6" in _tour_card(at) and len(at.get("plotly_chart")) == VIEW_CHARTS
+
+
+def test_tour_photo_model_skips_the_steps_that_need_a_calibration() -> None:
+    at = _app()
+    at.switch_page("views/tour.py").run()
+    at.selectbox(key="tour.model").set_value("resnet8-cifar10").run()
+    _ok(at)
+    assert [b.label for b in at.button if b.label.startswith("Open step")] == [
+        "Open step 1", "Open step 2", "Open step 3", "Open step 6"]
+    why = [c.value for c in at.caption if c.value.startswith("Not on this model")]
+    assert len(why) == 2 and all("calibrate --model resnet8-cifar10" in w for w in why)
+
+
+def test_tour_walk_tells_the_story_on_lenet() -> None:
+    """From a step-1 share link, Next through all six steps: each view shows its part of the story."""
+    from app import tour as T
+
+    at = _app(T.step_query(T.STEPS[0], "lenet-mnist"))
+    _ok(at)
+    seen = {}
+    for i, step in enumerate(T.STEPS):
+        if i:
+            [b for b in at.button if b.label == "Next step"][0].click().run()
+            _ok(at)
+        assert f"step {i + 1} of 6" in _tour_card(at) and at.query_params["tour"] == step.key
+        assert at.query_params["attack"] == step.attack and at.query_params["defense"] == step.defense
+        assert len(at.get("plotly_chart")) == VIEW_CHARTS
+        seen[step.key] = _metrics(at)
+    assert seen["neurons"]["adversarial"] == seen["neurons"]["benign"]          # ε = 0: nothing happens
+    assert seen["attack"]["adversarial"] != seen["attack"]["benign"]            # FGSM flips the digit
+    assert seen["attack"]["defended"] == seen["attack"]["adversarial"]          # no defense
+    assert seen["oracle"]["defended"] == seen["oracle"]["benign"]               # NIP with the label restores it
+    assert seen["label-free"]["defended"] == seen["label-free"]["benign"]       # so does the label-free nip
+    assert seen["aware"]["adversarial"] != seen["aware"]["benign"]
+    assert seen["aware"]["defended"] != seen["aware"]["benign"]                 # the aware attack beats nip
+    assert at.query_params["model"] == "resnet8-cifar10"                       # the photo
+    assert any("no calibration for resnet8-cifar10" in i.value for i in at.info)
+    assert seen["photo"]["defended"] == seen["photo"]["adversarial"]            # nip passes it through
+    assert [b for b in at.button if b.label == "Next step"][0].disabled                # the last step
+
+
+def test_form_shows_only_the_parameters_that_apply() -> None:
+    at = _app()
+    _ok(at)
+    # LeNet + nip (calibrated): common parameters visible, internals in the Advanced expander.
+    [adv] = [e for e in at.expander if e.label.startswith("Advanced")]
+    inner = {w.label.split(" (")[0] for w in adv.number_input} | {w.label for w in adv.selectbox}
+    assert {"vote_binarize", "neighbours", "pocket_amp", "per_class", "gate", "false_alarm", "select_layers"} <= inner
+    outside = {w.label.split(" (")[0] for w in at.number_input} - inner
+    assert {"budget", "steps", "step_size"} <= outside and not outside & {"vote_binarize", "neighbours"}
+    sel = at.selectbox(key="explore.lenet-mnist.d.nip.select_layers")
+    assert set(sel.options) == {"auto", "conv1", "conv2", "conv1+conv2"}
+    # EfficientNet + nip (no calibration): no nip internals at all, and how to calibrate.
+    at.selectbox(key="explore.model").set_value("efficientnet-lite0").run()
+    _ok(at)
+    assert not [e for e in at.expander if e.label.startswith("Advanced")]
+    labels = {w.label.split(" (")[0] for w in at.number_input}
+    assert not labels & {"vote_binarize", "neighbours", "pocket_amp", "budget", "per_class"}
+    assert any("no calibration for efficientnet-lite0" in i.value and "calibrate --model" in i.value
+               for i in at.info)
+    assert at.selectbox(key="explore.efficientnet-lite0.layer").options == [
+        "block6", "block10", "block14", "block15", "head"]
+    # ResNet-8 + nip-global: NIP's budget and steps; NIP runs at the model's own layers.
+    at.selectbox(key="explore.model").set_value("resnet8-cifar10").run()
+    at.selectbox(key="explore.resnet8-cifar10.defense").set_value("nip-global").run()
+    labels = {w.label.split(" (")[0] for w in at.number_input}
+    assert {"budget", "steps", "step_size"} <= labels and "candidates" not in labels
+    assert at.selectbox(key="explore.resnet8-cifar10.layer").options == ["stem", "stack1", "stack2", "stack3"]
+    at = _submit(at, "Run")
+    _ok(at)
+    assert at.query_params["layer"] == "stack3" and len(at.get("plotly_chart")) == VIEW_CHARTS
+
+
+def test_benchmark_shows_the_shipped_tables_on_arrival() -> None:
+    from nip_core.results import shipped_result, shipped_suites
+
+    at = _app()
+    at.switch_page("views/benchmark.py").run()
+    _ok(at)
+    suites = shipped_suites()
+    sb = at.selectbox(key="benchmark.suite")
+    assert [o.split(" — ")[0] for o in sb.options] == list(suites) and sb.value == "paper-mnist"
+    result = shipped_result(suites["paper-mnist"])
+    assert len(at.get("plotly_chart")) == 1                                # the heatmap, without a Run
+    assert {m.label: m.value for m in at.metric}["images"] == str(result["n_images"])
+    summary, intervals, pairs = (at.dataframe[i].value for i in range(3))
+    assert list(summary["defense"]) == result["defenses"]
+    assert len(intervals) == len(result["rows"]) + len(result["defenses"])
+    assert (intervals["ci_low"] <= intervals["ci_high"]).all() and len(pairs) > 0
+    assert len(at.get("download_button")) == 2
+    sb.set_value("paper-imagenet").run()
+    _ok(at)
+    assert at.subheader[0].value.startswith("efficientnet-lite0") and len(at.get("plotly_chart")) == 1
+
+
+def test_benchmark_opens_a_results_json_and_refuses_bad_files() -> None:
+    from nip_core.results import RESULTS_DIR
+
+    at = _app()
+    at.switch_page("views/benchmark.py").run()
+    at.radio(key="benchmark.source").set_value("open").run()
+    _ok(at)
+    assert not at.get("plotly_chart")
+    good = (RESULTS_DIR / "lenet-fgsm-pgd-cw.json").read_bytes()
+    at.file_uploader(key="benchmark.result_file").set_value(("mine.json", good, "application/json")).run()
+    _ok(at)
+    assert len(at.get("plotly_chart")) == 1 and {m.label: m.value for m in at.metric}["images"] == "100"
+    for name, data, words in [("notes.json", b"this is not json", "not a JSON file"),
+                              ("other.json", b'{"model": "x", "rows": []}', "'summary'"),
+                              ("rows.json", b'{"model": "x", "rows": [{"attack": "a"}], "summary": {}}', "row 0")]:
+        at.file_uploader(key="benchmark.result_file").set_value((name, data, "application/json")).run()
+        assert not at.exception and not at.get("plotly_chart")
+        [err] = [e.value for e in at.error]
+        assert err.startswith(name) and words in err
+
+
+def _digit_zip(extra: dict[str, bytes] | None = None) -> bytes:
+    import io
+    import zipfile
+
+    from nip_core.data import gallery
+    from nip_core.images import tensor_to_png_bytes
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for it in gallery("mnist"):
+            z.writestr(f"digits/{it.label}/{it.key}.png", tensor_to_png_bytes(it.image))
+        for name, data in (extra or {}).items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_benchmark_reads_uploaded_data_and_refuses_hostile_archives() -> None:
+    at = _app()
+    at.switch_page("views/benchmark.py").run()
+    at.radio(key="benchmark.source").set_value("run").run()
+    data = _digit_zip({"digits/3/broken.png": b"not a png", "digits/zebra/z.png": b"x"})
+    at.file_uploader(key="benchmark.data_file").set_value(("digits.zip", data, "application/zip")).run()
+    assert not at.exception and not at.error
+    [ok] = [s.value for s in at.success]
+    assert ok.startswith("Read 20 of 22 images from digits.zip") and "2 skipped" in ok
+    skipped = at.dataframe[0].value
+    assert sorted(skipped["file"]) == ["3/broken.png", "zebra/z.png"] and list(skipped.columns) == [
+        "file", "kind", "reason"]
+    # A path that climbs out of the archive: refused with one sentence, nothing extracted, no traceback.
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("digits/1/a.png", b"x")
+        z.writestr("../../etc/evil.png", b"x")
+    at.file_uploader(key="benchmark.data_file").set_value(("evil.zip", buf.getvalue(), "application/zip")).run()
+    assert not at.exception
+    [err] = [e.value for e in at.error]
+    assert err.startswith("Cannot use evil.zip") and "points outside its folder" in err and "refused" in err
+    at.file_uploader(key="benchmark.data_file").set_value(("fake.zip", b"PK\x03\x04 nonsense", "application/zip")).run()
+    assert not at.exception and "not a readable .zip" in at.error[0].value
+
+
+def test_run_queue_is_first_come_first_served_and_tells_the_place():
+    import threading
+    import time
+
+    from app.common import RunQueue, queue_message
+
+    q = RunQueue(slots=1)
+    order, told = [], {}
+    hold = threading.Event()
+
+    def job(name: str) -> None:
+        with q.turn(lambda ahead: told.setdefault(name, []).append(ahead)):
+            order.append(name)
+            hold.wait(10) if name == "a" else time.sleep(0.3)
+            with q.turn():        # re-entrant: a run needing another queued computation does not wait on itself
+                pass
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in "abcd"]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)           # a, b, c, d arrive in this order
+    assert q.waiting() == 3 and told["d"][0] == 3
+    hold.set()
+    for t in threads:
+        t.join(10)
+    assert order == ["a", "b", "c", "d"] and "a" not in told
+    assert told["c"][:2] == [2, 1] and told["d"] == [3, 2, 1]
+    assert queue_message(3) == "waiting: your run starts after 3 others"
+
+
+def test_benchmark_runs_the_grid_on_uploaded_data() -> None:
+    at = _app()
+    at.switch_page("views/benchmark.py").run()
+    at.radio(key="benchmark.source").set_value("run").run()
+    at.file_uploader(key="benchmark.data_file").set_value(("digits.zip", _digit_zip(), "application/zip")).run()
+    at.multiselect(key="benchmark.attacks").set_value(["fgsm"])
+    at.multiselect(key="benchmark.defenses").set_value(["none", "median"])
+    at = _submit(at, "Run benchmark")
+    _ok(at)
+    assert len(at.get("plotly_chart")) == 1
+    assert any(c.value.startswith("Images: your data, read 20 of 20 images from digits.zip") for c in at.caption)
+    assert at.subheader[0].value.startswith("lenet-mnist:")
+    n = int({m.label: m.value for m in at.metric}["images"])
+    assert 1 <= n <= 20                    # the gallery digits the model classifies correctly
+
+
+def test_background_turns_wait_for_visitors_runs():
+    """The warm-up's steps start only when no visitor's run is running or waiting."""
+    import threading
+    import time
+
+    from app.common import RunQueue
+
+    q = RunQueue(slots=1)
+    order = []
+    release = threading.Event()
+
+    def visitor(name: str, hold: bool) -> None:
+        with q.turn():
+            order.append(name)
+            release.wait(10) if hold else time.sleep(0.2)
+
+    def warm() -> None:
+        with q.turn(background=True):
+            order.append("warm")
+            with q.turn():        # a cached computation inside a warm-up step: re-entrant
+                pass
+
+    a = threading.Thread(target=visitor, args=("a", True))
+    a.start()
+    time.sleep(0.1)
+    w = threading.Thread(target=warm)
+    w.start()
+    time.sleep(0.1)
+    b = threading.Thread(target=visitor, args=("b", False))
+    b.start()
+    time.sleep(0.1)
+    release.set()
+    for t in (a, w, b):
+        t.join(10)
+    assert order == ["a", "b", "warm"]

@@ -169,7 +169,7 @@ def test_explore_in_chromium(tmp_path: Path) -> None:
             wait_heatmaps(page, 2)
             wait_idle(page)
             no_exceptions(page)
-            assert page.locator(".js-plotly-plot").count() >= 14
+            assert page.locator(".js-plotly-plot").count() >= 9
             assert "attack=fgsm" in page.url and "defense=nip" in page.url
             screenshot(page, ARTIFACTS / "explore_default.png")
 
@@ -201,3 +201,63 @@ def image_input(page):
     """The Explore image uploader's file input (the sidebar has other uploaders)."""
     return (page.locator('[data-testid="stFileUploader"]').filter(has_text="PNG, JPEG, WebP")
             .locator('input[type="file"]'))
+
+
+# ----------------------------------------------------------------------------- the classroom (issue 15)
+
+_FRESH_TITLED = """
+(prefix) => [...document.querySelectorAll('.js-plotly-plot')].some(p => !p.closest('[data-stale="true"]')
+    && p.querySelector('.gtitle') && p.querySelector('.gtitle').textContent.startsWith(prefix)
+    && p.querySelector('.heatmaplayer .hm'))
+"""
+
+
+def test_tour_from_a_fresh_server_and_benchmark_on_arrival_in_chromium() -> None:
+    """A teacher opens the tour on a server that just started, walks two steps, shares a step's link
+    (a student opens it in a new tab), and the Benchmark page shows the shipped table on arrival."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(ARTIFACTS / "streamlit_tour.log") as url, sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(f"{url}/tour")
+            page.get_by_role("button", name="Open step 2").click(timeout=180_000)
+            page.wait_for_url("**tour=attack**", timeout=180_000)
+            wait_heatmaps(page, 2)
+            wait_idle(page)
+            no_exceptions(page)
+            page.get_by_text("Guided tour · step 2 of 6").wait_for()
+            page.get_by_role("button", name="Next step").click()
+            page.wait_for_url("**tour=oracle**", timeout=180_000)
+            page.get_by_text("Guided tour · step 3 of 6").wait_for(timeout=60_000)
+            wait_heatmaps(page, 2)
+            wait_idle(page)
+            no_exceptions(page)
+            assert "defense=nip-oracle" in page.url
+            screenshot(page, ARTIFACTS / "tour_step3.png")
+
+            # The link the Tour page shows for step 4, opened by a student in a tab of their own.
+            page.goto(f"{url}/tour")
+            link = page.locator('[data-testid="stCode"]').nth(3).inner_text(timeout=180_000).strip()
+            assert link.startswith(url + "/?") and "tour=label-free" in link
+            student = browser.new_page(viewport={"width": 1400, "height": 1000})
+            student.goto(link)
+            wait_heatmaps(student, 2)
+            wait_idle(student)
+            no_exceptions(student)
+            student.get_by_text("Guided tour · step 4 of 6").wait_for()
+            assert "defense=nip" in student.url
+
+            # Benchmark: the shipped MNIST table is drawn without pressing anything.
+            page.goto(f"{url}/benchmark")
+            page.wait_for_function(_FRESH_TITLED, arg="Accuracy after defense — lenet-mnist", timeout=120_000,
+                                   polling=100)
+            wait_idle(page)
+            no_exceptions(page)
+            assert page.get_by_role("button", name="Run benchmark").count() == 0   # nothing was run
+            assert page.get_by_text("Accuracy after each defense, with Wilson intervals").count() == 1
+            screenshot(page, ARTIFACTS / "benchmark_arrival.png")
+        finally:
+            browser.close()

@@ -44,3 +44,32 @@ def test_expected_attack_seconds_scales_the_shipped_bench(monkeypatch):
     assert bench.expected_attack_seconds("other", "pgd", {}) is None
     monkeypatch.setattr(bench, "_ATTACK_TIMES", None)                  # the shipped file itself
     assert bench.expected_attack_seconds("efficientnet-lite0", "pixel", {"max_iter": 10}) > 60
+
+
+def test_accuracy_intervals_from_bits_and_from_older_files():
+    from nip_core.evaluate import accuracy_intervals, wilson_interval
+
+    result = {"n_images": 4, "defenses": ["none", "nip"],
+              "rows": [{"attack": "fgsm", "defense": "none", "defended_adv_accuracy": 0.25, "correct": "0100"},
+                       {"attack": "fgsm", "defense": "nip", "defended_adv_accuracy": 0.75, "n": 4}],
+              "benign": {"none": {"accuracy": 1.0, "correct": "1111"}},
+              "summary": {"benign_accuracy": {"none": 1.0, "nip": 0.5}}}
+    rows = accuracy_intervals(result)
+    assert [(r["inputs"], r["defense"], r["correct"], r["n"]) for r in rows] == [
+        ("fgsm", "none", 1, 4), ("fgsm", "nip", 3, 4), ("benign", "none", 4, 4), ("benign", "nip", 2, 4)]
+    assert (rows[1]["ci_low"], rows[1]["ci_high"]) == wilson_interval(3, 4)
+    assert rows[2]["ci_high"] == 1.0 and rows[2]["ci_low"] < 1.0
+
+
+def test_heatmap_of_every_shipped_result_has_a_number_in_every_attack_row():
+    """The shipped reports list attacks with `target=-1` that their rows leave out: rows must still match."""
+    import numpy as np
+
+    from nip_core.results import shipped_result, shipped_suites
+
+    for suite, file in shipped_suites().items():
+        result = shipped_result(file)
+        fig = evaluation_heatmap(result)
+        z = np.array(fig.data[0].z, dtype=float)
+        n_attacks = len({r["attack"] for r in result["rows"]})
+        assert np.isfinite(z[:n_attacks]).all(), suite

@@ -116,3 +116,35 @@ def test_multi_target_grad_x_act_equals_captum(lenet, digits):
         mine = _grad_x_act(lenet, lenet.layer(layer), x, targets)
         ref = torch.stack([neuron_influence(lenet, x, t, layer, "grad_x_act") for t in targets])
         assert torch.allclose(mine, ref, atol=1e-6)
+
+
+def test_tiny_affine_layer_conductance_in_one_step_by_hand(tiny):
+    """Declared affine-to-logits, `hidden` needs one step: (a(x) − a(0)) · W2[target], by hand."""
+    from dataclasses import replace
+
+    from nip_core.influence import conductance_steps
+
+    tiny.spec = replace(tiny.spec, affine_layers=("hidden",))
+    assert conductance_steps(tiny, "hidden", 16) == 1
+    got = neuron_influence(tiny, X, 0, "hidden", "conductance")
+    # hidden(x) = [0.5, 0.5, 0], hidden(0) = 0, gradient toward class a = W2[0] = [3, -1, 5]
+    assert torch.allclose(got, torch.tensor([[1.5, -0.5, 0.0]]))
+
+
+@pytest.mark.parametrize("model_name, layer", [("lenet-mnist", "fc2"), ("resnet8-cifar10", "stack3"),
+                                               ("efficientnet-lite0", "head")])
+def test_conductance_at_affine_layers_equals_the_full_integral(model_name, layer):
+    """At a layer followed only by pooling and a linear classifier, one step gives the n-step sum."""
+    from nip_core.data import gallery
+    from nip_core.influence import _conductance, conductance_steps
+    from nip_core.models import load_model
+
+    model = load_model(model_name)
+    assert layer in model.spec.affine_layers and conductance_steps(model, layer, 16) == 1
+    assert conductance_steps(model, model.spec.layers[0], 16) == 16        # elsewhere: the full integral
+    items = gallery(model.spec.gallery)[:2]
+    x = torch.stack([it.image for it in items])
+    targets = torch.tensor([[it.label for it in items], [1, 2]])
+    full = _conductance(model, model.layer(layer), x, targets, 16)
+    fast = torch.stack([neuron_influence(model, x, t, layer, "conductance", 16) for t in targets])
+    assert torch.allclose(fast, full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))

@@ -108,3 +108,14 @@ def test_cli_bad_parameter_exits_2_with_one_line(digit_png, tmp_path):
         assert "Traceback" not in err, err
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (argv, err)
         assert not (tmp_path / f"out{procs.index(p)}" / "summary.json").exists()
+
+
+def test_nip_layer_is_any_of_the_models_own_layers():
+    from nip_core.defenses import DEFENSES
+    from nip_core.models import load_model
+
+    resnet = load_model("resnet8-cifar10")
+    for name in ("nip-global", "nip-oracle", "nip"):
+        assert DEFENSES[name].params_for(resnet, {"layer": "stack2"})["layer"] == "stack2"
+        with pytest.raises(InputError, match="has no layer 'fc1'; choose one of: stem, stack1, stack2, stack3"):
+            DEFENSES[name].params_for(resnet, {"layer": "fc1"})

@@ -53,3 +53,32 @@ def test_views_type_no_report_numbers():
 def test_unknown_suite_is_a_clear_error():
     with pytest.raises(InputError, match="no shipped report"):
         results.headline("paper-nothing")
+
+
+def test_shipped_suites_are_the_result_files_present(tmp_path, monkeypatch):
+    shutil.copy(results.RESULTS_DIR / "paper-mnist-report.json", tmp_path / "paper-mnist-report.json")
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    assert results.shipped_suites() == {"paper-mnist": "paper-mnist-report.json"}
+    shutil.copy(tmp_path / "paper-mnist-report.json", tmp_path / "paper-cifar10.json")   # a new report appears
+    assert list(results.shipped_suites()) == ["paper-mnist", "paper-cifar10"]
+    with pytest.raises(InputError, match="no shipped report for suite 'paper-imagenet'"):
+        results.headline("paper-imagenet")
+
+
+def test_read_result_accepts_every_shipped_file_and_refuses_others():
+    for f in results.RESULTS_DIR.glob("*.json"):
+        raw = f.read_bytes()
+        if b'"rows"' not in raw:           # app_speed.json, load.json: not evaluation results
+            with pytest.raises(InputError, match="not an evaluation result"):
+                results.read_result(raw, f.name)
+            continue
+        r = results.read_result(raw, f.name)
+        assert r["attacks"] and r["defenses"] and r["rows"]
+    bad = [(b"\xff\xfe", "not a JSON file"), (b"[1, 2]", "not an evaluation result"),
+           (b'{"model": "m", "rows": [], "summary": {}}', "non-empty list"),
+           (b'{"model": "m", "rows": [{"attack": "a", "defense": "d", "defended_adv_accuracy": 7}], '
+            b'"summary": {"mean_adv_accuracy": {}, "benign_accuracy": {}}}', "accuracies lie in"),
+           (b" " * (results.MAX_RESULT_BYTES + 1), "over the")]
+    for data, words in bad:
+        with pytest.raises(InputError, match=words):
+            results.read_result(data, "x.json")

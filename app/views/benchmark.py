@@ -1,14 +1,17 @@
-"""Benchmark: a model × attacks × defenses evaluation grid on held-out images."""
+"""Benchmark: the shipped result tables on arrival, any results JSON, or a new grid (on your own data too)."""
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import streamlit as st
 
 from app import common as C
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
 from nip_core.defenses import DEFENSES
+from nip_core.errors import InputError
+from nip_core.models import MODELS
 
 P = "benchmark."
 DEFAULTS = {"model": "lenet-mnist", "attacks": ["fgsm", "pgd"],
@@ -16,6 +19,8 @@ DEFAULTS = {"model": "lenet-mnist", "attacks": ["fgsm", "pgd"],
 METRICS = {"defended_adv_accuracy": "accuracy after defense (with benign and adaptive rows)",
            "defense_success_rate": "defense success rate (share of successful adversarials restored)",
            "benign_accuracy": "benign accuracy after defense", "adv_accuracy": "accuracy with no defense"}
+SOURCES = {"shipped": "Shipped results", "open": "Open a results JSON", "run": "Run a new grid"}
+SPLITS = ("all", "tune", "report", "calib")
 
 
 def main() -> None:
@@ -27,27 +32,93 @@ def main() -> None:
                 "label-free `nip` it fools the benign-neighbour vote too, which is `nip`'s weak point "
                 f"({C.aware_note()}). "
                 "`nip-oracle` uses true labels, so it is not deployable and has no adaptive number.")
+    source = st.radio("Show", list(SOURCES), format_func=SOURCES.get, horizontal=True,
+                      key=C.init_state(P + "source", "shipped"), label_visibility="collapsed")
+    with C.guarded("the benchmark page"):
+        {"shipped": shipped_view, "open": open_view, "run": run_view}[source]()
+
+
+# ----------------------------------------------------------------------------- the three sources
+
+def shipped_view() -> None:
+    """The report runs that ship with the app (``docs/results``), shown without computing anything."""
+    from nip_core.results import shipped_result, shipped_suites
+
+    suites = shipped_suites()
+    if not suites:
+        st.info("No result files ship in docs/results; run a grid below or open a results JSON.")
+        return
+
+    def label(suite: str) -> str:
+        r = shipped_result(suites[suite])
+        return f"{suite} — {r.get('model', '?')}, {r.get('split', '?')} split, {r.get('n_images', '?')} images"
+
+    suite = st.selectbox("Shipped suite", list(suites), key=C.init_state(P + "suite", next(iter(suites))),
+                         format_func=label)
+    st.caption(f"`docs/results/{suites[suite]}`: the suite's report run, as the README quotes it. Reproduce it "
+               f"with `python -m nip_core evaluate --suite {suite}`; nothing is recomputed here.")
+    show(shipped_result(suites[suite]), "shipped")
+
+
+def open_view() -> None:
+    """A results JSON from the CLI, this page's download or a Ray run, validated, then shown."""
+    from nip_core.results import MAX_RESULT_BYTES, read_result
+
+    up = st.file_uploader(f"Results JSON (`python -m nip_core evaluate … --out FILE.json`, this page's download, "
+                          f"or a Ray run; at most {MAX_RESULT_BYTES // 2**20} MB)", type=["json"],
+                          key=P + "result_file")
+    if up is None:
+        st.info("Open the .json an evaluation wrote to view its tables here, without recomputing.")
+        return
+    try:
+        result = read_result(up.getvalue(), up.name)
+    except InputError as exc:   # its message names the file
+        st.error(str(exc))
+        return
+    st.caption(f"Opened {up.name}: nothing is recomputed.")
+    show(result, "open")
+
+
+def run_view() -> None:
+    models = C.visible_models(st.session_state.get(C.BYOM_KEY, []))
+    model = st.selectbox("Model", models, key=C.init_state(P + "model", DEFAULTS["model"]),
+                         format_func=lambda m: f"{m} — {MODELS[m].summary}")
+    try:
+        loaded = C.get_model(model)
+    except Exception as exc:
+        C.show_error(exc, "loading model")
+        return
+    upload, data = data_panel(model)
+    usable = sorted(a for a in ATTACKS if ATTACKS[a].applies_to(loaded))
+    ak = C.init_state(P + "attacks", DEFAULTS["attacks"])
+    st.session_state[ak] = [a for a in st.session_state[ak] if a in usable]
     with st.form(P + "form"):
-        c = st.columns([2, 3, 3, 1, 1])
-        model = c[0].selectbox("Model", C.visible_models(st.session_state.get(C.BYOM_KEY, [])),
-                               key=C.init_state(P + "model", DEFAULTS["model"]))
-        attacks = c[1].multiselect("Attacks", sorted(ATTACKS), key=C.init_state(P + "attacks", DEFAULTS["attacks"]))
-        defenses = c[2].multiselect("Defenses", list(DEFENSES),
+        c = st.columns([3, 3, 1, 1, 1])
+        attacks = c[0].multiselect("Attacks", usable, key=ak)
+        defenses = c[1].multiselect("Defenses", list(DEFENSES),
                                     key=C.init_state(P + "defenses", DEFAULTS["defenses"]),
                                     format_func=lambda d: d + ("" if DEFENSES[d].deployable else " (not deployable)"))
-        n = int(c[3].number_input("N images", 1, 500, step=5, key=C.init_state(P + "n", DEFAULTS["n"])))
-        seed = int(c[4].number_input("Seed", 0, 2**31 - 1, step=1, key=C.init_state(P + "seed", DEFAULTS["seed"])))
+        n = int(c[2].number_input("N images", 1, 500, step=5, key=C.init_state(P + "n", DEFAULTS["n"])))
+        seed = int(c[3].number_input("Seed", 0, 2**31 - 1, step=1, key=C.init_state(P + "seed", DEFAULTS["seed"])))
+        split = c[4].selectbox("Split", SPLITS, key=C.init_state(P + "split", "all"),
+                               help="Which part of the images: on your own data a seeded 30/40/30 split into "
+                                    "tune/report/calib; on the built-in data its fixed splits (report: the clean "
+                                    "table; calib: what nip's thresholds are placed on).")
         adaptive = st.checkbox("Adaptive attack row (slow: PGD through NIP costs about 2 minutes for LeNet at N = 20)",
                                key=C.init_state(P + "adaptive", False))
         st.caption("Each unit runs with its dataset defaults (see the Explore page for their parameters). "
-                   "Without the adaptive row the defaults finish in under a minute on a CPU; EfficientNet uses the few shipped photos.")
+                   "Without the adaptive row the defaults finish in under a minute on a CPU; EfficientNet uses the "
+                   "few shipped photos. "
+                   + (f"Images: your data ({data.summary_line()})." if data is not None else
+                      "Images: the model's built-in held-out images."))
         submitted = st.form_submit_button("Run benchmark", type="primary")
 
     if submitted:
         if not attacks or not defenses:
             st.error("Pick at least one attack and one defense.")
         else:
-            args = (model, tuple((a, ()) for a in attacks), tuple((d, ()) for d in defenses), n, seed, adaptive)
+            args = (model, tuple((a, ()) for a in attacks), tuple((d, ()) for d in defenses), n, seed, adaptive,
+                    split, upload)
             try:
                 C.run_with_progress("Running benchmark", C.evaluation, *args)
                 st.session_state[P + "args"] = args
@@ -58,50 +129,112 @@ def main() -> None:
     if args is None:
         st.info("Choose the grid and press **Run benchmark**.")
         return
-    with C.guarded("showing the benchmark"):
-        result = C.evaluation(*args)
-        show(result)
+    show(C.evaluation(*args), "run")
 
 
-def show(result: dict) -> None:
-    st.subheader(f"{result['model']}: {result['n_images']} held-out images, seed {result['seed']}")
+def data_panel(model: str) -> tuple[tuple[str, bytes] | None, object | None]:
+    """Bring your own labelled data: upload, safe extraction and loading, and what was skipped.
+
+    Returns ``((file name, bytes), LabelledData)`` for usable data, else ``(None, None)``.
+    """
+    with st.expander("Bring your own data", expanded=bool(st.session_state.get(P + "data_file"))):
+        st.caption(f"A **.zip** holding one folder of images per class (folder names: the model's class names "
+                   f"or class indices), or a **.npz** with arrays `x` (N×H×W or N×H×W×C, uint8 or [0,1] floats) "
+                   f"and `y` (class indices); at most {C.DATA_UPLOAD_MAX_MB} MB and {C.DATA_MAX_IMAGES} images. "
+                   "Archives are checked before anything is extracted (no paths outside the archive, no links, "
+                   "no zip bombs); files that cannot be used are skipped and listed.")
+        up = st.file_uploader("Labelled data (.zip or .npz)", type=["zip", "npz"], key=P + "data_file")
+        if up is None:
+            return None, None
+        try:
+            with st.spinner(f"Reading {up.name}"):
+                data = C.user_data(model, up.name, up.getvalue())
+        except Exception as exc:
+            if isinstance(exc, InputError):
+                st.error(f"Cannot use {up.name}: {exc}")
+            else:
+                C.show_error(exc, "reading uploaded data")
+            return None, None
+        st.success(data.summary_line()[0].upper() + data.summary_line()[1:] + ".")
+        counts = data.class_counts()
+        st.caption("Images per class: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if data.skipped:
+            st.markdown(f"**Skipped files** ({len(data.skipped)})")
+            st.dataframe(pd.DataFrame(data.skipped, columns=["file", "kind", "reason"]), hide_index=True,
+                         width="stretch", key=P + "skipped")
+        if not C.evaluate_takes_data():
+            st.warning("This version of the engine cannot evaluate on uploaded data yet; the grid runs on the "
+                       "built-in images.")
+            return None, None
+        return (up.name, up.getvalue()), data
+
+
+# ----------------------------------------------------------------------------- one result
+
+def show(result: dict, where: str) -> None:
+    """A result's heatmap, tables with Wilson intervals, paired tests and downloads (``where``: key prefix)."""
+    from nip_core.evaluate import accuracy_intervals, paired_rows, to_csv
+
+    k = P + where + "."
+    st.subheader(f"{result['model']}: {result['n_images']} images ({result.get('split', 'all')} split), "
+                 f"seed {result.get('seed', '?')}")
     cols = st.columns(3)
-    cols[0].metric("held-out clean accuracy", f"{100 * result['heldout_clean_accuracy']:.1f}%")
+    clean = result.get("heldout_clean_accuracy")
+    cols[0].metric("held-out clean accuracy", "n/a" if clean is None else f"{100 * clean:.1f}%")
     cols[1].metric("images", result["n_images"])
-    cols[2].metric("wall time", f"{result['seconds_total']:.1f} s")
+    secs = result.get("seconds_total")
+    cols[2].metric("wall time", "n/a" if secs is None else f"{secs:.1f} s")
+    data = result.get("data")
+    if isinstance(data, dict) and data.get("summary"):
+        st.caption(f"Images: your data, {data['summary']} ({data.get('split', 'all')} split).")
+    for w in result.get("warnings") or []:
+        st.warning(f"Note on this table: {w}")
     metric = st.radio("Heatmap", list(METRICS), format_func=METRICS.get, horizontal=True,
-                      key=C.init_state(P + "metric", "defended_adv_accuracy"))
-    st.plotly_chart(F.evaluation_heatmap(result, metric), key=P + "fig.grid", width="stretch")
-    st.markdown("**Rows** (one per attack × defense)")
-    keep = ["attack", "defense", "deployable", "adv_accuracy", "defended_adv_accuracy", "benign_accuracy",
-            "defense_success_rate", "linf_mean", "l2_mean", "attack_seconds_per_image", "defense_seconds_per_image"]
-    st.dataframe([{k: r.get(k) for k in keep} | {"adaptive_accuracy": result["adaptive"].get(r["defense"], {})
-                                                   .get("accuracy"),
-                                                   "defense_aware_accuracy": result["adaptive"].get(r["defense"], {})
-                                                   .get("aware", {}).get("accuracy")} for r in result["rows"]],
-                 hide_index=True, width="stretch")
+                      key=C.init_state(k + "metric", "defended_adv_accuracy"))
+    st.plotly_chart(F.evaluation_heatmap(result, metric), key=k + "fig.grid", width="stretch")
     st.markdown("**Summary per defense**")
     summ = result["summary"]
-    st.dataframe([{"defense": d, "deployable": DEFENSES[d.split("[")[0]].deployable,
+    st.dataframe([{"defense": d, "deployable": _deployable(d),
                    "mean accuracy under attack": summ["mean_adv_accuracy"].get(d),
                    "benign accuracy": summ["benign_accuracy"].get(d),
-                   "adaptive accuracy": summ["adaptive_accuracy"].get(d),
+                   "adaptive accuracy": summ.get("adaptive_accuracy", {}).get(d),
                    "defense-aware accuracy": summ.get("adaptive_aware_accuracy", {}).get(d)}
                   for d in result["defenses"]],
-                 hide_index=True, width="stretch")
-    from nip_core.evaluate import paired_rows, to_csv
+                 hide_index=True, width="stretch", key=k + "summary")
+    st.markdown("**Accuracy after each defense, with Wilson intervals (95 percent)**")
+    st.dataframe(accuracy_intervals(result), hide_index=True, width="stretch", key=k + "intervals",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in ("accuracy", "ci_low", "ci_high")})
+    st.caption("With a few dozen images an interval spans tens of points: two defenses whose intervals overlap "
+               "widely are not told apart by this table; the paired test below compares them image by image.")
     pairs = paired_rows(result)
     if pairs:
         st.markdown("**`nip` against each other defense, image by image**")
-        st.dataframe(pairs, hide_index=True, width="stretch",
+        st.dataframe(pairs, hide_index=True, width="stretch", key=k + "pairs",
                      column_config={"McNemar p": st.column_config.NumberColumn(format="%.3g")})
         st.caption("Images only `nip` gets right, images only the other defense gets right, and the exact McNemar "
                    "p-value. With a few dozen images, a lead of a few images is a tie (large p).")
+    else:
+        st.caption("No image-by-image comparison: this result has no per-image records for `nip`.")
+    with st.expander("Every row (one per attack × defense)"):
+        keep = ["attack", "defense", "deployable", "adv_accuracy", "defended_adv_accuracy", "benign_accuracy",
+                "defense_success_rate", "linf_mean", "l2_mean", "attack_seconds_per_image",
+                "defense_seconds_per_image"]
+        adaptive = result.get("adaptive") or {}
+        st.dataframe([{c: r.get(c) for c in keep}
+                      | {"adaptive_accuracy": adaptive.get(r["defense"], {}).get("accuracy"),
+                         "defense_aware_accuracy": adaptive.get(r["defense"], {}).get("aware", {}).get("accuracy")}
+                      for r in result["rows"]], hide_index=True, width="stretch", key=k + "rows")
     d = st.columns(2)
     d[0].download_button("Download CSV", to_csv(result), file_name="nip_benchmark.csv", mime="text/csv",
-                         key=P + "csv")
+                         key=k + "csv")
     d[1].download_button("Download JSON", json.dumps(result, indent=2, default=float), file_name="nip_benchmark.json",
-                         mime="application/json", key=P + "json")
+                         mime="application/json", key=k + "json")
+
+
+def _deployable(label: str) -> bool | None:
+    unit = DEFENSES.get(label.split("[")[0])
+    return None if unit is None else unit.deployable
 
 
 main()

@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app import common as C
+from app import tour as T
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
 from nip_core.bench import expected_attack_seconds
@@ -21,17 +22,22 @@ DEFAULT_MODEL, DEFAULT_ATTACK, DEFAULT_DEFENSE = "lenet-mnist", "fgsm", "nip"
 VARIANTS = F.VARIANTS
 NIP_SHARED = ("layer", "method", "k", "n_steps")   # set in the influence section / kept at default
 SLOW_ATTACK_SECONDS = 10.0   # warn before an attack expected to take longer than this per image
+IMAGE_UPLOAD_MAX_MB = 10
 MODE_NOTES = {
-    "nip": "label-free (deployable): flags inputs whose conv1 neurons leave their benign range, then NIP "
-           "toward the class of the nearest benign digits (conv1 of the binarised input; the pocket rule for small "
-           "perturbations); on ImageNet/own models it falls back to top-K, which on the 21 held-out ImageNet "
-           "photos turned 10 correct benign predictions wrong",
+    "nip": "label-free (deployable): flags inputs whose early neurons leave their benign range, then NIP "
+           "toward the class of the nearest benign examples (the pocket rule for small perturbations); it needs a "
+           "calibration (labelled benign images: shipped for the MNIST and Fashion-MNIST models) and without one "
+           "passes inputs through unchanged",
     "nip-neighbours": "same as nip (its explicit name)",
     "nip-topk": "label-free, class-conditional over the model's top-K candidate classes (deployable)",
     "nip-global": "label-free, one global all-class profile (deployable)",
     "nip-oracle": "uses the TRUE label to pick the profile — analysis only, NOT deployable",
     "random-sign": "control: NIP's budget and steps with random directions",
 }
+# Shown in the form for every defense that has them; the rest of a label-free nip's parameters are
+# its internals (the "Advanced" expander), and only when the model has a calibration for it.
+COMMON_PARAMS = ("budget", "steps", "step_size")
+TOPK_PARAMS = ("candidates", "rule")
 
 
 def key(model: str, *parts: str) -> str:
@@ -42,16 +48,28 @@ def defense_group(name: str) -> str:
     return "nip" if DEFENSES[name].family == "nip" else name
 
 
+def is_label_free(defense: str) -> bool:
+    """The label-free ``nip`` (and its alias): the defense that needs a calibration."""
+    return any(p.name == "vote_binarize" for p in DEFENSES[defense].spec.params)
+
+
 # ----------------------------------------------------------------------------- URL → session state
 
+def query_signature(params: dict[str, str]) -> tuple:
+    return tuple(sorted((str(k), str(v)) for k, v in params.items()))
+
+
 def load_query_params() -> None:
-    """Once per session: copy a shared link's configuration into the widgets' state."""
-    if st.session_state.get(P + "query_loaded"):
-        return
-    st.session_state[P + "query_loaded"] = True
+    """Copy a link's configuration into the widgets' state: on a session's first run, and whenever
+    the page is opened with other parameters than the ones it last read or wrote (tour steps)."""
     qp = st.query_params
+    sig = query_signature(qp.to_dict())
+    if sig == st.session_state.get(P + "query_seen"):
+        return
+    st.session_state[P + "query_seen"] = sig
     if not any(k in qp for k in ("model", "image", "attack", "defense")):
         return
+    tour_from_query(qp)
     problems: list[str] = []
     model = qp.get("model", DEFAULT_MODEL)
     if model not in C.visible_models(st.session_state.get(C.BYOM_KEY, [])):
@@ -121,13 +139,54 @@ def unit_from_query(qp, m, model: str, kind: str, registry, default: str, params
         problems.append(f"{kind} parameters: {exc}")
 
 
+def tour_from_query(qp) -> None:
+    """Remember the tour step a link opens (``tour=<step>``, ``tm=<tour model>``), or forget it."""
+    step = qp.get("tour")
+    if step in T.BY_KEY:
+        st.session_state[P + "tour"] = {"step": step, "model": qp.get("tm", qp.get("model")),
+                                        "view": (qp.get("model"), qp.get("attack"), qp.get("defense"))}
+    else:
+        st.session_state.pop(P + "tour", None)
+
+
 def save_query_params(request: tuple) -> None:
     model, image_key, image_bytes, _, attack, ap, defense, dp, layer, method, k, seed = request
-    st.query_params.from_dict({
+    params = {
         "model": model, "image": "upload" if image_bytes is not None else image_key,
         "attack": attack, "ap": C.params_text(dict(ap)), "defense": defense, "dp": C.params_text(dict(dp)),
         "layer": layer, "method": method, "k": f"{k:g}", "seed": str(seed),
-    })
+    }
+    tour = st.session_state.get(P + "tour")
+    if tour and tour["view"] == (model, attack, defense):   # still the step's view: the link keeps its step
+        params["tour"] = tour["step"]
+        if tour["model"] != model:
+            params["tm"] = tour["model"]
+    st.query_params.from_dict(params)
+    st.session_state[P + "query_seen"] = query_signature(params)
+
+
+def show_tour_step() -> None:
+    """The tour's card on top of the page: this step's sentence, and the way on."""
+    tour = st.session_state.get(P + "tour")
+    if not tour:
+        return
+    steps = list(T.STEPS)
+    i = [s.key for s in steps].index(tour["step"])
+    step, model = steps[i], tour["model"]
+    with st.container(border=True):
+        st.markdown(f"**Guided tour · step {i + 1} of {len(steps)}: {step.title}**")
+        st.markdown(step.sentence)
+        cols = st.columns([1, 1, 1, 3])
+        targets = {"Previous step": steps[i - 1] if i > 0 else None,
+                   "Next step": steps[i + 1] if i + 1 < len(steps) else None}
+        for col, (label, target) in zip(cols, targets.items()):
+            reason = T.why_not(target, model) if target is not None else None
+            if col.button(label, key=P + f"tour.{label}", disabled=target is None or reason is not None,
+                          help=reason, width="stretch", type="primary" if label == "Next step" else "secondary"):
+                st.switch_page(T.EXPLORE_PAGE, query_params=T.step_query(target, model))
+        if cols[2].button("Leave the tour", key=P + "tour.leave", width="stretch"):
+            st.session_state.pop(P + "tour", None)
+            st.rerun()
 
 
 # ----------------------------------------------------------------------------- setup widgets
@@ -154,6 +213,10 @@ def choose_image(model_name: str, num_classes: int, class_names: list[str]):
         st.info("Upload an image, or switch back to the example gallery.")
         return None
     data = up.getvalue()
+    if len(data) > IMAGE_UPLOAD_MAX_MB * 2**20:
+        st.error(f"Cannot use {up.name}: it is {len(data) / 2**20:.1f} MB, over the {IMAGE_UPLOAD_MAX_MB} MB limit "
+                 "for an image.")
+        return None
     try:
         x = C.load_upload(model_name, data)
     except InputError as exc:
@@ -178,16 +241,33 @@ def attack_inputs(model, attack: str) -> dict:
 
 
 def defense_inputs(model, defense: str) -> dict:
+    """The defense's parameters that apply to this model: the common ones, then (label-free ``nip``
+    with a calibration only) its internals in an "Advanced" expander. Returns the values shown."""
     unit = DEFENSES[defense]
     defaults = unit.params_for(model)
-    out = {}
-    for p in unit.spec.params:
-        if p.name in NIP_SHARED or (p.name in ("candidates", "rule") and defense != "nip"):
-            continue
-        out[p.name] = C.param_input(p, defaults[p.name], key(model.name, "d", defense_group(defense), p.name))
+    if is_label_free(defense) and not C.has_calibration(model.name):
+        st.caption("No parameters apply: without a calibration `nip` passes inputs through unchanged.")
+        return {}
+    shown = [p for p in unit.spec.params if p.name not in NIP_SHARED
+             and (p.name not in TOPK_PARAMS or defense == "nip-topk" or is_label_free(defense))]
+    common = [p for p in shown if not is_label_free(defense) or p.name in COMMON_PARAMS]
+    advanced = [p for p in shown if p not in common]
+    out = {p.name: param_widget(model, defense, p, defaults[p.name]) for p in common}
+    if advanced:
+        with st.expander("Advanced: label-free internals"):
+            st.caption("How `nip` detects an attack and votes for the class NIP aims at. The defaults are the "
+                       "tuned ones; see the Method page.")
+            out |= {p.name: param_widget(model, defense, p, defaults[p.name]) for p in advanced}
     if not out:
         st.caption("No parameters.")
     return out
+
+
+def param_widget(model, defense: str, p, default):
+    choices = None
+    if p.name == "select_layers":   # only the layer sets this model has
+        choices = [c for c in p.choices if c == "auto" or all(part in model.spec.layers for part in c.split("+"))]
+    return C.param_input(p, default, key(model.name, "d", defense_group(defense), p.name), choices=choices)
 
 
 # ----------------------------------------------------------------------------- results
@@ -227,11 +307,9 @@ def show_decision(expl) -> None:
             rows = [{"detector": detector_name(k), "score": e["score"], "threshold": e["threshold"],
                      "fires": "yes" if e["fired"] else ("above, gated off" if e["above"] else "no")}
                     for k, e in d["detectors"].items()]
-            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                         column_config={"detector": st.column_config.TextColumn(width="medium"),
-                                        "score": st.column_config.NumberColumn(format="%.4f", width="small"),
-                                        "threshold": st.column_config.NumberColumn(format="%.4f", width="small"),
-                                        "fires": st.column_config.TextColumn(width="small")})
+            # Three rows: a static table (no data-grid component for the browser to load).
+            st.table(pd.DataFrame(rows).set_index("detector").style.format(
+                {"score": "{:.4f}", "threshold": lambda v: "—" if v is None or v != v else f"{v:.4f}"}))
     first = expl.decision["benign"]
     vote_input = (f"the input binarised at {first['vote_binarize']:g} (an L∞ attack of size ε flips only pixels "
                   f"within ε of {first['vote_binarize']:g}, so it can hardly move this vote)"
@@ -292,6 +370,21 @@ def show_results(request: tuple, expl) -> None:
     st.info(F.signature_verdict(expl.signature()))
 
     st.subheader("Drill down: one neuron")
+    # Off until asked for: four more charts that a class opening one link would each draw.
+    if st.toggle("Show one neuron's activation maps and its profile across classes",
+                 key=C.init_state(P + "drill", False)):
+        show_neuron(request, expl)
+    secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
+    st.caption(f"Time: {secs}.")
+    st.download_button("Download summary (JSON)", json.dumps(expl.summary(), indent=2, default=float),
+                       file_name="nip_explanation.json", mime="application/json", key=P + "download")
+    show_comparison(request, expl)
+
+
+def show_neuron(request: tuple, expl) -> None:
+    """One neuron: its activation map on the three inputs and its benign profile across classes."""
+    model_name = request[0]
+    ref = expl.reference_class
     n = len(expl.influence["benign"])
     groups = F.neuron_groups(n, expl.front, expl.tail, expl.dead)
     rank = {int(j): r for r, j in enumerate(expl.front)}
@@ -323,15 +416,17 @@ def show_results(request: tuple, expl) -> None:
     if len(expl.class_names) > 20:
         st.caption("ImageNet class profiles exist only for classes already computed over the few shipped photos.")
 
-    secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
-    st.caption(f"Time: {secs}.")
-    st.download_button("Download summary (JSON)", json.dumps(expl.summary(), indent=2, default=float),
-                       file_name="nip_explanation.json", mime="application/json", key=P + "download")
 
+def show_comparison(request: tuple, expl) -> None:
+    """The request's adversarial through every defense (on request)."""
+    model_name = request[0]
+    ref = expl.reference_class
+    ref_name = expl.class_names[ref]
     st.subheader("Compare at a glance: every defense on this adversarial")
     big = len(expl.class_names) > 20
+    # Off until asked for: it runs every defense again (a class opening one link at once pays for it 20 times).
     if not st.toggle("Run every defense on this adversarial" + (" (about a minute on CPU for EfficientNet)" if big else ""),
-                     key=C.init_state(P + f"compare.{model_name}", not big)):
+                     key=C.init_state(P + f"compare.{model_name}", False)):
         return
     nip_params = tuple(sorted(dict(request[7]).items()))
     rows = C.run_with_progress("Comparing defenses", C.defense_comparison, request, nip_params)
@@ -357,6 +452,7 @@ def main() -> None:
     load_query_params()
     if P + "query_warning" in st.session_state:
         st.warning(st.session_state.pop(P + "query_warning"))
+    show_tour_step()
     with st.sidebar:
         st.markdown("### About the defense modes")
         st.markdown("\n".join(f"- `{k}`: {v}" for k, v in MODE_NOTES.items()))
@@ -397,6 +493,8 @@ def main() -> None:
                        f"defense: {C.aware_note()}, and loses the rest.")
         note = MODE_NOTES.get(defense, DEFENSES[defense].spec.summary)
         (st.warning if not DEFENSES[defense].deployable else st.caption)(f"`{defense}`: {note}.")
+        if is_label_free(defense) and not C.has_calibration(model_name):
+            st.info(C.calibration_hint(model_name))
 
     with st.form(P + "form"):
         fc = st.columns(3)
@@ -419,12 +517,9 @@ def main() -> None:
     autorun = st.session_state.pop(P + "autorun", False)
     if (submitted or autorun) and picked is not None:
         image_key, image_bytes, label = picked
-        dp = dict(defense_params)
-        if DEFENSES[defense].family == "nip":
-            dp.update(layer=layer, method=method, k=float(k))
-        request = (model_name, image_key, image_bytes, label, attack, tuple(sorted(attack_params.items())),
-                   defense, tuple(sorted(dp.items())), layer, method, float(k), seed)
         try:
+            request = C.build_request(model_name, image_key, image_bytes, label, attack, attack_params, defense,
+                                      defense_params, layer, method, float(k), seed)
             C.run_with_progress("Running attack, defense and influence", C.explanation, *request)
             st.session_state[P + "request"] = request
             save_query_params(request)

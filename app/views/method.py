@@ -38,8 +38,10 @@ def main() -> None:
                 "pixels, so the attacker can hardly move this vote). If only a few neurons left their range "
                 "(a minimal attack such as DeepFool) and small random noise changes the model's average "
                 "prediction, NIP goes toward that noisy prediction instead (the *pocket rule*). Other inputs pass "
-                "unchanged. On ImageNet and user models (no labelled benign set) it falls back to `nip-topk`. "
-                "See docs/nip-research.md.")
+                "unchanged. It needs a **calibration**, labelled benign images in the model's classes: the MNIST "
+                "and Fashion-MNIST models ship one; on ImageNet, CIFAR-10 and your own models `nip` passes inputs "
+                "through unchanged until you build one with `python -m nip_core calibrate --model M --data PATH` "
+                "(it never falls back to a mode that flips benign inputs). See docs/nip-research.md.")
     st.warning(C.label_free_note())
 
     st.subheader("What each chart shows")
@@ -58,10 +60,11 @@ def main() -> None:
         "- **Top-5 bars**: softmax confidence; green is the reference class.\n"
         "- **Drill-down**: one neuron's activation map over the three inputs (conv layers: the channel's map; "
         "fully connected layers: input-gradient magnitude of that neuron) and its profile influence per class.\n"
-        "- **Compare at a glance**: the same adversarial through each baseline, the random-sign control and the "
-        "NIP modes.\n"
+        "- **Compare at a glance** (on request): the same adversarial through each baseline, the random-sign "
+        "control and the NIP modes.\n"
         "- **Benchmark heatmap**: accuracy (or defense success rate) per attack × defense, with benign and "
-        "adaptive rows.\n"
+        "adaptive rows; the shipped report runs show on arrival, any results JSON can be opened, and the table "
+        "beside it gives each accuracy's Wilson interval (95 percent).\n"
         "- **Benchmark, image by image**: for `nip` against each other defense, the images only one of the two "
         "gets right and the exact McNemar p-value; a lead of a few images with a large p is a tie.")
 

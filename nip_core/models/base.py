@@ -39,6 +39,10 @@ class ModelSpec:
     layers: tuple[str, ...]  # influence layers, in forward order
     default_layer: str
     factory: Callable[[], "LoadedModel"] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    # Layers whose output reaches the logits through an affine map only (average pooling, a linear
+    # classifier): there the logit's gradient is the same at every input, so layer conductance is
+    # exactly gradient × (activation − baseline activation), one pass instead of n_steps + 1.
+    affine_layers: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {

@@ -78,7 +78,7 @@ SPEC = register_model(ModelSpec(
     summary="LeNet-5 CNN trained on 4,000 real MNIST digits (28×28 gray)",
     input_channels=1, input_size=28, preprocess="mnist", gallery="mnist",
     layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1",
-    factory=_loader("lenet-mnist", WEIGHTS, CARD, MNIST_MEAN, MNIST_STD),
+    factory=_loader("lenet-mnist", WEIGHTS, CARD, MNIST_MEAN, MNIST_STD), affine_layers=("fc2",),
 ))
 
 FASHION_SPEC = register_model(ModelSpec(
@@ -87,4 +87,5 @@ FASHION_SPEC = register_model(ModelSpec(
     input_channels=1, input_size=28, preprocess="fashion", gallery="fashion",
     layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1",
     factory=_loader("lenet-fashion", FASHION_WEIGHTS, FASHION_CARD, FASHION_MEAN, FASHION_STD),
+    affine_layers=("fc2",),
 ))

@@ -1,0 +1,158 @@
+"""The guided tour: a few one-click Explore presets that tell NIP's story, each a shareable link.
+
+A step is data (attack, defense, what it needs, one sentence); :func:`step_query` turns it into
+Explore's share-link query parameters for a model. The image of every step is the model's demo
+image (``nip_core.explain.demo_image``: one its default attack fools and NIP restores), so the
+story holds on each built-in model. Steps that do not apply to a model (no calibration for the
+label-free ``nip``; ``nip-aware`` needs one too) say why instead of offering a link.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from app import common as C
+
+EXPLORE_PAGE = "views/explore.py"          # st.switch_page target (relative to app/streamlit_app.py)
+PHOTO_DATASETS = ("cifar10", "imagenet")   # natural photos, for the last step
+PHOTO_MODELS = ("resnet8-cifar10", "efficientnet-lite0")   # preferred order: the small one first
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stop of the tour.
+
+    Attributes:
+        key: the ``tour`` query value; title, sentence: what the page says.
+        attack, attack_params, defense: the preset (attack parameters on top of the dataset defaults).
+        needs: ``"calibration"`` when the step shows the label-free ``nip`` (which passes inputs
+            through without one); photo: the step runs on a photo model.
+        beats: the image is one where the step's attack beats ``defense`` (else: one the default
+            attack fools and NIP restores).
+    """
+
+    key: str
+    title: str
+    sentence: str
+    attack: str
+    defense: str
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    needs: str | None = None
+    photo: bool = False
+    beats: bool = False
+
+
+STEPS: tuple[Step, ...] = (
+    Step("neurons", "An image and its neurons",
+         "With ε = 0 nothing is attacked: the influence heatmap shows the neurons the model relies on for this "
+         "class (its front neurons, strongest influence) and those it barely uses (the tail).",
+         "fgsm", "none", {"eps": 0.0}),
+    Step("attack", "An attack suppresses the front neurons",
+         "FGSM adds a small signed perturbation: the prediction flips, and the difference heatmap shows the "
+         "front neurons' influence falling while tail neurons gain, the signature the paper describes.",
+         "fgsm", "none"),
+    Step("oracle", "NIP with the true label restores them",
+         "`nip-oracle` knows the true class and adds its own small perturbation that raises that class's front "
+         "neurons and lowers its tail, and the prediction comes back; it is not deployable, because at test time "
+         "nobody knows the label.",
+         "fgsm", "nip-oracle"),
+    Step("label-free", "The label-free nip guesses the label",
+         "`nip` first checks whether the input looks attacked (early neurons outside their benign range) and "
+         "then points NIP at the class of the nearest benign examples, so it needs no label, only a calibration "
+         "of benign examples.",
+         "fgsm", "nip", needs="calibration"),
+    Step("aware", "An attack that knows the defense beats it",
+         "`nip-aware` fools the model and nip's neighbour vote at once: a defense tested only against attacks "
+         "that ignore it looks stronger than it is.",
+         "nip-aware", "nip", needs="calibration", beats=True),
+    Step("photo", "A photo, and why it is harder",
+         "Photo pixels are not nearly black or white, so a perturbation too small to see fools the model and "
+         "the binarised vote that protects digits has nothing to hold on to; without a calibration `nip` passes "
+         "the photo through unchanged (never harming it). Switch the defense to `nip-oracle` to see what NIP "
+         "could do with the true label.",
+         "fgsm", "nip", photo=True),
+)
+BY_KEY = {s.key: s for s in STEPS}
+
+
+def tour_models() -> list[str]:
+    """The built-in models, digits and clothing first (they can show every step)."""
+    from nip_core.byom import is_custom
+    from nip_core.models import MODELS
+
+    shipped = [m for m in MODELS if not is_custom(m)]
+    return sorted(shipped, key=lambda m: MODELS[m].gallery in PHOTO_DATASETS)
+
+
+def photo_model(model_name: str) -> str | None:
+    """The model of the photo step: the tour's model when it is a photo model, else a built-in one."""
+    from nip_core.models import MODELS
+
+    if MODELS[model_name].gallery in PHOTO_DATASETS:
+        return model_name
+    return next((m for m in PHOTO_MODELS if m in MODELS), None)
+
+
+def step_model(step: Step, model_name: str) -> str | None:
+    return photo_model(model_name) if step.photo else model_name
+
+
+def why_not(step: Step, model_name: str) -> str | None:
+    """Why ``step`` cannot run on ``model_name`` (None when it can)."""
+    from nip_core.attacks import ATTACKS
+
+    target = step_model(step, model_name)
+    if target is None:
+        return "no photo model is installed."
+    model = C.get_model(target)
+    if step.needs == "calibration" and not C.has_calibration(target):
+        return C.calibration_hint(target)
+    if not ATTACKS[step.attack].applies_to(model):
+        return f"`{step.attack}` does not apply to {target}."
+    return None
+
+
+def step_image(step: Step, model_name: str) -> str:
+    """The step's gallery image on its model: one that tells the step's part of the story.
+
+    The defense-aware step's image is shipped (``assets/tour.json``, written by
+    ``scripts/tour_examples.py``: finding it runs the slow attack image after image); a model without
+    one gets the image of the other steps.
+    """
+    if step.beats:
+        shipped = shipped_examples().get(model_name, {})
+        if shipped.get("weights_sha256") == C.get_model(model_name).weights_sha256 and "aware" in shipped:
+            return shipped["aware"]
+    restore = ("nip-oracle", "nip") if C.has_calibration(model_name) else ("nip-oracle",)
+    return C.demo_image(model_name, "fgsm", restore)
+
+
+def shipped_examples() -> dict[str, dict[str, str]]:
+    """``assets/tour.json``: model → {"weights_sha256", "aware": gallery key}, or {} when absent."""
+    import json
+
+    from nip_core.runtime import ASSETS
+
+    path = ASSETS / "tour.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def step_query(step: Step, model_name: str) -> dict[str, str]:
+    """Explore's query parameters for ``step`` on the tour's model ``model_name``."""
+    target = step_model(step, model_name)
+    q = {"model": target, "image": step_image(step, target), "attack": step.attack}
+    if step.attack_params:
+        q["ap"] = C.params_text(step.attack_params)
+    q |= {"defense": step.defense, "seed": "0", "tour": step.key}
+    if target != model_name:
+        q["tm"] = model_name
+    return q
+
+
+def step_link(step: Step, model_name: str) -> str:
+    """A relative share link (``./?model=…``): Explore is the app's default page."""
+    return "./?" + urlencode(step_query(step, model_name))
