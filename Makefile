@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    – create .venv if missing, install requirements, start the app on :8501
-#   make test   – the same set-up (plus Debian's Chromium for the browser test), then the tests
+#   make test   – the same set-up (plus Debian's Chromium for the browser test and Debian's
+#                 Fashion-MNIST for the lenet-fashion tests), then the tests
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 PORT ?= 8501
 
-.PHONY: run test venv chromium bench evaluate-paper evaluate-fashion evaluate-cifar10 evaluate-imagenet
+.PHONY: run test venv chromium fashion-data bench evaluate-paper evaluate-fashion evaluate-cifar10 evaluate-imagenet
 
 venv: $(STAMP)
 
@@ -24,10 +25,20 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
 
+# Fashion-MNIST's idx files (MIT), for the lenet-fashion tests and `python -m nip_core train
+# lenet-fashion`; the app needs none of it (weights, gallery and calibration bank ship in assets/).
+FASHION_FILES := $(addprefix /usr/share/datasets/fashion-mnist/,train-images-idx3-ubyte.gz \
+  train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz)
+fashion-data:
+	@ls $(FASHION_FILES) >/dev/null 2>&1 || { \
+	  echo "installing Debian dataset-fashion-mnist for the lenet-fashion tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q dataset-fashion-mnist; }
+
 run: $(STAMP)
 	$(PY) -m streamlit run app/streamlit_app.py --server.port=$(PORT) --server.headless=true --server.fileWatcherType=none
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium fashion-data
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -219,7 +219,7 @@ def _nip_uses_vote(model: LoadedModel) -> bool:
 # strongest of 0, 3, 10, 30, 100 against the raw-vote nip (it kept .79, .26,
 # .23, .18, .15 of them); the budget is the MNIST suite's PGD budget.
 register("nip-aware", "Defense-aware PGD against the label-free nip: fools the model and nip's benign-neighbour "
-         "vote at once (only where nip votes: MNIST models)",
+         "vote at once (only where nip votes: models with a calibration)",
          [_eps(0.3, hi=10.0, help_="budget: L∞, or L2 with norm=2"),
           Param("eps_step", "float", 0.01, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(40),
           Param("norm", "choice", "inf", choices=("inf", "2"), help="threat model: L∞ (signed steps) or L2"),
@@ -231,6 +231,13 @@ register("nip-aware", "Defense-aware PGD against the label-free nip: fools the m
           Param("targets", "int", 3, 1, 9,
                 help="wrong classes tried per input, closest first; the first that beats nip is kept")],
          None, targeted_ok=False, run=_nip_aware, applies=_nip_uses_vote)
+
+# Fashion-MNIST: a budget of 0.3 turns a garment into a silhouette; 0.1 is the field's usual
+# L∞ budget there. Every L∞ attack with a budget and no Fashion-MNIST default of its own gets it.
+for _a in ATTACKS.values():
+    _names = {q.name for q in _a.spec.params}
+    if _a.norm == "Linf" and "eps" in _names and FASHION not in _a.dataset_defaults:
+        _a.dataset_defaults[FASHION] = {"eps": 0.1} | ({"eps_step": 0.01} if "eps_step" in _names else {})
 
 
 class _ArtView(nn.Module):

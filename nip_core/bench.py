@@ -130,10 +130,11 @@ def _maxrss_mb() -> float:
 
 def _inputs(model, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Real inputs: held-out digits, or the gallery photos and their mirror images, cycled."""
-    from nip_core.data import gallery, mnist
+    from nip_core.data import dataset_of, gallery
 
-    if model.spec.gallery == "mnist":
-        x, y = mnist("test")
+    ds = dataset_of(model)
+    if ds.builtin_calibration:      # a large labelled held-out set (MNIST, Fashion-MNIST)
+        x, y = ds.heldout(model)
     else:
         items = gallery(model.spec.gallery)
         x = torch.stack([it.image for it in items])
@@ -200,10 +201,7 @@ def _bench_batch(model, b: int, cfg: dict, device: torch.device) -> dict[str, An
 
     # NIP, each mode, against T·K fwd+bwd at the NIP pass size.
     nip: dict[str, Any] = {}
-    dupes = dict(_same_as_topk(model))
     for name in _nip_defenses():
-        if name in dupes:
-            continue
         p = DEFENSES[name].params_for(model, cfg["nip_params"])
         prof = nip_profile(model, p)
         topk = name in TOPK_NAMES
@@ -225,8 +223,6 @@ def _bench_batch(model, b: int, cfg: dict, device: torch.device) -> dict[str, An
                      "floor_seconds": r["floor_seconds"]["full"], "nip_floor_ratio": r["ratio"]["full"],
                      "layer_floor_seconds": r["floor_seconds"]["layer"],
                      "nip_layer_floor_ratio": r["ratio"]["layer"]}
-    for name, same in _same_as_topk(model):
-        nip[name] = dict(nip[same]) | {"same_computation_as": same}
     out["nip"] = nip
     head = next(iter(nip))
     out["nip_floor_ratio_defense"] = head
@@ -268,16 +264,6 @@ def _nip_defenses() -> list[str]:
     # `nip-neighbours` is registered as the same unit as `nip`: time it once.
     names = [d for d in DEFENSES if DEFENSES[d].family == "nip" and d != "nip-neighbours"]
     return sorted(names, key=lambda d: (d != _topk(), d != "nip-global", d != "nip-oracle", d))
-
-
-def _same_as_topk(model) -> list[tuple[str, str]]:
-    """``(name, nip-topk)`` for NIP units that run exactly the top-K computation on this model
-    (label-free ``nip`` falls back to top-K where there is no labelled benign set): timed once."""
-    from nip_core.label_free import uses_neighbours
-
-    if uses_neighbours(model) or "nip-topk" not in _nip_defenses():
-        return []
-    return [(d, "nip-topk") for d in _nip_defenses() if d == "nip"]
 
 
 def _topk() -> str:

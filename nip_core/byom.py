@@ -60,7 +60,7 @@ class Architecture:
         default_layer: the layer explain and NIP use unless told otherwise.
         channels: allowed input channel counts (the first is the default).
         input_size: default square input side; ``fixed_size`` forbids any other.
-        preprocess: ``'mnist'`` or ``'imagenet'`` (``nip_core.images.to_model_input``).
+        preprocess: ``'mnist'``, ``'fashion'`` or ``'imagenet'`` (``nip_core.images.to_model_input``).
     """
 
     name: str

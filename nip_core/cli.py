@@ -214,11 +214,13 @@ def cmd_explain(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from nip_core.train import train_lenet
+    from nip_core.train import train_lenet, train_lenet_fashion
 
-    if args.model != "lenet-mnist":
-        raise _input_error(f"only lenet-mnist can be trained here; got {args.model!r}.")
-    info = train_lenet(seed=args.seed, epochs=args.epochs)
+    trainers = {"lenet-mnist": train_lenet, "lenet-fashion": train_lenet_fashion}
+    if args.model not in trainers:
+        raise _input_error(f"only {' or '.join(trainers)} can be trained here; got {args.model!r}.")
+    epochs = {} if args.epochs is None else {"epochs": args.epochs}
+    info = trainers[args.model](seed=args.seed, **epochs)
     print(json.dumps(info, indent=2))
     return 0
 
@@ -353,9 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_explain)
 
     s = sub.add_parser("train", help="retrain a shipped model reproducibly")
-    s.add_argument("model")
+    s.add_argument("model", help="lenet-mnist or lenet-fashion")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--epochs", type=int, default=40)
+    s.add_argument("--epochs", type=int, help="default: 40 for lenet-mnist, 15 for lenet-fashion")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("profile", help="compute (and optionally ship) influence profiles")

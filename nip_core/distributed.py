@@ -50,11 +50,24 @@ def _env_vars() -> dict[str, str]:
     return {"PYTHONPATH": path} | {k: v for k, v in os.environ.items() if k.startswith("NIP_")}
 
 
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def init_local(num_cpus: int) -> None:
-    """Start a Ray runtime on this machine with ``num_cpus`` CPU slots (tests reuse it)."""
+    """Start a Ray runtime on this machine with ``num_cpus`` CPU slots (tests reuse it).
+
+    It listens on loopback only: Ray's single-machine mode (the one it uses on macOS and
+    Windows) binds 127.0.0.1 instead of the machine's network address. The raylet and the workers
+    inherit the setting from this process's environment.
+    """
+    os.environ[LOOPBACK_ONLY] = "0"
     ray = import_ray()
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False   # when ray was imported before the variable was set
     ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-             object_store_memory=LOCAL_OBJECT_STORE, runtime_env={"env_vars": _env_vars()})
+             object_store_memory=LOCAL_OBJECT_STORE,
+             runtime_env={"env_vars": _env_vars() | {LOOPBACK_ONLY: "0"}})
 
 
 def check_address(address: str) -> None:
@@ -85,8 +98,7 @@ class ShardWorker:
         torch.set_num_threads(threads)
         self.ctx, self.error = None, None
         try:
-            from nip_core.evaluate import EvalContext
-            self.ctx = EvalContext(job)
+            self.ctx = job.context()   # the job carries its own code: no import back into evaluate
         except (InputError, OSError) as e:   # e.g. data or weights not readable on this node
             self.error = f"on node {socket.gethostname()}: {e}"
 
@@ -99,9 +111,8 @@ class ShardWorker:
 
     def run(self, shard) -> dict[str, Any]:
         """``{"result": …}`` of ``nip_core.evaluate.evaluate_shard``, or ``{"error": …}`` for bad input."""
-        from nip_core.evaluate import evaluate_shard
         try:
-            return {"result": evaluate_shard(self.ctx, shard)}
+            return {"result": self.ctx.run(shard)}
         except InputError as e:
             return {"error": str(e)}
 

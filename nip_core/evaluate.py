@@ -164,6 +164,10 @@ class EvalJob:
     # The black-box column: Square attack through model ∘ defense on the first ``n`` images.
     blackbox: dict[str, Any] | None = None
 
+    def context(self) -> "EvalContext":
+        """The job made ready to run shards (in this process: a Ray worker calls this)."""
+        return EvalContext(self)
+
 
 class EvalContext:
     """A job made ready to run shards: the model loaded once, units validated, images read."""
@@ -199,6 +203,10 @@ class EvalContext:
             self.blackbox = {"eps": float(job.blackbox.get("eps", self.adaptive_params["eps"])),
                              "max_iter": int(job.blackbox.get("max_iter", 1000)),
                              "n": min(int(job.blackbox.get("n", 100)), len(self.y))}
+
+    def run(self, shard: Shard) -> dict[str, Any]:
+        """:func:`evaluate_shard` of this context."""
+        return evaluate_shard(self, shard)
 
     def adaptive_units(self) -> list[int]:
         """Defenses that get an adaptive column (analysis modes, which need labels or the benign

@@ -27,7 +27,7 @@ MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
-PREPROCESS = ("mnist", "imagenet", "natural")
+PREPROCESS = ("mnist", "fashion", "imagenet", "natural")
 _ACCEPTED = "a PNG, JPEG, WebP, BMP or GIF image"
 
 # Leading bytes of common files we refuse, so the message can say what the file looks like.
@@ -158,6 +158,8 @@ def to_model_input(img: Image.Image, *, channels: int, size: int, preprocess: st
         size: the model's square input side in pixels (28 for MNIST, 32 for CIFAR-10, 224 for ImageNet).
         preprocess: ``"mnist"`` — grey, inverted when the background is bright, digit cropped
             to its ink, scaled to fit ``size*20/28`` pixels and centred by centre of mass;
+            ``"fashion"`` — Fashion-MNIST's recipe: grey, inverted when the border is bright,
+            trimmed to the object, longest side resized to ``size``, centred on black;
             ``"imagenet"`` — shorter side resized to ``round(size*256/224)`` then centre-cropped;
             ``"natural"`` — shorter side resized to ``size`` then centre-cropped (no margin: small
             whole-scene images such as CIFAR-10's 32×32 photos).
@@ -177,6 +179,8 @@ def to_model_input(img: Image.Image, *, channels: int, size: int, preprocess: st
     if preprocess == "mnist":
         x = _mnist_digit(rgb, size)
         return x.expand(channels, size, size).contiguous()
+    if preprocess == "fashion":
+        return _fashion_item(rgb, size).expand(channels, size, size).contiguous()
     short_side = size if preprocess == "natural" else round(size * 256 / 224)
     x = _resize_centre_crop(rgb, short_side, size)
     if channels == 1:
@@ -229,6 +233,30 @@ def _mnist_digit(rgb: Image.Image, size: int) -> torch.Tensor:
     canvas = torch.zeros(1, size, size)
     canvas[0, y0:y0 + box, x0:x0 + box] = digit
     return canvas.clamp(0.0, 1.0)
+
+
+def _fashion_item(rgb: Image.Image, size: int) -> torch.Tensor:
+    """Fashion-MNIST's conversion (Xiao et al. 2017): light object on black, trimmed to the
+    object, longest side ``size`` pixels, centred; the aspect ratio is kept."""
+    grey = np.asarray(rgb.convert("L"), dtype=np.float32) / 255.0
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if border.mean() > 0.5:  # product photos sit on a white background
+        grey, border = 1.0 - grey, 1.0 - border
+    background = float(np.median(border))
+    span = float(grey.max()) - background
+    if span > 0.1:
+        grey = np.clip((grey - background) / span, 0.0, 1.0)
+    item = grey > 0.1
+    if not item.any():
+        return _resize(torch.from_numpy(grey)[None], size, size)
+    rows, cols = np.flatnonzero(item.any(axis=1)), np.flatnonzero(item.any(axis=0))
+    crop = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    scale = size / max(crop.shape)
+    h, w = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
+    canvas = torch.zeros(1, size, size)
+    y0, x0 = (size - h) // 2, (size - w) // 2
+    canvas[0, y0:y0 + h, x0:x0 + w] = _resize(torch.from_numpy(np.ascontiguousarray(crop))[None], h, w)[0]
+    return canvas
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -61,13 +61,3 @@ def test_paired_times_one_call_against_every_floor(monkeypatch):
     calls.update(op=0, full=0, layer=0)
     r = B._paired(counter("op"), {"full": (counter("full"), 2.0), "layer": (counter("layer"), 1.0)}, 1, dev)
     assert calls["op"] == 1 and r["repeats"] == 1 and r["seconds"] >= 0
-
-
-def test_label_free_nip_is_timed_separately_only_where_it_differs(lenet):
-    from types import SimpleNamespace
-
-    from nip_core.bench import _same_as_topk
-    from nip_core.models import MODELS
-
-    assert _same_as_topk(lenet) == []                          # neighbour vote on MNIST: its own entry
-    assert _same_as_topk(SimpleNamespace(spec=MODELS["efficientnet-lite0"])) == [("nip", "nip-topk")]

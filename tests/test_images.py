@@ -325,7 +325,7 @@ def mutated_images(draw) -> bytes:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.one_of(st.binary(max_size=2048), mutated_images()),
-       preprocess=st.sampled_from(["imagenet", "mnist"]))
+       preprocess=st.sampled_from(["imagenet", "mnist", "fashion"]))
 def test_fuzzed_bytes_only_ever_raise_input_error(data, preprocess):
     try:
         x = load_image(data, channels=3, size=32, preprocess=preprocess)

@@ -35,7 +35,7 @@ class ModelSpec:
     input_channels: int
     input_size: int
     preprocess: str          # name understood by nip_core.images.to_model_input
-    gallery: str             # 'mnist' or 'imagenet'
+    gallery: str             # 'mnist', 'fashion' or 'imagenet'
     layers: tuple[str, ...]  # influence layers, in forward order
     default_layer: str
     factory: Callable[[], "LoadedModel"] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]

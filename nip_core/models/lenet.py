@@ -1,26 +1,41 @@
-"""LeNet-5-style CNN for MNIST, trained here on real MNIST digits (see ``nip_core.train``)."""
+"""LeNet-5-style CNNs trained here (see ``nip_core.train``): ``lenet-mnist`` on real MNIST digits
+and ``lenet-fashion`` on Fashion-MNIST. Both take 1×28×28 inputs in [0,1]; each network holds its
+dataset's normalisation as buffers (saved in its weights file)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Sequence
 
 from safetensors.torch import load_file
 from torch import nn
 
 from nip_core.errors import InputError
-from nip_core.models.base import ModelSpec, Normalize, file_sha256, finish, register_model
+from nip_core.models.base import MODELS, ModelSpec, Normalize, file_sha256, finish, register_model
 from nip_core.runtime import ASSETS
 
 WEIGHTS = ASSETS / "models" / "lenet-mnist.safetensors"
 CARD = ASSETS / "models" / "lenet-mnist.json"
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+FASHION_WEIGHTS = ASSETS / "models" / "lenet-fashion.safetensors"
+FASHION_CARD = ASSETS / "models" / "lenet-fashion.json"
+# Pixel mean and standard deviation of the 60,000 Fashion-MNIST training images.
+FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
 
 
 class LeNet5(nn.Module):
-    """Conv(6)-pool-Conv(16)-pool-FC120-FC84-FC; one activation module per layer so each can be hooked."""
+    """Conv(6)-pool-Conv(16)-pool-FC120-FC84-FC; one activation module per layer so each can be hooked.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+    Args:
+        num_classes: outputs of the last layer (default 10).
+        in_channels: input channels (default 1).
+        mean, std: one-channel normalisation, repeated over ``in_channels`` (default MNIST's).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1,
+                 mean: Sequence[float] = MNIST_MEAN, std: Sequence[float] = MNIST_STD) -> None:
         super().__init__()
-        self.normalize = Normalize(MNIST_MEAN * in_channels, MNIST_STD * in_channels)
+        self.normalize = Normalize(tuple(mean) * in_channels, tuple(std) * in_channels)
         self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
         self.act1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)
@@ -45,20 +60,32 @@ class LeNet5(nn.Module):
         return {"conv1": self.act1, "conv2": self.act2, "fc1": self.act3, "fc2": self.act4}
 
 
-def _load():
-    if not WEIGHTS.exists():
-        raise InputError(f"LeNet weights are missing at {WEIGHTS}; run `python -m nip_core train lenet-mnist`.")
-    net = LeNet5()
-    net.load_state_dict(load_file(str(WEIGHTS)))
-    card = json.loads(CARD.read_text()) if CARD.exists() else {}
-    names = card.get("class_names") or [str(i) for i in range(10)]
-    return finish(SPEC, net, names, net.influence_layers(), file_sha256(WEIGHTS))
+def _loader(spec_name: str, weights: Path, card_path: Path, mean: Sequence[float], std: Sequence[float]):
+    def load():
+        if not weights.exists():
+            raise InputError(f"{spec_name} weights are missing at {weights}; "
+                             f"run `python -m nip_core train {spec_name}`.")
+        net = LeNet5(mean=mean, std=std)
+        net.load_state_dict(load_file(str(weights)))
+        card = json.loads(card_path.read_text()) if card_path.exists() else {}
+        names = card.get("class_names") or [str(i) for i in range(10)]
+        return finish(MODELS[spec_name], net, names, net.influence_layers(), file_sha256(weights))
+    return load
 
 
 SPEC = register_model(ModelSpec(
     name="lenet-mnist",
     summary="LeNet-5 CNN trained on 4,000 real MNIST digits (28×28 gray)",
     input_channels=1, input_size=28, preprocess="mnist", gallery="mnist",
-    layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1", factory=_load,
+    layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1",
+    factory=_loader("lenet-mnist", WEIGHTS, CARD, MNIST_MEAN, MNIST_STD), affine_layers=("fc2",),
+))
+
+FASHION_SPEC = register_model(ModelSpec(
+    name="lenet-fashion",
+    summary="LeNet-5 CNN trained on Fashion-MNIST clothing images (28×28 gray, 10 classes)",
+    input_channels=1, input_size=28, preprocess="fashion", gallery="fashion",
+    layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1",
+    factory=_loader("lenet-fashion", FASHION_WEIGHTS, FASHION_CARD, FASHION_MEAN, FASHION_STD),
     affine_layers=("fc2",),
 ))

@@ -26,9 +26,8 @@ from nip_core.defenses import apply_defense  # noqa: E402
 from nip_core.models import load_model  # noqa: E402
 
 BUDGETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
-ATTACKS = {"lenet-mnist": [("fgsm", {"eps": 0.2}), ("pgd", {"eps": 0.3}), ("cw-l2", {}), ("deepfool", {})],
-           "lenet-fashion": [("fgsm", {"eps": 0.1}), ("pgd", {"eps": 0.1, "eps_step": 0.01}), ("cw-l2", {}),
-                             ("deepfool", {})]}
+ATTACKS = {"lenet-mnist": [("fgsm", {"eps": 0.2}), ("pgd", {"eps": 0.3}), ("deepfool", {})],
+           "lenet-fashion": [("fgsm", {"eps": 0.1}), ("pgd", {"eps": 0.1, "eps_step": 0.01}), ("deepfool", {})]}
 PAIR = ("nip-oracle", "counter-attack-oracle")
 
 
