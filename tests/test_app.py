@@ -524,3 +524,13 @@ def test_a_page_turn_lends_its_slot_to_its_worker():
         t.start()
         t.join(5)
     assert held and done.is_set() and not RUNS.held()
+
+
+def test_tour_on_fashion_mnist_offers_every_step():
+    at = _app()
+    at.switch_page("views/tour.py").run()
+    at.selectbox(key="tour.model").set_value("lenet-fashion").run()
+    _ok(at)
+    assert [b.label for b in at.button if b.label.startswith("Open step")] == [f"Open step {i}" for i in range(1, 7)]
+    links = [c.value for c in at.code]
+    assert all("model=lenet-fashion" in u for u in links[:5]) and "tm=lenet-fashion" in links[5]
