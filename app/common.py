@@ -200,6 +200,36 @@ class RunQueue:
 RUNS = RunQueue(slots=1)
 
 
+class Activity:
+    """Page runs in progress and when the last one ended (the warm-up waits for a pause)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._last_end = float("-inf")
+
+    @contextmanager
+    def page_run(self) -> Iterator[None]:
+        with self._cond:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._last_end = time.monotonic()
+                self._cond.notify_all()
+
+    def wait_quiet(self, quiet_s: float) -> None:
+        """Until no page run is in progress and none ended in the last ``quiet_s`` seconds."""
+        with self._cond:
+            while self._active or time.monotonic() - self._last_end < quiet_s:
+                self._cond.wait(timeout=0.25)
+
+
+ACTIVITY = Activity()
+
+
 def queue_message(ahead: int) -> str:
     return f"waiting: your run starts after {ahead} other{'s' if ahead != 1 else ''}"
 

@@ -35,4 +35,5 @@ page = st.navigation([
     st.Page(PAGES / "profiles.py", title="Profiles", icon=":material/hub:", url_path="profiles"),
     st.Page(PAGES / "method.py", title="Method", icon=":material/menu_book:", url_path="method"),
 ])
-page.run()
+with common.ACTIVITY.page_run():   # the warm-up waits while visitors' pages run
+    page.run()

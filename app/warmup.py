@@ -5,9 +5,10 @@ fills the same ``st.cache_resource`` / ``st.cache_data`` entries the pages use (
 influence profiles, calibration) and runs each model's default Explore view once, so the engine's
 one-time costs (library imports, the label-free ``nip``'s benign bank, first passes through each
 network) are paid before a visitor asks. The model a shared link names goes first. The thread
-runs at a lower OS priority than the sessions, and each step takes a *background* turn of the run
-queue (``RunQueue.turn(background=True)``): it starts only when no visitor's run is running or
-waiting, so a visitor waits for at most one warm-up step.
+runs at a lower OS priority than the sessions; it imports the attack library at once (the first
+visitor needs it too) and then takes each step only when no visitor's page is running
+(``ACTIVITY``) and no visitor's run is queued (a *background* turn of the run queue), so the first
+view is never slowed by it and a visitor waits for at most one warm-up step.
 
 Set ``NIP_NO_WARMUP=1`` to switch it off (tests that time cold starts, debugging).
 """
@@ -50,9 +51,9 @@ def _run(first: str | None) -> None:
     except (AttributeError, OSError):
         pass
     try:
-        prime_imports()
+        prime_imports()   # overlaps the first visitor's page (they need it too)
         for i, name in enumerate(order(first)):
-            warm_model(name, quiet_s=0.0 if i == 0 else QUIET_S)
+            warm_model(name, quiet_s=FIRST_QUIET_S if i == 0 else QUIET_S)
     except Exception:   # a warm-up failure only costs speed; the page reports real errors itself
         log.exception("warm-up stopped")
     finally:
@@ -66,7 +67,8 @@ def prime_imports() -> None:
     import art.estimators.classification  # noqa: F401
 
 
-QUIET_S = 5.0   # warm another model only after visitors' runs have paused this long
+FIRST_QUIET_S = 1.0   # the first model: once visitors' pages have paused this long
+QUIET_S = 5.0         # each other model: after a longer pause (a class is not slowed by them)
 
 
 def warm_model(name: str, quiet_s: float = 0.0) -> None:
@@ -81,6 +83,7 @@ def warm_model(name: str, quiet_s: float = 0.0) -> None:
     from app import tour as T
 
     def step(fn, *args):
+        C.ACTIVITY.wait_quiet(quiet_s)   # not while a visitor's page runs: the first view comes first
         with C.RUNS.turn(background=True, quiet_s=quiet_s):
             return fn(*args)
 

