@@ -51,7 +51,7 @@ def _run(first: str | None) -> None:
     except (AttributeError, OSError):
         pass
     try:
-        prime_imports()   # overlaps the first visitor's page (they need it too)
+        prime_imports(first)   # overlaps the first visitor's page (they need it too)
         for i, name in enumerate(order(first)):
             warm_model(name, quiet_s=FIRST_QUIET_S if i == 0 else QUIET_S)
     except Exception:   # a warm-up failure only costs speed; the page reports real errors itself
@@ -60,11 +60,15 @@ def _run(first: str | None) -> None:
         DONE.set()
 
 
-def prime_imports() -> None:
-    """Import the attack library (ART: about 3 s, half of it SciPy) while the first visitor's page is
-    still being built; their first attack would otherwise pay for it."""
-    import art.attacks.evasion  # noqa: F401
-    import art.estimators.classification  # noqa: F401
+def prime_imports(first: str | None = None) -> None:
+    """Import what the first visitor's run needs later while their page is still being built: the
+    attack library (ART: about 3 s, half of it SciPy) and, for a photo model, torchvision (2 s)."""
+    from nip_core.models import MODELS
+    from nip_core.runtime import import_art
+
+    if first in MODELS and MODELS[first].preprocess not in ("mnist", "fashion"):
+        import torchvision.transforms  # noqa: F401
+    import_art()   # under the engine's lock: ART must not be imported by two threads at once
 
 
 FIRST_QUIET_S = 1.0   # the first model: once visitors' pages have paused this long

@@ -39,3 +39,18 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("NIP_CACHE_DIR", Path.home() / ".cache" / "nip_explorer"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+_ART_LOCK = threading.Lock()
+
+
+def import_art():
+    """The ART package, imported once under a lock (returns the module).
+
+    ART's package imports itself circularly; two threads importing different parts of it at once
+    (two app sessions, or a session and the app's warm-up) can get a half-initialised module and an
+    ImportError. Every ART import in the engine goes through here first.
+    """
+    with _ART_LOCK:
+        import art
+    return art

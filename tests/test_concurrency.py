@@ -161,3 +161,27 @@ def test_seeded_runs_on_two_models_in_threads_match_one_by_one(lenet, digits, le
         got = _in_threads([a, b])
         for w, g in zip(want, got):
             assert all(torch.equal(p, q) for p, q in zip(w, g))
+
+
+def test_art_imported_by_many_threads_at_once_is_whole():
+    """ART imports itself circularly: without the engine's lock, two threads importing different parts
+    of it (a session's attack and the app's warm-up) could see a half-initialised module. In a fresh
+    interpreter, eight threads import it through the engine at once."""
+    import subprocess
+    import sys
+
+    code = ("import threading; from nip_core.runtime import import_art\n"
+            "errors = []\n"
+            "def go(i):\n"
+            "    try:\n"
+            "        import_art()\n"
+            "        from art.estimators.classification import PyTorchClassifier\n"
+            "        from art.attacks.evasion import FastGradientMethod\n"
+            "        from art.defences.preprocessor import JpegCompression\n"
+            "    except Exception as e:\n"
+            "        errors.append(repr(e))\n"
+            "ts = [threading.Thread(target=go, args=(i,)) for i in range(8)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "print('ERRORS', errors)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "ERRORS []" in out.stdout, out.stdout + out.stderr
