@@ -256,6 +256,70 @@ async def run_session(browser, url: str, plan: dict[str, Any], timeout: float, s
     return res
 
 
+async def run_protocol_session(url: str, plan: dict[str, Any], timeout: float, start_gap: float) -> dict[str, Any]:
+    """The same session without a browser: Streamlit's own websocket protocol (the messages a browser
+    sends and receives), so the browsers' work is not on this machine. ``complete_s`` is when the
+    server finished the page run (every element, charts included, sent)."""
+    import websockets
+    from streamlit.proto.Alert_pb2 import Alert
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    await asyncio.sleep(max(0.0, start_gap * plan["session"]))
+    res: dict[str, Any] = {"plan": plan, "errors": [], "first_result_s": None, "complete_s": None,
+                           "queue_ahead_max": 0}
+    metrics: dict[str, str] = {}
+    caption = ""
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            ws_url = url.replace("http://", "ws://", 1) + "/_stcore/stream"
+            async with websockets.connect(ws_url, subprotocols=["streamlit"], max_size=None) as ws:
+                msg = BackMsg()
+                msg.rerun_script.query_string = plan_query(plan)
+                msg.rerun_script.page_script_hash = ""
+                await ws.send(msg.SerializeToString())
+                async for raw in ws:
+                    fm = ForwardMsg()
+                    fm.ParseFromString(raw)
+                    kind = fm.WhichOneof("type")
+                    if kind == "delta" and fm.delta.WhichOneof("type") == "new_element":
+                        el = fm.delta.new_element
+                        what = el.WhichOneof("type")
+                        if what == "metric":
+                            metrics[el.metric.label.replace(" prediction", "")] = el.metric.body
+                        elif what == "markdown" and "· attack " in el.markdown.body:
+                            caption = el.markdown.body
+                        elif what == "progress":
+                            m = re.search(r"your run starts after (\d+)", el.progress.text)
+                            if m:
+                                res["queue_ahead_max"] = max(res["queue_ahead_max"], int(m.group(1)))
+                        elif what == "exception":
+                            res["errors"].append(f"exception: {el.exception.message[:300]}")
+                        elif what == "alert" and el.alert.format == Alert.ERROR:
+                            res["errors"].append(el.alert.body.splitlines()[0][:300])
+                        if res["first_result_s"] is None and {"benign", "adversarial", "defended"} <= set(metrics):
+                            res["first_result_s"] = time.perf_counter() - t0
+                    if kind == "script_finished":
+                        if fm.script_finished == ForwardMsg.FINISHED_SUCCESSFULLY:
+                            res["complete_s"] = time.perf_counter() - t0
+                            res["page"] = {"predictions": dict(metrics), "caption": caption}
+                        else:
+                            res["errors"].append(f"script finished with status {fm.script_finished}")
+                        break
+    except TimeoutError:
+        res["errors"].append(f"timeout after {timeout:.0f} s")
+    except Exception as exc:  # connection failure: one line in the report
+        res["errors"].append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+    return res
+
+
+async def drive_protocol(url: str, plans: list[dict[str, Any]], timeout: float, start_gap: float,
+                         teacher: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    first = await run_protocol_session(url, teacher, timeout, 0) if teacher is not None else None
+    return list(await asyncio.gather(*(run_protocol_session(url, p, timeout, start_gap) for p in plans))), first
+
+
 async def drive(url: str, plans: list[dict[str, Any]], timeout: float, start_gap: float,
                 teacher: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Every plan's session at once in one browser (a context each); with ``teacher``, that session
@@ -327,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teacher-first", action="store_true",
                     help="before the sessions, one more (the teacher's, its own eps and seed) opens the demo in "
                          "the same browser and finishes; the browser has then loaded the app's code once")
+    ap.add_argument("--client", choices=["browser", "protocol"], default="browser",
+                    help="browser: headless Chromium on this machine; protocol: Streamlit's websocket protocol "
+                         "without a browser (what the server does when the browsers are elsewhere)")
     ap.add_argument("--out", default="load.json")
     args = ap.parse_args(argv)
     Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -356,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             teacher = dict(plans[0], session=-1, seed=args.seed + 10_000)
             teacher["ap"] = dict(teacher["ap"], eps=0.25) if "eps" in teacher["ap"] else teacher["ap"]
         t0 = time.perf_counter()
-        results, teacher_res = asyncio.run(drive(url, plans, args.timeout, args.stagger, teacher))
+        run = drive if args.client == "browser" else drive_protocol
+        results, teacher_res = asyncio.run(run(url, plans, args.timeout, args.stagger, teacher))
         wall = time.perf_counter() - t0
     finally:
         if proc is not None:
@@ -380,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
         "verify": args.verify, "plan": args.plan, "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
         "before": load_before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()},
         "queue_ahead_max": max((r.get("queue_ahead_max", 0) for r in results), default=0),
-        "browsers": "the same machine (one headless Chromium, one context per session)",
+        "client": args.client,
+        "browsers": ("the same machine (one headless Chromium, one context per session)" if args.client == "browser"
+                     else "none: Streamlit's websocket protocol from this process (as if the browsers were elsewhere)"),
         "results": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in results],
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
