@@ -69,9 +69,9 @@ def configure_torch() -> int:
     """One torch thread per computation (``NIP_TORCH_THREADS``, default 1), set once per process.
 
     The server shares a small machine with its visitors' browsers: with two OpenMP threads per op,
-    every op spin-waits for a core the browsers hold, and a LeNet Explore run measured 3.5 s instead
-    of 0.05 s (EfficientNet: 7–30 s instead of 1 s) on a loaded 2-core machine. One thread is also
-    what the run queue gives each run.
+    every op spin-waits for a core the browsers hold, and a LeNet Explore run was about seventy
+    times slower on a loaded 2-core machine (docs/performance.md). One thread is also what the run
+    queue gives each run.
     """
     import os
 
