@@ -65,8 +65,7 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
     if target_t.numel() == 1:
         target_t = target_t.expand(len(x))
     if method == "conductance":
-        return _conductance(model, module, x, target_t.view(1, -1), conductance_steps(model, layer, n_steps),
-                            batch_size)[0]
+        return _conductance(model, module, x, target_t.view(1, -1), n_steps, batch_size)[0]
     outs = []
     with model.lock:
         algo = LayerGradientXActivation(model.net, module)
@@ -399,8 +398,7 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
         if method == "conductance":
             x_ref, _ = reference()
             targets = torch.tensor(classes, dtype=torch.long).view(-1, 1).expand(-1, len(x_ref))
-            return _conductance(model, model.layer(layer), x_ref, targets,
-                                conductance_steps(model, layer, n_steps)).mean(1)
+            return _conductance(model, model.layer(layer), x_ref, targets, n_steps).mean(1)
         x_ref, _ = reference()
         targets = torch.tensor(classes, dtype=torch.long).view(-1, 1).expand(-1, len(x_ref))
         return _grad_x_act(model, model.layer(layer), x_ref, targets).mean(1)
