@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -99,21 +100,42 @@ class RunQueue:
         self._tickets: deque[object] = deque()
         self._running = 0
         self._local = threading.local()
+        self._last_visit = float("-inf")   # monotonic time a visitor's run last ended
 
     def waiting(self) -> int:
         """Runs waiting for a slot now."""
         with self._cond:
             return len(self._tickets)
 
+    def held(self) -> bool:
+        """Whether the calling thread holds a slot."""
+        return getattr(self._local, "depth", 0) > 0
+
     @contextmanager
-    def turn(self, report: Callable[[int], None] | None = None, background: bool = False) -> Iterator[None]:
+    def lent(self, held: bool) -> Iterator[None]:
+        """In a worker thread: act as the holder of the slot its starting thread holds (``held``),
+        so the worker's own turns pass through instead of queueing behind that slot."""
+        if not held:
+            yield
+            return
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+
+    @contextmanager
+    def turn(self, report: Callable[[int], None] | None = None, background: bool = False,
+             quiet_s: float = 0.0) -> Iterator[None]:
         """Hold a slot for the block; while waiting, ``report(runs ahead)`` whenever that number changes.
 
         A ``background`` turn (the server's warm-up) starts only when no visitor's run is running or
-        waiting, so a visitor waits for at most one background step.
+        waiting and none has ended in the last ``quiet_s`` seconds, so a visitor waits for at most one
+        background step and a busy class is not slowed down by warming models nobody asked for.
         """
         if background:
-            yield from self._background_turn()
+            yield from self._background_turn(quiet_s)
             return
         depth = getattr(self._local, "depth", 0)
         if depth:
@@ -154,15 +176,15 @@ class RunQueue:
             self._local.depth = 0
             with self._cond:
                 self._running -= 1
+                self._last_visit = time.monotonic()
                 self._cond.notify_all()
 
-
-    def _background_turn(self) -> Iterator[None]:
+    def _background_turn(self, quiet_s: float) -> Iterator[None]:
         if getattr(self._local, "depth", 0):
             yield
             return
         with self._cond:
-            while self._tickets or self._running:
+            while self._tickets or self._running or time.monotonic() - self._last_visit < quiet_s:
                 self._cond.wait(timeout=0.5)
             self._running += 1
         self._local.depth = 1
@@ -185,6 +207,20 @@ def queue_message(ahead: int) -> str:
 def _queued(progress: Callable[[float, str], None] | None):
     """``RUNS.turn`` reporting the place in the queue through a progress callback."""
     return RUNS.turn(None if progress is None else lambda ahead: progress(0.0, queue_message(ahead)))
+
+
+@contextmanager
+def page_turn(active: bool = True) -> Iterator[None]:
+    """Hold one run-queue slot for a whole page run (compute *and* draw), showing the place in the
+    queue while waiting: a class's sessions then finish one after another, first come first served,
+    instead of all drawing at once at the end. ``active=False``: no turn (cheap reruns)."""
+    if not active:
+        yield
+        return
+    slot = st.empty()
+    with RUNS.turn(lambda ahead: slot.progress(0.0, text=queue_message(ahead))):
+        slot.empty()
+        yield
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -503,9 +539,12 @@ def run_with_progress(label: str, fn: Callable[..., Any], *args: Any, **kwargs: 
     messages: queue.Queue[tuple[float, str]] = queue.Queue()
     box: dict[str, Any] = {}
 
+    held = RUNS.held()   # the page's turn, lent to its worker
+
     def work() -> None:
         try:
-            box["value"] = fn(*args, _progress=lambda f, m: messages.put((float(f), str(m))), **kwargs)
+            with RUNS.lent(held):
+                box["value"] = fn(*args, _progress=lambda f, m: messages.put((float(f), str(m))), **kwargs)
         except BaseException as exc:  # re-raised in the script thread
             box["error"] = exc
 

@@ -51,8 +51,8 @@ def _run(first: str | None) -> None:
         pass
     try:
         prime_imports()
-        for name in order(first):
-            warm_model(name)
+        for i, name in enumerate(order(first)):
+            warm_model(name, quiet_s=0.0 if i == 0 else QUIET_S)
     except Exception:   # a warm-up failure only costs speed; the page reports real errors itself
         log.exception("warm-up stopped")
     finally:
@@ -66,14 +66,22 @@ def prime_imports() -> None:
     import art.estimators.classification  # noqa: F401
 
 
-def warm_model(name: str) -> None:
+QUIET_S = 5.0   # warm another model only after visitors' runs have paused this long
+
+
+def warm_model(name: str, quiet_s: float = 0.0) -> None:
     """Load one model's shared objects and run its default Explore view (default image, attack, defense)
-    and the tour's example choice, one background step at a time (a visitor's run goes first)."""
+    and the tour's example choice, one background step at a time (a visitor's run goes first).
+
+    Args:
+        quiet_s: each step waits until no visitor's run has ended for this long (a model no visitor
+            has asked for yet waits for a pause, so a class is not slowed down by it).
+    """
     from app import common as C
     from app import tour as T
 
     def step(fn, *args):
-        with C.RUNS.turn(background=True):
+        with C.RUNS.turn(background=True, quiet_s=quiet_s):
             return fn(*args)
 
     model = step(C.get_model, name)

@@ -190,59 +190,65 @@ async def _loopback_only(route) -> None:
         await route.abort()
 
 
-async def read_metrics(page) -> dict[str, str]:
-    out = {}
-    for m in await page.locator('[data-testid="stMetric"]').all():
-        label = (await m.locator('[data-testid="stMetricLabel"]').inner_text()).strip()
-        value = (await m.locator('[data-testid="stMetricValue"]').inner_text()).strip()
-        out[label.replace(" prediction", "")] = value
-    return out
-
-
-async def page_errors(page) -> list[str]:
-    errs = []
-    for sel in ('[data-testid="stException"]', '[data-testid="stAlertContentError"]'):
-        for el in await page.locator(sel).all():
-            errs.append((await el.inner_text()).strip().splitlines()[0][:300] if await el.inner_text() else sel)
-    return errs
+# One cheap look at the page per poll: plain DOM queries and textContent (no layout, no accessibility
+# tree), so that twenty polling sessions do not spend the CPU they are measuring.
+_SNAPSHOT = """
+() => {
+  const all = s => [...document.querySelectorAll(s)];
+  const text = e => (e.textContent || '').trim();
+  const metrics = {};
+  for (const m of all('[data-testid="stMetric"]')) {
+    const l = m.querySelector('[data-testid="stMetricLabel"]'), v = m.querySelector('[data-testid="stMetricValue"]');
+    if (l && v) metrics[text(l).replace(' prediction', '')] = text(v);
+  }
+  const live = e => !e.closest('[data-stale="true"]');
+  return {
+    metrics,
+    caption: all('[data-testid="stCaptionContainer"]').map(text).find(t => t.includes('· attack ')) || '',
+    download: all('button').some(b => live(b) && text(b) === 'Download summary (JSON)'),
+    charts: all('.js-plotly-plot').filter(p => live(p) && p.querySelector('.main-svg')).length,
+    errors: all('[data-testid="stException"], [data-testid="stAlertContentError"]')
+              .map(e => text(e).split('\\n')[0].slice(0, 300)),
+    queue: (all('[data-testid="stProgress"]').map(text).find(t => t.includes('your run starts after')) || ''),
+  };
+}
+"""
+VIEW_CHARTS = 8   # charts an Explore view draws (app/views/explore.py; tests/test_app.py VIEW_CHARTS)
 
 
 async def run_session(browser, url: str, plan: dict[str, Any], timeout: float, start_gap: float) -> dict[str, Any]:
-    await asyncio.sleep(start_gap * plan["session"])
-    res: dict[str, Any] = {"plan": plan, "errors": [], "first_result_s": None, "complete_s": None}
+    """Open the plan's link and poll until its view is complete: the metrics, every chart drawn and
+    the last element (the *Download summary* button) on the page."""
+    await asyncio.sleep(max(0.0, start_gap * plan["session"]))
+    res: dict[str, Any] = {"plan": plan, "errors": [], "first_result_s": None, "complete_s": None,
+                           "queue_ahead_max": 0}
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     await ctx.route("**/*", _loopback_only)
     page = await ctx.new_page()
     page.on("pageerror", lambda exc: res["errors"].append(f"browser: {exc}"[:300]))
     t0 = time.perf_counter()
     deadline = t0 + timeout
-    res["queue_ahead_max"] = 0
     try:
         await page.goto(f"{url}/?{plan_query(plan)}", wait_until="domcontentloaded", timeout=timeout * 1000)
         while time.perf_counter() < deadline:
-            errs = await page_errors(page)
-            for text in await page.get_by_text("your run starts after").all_inner_texts():
-                m = re.search(r"your run starts after (\d+)", text)
-                if m:
-                    res["queue_ahead_max"] = max(res["queue_ahead_max"], int(m.group(1)))
-            done = await page.get_by_role("button", name="Download summary (JSON)").count()
-            metrics = await read_metrics(page)
+            snap = await page.evaluate(_SNAPSHOT)
+            m = re.search(r"your run starts after (\d+)", snap["queue"])
+            if m:
+                res["queue_ahead_max"] = max(res["queue_ahead_max"], int(m.group(1)))
+            metrics = snap["metrics"]
             if res["first_result_s"] is None and {"benign", "adversarial", "defended"} <= set(metrics):
                 res["first_result_s"] = time.perf_counter() - t0
-                res["page"] = {"predictions": metrics}
-                captions = await page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
-                res["page"]["caption"] = next((c for c in captions if "· attack " in c), "")
-            if done and "page" in res:   # the page drew its last element (and, before it, the metrics)
+                res["page"] = {"predictions": metrics, "caption": snap["caption"]}
+            if "page" in res and snap["download"] and snap["charts"] >= VIEW_CHARTS:
                 res["complete_s"] = time.perf_counter() - t0
-                res["page"]["predictions"] = await read_metrics(page)
+                res["page"] = {"predictions": metrics, "caption": snap["caption"]}
                 break
-            if errs:
-                res["errors"] += errs
+            if snap["errors"]:
+                res["errors"] += snap["errors"]
                 break
             await asyncio.sleep(0.5)
         else:
             res["errors"].append(f"timeout after {timeout:.0f} s")
-        res["errors"] += [e for e in await page_errors(page) if e not in res["errors"]]
     except Exception as exc:  # browser or navigation failure: one line in the report
         res["errors"].append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
     finally:

@@ -12,7 +12,7 @@ app.warmup.ENABLED = False   # no background warm-up thread inside the test proc
 
 ENTRY = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 TIMEOUT = 300
-VIEW_CHARTS = 9    # an Explore view: benign image, 2 perturbations, 3 top-5 bars, 2 heatmap rows, group chart
+VIEW_CHARTS = 8    # an Explore view: 2 perturbations, 3 top-5 bars, 2 heatmap rows, group chart
 
 
 def _app(query: dict | None = None) -> AppTest:
@@ -48,7 +48,7 @@ def test_explore_run_shows_all_views(explored: AppTest) -> None:
     at = explored
     _ok(at)
     charts = at.get("plotly_chart")
-    # benign image, 2 perturbations, 3 top-5 bars, heatmaps, differences, groups
+    # 2 perturbations, 3 top-5 bars, heatmaps, differences, groups
     assert len(charts) == VIEW_CHARTS
     metrics = {m.label: m.value for m in at.metric}
     assert set(metrics) == {"benign prediction", "adversarial prediction", "defended prediction"}
@@ -504,3 +504,33 @@ def test_background_turns_wait_for_visitors_runs():
     for t in (a, w, b):
         t.join(10)
     assert order == ["a", "b", "warm"]
+
+
+def test_a_page_turn_lends_its_slot_to_its_worker():
+    """The page holds the slot for compute and drawing; its worker's queued computation does not wait."""
+    import threading
+
+    from app.common import RUNS
+
+    done = threading.Event()
+    with RUNS.turn():
+        held = RUNS.held()
+
+        def worker() -> None:
+            with RUNS.lent(held), RUNS.turn():
+                done.set()
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(5)
+    assert held and done.is_set() and not RUNS.held()
+
+
+def test_tour_on_fashion_mnist_offers_every_step():
+    at = _app()
+    at.switch_page("views/tour.py").run()
+    at.selectbox(key="tour.model").set_value("lenet-fashion").run()
+    _ok(at)
+    assert [b.label for b in at.button if b.label.startswith("Open step")] == [f"Open step {i}" for i in range(1, 7)]
+    links = [c.value for c in at.code]
+    assert all("model=lenet-fashion" in u for u in links[:5]) and "tm=lenet-fashion" in links[5]

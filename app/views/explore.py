@@ -349,12 +349,11 @@ def show_results(request: tuple, expl) -> None:
             colour = "green" if c == ref else "red"
             st.markdown(f":{colour}[{p * 100:.1f}% confidence · {'matches' if c == ref else 'differs from'} "
                         f"class {ref}]")
-            if v == "benign":
-                st.plotly_chart(F.image_figure(expl.images[v], "benign input (pixel values in [0,1])"),
-                                key=P + "fig.benign_image", width="stretch")
-            else:
+            if v != "benign":
                 st.plotly_chart(F.perturbation_figure(expl, v), key=P + f"fig.pert.{v}", width="stretch")
-            st.plotly_chart(F.prediction_bars(expl, v), key=P + f"fig.top.{v}", width="stretch")
+            # The bars print their values: a static chart, cheaper for every open tab to draw.
+            st.plotly_chart(F.prediction_bars(expl, v), key=P + f"fig.top.{v}", width="stretch",
+                            config={"staticPlot": True})
 
     if expl.decision:
         show_decision(expl)
@@ -515,26 +514,29 @@ def main() -> None:
         submitted = st.form_submit_button("Run", type="primary")
 
     autorun = st.session_state.pop(P + "autorun", False)
-    if (submitted or autorun) and picked is not None:
-        image_key, image_bytes, label = picked
-        try:
-            request = C.build_request(model_name, image_key, image_bytes, label, attack, attack_params, defense,
-                                      defense_params, layer, method, float(k), seed)
-            C.run_with_progress("Running attack, defense and influence", C.explanation, *request)
-            st.session_state[P + "request"] = request
-            save_query_params(request)
-        except Exception as exc:
-            C.show_error(exc, "explain")
-            return
-    elif submitted:
-        st.error("Choose an example or upload a valid image first.")
+    compute = (submitted or autorun) and picked is not None
+    # A run that computes holds one queue slot until its view is drawn (first come, first served).
+    with C.page_turn(active=compute):
+        if compute:
+            image_key, image_bytes, label = picked
+            try:
+                request = C.build_request(model_name, image_key, image_bytes, label, attack, attack_params, defense,
+                                          defense_params, layer, method, float(k), seed)
+                C.run_with_progress("Running attack, defense and influence", C.explanation, *request)
+                st.session_state[P + "request"] = request
+                save_query_params(request)
+            except Exception as exc:
+                C.show_error(exc, "explain")
+                return
+        elif submitted:
+            st.error("Choose an example or upload a valid image first.")
 
-    request = st.session_state.get(P + "request")
-    if request is None:
-        st.info("Pick an image, an attack and a defense, then press **Run**.")
-        return
-    with C.guarded("showing results"):
-        show_results(request, C.explanation(*request))
+        request = st.session_state.get(P + "request")
+        if request is None:
+            st.info("Pick an image, an attack and a defense, then press **Run**.")
+            return
+        with C.guarded("showing results"):
+            show_results(request, C.explanation(*request))
 
 
 main()
