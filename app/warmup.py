@@ -62,8 +62,9 @@ def _run(first: str | None) -> None:
 def prime_imports() -> None:
     """Import the attack library (ART: about 3 s, half of it SciPy) while the first visitor's page is
     still being built; their first attack would otherwise pay for it."""
-    import art.attacks.evasion  # noqa: F401
-    import art.estimators.classification  # noqa: F401
+    from nip_core.runtime import import_art
+
+    import_art()
 
 
 QUIET_S = 5.0   # warm another model only after visitors' runs have paused this long

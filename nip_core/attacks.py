@@ -23,7 +23,7 @@ from nip_core.data import defaults_chain
 from nip_core.errors import InputError
 from nip_core.models.base import LoadedModel
 from nip_core.params import Param, Registry, Spec
-from nip_core.runtime import RNG_LOCK, seed_everything
+from nip_core.runtime import RNG_LOCK, import_art, seed_everything
 
 ATTACKS = Registry("attack")
 
@@ -85,6 +85,7 @@ def register(name: str, summary: str, params: list[Param], build, targeted_ok: b
 
 
 def _art():
+    import_art()
     from art.attacks import evasion
     return evasion
 
@@ -255,6 +256,7 @@ class _ArtView(nn.Module):
 
 def art_classifier(model: LoadedModel, net: nn.Module | None = None, probabilities: bool = False):
     """An ART ``PyTorchClassifier`` over ``net`` (default: the model), inputs clipped to [0,1]."""
+    import_art()
     from art.estimators.classification import PyTorchClassifier
 
     net = _ArtView(net if net is not None else model.net, probabilities)

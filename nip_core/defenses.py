@@ -23,7 +23,7 @@ from nip_core.errors import InputError
 from nip_core.models.base import LoadedModel
 from nip_core.nip import logit_perturbation, nip_defend
 from nip_core.params import Param
-from nip_core.runtime import RNG_LOCK
+from nip_core.runtime import RNG_LOCK, import_art
 
 __all__ = ["DEFENSES", "NIP_IMAGENET", "NIP_PARAMS", "Defense", "DefenseResult", "DefendedNet", "apply_defense",
            "nip_profile", "register"]
@@ -163,6 +163,7 @@ def _art_preprocessor(make: Callable[[dict, bool], Any]):
 
 
 def _pp():
+    import_art()
     from art.defences import preprocessor
     return preprocessor
 

@@ -39,3 +39,16 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("NIP_CACHE_DIR", Path.home() / ".cache" / "nip_explorer"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+_ART_LOCK = threading.Lock()
+
+
+def import_art() -> None:
+    """Import ART's attacks, defences and estimators once, under a lock. Two threads importing
+    different ART submodules at the same moment (the app's warm-up and a visitor's run) can see a
+    partially initialised module and fail with a circular-import error."""
+    with _ART_LOCK:
+        import art.attacks.evasion  # noqa: F401
+        import art.defences.preprocessor  # noqa: F401
+        import art.estimators.classification  # noqa: F401
