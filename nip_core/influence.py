@@ -371,7 +371,7 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
         data: ``(x, y, content_sha256)``: labelled benign images of the user's (``profile --data``)
             to profile instead of the dataset's references; the hash joins the cache key.
     """
-    from nip_core.data import benign_reference, dataset_of
+    from nip_core.data import benign_reference, dataset_of, first_per_class
 
     _check_method(method)
     layer = layer or model.spec.default_layer
@@ -382,9 +382,7 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
             return _PROFILES[key]
     def reference() -> tuple[torch.Tensor, torch.Tensor]:  # loaded only when something is computed
         if data is not None:
-            x, y = data[0], data[1]
-            keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in sorted(set(y.tolist()))])
-            return x[keep.sort().values], y[keep.sort().values]
+            return first_per_class(data[0], data[1], per_class)
         return benign_reference(model, per_class)
 
     # Per-class profiles where the references are labelled training images in the model's classes
