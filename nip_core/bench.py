@@ -187,7 +187,7 @@ def _cycle(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torc
 
 def _bench_batch(model, b: int, cfg: dict, device: torch.device) -> dict[str, Any]:
     from nip_core.defenses import DEFENSES, apply_defense, nip_profile
-    from nip_core.influence import conductance_chunk, conductance_steps, neuron_influence
+    from nip_core.influence import conductance_chunk, neuron_influence
     from nip_core.nip import _chunks
 
     reps = cfg["repeats"]
@@ -229,18 +229,15 @@ def _bench_batch(model, b: int, cfg: dict, device: torch.device) -> dict[str, An
     out["nip_floor_ratio"] = nip[head]["nip_floor_ratio"]
     out["nip_layer_floor_ratio"] = nip[head]["nip_layer_floor_ratio"]
 
-    # Conductance: (n+1) interpolants per image, fwd+bwd at the conductance pass size (n = 1 where
-    # the layer is affine-to-logits and one step is exact: conductance_steps).
-    n_req = cfg["n_steps"]
-    n = conductance_steps(model, layer, n_req)
+    # Conductance: (n+1) interpolants per image, fwd+bwd at the conductance pass size.
+    n = cfg["n_steps"]
     chunk = min(conductance_chunk(x, n), b)
     per_pass = chunk * (n + 1)
     xi, yi = _cycle(x, y, per_pass)
     scale = b * (n + 1) / per_pass
-    cond = lambda: neuron_influence(model, x, y, layer, "conductance", n_req)  # noqa: E731
+    cond = lambda: neuron_influence(model, x, y, layer, "conductance", n)  # noqa: E731
     r = _paired(cond, {"full": (_fwd_bwd(model, xi, yi), scale), "fwd": (_fwd(model, xi), scale)}, reps, device)
-    out["conductance"] = {"n_steps": n_req, "n_steps_computed": n, "interpolants_per_pass": per_pass,
-                          "seconds": r["seconds"],
+    out["conductance"] = {"n_steps": n, "interpolants_per_pass": per_pass, "seconds": r["seconds"],
                           "repeats": r["repeats"], "per_image": r["seconds"] / b,
                           "floor_seconds": r["floor_seconds"]["full"], "conductance_floor_ratio": r["ratio"]["full"],
                           "forward_floor_seconds": r["floor_seconds"]["fwd"],

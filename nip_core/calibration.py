@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nip_core.data import benign_reference, dataset_of, heldout_split
+from nip_core.data import benign_reference, dataset_of, first_per_class, heldout_split
 from nip_core.errors import InputError
 from nip_core.runtime import ASSETS, cache_dir
 
@@ -64,10 +64,7 @@ class Calibration:
 
     def reference(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``per_class`` bank images of each class, in bank order."""
-        y = self.bank_y
-        keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in sorted(set(y.tolist()))])
-        keep = keep.sort().values
-        return self.bank_x[keep], y[keep]
+        return first_per_class(self.bank_x, self.bank_y, per_class)
 
     @property
     def key(self) -> str:

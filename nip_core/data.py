@@ -181,7 +181,7 @@ def benign_reference(model, per_class: int = 100) -> tuple[torch.Tensor, torch.T
     return x, y
 
 
-def _first_per_class(x: torch.Tensor, y: torch.Tensor, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+def first_per_class(x: torch.Tensor, y: torch.Tensor, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in sorted(set(y.tolist()))])
     keep = keep.sort().values
     return x[keep], y[keep]
@@ -200,7 +200,7 @@ def _mnist_heldout(model) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _mnist_reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = mnist("train")
-    return _first_per_class(x, y, per_class)
+    return first_per_class(x, y, per_class)
 
 
 def _fashion_heldout(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +215,7 @@ def _fashion_reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     from nip_core.sources.fashion import fashion_bank
 
     x, y = fashion_bank()   # shipped: the first 400 training images of each class
-    return _first_per_class(x, y, per_class)
+    return first_per_class(x, y, per_class)
 
 
 def _imagenet_heldout(model) -> tuple[torch.Tensor, torch.Tensor]:

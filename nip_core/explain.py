@@ -159,7 +159,7 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
     t = time.perf_counter()
     batch = torch.cat([x, x_adv, x_def])
     logits = model.logits(batch)
-    infl = neuron_influence(model, batch, ref, layer, method, n_steps)
+    infl = neuron_influence(model, batch, ref, layer, method, n_steps, exact_affine=True)   # one pass at `head`
     acts = neuron_activations(model, batch, layer)
     secs["influence"] = time.perf_counter() - t
     front, middle, tail = prof.groups(ref, k)

@@ -47,7 +47,7 @@ def _per_neuron(t: torch.Tensor) -> torch.Tensor:
 
 def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor | int, layer: str | None = None,
                      method: str = "conductance", n_steps: int = DEFAULT_STEPS,
-                     batch_size: int = 64) -> torch.Tensor:
+                     batch_size: int = 64, exact_affine: bool = False) -> torch.Tensor:
     """Influence of every neuron of ``layer`` toward ``target`` for each input.
 
     Args:
@@ -56,6 +56,10 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
         method: ``"conductance"`` (Captum's ``LayerConductance`` formula, baseline = black image,
             ``n_steps`` trapezoid steps) or ``"grad_x_act"`` (``LayerGradientXActivation``).
         batch_size: most inputs per pass (conductance: see :func:`conductance_chunk`).
+        exact_affine: at a layer in ``ModelSpec.affine_layers``, compute the ``n_steps`` sum in its
+            closed form, one pass (:func:`conductance_steps`; equal up to float rounding). Off by
+            default: evaluations keep the n-step integral so that their numbers are bitwise the same
+            on every path (serial and Ray); the app's single-image Explore view turns it on.
     Returns:
         ``[N, n_neurons]`` float tensor on CPU.
     """
@@ -65,8 +69,8 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
     if target_t.numel() == 1:
         target_t = target_t.expand(len(x))
     if method == "conductance":
-        return _conductance(model, module, x, target_t.view(1, -1), conductance_steps(model, layer, n_steps),
-                            batch_size)[0]
+        steps = conductance_steps(model, layer, n_steps) if exact_affine else n_steps
+        return _conductance(model, module, x, target_t.view(1, -1), steps, batch_size)[0]
     outs = []
     with model.lock:
         algo = LayerGradientXActivation(model.net, module)
@@ -372,7 +376,7 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
         data: ``(x, y, content_sha256)``: labelled benign images of the user's (``profile --data``)
             to profile instead of the dataset's references; the hash joins the cache key.
     """
-    from nip_core.data import benign_reference, dataset_of
+    from nip_core.data import benign_reference, dataset_of, first_per_class
 
     _check_method(method)
     layer = layer or model.spec.default_layer
@@ -383,9 +387,7 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
             return _PROFILES[key]
     def reference() -> tuple[torch.Tensor, torch.Tensor]:  # loaded only when something is computed
         if data is not None:
-            x, y = data[0], data[1]
-            keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in sorted(set(y.tolist()))])
-            return x[keep.sort().values], y[keep.sort().values]
+            return first_per_class(data[0], data[1], per_class)
         return benign_reference(model, per_class)
 
     # Per-class profiles where the references are labelled training images in the model's classes
@@ -399,8 +401,7 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
         if method == "conductance":
             x_ref, _ = reference()
             targets = torch.tensor(classes, dtype=torch.long).view(-1, 1).expand(-1, len(x_ref))
-            return _conductance(model, model.layer(layer), x_ref, targets,
-                                conductance_steps(model, layer, n_steps)).mean(1)
+            return _conductance(model, model.layer(layer), x_ref, targets, n_steps).mean(1)
         x_ref, _ = reference()
         targets = torch.tensor(classes, dtype=torch.long).view(-1, 1).expand(-1, len(x_ref))
         return _grad_x_act(model, model.layer(layer), x_ref, targets).mean(1)

@@ -44,13 +44,11 @@ def cache_dir() -> Path:
 _ART_LOCK = threading.Lock()
 
 
-def import_art():
-    """The ART package, imported once under a lock (returns the module).
-
-    ART's package imports itself circularly; two threads importing different parts of it at once
-    (two app sessions, or a session and the app's warm-up) can get a half-initialised module and an
-    ImportError. Every ART import in the engine goes through here first.
-    """
+def import_art() -> None:
+    """Import ART's attacks, defences and estimators once, under a lock. Two threads importing
+    different ART submodules at the same moment (the app's warm-up and a visitor's run) can see a
+    partially initialised module and fail with a circular-import error."""
     with _ART_LOCK:
-        import art
-    return art
+        import art.attacks.evasion  # noqa: F401
+        import art.defences.preprocessor  # noqa: F401
+        import art.estimators.classification  # noqa: F401

@@ -126,7 +126,7 @@ def test_tiny_affine_layer_conductance_in_one_step_by_hand(tiny):
 
     tiny.spec = replace(tiny.spec, affine_layers=("hidden",))
     assert conductance_steps(tiny, "hidden", 16) == 1
-    got = neuron_influence(tiny, X, 0, "hidden", "conductance")
+    got = neuron_influence(tiny, X, 0, "hidden", "conductance", exact_affine=True)
     # hidden(x) = [0.5, 0.5, 0], hidden(0) = 0, gradient toward class a = W2[0] = [3, -1, 5]
     assert torch.allclose(got, torch.tensor([[1.5, -0.5, 0.0]]))
 
@@ -146,5 +146,5 @@ def test_conductance_at_affine_layers_equals_the_full_integral(model_name, layer
     x = torch.stack([it.image for it in items])
     targets = torch.tensor([[it.label for it in items], [1, 2]])
     full = _conductance(model, model.layer(layer), x, targets, 16)
-    fast = torch.stack([neuron_influence(model, x, t, layer, "conductance", 16) for t in targets])
+    fast = torch.stack([neuron_influence(model, x, t, layer, "conductance", 16, exact_affine=True) for t in targets])
     assert torch.allclose(fast, full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
