@@ -169,15 +169,7 @@ class RunQueue:
                     self._tickets.remove(ticket)
                 self._cond.notify_all()
             raise
-        self._local.depth = 1
-        try:
-            yield
-        finally:
-            self._local.depth = 0
-            with self._cond:
-                self._running -= 1
-                self._last_visit = time.monotonic()
-                self._cond.notify_all()
+        yield from self._hold(visit=True)
 
     def _background_turn(self, quiet_s: float) -> Iterator[None]:
         if getattr(self._local, "depth", 0):
@@ -187,6 +179,11 @@ class RunQueue:
             while self._tickets or self._running or time.monotonic() - self._last_visit < quiet_s:
                 self._cond.wait(timeout=0.5)
             self._running += 1
+        yield from self._hold(visit=False)
+
+    def _hold(self, visit: bool) -> Iterator[None]:
+        """Run the caller's block in the slot taken, then give it back (a visitor's run also
+        marks the time, so background turns wait for quiet)."""
         self._local.depth = 1
         try:
             yield
@@ -194,6 +191,8 @@ class RunQueue:
             self._local.depth = 0
             with self._cond:
                 self._running -= 1
+                if visit:
+                    self._last_visit = time.monotonic()
                 self._cond.notify_all()
 
 
