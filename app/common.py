@@ -410,7 +410,8 @@ def _defense_comparison(request: tuple, nip_params: ParamsKey,
         params = {k: v for k, v in nip_params if k in known} if unit.family in ("nip", "control") else {}
         y = torch.tensor([expl.label]) if unit.needs_labels else None
         try:
-            dr = apply_defense(model, name, x_adv, params, y=y, seed=int(request[-1]))
+            dr = apply_defense(model, name, x_adv, params, y=y, seed=int(request[-1]),
+                               x_benign=expl.images["benign"].unsqueeze(0))
         except InputError as exc:  # one refusing defense must not hide the others
             rows.append({"defense": name, "deployable": unit.deployable, "family": unit.family, "error": str(exc)})
             continue

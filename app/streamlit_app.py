@@ -1,6 +1,7 @@
 """NIP Explorer — Streamlit entry point: page setup and navigation only.
 
 Run from the repository root:
+    python -m app.serve --server.fileWatcherType=none      (make run: the engine warms at launch)
     streamlit run app/streamlit_app.py --server.fileWatcherType=none
 """
 from __future__ import annotations
@@ -19,7 +20,10 @@ import streamlit as st  # noqa: E402
 # whenever a page URL (e.g. a shared /explore?... link) is the first request the server sees.
 PAGES = Path(__file__).resolve().parent / "views"
 
-from app import common, warmup  # noqa: E402
+from app import warmup  # noqa: E402
+
+warmup.wait_for_engine()   # python -m app.serve imports the engine at launch: not twice, not in two threads
+from app import common  # noqa: E402
 
 common.configure_torch()
 

@@ -10,7 +10,14 @@ visitor needs it too) and then takes each step only when no visitor's page is ru
 (``ACTIVITY``) and no visitor's run is queued (a *background* turn of the run queue), so the first
 view is never slowed by it and a visitor waits for at most one warm-up step.
 
-Set ``NIP_NO_WARMUP=1`` to switch it off (tests that time cold starts, debugging).
+Before that, when the server is started with ``python -m app.serve`` (what ``make run`` does),
+:func:`start_at_launch` begins at once, while the server starts listening: it imports the engine
+(torch, ``nip_core``, ART: about 5 s on a 2-core CPU), then loads the built-in models (each but
+the first when no visitor's page is running), so a visitor who opens a shared link on a freshly started server does not pay for them
+after their browser has loaded the page. A page waits for the engine imports to finish
+(:func:`wait_for_engine`) rather than import the same packages in a second thread.
+
+Set ``NIP_NO_WARMUP=1`` to switch both off (tests that time cold starts, debugging).
 """
 from __future__ import annotations
 
@@ -23,6 +30,80 @@ _LOCK = threading.Lock()
 _THREAD: threading.Thread | None = None
 DONE = threading.Event()
 ENABLED = os.environ.get("NIP_NO_WARMUP", "") in ("", "0")   # in-process tests switch it off
+
+
+_LAUNCH: threading.Thread | None = None
+ENGINE_READY = threading.Event()   # the launch preload has imported torch, nip_core and ART
+
+
+def start_at_launch() -> threading.Thread | None:
+    """Start the launch preload once per process (``app.serve`` calls it before the server listens)."""
+    global _LAUNCH
+    with _LOCK:
+        if _LAUNCH is None and ENABLED:
+            _LAUNCH = threading.Thread(target=_launch, name="nip-explorer-launch", daemon=True)
+            _LAUNCH.start()
+        return _LAUNCH
+
+
+def wait_for_engine(timeout: float = 300.0) -> None:
+    """Wait for the launch preload's imports, if one is running; return at once otherwise."""
+    if _LAUNCH is not None:
+        ENGINE_READY.wait(timeout)
+
+
+def _launch() -> None:
+    # Normal priority: a visitor who arrives meanwhile waits for exactly these imports.
+    try:
+        import torch  # noqa: F401
+        import nip_core.attacks  # noqa: F401  (models, data, defenses, influence, nip)
+        import nip_core.figures  # noqa: F401
+        from nip_core.runtime import import_art
+
+        import_art()
+    except Exception:
+        log.exception("launch preload: imports failed")
+        return
+    finally:
+        ENGINE_READY.set()
+    try:
+        from nip_core.models import load_model
+
+        for i, name in enumerate(order(None)):   # the default model first (milliseconds), then the others
+            if i:
+                _visitors_quiet()
+            prime_model(load_model(name))
+        log.info("launch preload done")
+    except Exception:   # only speed is lost; the page reports real errors itself
+        log.exception("launch preload stopped")
+
+
+def _visitors_quiet() -> None:
+    """Once a visitor's page has loaded ``app.common``: wait until no page runs (the launch preload
+    must not take CPU from a first view). Before that nothing is running, so nothing to wait for."""
+    import sys
+
+    common = sys.modules.get("app.common")
+    activity = getattr(common, "ACTIVITY", None)
+    if activity is not None:
+        activity.wait_quiet(FIRST_QUIET_S)
+
+
+def prime_model(model) -> None:
+    """First passes cost more than later ones (kernel selection, allocator growth): one forward and
+    backward pass on a black image at batch 1 with the app's torch threads, and the model's
+    calibration. Neither draws random numbers, so a visitor's seeded run is never disturbed."""
+    import torch
+
+    from nip_core.calibration import calibration_for
+
+    n = int(os.environ.get("NIP_TORCH_THREADS", "1") or 1)   # as app.common.configure_torch
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    s = model.spec
+    x = torch.zeros(1, s.input_channels, s.input_size, s.input_size, device=model.device, requires_grad=True)
+    torch.autograd.grad(model.net(x)[0, 0], x)
+    calibration_for(model)
 
 
 def start(first: str | None = None) -> threading.Thread | None:
@@ -62,12 +143,9 @@ def _run(first: str | None) -> None:
 
 def prime_imports(first: str | None = None) -> None:
     """Import what the first visitor's run needs later while their page is still being built: the
-    attack library (ART: about 3 s, half of it SciPy) and, for a photo model, torchvision (2 s)."""
-    from nip_core.models import MODELS
+    attack library (ART: about 3 s, half of it SciPy). Photos no longer need torchvision."""
     from nip_core.runtime import import_art
 
-    if first in MODELS and MODELS[first].preprocess not in ("mnist", "fashion"):
-        import torchvision.transforms  # noqa: F401
     import_art()   # under the engine's lock: ART must not be imported by two threads at once
 
 

@@ -142,9 +142,9 @@ def imagenet_samples() -> tuple[GalleryItem, ...]:
 
 
 def _imagenet_class_names() -> list[str]:
-    from torchvision.models import ResNet18_Weights
+    from nip_core.sources.imagenet import imagenet_class_names
 
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    return imagenet_class_names()
 
 
 def heldout_split(model, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps
 
 from nip_core.errors import InputError
+from nip_core.runtime import import_torchvision
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -43,6 +44,7 @@ _KNOWN_OTHERS = (
 def _tv():
     """torchvision's transforms, imported on first use: the import costs about 2 s (it loads
     torchvision's models), which an app showing only MNIST digits need not pay."""
+    import_torchvision()
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
     return TF, InterpolationMode
@@ -195,10 +197,21 @@ def to_model_input(img: Image.Image, *, channels: int, size: int, preprocess: st
 
 
 def _resize_centre_crop(rgb: Image.Image, short_side: int, size: int) -> torch.Tensor:
-    """Shorter side resized to ``short_side`` (aspect kept), then the central ``size``×``size`` square."""
-    TF, mode = _tv()
-    resized = TF.resize(rgb, short_side, interpolation=mode.BILINEAR, antialias=True)
-    return TF.to_tensor(TF.center_crop(resized, [size, size])).float()
+    """Shorter side resized to ``short_side`` (aspect kept), then the central ``size``×``size`` square.
+
+    torchvision's ``resize`` → ``center_crop`` → ``to_tensor`` on a PIL image, done with PIL itself
+    (which is what torchvision calls for PIL images: bilinear, antialiased) so that a photo needs no
+    torchvision import (about 2 s). ``tests/test_images.py`` checks it is bitwise the same.
+    """
+    w, h = rgb.size   # short_side >= size, so the crop never needs padding
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(short_side * long / short)
+    new_w, new_h = (short_side, new_long) if w <= h else (new_long, short_side)
+    if (new_w, new_h) != (w, h):
+        rgb = rgb.resize((new_w, new_h), Image.BILINEAR)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    crop = np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return torch.from_numpy(crop.copy()).permute(2, 0, 1).float().div(255)
 
 
 def _mnist_digit(rgb: Image.Image, size: int) -> torch.Tensor:

@@ -41,14 +41,29 @@ def cache_dir() -> Path:
     return root
 
 
-_ART_LOCK = threading.Lock()
+_IMPORT_LOCK = threading.Lock()
+_IMPORTED: set[str] = set()   # read without the lock: a finished import never blocks a caller
 
 
 def import_art() -> None:
     """Import ART's attacks, defences and estimators once, under a lock. Two threads importing
     different ART submodules at the same moment (the app's warm-up and a visitor's run) can see a
     partially initialised module and fail with a circular-import error."""
-    with _ART_LOCK:
+    if "art" in _IMPORTED:
+        return
+    with _IMPORT_LOCK:
         import art.attacks.evasion  # noqa: F401
         import art.defences.preprocessor  # noqa: F401
         import art.estimators.classification  # noqa: F401
+        _IMPORTED.add("art")
+
+
+def import_torchvision() -> None:
+    """Import torchvision (about 2 s: its package import loads all its models and ``torch._dynamo``)
+    under the same lock as ART, for the same reason. Photos and ImageNet class names do not need it
+    (``nip_core.images``, ``nip_core.sources.imagenet``); digit uploads and user data folders do."""
+    if "torchvision" in _IMPORTED:
+        return
+    with _IMPORT_LOCK:
+        import torchvision.transforms  # noqa: F401
+        _IMPORTED.add("torchvision")

@@ -148,7 +148,7 @@ def free_port() -> int:
 
 
 def start_app(port: int, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
+    cmd = [sys.executable, "-m", "app.serve",   # what make run starts
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless=true",
            "--server.fileWatcherType=none", "--browser.gatherUsageStats=false"]
     log = open(log_path, "w")

@@ -54,13 +54,13 @@ def uptime() -> str:
 
 @contextmanager
 def fresh_server(log_path: Path) -> Iterator[tuple[str, int]]:
-    """``streamlit run`` on a free port; yields (base URL, pid) once /_stcore/health answers."""
+    """``python -m app.serve`` (as make run) on a free port; yields (base URL, pid) once /_stcore/health answers."""
     import urllib.request
 
     port = free_port()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.port", str(port),
+            [sys.executable, "-m", "app.serve", "--server.port", str(port),
              "--server.address", "127.0.0.1", "--server.headless=true", "--server.fileWatcherType=none",
              "--browser.gatherUsageStats=false"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"

@@ -34,11 +34,11 @@ def free_port() -> int:
 
 @contextmanager
 def streamlit_server(log_path: Path | None = None) -> Iterator[str]:
-    """Start ``streamlit run app/streamlit_app.py`` on a free port; yield its base URL."""
+    """Start ``python -m app.serve`` (what make run starts) on a free port; yield its base URL."""
     port = free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.port", str(port),
+        [sys.executable, "-m", "app.serve", "--server.port", str(port),
          "--server.headless=true", "--server.fileWatcherType=none", "--browser.gatherUsageStats=false"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -333,3 +333,50 @@ def test_fuzzed_bytes_only_ever_raise_input_error(data, preprocess):
         return
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert bool(torch.isfinite(x).all()) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
+def _torchvision_resize_centre_crop(rgb: Image.Image, short_side: int, size: int) -> torch.Tensor:
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    resized = TF.resize(rgb, short_side, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return TF.to_tensor(TF.center_crop(resized, [size, size])).float()
+
+
+@pytest.mark.parametrize("wh", [(400, 300), (300, 400), (224, 224), (256, 256), (257, 999), (1001, 233), (225, 224),
+                                (32, 32), (31, 47), (640, 480)])
+@pytest.mark.parametrize("short_side,size", [(256, 224), (224, 224), (32, 32), (37, 32)])
+def test_photo_resize_without_torchvision_is_bitwise_torchvisions(wh, short_side, size):
+    from nip_core.images import _resize_centre_crop
+
+    rng = np.random.default_rng(wh[0] * 7919 + wh[1] + short_side)
+    im = Image.fromarray(rng.integers(0, 256, size=(wh[1], wh[0], 3), dtype=np.uint8), "RGB")
+    ours = _resize_centre_crop(im, short_side, size)
+    assert ours.shape == (3, size, size) and ours.dtype == torch.float32
+    assert torch.equal(ours, _torchvision_resize_centre_crop(im, short_side, size))
+
+
+def test_gallery_photos_preprocess_exactly_as_with_torchvision():
+    from pathlib import Path
+
+    from nip_core.images import _resize_centre_crop
+
+    import importlib.resources
+
+    gallery = Path(__file__).resolve().parent.parent / "assets" / "gallery" / "imagenet"
+    foolbox = Path(str(importlib.resources.files("foolbox").joinpath("data")))   # ImageNet and CIFAR-10 test images
+    photos = sorted(gallery.glob("*.png")) + sorted(foolbox.glob("imagenet_*")) + sorted(foolbox.glob("cifar10_*"))
+    assert len(photos) >= 45
+    for p in photos:
+        im = Image.open(p).convert("RGB")
+        for short_side, size in ((256, 224), (224, 224), (32, 32)):
+            assert torch.equal(_resize_centre_crop(im, short_side, size),
+                               _torchvision_resize_centre_crop(im, short_side, size)), p.name
+
+
+def test_shipped_imagenet_class_names_are_torchvisions():
+    from torchvision.models import ResNet18_Weights
+
+    from nip_core.sources.imagenet import imagenet_class_names
+
+    assert imagenet_class_names() == list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from nip_core.models.base import ModelSpec, Normalize, file_sha256, finish, register_model
+from nip_core.sources.imagenet import imagenet_class_names
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HOOK_BLOCKS = (6, 10, 14, 15)
@@ -38,11 +39,6 @@ class HookableEfficientNet(nn.Module):
         layers = {f"block{i}": self.net._blocks[i] for i in HOOK_BLOCKS}
         layers["head"] = self.head_act
         return layers
-
-
-def imagenet_class_names() -> list[str]:
-    from torchvision.models import ResNet18_Weights
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def _load():

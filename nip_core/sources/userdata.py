@@ -54,10 +54,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from nip_core import images
 from nip_core.errors import InputError
+from nip_core.runtime import import_torchvision
+
+import_torchvision()   # under the engine's import lock (the app imports this module in a session's thread)
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension  # noqa: E402
 
 MAX_DATA_BYTES = 512 * 1024 * 1024        # a data file, an archive, or a folder's images, in bytes
 MAX_TENSOR_BYTES = 2 * 1024 ** 3          # the loaded float32 x
