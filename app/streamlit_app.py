@@ -22,6 +22,7 @@ PAGES = Path(__file__).resolve().parent / "views"
 
 from app import warmup  # noqa: E402
 
+warmup.want(st.query_params.get("model"))   # the launch preload loads this link's model next
 warmup.wait_for_engine()   # python -m app.serve imports the engine at launch: not twice, not in two threads
 from app import common  # noqa: E402
 

@@ -79,3 +79,18 @@ def test_make_run_starts_the_launcher() -> None:
     makefile = (ROOT / "Makefile").read_text()
     run = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
     assert "-m app.serve" in run
+
+
+def test_the_model_a_visitors_link_names_is_loaded_first() -> None:
+    code = r"""
+import json
+from app import warmup
+warmup.want("no-such-model")            # a hostile or stale link: ignored
+warmup.want("efficientnet-lite0")       # the first visitor's link, before the engine is ready
+warmup.start_at_launch().join(300)
+from nip_core.models.base import _LOADED
+print(json.dumps({"order": list(_LOADED)}))
+"""
+    r = _probe(code)
+    assert r["order"][0] == "efficientnet-lite0"
+    assert sorted(r["order"]) == sorted(["lenet-mnist", "lenet-fashion", "efficientnet-lite0", "resnet8-cifar10"])
