@@ -19,6 +19,12 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
+# The ResNet-8 conversion's packages, for its test (the app does not need them); --no-deps, see the file.
+CONVERT_STAMP := $(VENV)/.installed-convert
+$(CONVERT_STAMP): requirements-convert.txt $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-convert.txt
+	@touch $@
+
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian chromium + chromium-driver for the browser test"; \
@@ -38,7 +44,7 @@ fashion-data:
 run: $(STAMP)
 	$(PY) -m app.serve --server.port=$(PORT) --server.headless=true --server.fileWatcherType=none
 
-test: $(STAMP) chromium fashion-data
+test: $(STAMP) $(CONVERT_STAMP) chromium fashion-data
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
