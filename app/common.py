@@ -73,14 +73,9 @@ def configure_torch() -> int:
     times slower on a loaded 2-core machine (docs/performance.md). One thread is also what the run
     queue gives each run.
     """
-    import os
+    from nip_core.runtime import set_torch_threads
 
-    import torch
-
-    n = int(os.environ.get("NIP_TORCH_THREADS", "1") or 1)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
+    return set_torch_threads()
 
 
 # ----------------------------------------------------------------------------- the run queue
@@ -293,6 +288,20 @@ def visible_models(own: list[str]) -> list[str]:
     from nip_core.byom import is_custom
     from nip_core.models import MODELS
     return [m for m in MODELS if not is_custom(m)] + [m for m in own if m in MODELS]
+
+
+def model_picker(key: str, default: str) -> tuple[str, Any] | None:
+    """The "Model" select box (shipped models and this session's own) and the loaded model, or None
+    after showing why it could not be loaded."""
+    from nip_core.models import MODELS
+
+    name = st.selectbox("Model", visible_models(st.session_state.get(BYOM_KEY, [])),
+                        key=init_state(key, default), format_func=lambda m: f"{m} — {MODELS[m].summary}")
+    try:
+        return name, get_model(name)
+    except Exception as exc:
+        show_error(exc, "loading model")
+        return None
 
 
 def byom_panel() -> None:

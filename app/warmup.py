@@ -123,10 +123,9 @@ def prime_model(model) -> None:
     from nip_core.calibration import calibration_for
     from nip_core.defenses import apply_defense
     from nip_core.errors import InputError
+    from nip_core.runtime import set_torch_threads
 
-    n = int(os.environ.get("NIP_TORCH_THREADS", "1") or 1)   # as app.common.configure_torch
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    set_torch_threads()   # what the app's runs use (app.common.configure_torch)
     s = model.spec
     x = torch.zeros(1, s.input_channels, s.input_size, s.input_size, device=model.device, requires_grad=True)
     torch.autograd.grad(model.net(x)[0, 0], x)
@@ -163,7 +162,7 @@ def _run(first: str | None) -> None:
     except (AttributeError, OSError):
         pass
     try:
-        prime_imports(first)   # overlaps the first visitor's page (they need it too)
+        prime_imports()   # overlaps the first visitor's page (they need it too)
         for i, name in enumerate(order(first)):
             warm_model(name, quiet_s=FIRST_QUIET_S if i == 0 else QUIET_S)
     except Exception:   # a warm-up failure only costs speed; the page reports real errors itself
@@ -172,7 +171,7 @@ def _run(first: str | None) -> None:
         DONE.set()
 
 
-def prime_imports(first: str | None = None) -> None:
+def prime_imports() -> None:
     """Import what the first visitor's run needs later while their page is still being built: the
     attack library (ART: about 3 s, half of it SciPy). Photos no longer need torchvision."""
     from nip_core.runtime import import_art

@@ -37,6 +37,7 @@ import torch
 
 from nip_core.errors import InputError
 from nip_core.runtime import ASSETS
+from nip_core.sources.imagenet import imagenet_class_names
 
 MNIST_SPLIT_SEED = 2112
 N_TRAIN = 4000
@@ -130,7 +131,7 @@ def imagenet_samples() -> tuple[GalleryItem, ...]:
 
     folder = importlib.resources.files("foolbox").joinpath("data")
     files = sorted(f for f in folder.iterdir() if f.name.startswith("imagenet_") and f.name.endswith(".jpg"))
-    names = _imagenet_class_names()
+    names = imagenet_class_names()
     items = []
     for f in files:
         label = int(f.name.rsplit("_", 1)[1].split(".")[0])
@@ -139,12 +140,6 @@ def imagenet_samples() -> tuple[GalleryItem, ...]:
         items.append(GalleryItem(f"foolbox-{f.name.rsplit('.', 1)[0]}", img, label, names[label],
                                  f"ImageNet validation image shipped in foolbox 3.3.4 ({f.name})"))
     return tuple(items)
-
-
-def _imagenet_class_names() -> list[str]:
-    from nip_core.sources.imagenet import imagenet_class_names
-
-    return imagenet_class_names()
 
 
 def heldout_split(model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,7 +314,7 @@ register_dataset(Dataset(
     "imagenet", "ImageNet photos (224×224 RGB)",
     "5 gallery photos (assets/gallery/imagenet) + 20 validation images in foolbox 3.3.4's wheel",
     "gallery: see assets/gallery/imagenet/gallery.json; foolbox samples: ImageNet terms, read from the package",
-    _imagenet_class_names, _imagenet_heldout, lambda per_class: _gallery_tensors("imagenet", flips=True),
+    imagenet_class_names, _imagenet_heldout, lambda per_class: _gallery_tensors("imagenet", flips=True),
     splits=dict(SMALL_SPLITS), adaptive={"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}))
 register_dataset(Dataset(
     "cifar10", "CIFAR-10 photos (32×32 RGB)", "the first 20 CIFAR-10 test images in foolbox 3.3.4's wheel",

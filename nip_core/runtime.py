@@ -34,6 +34,14 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def set_torch_threads() -> int:
+    """Torch threads per computation: ``NIP_TORCH_THREADS`` (default 1), set only if different."""
+    n = int(os.environ.get("NIP_TORCH_THREADS", "1") or 1)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 def cache_dir() -> Path:
     """Where computed artefacts (influence profiles) are cached on disk."""
     root = Path(os.environ.get("NIP_CACHE_DIR", Path.home() / ".cache" / "nip_explorer"))

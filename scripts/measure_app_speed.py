@@ -38,7 +38,7 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_e2e_browser import (free_port, launch, set_seed_and_run_time, wait_heatmaps,  # noqa: E402
+from tests.test_e2e_browser import (app_server, launch, set_seed_and_run_time, wait_heatmaps,  # noqa: E402
                                     wait_idle)
 
 CONFIGS = {
@@ -55,37 +55,9 @@ def uptime() -> str:
 
 @contextmanager
 def fresh_server(log_path: Path) -> Iterator[tuple[str, int]]:
-    """``python -m app.serve`` (as make run) on a free port; yields (base URL, pid) once /_stcore/health answers."""
-    import urllib.request
-
-    port = free_port()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.serve", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless=true", "--server.fileWatcherType=none",
-             "--browser.gatherUsageStats=false"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"streamlit exited with status {proc.returncode}; log: {log_path}")
-                try:
-                    with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.time() > deadline:
-                    raise RuntimeError("streamlit did not answer /_stcore/health within 120 s")
-                time.sleep(0.1)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    """``python -m app.serve`` (as make run) on a free port; yields (base URL, pid) once it answers."""
+    with app_server(log_path, poll_s=0.1) as (url, proc):
+        yield url, proc.pid
 
 
 def cpu_seconds(pid: int) -> float:
@@ -156,6 +128,8 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", default="app_speed.json")
     args = ap.parse_args()
+    if not 1 <= args.first_views <= 20 or not 1 <= args.runs <= 20:
+        ap.error("--first-views and --runs must be between 1 and 20")
     from playwright.sync_api import sync_playwright
 
     before = {"uptime": uptime(), "load_avg": os.getloadavg()}

@@ -33,12 +33,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(log_path: Path | None = None) -> Iterator[str]:
-    """Start ``python -m app.serve`` (what make run starts) on a free port; yield its base URL."""
+def app_server(log_path: Path | None = None, poll_s: float = 0.3) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start ``python -m app.serve`` (what make run starts) on a free loopback port; yield (base URL,
+    process) once /_stcore/health answers. Also used by scripts/measure_app_speed.py."""
     port = free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.serve", "--server.port", str(port),
+        [sys.executable, "-m", "app.serve", "--server.port", str(port), "--server.address", "127.0.0.1",
          "--server.headless=true", "--server.fileWatcherType=none", "--browser.gatherUsageStats=false"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -55,8 +56,8 @@ def streamlit_server(log_path: Path | None = None) -> Iterator[str]:
                 pass
             if time.time() > deadline:
                 raise RuntimeError("streamlit did not answer /_stcore/health within 120 s")
-            time.sleep(0.3)
-        yield url
+            time.sleep(poll_s)
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -65,6 +66,13 @@ def streamlit_server(log_path: Path | None = None) -> Iterator[str]:
             proc.kill()
         if log_path:
             log.close()
+
+
+@contextmanager
+def streamlit_server(log_path: Path | None = None) -> Iterator[str]:
+    """:func:`app_server`, yielding its base URL."""
+    with app_server(log_path) as (url, _proc):
+        yield url
 
 
 def launch(p):

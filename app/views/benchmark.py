@@ -11,7 +11,6 @@ from nip_core import figures as F
 from nip_core.attacks import ATTACKS
 from nip_core.defenses import DEFENSES
 from nip_core.errors import InputError
-from nip_core.models import MODELS
 
 P = "benchmark."
 DEFAULTS = {"model": "lenet-mnist", "attacks": ["fgsm", "pgd"],
@@ -80,14 +79,10 @@ def open_view() -> None:
 
 
 def run_view() -> None:
-    models = C.visible_models(st.session_state.get(C.BYOM_KEY, []))
-    model = st.selectbox("Model", models, key=C.init_state(P + "model", DEFAULTS["model"]),
-                         format_func=lambda m: f"{m} — {MODELS[m].summary}")
-    try:
-        loaded = C.get_model(model)
-    except Exception as exc:
-        C.show_error(exc, "loading model")
+    picked = C.model_picker(P + "model", DEFAULTS["model"])
+    if picked is None:
         return
+    model, loaded = picked
     upload, data = data_panel(model)
     usable = sorted(a for a in ATTACKS if ATTACKS[a].applies_to(loaded))
     ak = C.init_state(P + "attacks", DEFAULTS["attacks"])

@@ -15,7 +15,6 @@ from nip_core.defenses import DEFENSES
 from nip_core.errors import InputError
 from nip_core.images import tensor_to_png_bytes
 from nip_core.influence import METHODS
-from nip_core.models import MODELS
 
 P = "explore."                      # session-state prefix of this page
 DEFAULT_MODEL, DEFAULT_ATTACK, DEFAULT_DEFENSE = "lenet-mnist", "fgsm", "nip"
@@ -459,14 +458,10 @@ def main() -> None:
         st.caption("The page URL holds the configuration of the last run: copy it to share the view.")
 
     C.byom_panel()
-    models = C.visible_models(st.session_state.get(C.BYOM_KEY, []))
-    model_name = st.selectbox("Model", models, key=C.init_state(P + "model", DEFAULT_MODEL),
-                              format_func=lambda m: f"{m} — {MODELS[m].summary}")
-    try:
-        model = C.get_model(model_name)
-    except Exception as exc:
-        C.show_error(exc, "loading model")
+    picked = C.model_picker(P + "model", DEFAULT_MODEL)
+    if picked is None:
         return
+    model_name, model = picked
 
     top = st.columns([3, 2])
     with top[0]:
