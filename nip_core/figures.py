@@ -413,6 +413,50 @@ def defense_comparison(rows: Sequence[dict], reference_name: str = "reference") 
     return fig
 
 
+SURGERY_VARIANTS = ("benign", "adversarial", "patched")
+SURGERY_COLOURS = {"benign": VARIANT_COLOURS["benign"], "adversarial": VARIANT_COLOURS["adversarial"],
+                   "patched": "#7c3aed"}
+
+
+def surgery_bars(result, image: int = 0, n: int = 3) -> go.Figure:
+    """Prediction bars of a neuron surgery: benign, adversarial and patched side by side.
+
+    Args:
+        result: a :class:`~nip_core.surgery.SurgeryResult`.
+        image: which input of the batch.
+        n: each variant's top-``n`` classes are shown (their union, ordered by class index), with
+            every variant's confidence for each; the reference class is starred.
+    Returns:
+        Grouped bars, one colour per variant; the legend gives each variant's reference-class margin
+        and the title the patch and the recovery share (n/a when the attack did not flip the prediction).
+    """
+    passes = {"benign": result.benign, "adversarial": result.adversarial, "patched": result.patched}
+    ref = int(result.reference_class[image])
+    k = min(n, passes["benign"].probabilities.shape[1])
+    classes = sorted({ref} | {int(c) for p in passes.values() for c in p.probabilities[image].topk(k).indices})
+    labels = [("★ " if c == ref else "") + _short(_class_label(result.class_names, c), 24) for c in classes]
+    fig = go.Figure()
+    for v, p in passes.items():
+        probs = p.probabilities[image]
+        margin = f" (margin {float(p.margins[image]):+.2f})" if p.margins is not None else ""
+        fig.add_trace(go.Bar(
+            name=f"{v}{margin}", x=labels, y=[100 * float(probs[c]) for c in classes],
+            marker_color=SURGERY_COLOURS[v], text=[f"{100 * float(probs[c]):.1f}%" for c in classes],
+            textposition="outside", hovertemplate=f"{v}<br>%{{x}}: %{{y:.2f}}%<extra></extra>",
+        ))
+    r = result.recovery(image)
+    share = "n/a (the attack did not flip the prediction)" if r is None else f"{r:.2f}"
+    n_sel = int(result.neurons[image].sum())
+    fig.update_layout(
+        title=dict(text=f"Surgery at {result.layer}: {result.selection} ({n_sel} neurons) set to {result.value}"
+                        f" — recovery share {share}", x=0.0, font=dict(size=13)),
+        barmode="group", xaxis=dict(title="class (★ = reference class)", type="category"),
+        yaxis=dict(title="softmax confidence (%)", range=[0, 115]),
+        legend=dict(orientation="h", y=-0.25), margin=dict(l=50, r=20, t=60, b=90), height=380,
+    )
+    return fig
+
+
 # ----------------------------------------------------------------------------- Benchmark figures
 
 def _bare_names(labels: Sequence[str], n: int = 30) -> list[str]:
