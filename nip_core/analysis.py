@@ -8,7 +8,7 @@ F (front) and T (tail) from a benign profile (the true class's, or the global on
 
 We report the means of these changes and the share of images where Δa_F < 0 and Δa_T > 0
 ("front down, tail up"). The **control** is a random group R of the same size as F (seeded):
-its Δa_R and the share where Δa_R < 0 say how often *any* group of that size goes down, so the
+drawn from the live neurons like F; its Δa_R and the share where Δa_R < 0 say how often *any* group of that size goes down, so the
 front group's share reads against it rather than against zero. (The causal test, which puts
 neurons back and watches the prediction, is ``nip_core.mediation``.)
 """
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from nip_core.influence import influence_profile, neuron_activations, neuron_influence
+from nip_core.mediation import random_groups
 from nip_core.models.base import LoadedModel
 
 
@@ -66,10 +67,7 @@ def suppression_sums(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y
         else:
             f, t = prof.masks(None, k)
             fm, tm = f.expand(len(yy), -1), t.expand(len(yy), -1)
-        gen = torch.Generator().manual_seed(int(seed))
-        rm = torch.zeros_like(fm)
-        for i, size in enumerate(fm.sum(1).tolist()):
-            rm[i, torch.randperm(fm.shape[1], generator=gen)[:size]] = True
+        rm = random_groups(~prof.dead, fm.sum(1), torch.Generator().manual_seed(int(seed)))
         daf = _group_mean(act_a, fm) - _group_mean(act_b, fm)
         dar = _group_mean(act_a, rm) - _group_mean(act_b, rm)
         dat = _group_mean(act_a, tm) - _group_mean(act_b, tm)

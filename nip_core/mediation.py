@@ -16,8 +16,8 @@ with the neurons of ``G`` replaced by their values on a source input. With the m
        r = (m_patched − m_adv) / (m_benign − m_adv)
 
    for ``front``, ``tail`` and ``front+tail`` (the true class's influence groups, share ``k``),
-   beside ``random`` groups of the same sizes (the control: ``random`` matches ``front``,
-   ``random-2k`` matches ``front+tail``) and ``changed`` (the ``front+tail``-sized group the
+   beside ``random`` groups of the same sizes drawn from the same live neurons (the control:
+   ``random`` matches ``front``, ``random-2k`` matches ``front+tail``) and ``changed`` (the ``front+tail``-sized group the
    attack moved most: an upper reference).
 2. **Does a defense work through neurons?** Source = the defended input ``D(x')``. The share of
    the defense's margin recovery that the front+tail neurons carry,
@@ -118,10 +118,13 @@ def per_neuron(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(2).mean(2) if values.dim() > 2 else values
 
 
-def _random_mask(n_neurons: int, sizes: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    out = torch.zeros(len(sizes), n_neurons, dtype=torch.bool)
+def random_groups(live: torch.Tensor, sizes: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One random group per sample, ``sizes[i]`` neurons drawn from the ``live`` ones (neurons that
+    fire on benign references, where the influence groups are drawn from too): ``[N, n_neurons]``."""
+    pool = torch.nonzero(live).flatten()
+    out = torch.zeros(len(sizes), len(live), dtype=torch.bool)
     for i, s in enumerate(sizes.tolist()):
-        out[i, torch.randperm(n_neurons, generator=gen)[:int(s)]] = True
+        out[i, pool[torch.randperm(len(pool), generator=gen)[:int(s)]]] = True
     return out
 
 
@@ -141,14 +144,14 @@ def group_masks(model: LoadedModel, layer: str, classes: torch.Tensor, act_benig
     tail = torch.stack([p[1] for p in pairs]) if pairs else torch.zeros(0, prof.n_neurons, dtype=torch.bool)
     both = front | tail
     gen = torch.Generator().manual_seed(int(seed))
-    n = prof.n_neurons
     moved = (act_adv - act_benign).abs()
     order = torch.argsort(moved, dim=1, descending=True, stable=True)
     changed = torch.zeros_like(both)
     for i, s in enumerate(both.sum(1).tolist()):
         changed[i, order[i, :s]] = True
-    return {"front": front, "tail": tail, "front+tail": both, "random": _random_mask(n, front.sum(1), gen),
-            "random-2k": _random_mask(n, both.sum(1), gen), "changed": changed}
+    live = ~prof.dead
+    return {"front": front, "tail": tail, "front+tail": both, "random": random_groups(live, front.sum(1), gen),
+            "random-2k": random_groups(live, both.sum(1), gen), "changed": changed}
 
 
 def mediation_parts(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, layer: str,
@@ -268,3 +271,22 @@ def mediation_layers(model: LoadedModel, names: list[str] | None = None) -> list
     for name in names:
         model.layer(name)
     return list(dict.fromkeys(names))
+
+
+def mediation_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per attack × layer of an evaluation's ``mediation`` block: the share of successful
+    adversarials restored by each group put back, and each defense's carried share beside its
+    random control (``None`` where not applicable)."""
+    block = result.get("mediation") or {}
+    rows = []
+    for attack, by_layer in (block.get("by_attack") or {}).items():
+        for layer in block.get("layers", []):
+            cell = by_layer.get(layer) or {}
+            row: dict[str, Any] = {"attack": attack, "layer": layer, "n_successful": cell.get("n_successful", 0)}
+            for g in GROUPS:
+                row[f"restored: {g}"] = (cell.get("groups", {}).get(g) or {}).get("restored")
+            for d, v in (cell.get("defenses") or {}).items():
+                row[f"{d}: carried"] = v.get("carried")
+                row[f"{d}: random"] = v.get("random")
+            rows.append(row)
+    return rows

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from nip_core.cli import main
+from nip_core.influence import influence_profile
 from nip_core.mediation import (GROUPS, group_masks, layer_values, margins, mediation_from_parts, mediation_parts,
                                 patched_logits)
 from nip_core.models import load_model
@@ -103,6 +104,8 @@ def test_group_masks_sizes_and_seeds():
     assert set(g) == set(GROUPS)
     assert torch.equal(g["front+tail"], g["front"] | g["tail"]) and not (g["front"] & g["tail"]).any()
     assert torch.equal(g["random"].sum(1), g["front"].sum(1))
+    dead = influence_profile(m, "fc1", "conductance").dead
+    assert dead.any() and not (g["random"] | g["random-2k"])[:, dead].any()   # drawn from live neurons only
     assert torch.equal(g["random-2k"].sum(1), g["front+tail"].sum(1))
     assert torch.equal(g["changed"].sum(1), g["front+tail"].sum(1)) and g["changed"][:, 7].all()
     again = group_masks(m, "fc1", y[:6], a, b, k=0.2, seed=0)
