@@ -7,7 +7,10 @@ F (front) and T (tail) from a benign profile (the true class's, or the global on
     ΔI_F, ΔI_T: the same for influence toward ``y``
 
 We report the means of these changes and the share of images where Δa_F < 0 and Δa_T > 0
-("front down, tail up").
+("front down, tail up"). The **control** is a random group R of the same size as F (seeded):
+drawn from the live neurons like F; its Δa_R and the share where Δa_R < 0 say how often *any* group of that size goes down, so the
+front group's share reads against it rather than against zero. (The causal test, which puts
+neurons back and watches the prediction, is ``nip_core.mediation``.)
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 
 from nip_core.influence import influence_profile, neuron_activations, neuron_influence
+from nip_core.mediation import random_groups
 from nip_core.models.base import LoadedModel
 
 
@@ -26,23 +30,25 @@ def _group_mean(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def suppression_stats(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                       layer: str | None = None, k: float = 0.2, method: str = "conductance",
-                      n_steps: int = 16) -> dict[str, Any]:
+                      n_steps: int = 16, seed: int = 0) -> dict[str, Any]:
     """Front/tail changes between benign and adversarial inputs (successful adversarials only)."""
-    return suppression_from_sums([suppression_sums(model, x, x_adv, y, layer, k, method, n_steps)])
+    return suppression_from_sums([suppression_sums(model, x, x_adv, y, layer, k, method, n_steps, seed)])
 
 
-_CHANGES = ("front_activation_change", "tail_activation_change", "front_influence_change", "tail_influence_change")
-_SHARES = ("share_front_down_tail_up", "share_front_down", "share_tail_up")
+_CHANGES = ("front_activation_change", "tail_activation_change", "front_influence_change", "tail_influence_change",
+            "random_activation_change")
+_SHARES = ("share_front_down_tail_up", "share_front_down", "share_tail_up", "share_random_down")
 
 
 def suppression_sums(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                      layer: str | None = None, k: float = 0.2, method: str = "conductance",
-                     n_steps: int = 16) -> dict[str, Any]:
+                     n_steps: int = 16, seed: int = 0) -> dict[str, Any]:
     """What :func:`suppression_stats` averages, as sums and counts over the successful adversarials
     of this batch: batches (evaluation shards) combine exactly with :func:`suppression_from_sums`.
 
     Args:
         x, x_adv: benign and adversarial images ``[N,C,H,W]`` in [0,1]; y: true labels ``[N]``.
+        seed: the random control group's seed (one group per image, the size of its front group).
     """
     layer = layer or model.spec.default_layer
     fooled = model.predict(x_adv) != y
@@ -61,12 +67,15 @@ def suppression_sums(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y
         else:
             f, t = prof.masks(None, k)
             fm, tm = f.expand(len(yy), -1), t.expand(len(yy), -1)
+        rm = random_groups(~prof.dead, fm.sum(1), torch.Generator().manual_seed(int(seed)))
         daf = _group_mean(act_a, fm) - _group_mean(act_b, fm)
+        dar = _group_mean(act_a, rm) - _group_mean(act_b, rm)
         dat = _group_mean(act_a, tm) - _group_mean(act_b, tm)
         dif = _group_mean(inf_a, fm) - _group_mean(inf_b, fm)
         dit = _group_mean(inf_a, tm) - _group_mean(inf_b, tm)
-        sums = {name: float(v.double().sum()) for name, v in zip(_CHANGES, (daf, dat, dif, dit))}
-        counts = {name: int(v.sum()) for name, v in zip(_SHARES, ((daf < 0) & (dat > 0), daf < 0, dat > 0))}
+        sums = {name: float(v.double().sum()) for name, v in zip(_CHANGES, (daf, dat, dif, dit, dar))}
+        counts = {name: int(v.sum()) for name, v in zip(_SHARES, ((daf < 0) & (dat > 0), daf < 0, dat > 0,
+                                                                    dar < 0))}
         out[kind] = {"sums": sums, "counts": counts}
     return out
 

@@ -109,7 +109,7 @@ def cmd_evaluate(args) -> int:
                           workers=args.workers, threads_per_worker=args.threads, shard_size=SHARD_SIZE if args.shard_size is None else args.shard_size,
                           cache=None if args.no_cache else (args.cache or _default_shard_cache()),
                           fresh=args.fresh, model_source=_model_source(args), data=args.data,
-                          data_seed=args.data_seed, blackbox=_blackbox(args))
+                          data_seed=args.data_seed, blackbox=_blackbox(args), mediation=_mediation(args))
     finally:
         bar.close()
     if args.suite:
@@ -131,6 +131,14 @@ def _blackbox(args) -> dict[str, Any] | None:
     if args.no_blackbox or args.blackbox_eps is None or args.no_adaptive:
         return None
     return {"eps": args.blackbox_eps, "max_iter": args.blackbox_queries, "n": args.blackbox_n}
+
+
+def _mediation(args) -> list[str] | None:
+    if args.mediation_layers and not args.mediation:
+        raise _input_error("--mediation-layers needs --mediation.")
+    if not args.mediation:
+        return None
+    return [s.strip() for s in (args.mediation_layers or "").split(",") if s.strip()]
 
 
 def _default_shard_cache() -> str:
@@ -399,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blackbox-queries", type=int, default=1000, dest="blackbox_queries")
     s.add_argument("--blackbox-n", type=int, default=100, dest="blackbox_n", help="images the black-box column attacks")
     s.add_argument("--no-blackbox", action="store_true", dest="no_blackbox")
+    s.add_argument("--mediation", action="store_true",
+                   help="patch each successful adversarial's neurons with benign and defended values at every "
+                        "hookable layer (docs/method.md, Mediation)")
+    s.add_argument("--mediation-layers", dest="mediation_layers",
+                   help="comma-separated layers for --mediation (default: every hookable layer)")
     s.add_argument("--out", required=True, help="JSON path; a CSV is written beside it")
     g = s.add_argument_group("shards, cache and Ray (docs/cluster.md)")
     g.add_argument("--ray", metavar="ADDRESS",

@@ -42,6 +42,9 @@ from nip_core.attacks import ATTACKS, run_attack
 from nip_core.data import dataset_of, heldout_split
 from nip_core.defenses import DEFENSES, DefendedNet, apply_defense
 from nip_core.errors import InputError
+from nip_core.mediation import DEFAULT_K as MEDIATION_K
+from nip_core.mediation import GROUPS as MEDIATION_GROUPS
+from nip_core.mediation import MEDIATION_DEFENSES, mediation_from_parts, mediation_layers, mediation_parts
 from nip_core.models import load_model
 from nip_core.shards import Shard, shard_seed
 
@@ -163,6 +166,8 @@ class EvalJob:
     data_seed: int = 0
     # The black-box column: Square attack through model ∘ defense on the first ``n`` images.
     blackbox: dict[str, Any] | None = None
+    # Neuron mediation (``nip_core.mediation``) at these layers (empty: every hookable layer); None: off.
+    mediation: list[str] | None = None
 
     def context(self) -> "EvalContext":
         """The job made ready to run shards (in this process: a Ray worker calls this)."""
@@ -197,6 +202,7 @@ class EvalContext:
                               for a, ap in self.att_units]
         self.defense_labels = [unit_label(d, dp) for d, dp in self.def_units]
         self.layers = _observed_layers(model) if job.observe else []
+        self.mediation = [] if job.mediation is None else mediation_layers(model, job.mediation)
         self.adaptive_params = dataset_of(model).adaptive
         self.blackbox = None
         if job.blackbox:
@@ -234,6 +240,8 @@ class EvalContext:
                                                    job.data_seed)}
         if shard.kind == "attack":
             fields |= {"attack": self.att_units[shard.unit], "defenses": self.def_units, "observe": self.layers}
+            if self.mediation:   # only then: runs without it keep their cache keys
+                fields["mediation"] = self.mediation
         elif shard.kind == "benign":
             fields |= {"defenses": self.def_units}
         else:
@@ -268,13 +276,23 @@ def evaluate_shard(ctx: EvalContext, shard: Shard) -> dict[str, Any]:
         res: dict[str, Any] = {
             "attack_seconds": ar.seconds, "adv_correct": _bits(~fooled),
             "linf_sum": float(delta.abs().amax(1).double().sum()), "l2_sum": float(delta.norm(dim=1).double().sum()),
-            "observation": {lay: suppression_sums(model, x, ar.x_adv, y, lay) for lay in ctx.layers},
+            "observation": {lay: suppression_sums(model, x, ar.x_adv, y, lay, seed=seed) for lay in ctx.layers},
             "defenses": {}}
+        defended: dict[str, torch.Tensor] = {}
         for (d, dp), dl in zip(ctx.def_units, ctx.defense_labels):
             dr = apply_defense(model, d, ar.x_adv, dp, y=y, seed=seed, x_benign=x)
+            defended.setdefault(d, dr.x_def)
             res["defenses"][dl] = {
                 "correct": _bits(model.predict(dr.x_def) == y), "seconds": dr.seconds,
                 "defense_linf_sum": float((dr.x_def - ar.x_adv).flatten(1).abs().amax(1).double().sum())}
+        if ctx.mediation:
+            t0 = time.perf_counter()
+            # The mediated defenses: the grid's own outputs where it has them, else with defaults.
+            src = {d: defended[d] if d in defended else
+                   apply_defense(model, d, ar.x_adv, {}, y=y, seed=seed, x_benign=x).x_def for d in MEDIATION_DEFENSES}
+            res["mediation"] = {lay: mediation_parts(model, x, ar.x_adv, y, lay, src, seed=seed)
+                                for lay in ctx.mediation}
+            res["mediation_seconds"] = time.perf_counter() - t0
         return res
     d, dp = ctx.def_units[shard.unit]
     t0 = time.perf_counter()
@@ -328,12 +346,17 @@ def merge_shards(ctx: EvalContext, results: dict[Shard, dict[str, Any]], adaptiv
 
     rows: list[dict[str, Any]] = []
     observation: dict[str, Any] = {}
+    mediation: dict[str, Any] = {}
     for i, (a, _) in enumerate(ctx.att_units):
         ps, a_label = parts("attack", i), ctx.attack_labels[i]
         adv = "".join(p["adv_correct"] for p in ps)
         fooled = adv.count("0")
         if ctx.layers:
             observation[a_label] = {lay: suppression_from_sums([p["observation"][lay] for p in ps]) for lay in ctx.layers}
+        if ctx.mediation:
+            mediation[a_label] = {lay: mediation_from_parts([p["mediation"][lay] for p in ps], seed=ctx.job.seed)
+                                  for lay in ctx.mediation}
+            mediation[a_label]["seconds_per_image"] = sum(p["mediation_seconds"] for p in ps) / n
         for (d, _), dl in zip(ctx.def_units, ctx.defense_labels):
             cells = [p["defenses"][dl] for p in ps]
             bits = "".join(c["correct"] for c in cells)
@@ -382,7 +405,7 @@ def merge_shards(ctx: EvalContext, results: dict[Shard, dict[str, Any]], adaptiv
                     "attack": unit_label("square", {"eps": ctx.blackbox["eps"], "max_iter": ctx.blackbox["max_iter"]}),
                     "n": len(bbits), "seconds_per_image": sum(b["seconds"] for b in bb) / len(bbits),
                     "correct": bbits}
-    return rows, benign, adaptive_out, observation
+    return rows, benign, adaptive_out, observation, mediation
 
 
 def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 100, seed: int = 0,
@@ -391,7 +414,8 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
              workers: int | None = None, threads_per_worker: int | None = None, shard_size: int = SHARD_SIZE,
              cache: str | os.PathLike | None = None, fresh: bool = False, model_source: dict | None = None,
              on_shard: Callable[[dict[str, Any]], None] | None = None, data: str | os.PathLike | None = None,
-             data_seed: int = 0, blackbox: dict[str, Any] | None = None) -> dict[str, Any]:
+             data_seed: int = 0, blackbox: dict[str, Any] | None = None,
+             mediation: list[str] | None = None) -> dict[str, Any]:
     """Run the evaluation grid; returns a JSON-able dict (see module doc).
 
     Every row and benign entry carries ``correct``: one character per image, "1" where the
@@ -413,6 +437,9 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
     ``data_seed`` of them (``docs/data.md``), and the JSON's ``data`` block lists skipped files.
     ``blackbox``: ``{"eps", "max_iter", "n"}`` adds the black-box column: ART's Square attack,
     scored by the defended outputs, against every deployable defense on the first ``n`` images.
+    ``mediation``: layers (``[]``: every hookable layer) at which each attack's successful
+    adversarials are patched with benign and defended neuron values (``nip_core.mediation``);
+    the JSON's ``mediation`` block holds the results per attack and layer.
     """
     from nip_core.shards import ShardCache, plan, shard_key
 
@@ -420,7 +447,8 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
     if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
         raise InputError(f"parameter 'shard_size' must be an integer ≥ 1; got {shard_size!r}.")
     job = EvalJob(model_name, [(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses],
-                  n, seed, split, observe, model_source, None if data is None else str(data), data_seed, blackbox)
+                  n, seed, split, observe, model_source, None if data is None else str(data), data_seed, blackbox,
+                  None if mediation is None else list(mediation))
     ctx = EvalContext(job)
     model, att_units, def_units, x, y = ctx.model, ctx.att_units, ctx.def_units, ctx.x, ctx.y
     warnings = split_warnings(model, split, len(y), [d for d, _ in def_units])
@@ -477,7 +505,7 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
     distributed |= {"shard_size": shard_size, "shards": len(shards), "shards_from_cache": from_cache,
                     "shards_computed": len(shards) - from_cache, "cache": None if store is None else str(store)}
 
-    rows, benign, adaptive_out, observation = merge_shards(ctx, results, adaptive)
+    rows, benign, adaptive_out, observation, mediation = merge_shards(ctx, results, adaptive)
     def_labels = ctx.defense_labels
     summary = {
         "mean_adv_accuracy": {dl: _mean([r["defended_adv_accuracy"] for r in rows if r["defense"] == dl])
@@ -506,6 +534,8 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         "defenses": def_labels, "defense_params": {unit_label(d, p): p for d, p in def_units},
         "heldout_clean_accuracy": _acc(model, x_test, y_test),
         "rows": rows, "benign": benign, "adaptive": adaptive_out, "summary": summary, "observation": observation,
+        **({"mediation": {"layers": ctx.mediation, "k": MEDIATION_K, "groups": list(MEDIATION_GROUPS),
+                          "defenses": list(MEDIATION_DEFENSES), "by_attack": mediation}} if ctx.mediation else {}),
         "seconds_total": time.perf_counter() - t_start,
         "environment": environment(),
         "distributed": distributed,

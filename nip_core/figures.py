@@ -527,3 +527,62 @@ def _grid_layout(fig: go.Figure, title: str, x_title: str, y_title: str, height:
         margin=dict(l=50, r=20, t=60, b=bottom), height=height,
     )
     return fig
+
+
+# ----------------------------------------------------------------------------- mediation (nip_core.mediation)
+
+_GROUP_COLOURS = {"front": "#2563eb", "tail": "#f59e0b", "front+tail": "#7c3aed", "random": "#9ca3af",
+                  "random-2k": "#6b7280", "changed": "#16a34a"}
+
+
+def _error_bars(values: Sequence[float | None], cis: Sequence[Sequence[float] | None]) -> dict:
+    plus = [None if v is None or ci is None else 100 * (ci[1] - v) for v, ci in zip(values, cis)]
+    minus = [None if v is None or ci is None else 100 * (v - ci[0]) for v, ci in zip(values, cis)]
+    return dict(type="data", symmetric=False, array=plus, arrayminus=minus, thickness=1.2, width=4)
+
+
+def mediation_groups_figure(cell: dict, title: str = "") -> go.Figure:
+    """The observation as a causal test, at one layer: for each neuron group put back to its benign
+    values in the adversarial pass, the share of successful adversarials restored and the mean
+    recovery share of the margin, with bootstrap 95% intervals (``nip_core.mediation``).
+
+    Args:
+        cell: one ``mediation.by_attack[attack][layer]`` block of an evaluation result.
+    """
+    groups = [g for g in _GROUP_COLOURS if g in cell.get("groups", {})]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("adversarials restored (%)", "mean recovery share (%)"))
+    for col, (key, ci) in enumerate((("restored", "restored_ci"), ("recovery", "recovery_ci")), start=1):
+        vals = [cell["groups"][g][key] for g in groups]
+        fig.add_trace(go.Bar(
+            x=[f"{g} ({cell['groups'][g]['size']:.0f})" for g in groups], y=[100 * v for v in vals],
+            marker_color=[_GROUP_COLOURS[g] for g in groups], showlegend=False,
+            error_y=_error_bars(vals, [cell["groups"][g][ci] for g in groups]),
+            hovertemplate="%{x}<br>%{y:.1f}%<extra></extra>"), row=1, col=col)
+    fig.update_layout(title=dict(text=title or f"Neurons put back to their benign values "
+                                 f"({cell.get('n_successful', 0)} successful adversarials; bars: 95% interval; "
+                                 "in brackets: neurons per group)", x=0.0, font=dict(size=13)),
+                      margin=dict(l=50, r=20, t=70, b=40), height=330)
+    return fig
+
+
+def mediation_defenses_figure(cell: dict, title: str = "") -> go.Figure:
+    """Does each defense work through the neurons? The share of its margin recovery carried by the
+    true class's front+tail neurons (their defended values patched into the adversarial pass),
+    beside a random group of the same size; a defense that passes inputs through is marked n/a."""
+    names = list(cell.get("defenses", {}))
+    carried = [cell["defenses"][d].get("carried") for d in names]
+    rand = [cell["defenses"][d].get("random") for d in names]
+    fig = go.Figure()
+    for label, vals, key, colour in (("front+tail neurons", carried, "carried_ci", _GROUP_COLOURS["front+tail"]),
+                                     ("random neurons, same number", rand, "random_ci", _GROUP_COLOURS["random"])):
+        fig.add_trace(go.Bar(
+            name=label, x=[d + ("" if v is not None else " (n/a)") for d, v in zip(names, vals)],
+            y=[None if v is None else 100 * v for v in vals], marker_color=colour,
+            error_y=_error_bars(vals, [cell["defenses"][d].get(key) for d in names]),
+            hovertemplate="%{x}<br>" + label + ": %{y:.1f}% of the defense's margin recovery<extra></extra>"))
+    fig.update_layout(barmode="group", title=dict(text=title or "Share of each defense's margin recovery carried "
+                                                  "by neurons (n/a: the defense passes inputs through)",
+                                                  x=0.0, font=dict(size=13)),
+                      yaxis_title="share of margin recovery (%)", legend=dict(orientation="h", y=-0.2),
+                      margin=dict(l=50, r=20, t=60, b=60), height=340)
+    return fig

@@ -73,11 +73,23 @@ def test_merge_does_not_depend_on_finishing_order(serial):
         order = list(done)
         random.Random(trial).shuffle(order)
         assert merge_shards(ctx, {s: done[s] for s in order}, adaptive=True) == merged
-    rows, benign, adaptive, observation = merged
+    rows, benign, adaptive, observation, mediation = merged
+    assert mediation == {}                      # off unless asked for
     assert deterministic(rows) == deterministic(serial["rows"]) and observation == serial["observation"]
     # a shard's seed comes from what it is, so the same shard evaluated again is identical
     assert evaluate_shard(ctx, shards[-1]) | {"seconds": 0} == done[shards[-1]] | {"seconds": 0}
     assert shard_seed(7, "attack", "a", 0) != shard_seed(7, "attack", "a", 4) != shard_seed(8, "attack", "a", 4)
+
+
+def test_mediation_is_the_same_serial_and_on_ray(ray_local):
+    grid = dict(attacks=[("fgsm", {"eps": "0.2"})], defenses=[("none", {}), ("random-sign", {})], n=12, seed=3,
+                split="tune", adaptive=False, observe=False, shard_size=4, mediation=["conv2", "fc1"])
+    serial = evaluate("lenet-mnist", **grid)
+    distributed = evaluate("lenet-mnist", **grid, ray_address="local", workers=2)
+    assert deterministic(distributed) == deterministic(serial)
+    med = serial["mediation"]["by_attack"]["fgsm[eps=0.2]"]
+    assert serial["mediation"]["layers"] == ["conv2", "fc1"] and set(med) == {"conv2", "fc1", "seconds_per_image"}
+    assert med["fc1"]["n_successful"] == serial["rows"][0]["n_successful_adv"] > 0
 
 
 def test_a_killed_worker_has_its_shard_rerun(ray_local, serial):
