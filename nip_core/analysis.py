@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from nip_core.influence import influence_profile, neuron_activations, neuron_influence
-from nip_core.mediation import random_groups
+from nip_core.surgery import random_mask
 from nip_core.models.base import LoadedModel
 
 
@@ -67,7 +67,7 @@ def suppression_sums(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y
         else:
             f, t = prof.masks(None, k)
             fm, tm = f.expand(len(yy), -1), t.expand(len(yy), -1)
-        rm = random_groups(~prof.dead, fm.sum(1), torch.Generator().manual_seed(int(seed)))
+        rm = random_mask(fm.sum(1), fm.shape[1], seed, live=~prof.dead)
         daf = _group_mean(act_a, fm) - _group_mean(act_b, fm)
         dar = _group_mean(act_a, rm) - _group_mean(act_b, rm)
         dat = _group_mean(act_a, tm) - _group_mean(act_b, tm)

@@ -34,15 +34,14 @@ bootstrap 95% intervals over images.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import numpy as np
 import torch
 
-from nip_core.errors import InputError
 from nip_core.influence import influence_profile, layer_output
 from nip_core.models.base import LoadedModel
+from nip_core.surgery import margins, patch, random_mask
 
 # The defenses whose mechanism is tested (issue 19): NIP and its ablation, each label-free and
 # oracle, the random control and the strongest simple image-space baseline.
@@ -50,13 +49,6 @@ MEDIATION_DEFENSES = ("nip", "nip-oracle", "counter-attack", "counter-attack-ora
 GROUPS = ("front", "tail", "front+tail", "random", "random-2k", "changed")
 DEFAULT_K = 0.2
 BOOTSTRAP = 1000
-
-
-def margins(logits: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``z_ref − max_{c≠ref} z_c`` per row of ``logits`` ``[N, C]`` (``ref``: ``[N]`` class indices)."""
-    own = logits.gather(1, ref.view(-1, 1))[:, 0]
-    other = logits.scatter(1, ref.view(-1, 1), float("-inf")).amax(1)
-    return own - other
 
 
 def layer_values(model: LoadedModel, x: torch.Tensor, layer: str, batch_size: int = 64) -> torch.Tensor:
@@ -67,65 +59,16 @@ def layer_values(model: LoadedModel, x: torch.Tensor, layer: str, batch_size: in
     return torch.cat(outs)
 
 
-def _replace_hook(mask: torch.Tensor, source: torch.Tensor):
-    """Forward hook returning the layer output with ``mask``ed neurons taken from ``source``, in the
-    calling thread only (another session's pass through the shared model is left alone)."""
-    owner = threading.get_ident()
-
-    def hook(_m, _inp, out):
-        if threading.get_ident() != owner:
-            return None
-        m = mask.to(out.device).view(mask.shape + (1,) * (out.dim() - 2))
-        return torch.where(m, source.to(device=out.device, dtype=out.dtype), out)
-    return hook
-
-
-@torch.no_grad()
-def patched_logits(model: LoadedModel, x: torch.Tensor, layer: str, mask: torch.Tensor, source: torch.Tensor,
-                   batch_size: int = 64) -> torch.Tensor:
-    """Logits of ``x`` with neuron ``j`` of sample ``i`` at ``layer`` replaced by ``source[i, j]``
-    wherever ``mask[i, j]`` (a conv neuron is its whole channel map, replaced map for map).
-
-    The intervention is a forward hook, removed in ``finally``; the model is never copied.
-
-    Args:
-        x: inputs ``[N, C, H, W]`` in [0, 1].
-        mask: ``[N, n_neurons]`` bool (or ``[n_neurons]``, the same neurons for every sample).
-        source: the layer's values to put in, shaped like its output ``[N, n_neurons, ...]``.
-    Returns:
-        ``[N, num_classes]`` logits on CPU.
-    """
-    module = model.layer(layer)
-    mask = mask.bool()
-    if mask.dim() == 1:
-        mask = mask.expand(len(x), -1)
-    if len(mask) != len(x) or len(source) != len(x):
-        raise InputError(f"patch: {len(x)} inputs but a mask of {len(mask)} and values of {len(source)}.")
-    outs = []
-    with model.lock:
-        for i in range(0, len(x), batch_size):
-            sl = slice(i, i + batch_size)
-            handle = module.register_forward_hook(_replace_hook(mask[sl], source[sl]))
-            try:
-                outs.append(model.net(x[sl].to(model.device)).float().cpu())
-            finally:
-                handle.remove()
-    return torch.cat(outs) if outs else torch.empty(0, model.num_classes)
+def patched_logits(model: LoadedModel, x: torch.Tensor, layer: str, mask: torch.Tensor, source: torch.Tensor
+                   ) -> torch.Tensor:
+    """Logits of ``x`` with neuron ``j`` of sample ``i`` at ``layer`` set to ``source[i, j]`` wherever
+    ``mask[i, j]`` (:func:`nip_core.surgery.patch`, a forward hook; the model is never copied)."""
+    return patch(model, x, layer, mask, "benign", source=source).logits
 
 
 def per_neuron(values: torch.Tensor) -> torch.Tensor:
     """Per-neuron value ``[N, n_neurons]`` (a conv channel's mean over positions)."""
     return values.flatten(2).mean(2) if values.dim() > 2 else values
-
-
-def random_groups(live: torch.Tensor, sizes: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One random group per sample, ``sizes[i]`` neurons drawn from the ``live`` ones (neurons that
-    fire on benign references, where the influence groups are drawn from too): ``[N, n_neurons]``."""
-    pool = torch.nonzero(live).flatten()
-    out = torch.zeros(len(sizes), len(live), dtype=torch.bool)
-    for i, s in enumerate(sizes.tolist()):
-        out[i, pool[torch.randperm(len(pool), generator=gen)[:int(s)]]] = True
-    return out
 
 
 def group_masks(model: LoadedModel, layer: str, classes: torch.Tensor, act_benign: torch.Tensor,
@@ -149,9 +92,10 @@ def group_masks(model: LoadedModel, layer: str, classes: torch.Tensor, act_benig
     changed = torch.zeros_like(both)
     for i, s in enumerate(both.sum(1).tolist()):
         changed[i, order[i, :s]] = True
-    live = ~prof.dead
-    return {"front": front, "tail": tail, "front+tail": both, "random": random_groups(live, front.sum(1), gen),
-            "random-2k": random_groups(live, both.sum(1), gen), "changed": changed}
+    live, n = ~prof.dead, prof.n_neurons
+    return {"front": front, "tail": tail, "front+tail": both,
+            "random": random_mask(front.sum(1), n, live=live, generator=gen),
+            "random-2k": random_mask(both.sum(1), n, live=live, generator=gen), "changed": changed}
 
 
 def mediation_parts(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, layer: str,

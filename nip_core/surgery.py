@@ -525,23 +525,29 @@ def select_neurons(model: LoadedModel, selection: str | Selection | Sequence[int
     return mask
 
 
-def random_mask(counts: Sequence[int] | torch.Tensor, n_neurons: int, seed: int = 0) -> torch.Tensor:
-    """Seeded random groups, the control: ``counts[i]`` neurons for input ``i`` (dead ones included).
+def random_mask(counts: Sequence[int] | torch.Tensor, n_neurons: int, seed: int = 0, *,
+                live: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Seeded random groups, the control: ``counts[i]`` neurons for input ``i``.
 
     Args:
         counts: group size per input, e.g. ``front_mask.sum(1)`` for groups as large as the front's.
         n_neurons: the layer's width.
         seed: one generator with this seed draws the inputs' groups in order.
+        live: a bool mask ``[n_neurons]``: draw only from these neurons (the influence groups are
+            drawn from the live ones, so the mediation's control is too); None: from every neuron.
+        generator: draw from this generator instead of a new one seeded with ``seed`` (several
+            groups from one stream).
     Returns:
         A bool mask ``[len(counts), n_neurons]``.
     """
     counts = [int(c) for c in (counts.tolist() if isinstance(counts, torch.Tensor) else counts)]
-    if any(not 0 <= c <= n_neurons for c in counts):
-        raise InputError(f"random groups must have 0 to {n_neurons} neurons; got sizes {sorted(set(counts))}.")
-    g = torch.Generator().manual_seed(int(seed))
+    pool = torch.arange(n_neurons) if live is None else torch.nonzero(live).flatten()
+    if any(not 0 <= c <= len(pool) for c in counts):
+        raise InputError(f"random groups must have 0 to {len(pool)} neurons; got sizes {sorted(set(counts))}.")
+    g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
     mask = torch.zeros(len(counts), n_neurons, dtype=torch.bool)
     for r, c in enumerate(counts):
-        mask[r, torch.randperm(n_neurons, generator=g)[:c]] = True
+        mask[r, pool[torch.randperm(len(pool), generator=g)[:c]]] = True
     return mask
 
 
