@@ -151,7 +151,7 @@ def test_slow_attack_is_announced_before_it_runs() -> None:
 def test_garbage_upload_is_an_input_error() -> None:
     # AppTest cannot drive st.file_uploader; the page hands upload bytes to this function and shows
     # its InputError with st.error (the browser test uploads a real image).
-    from app.common import load_upload
+    from app.loaders import load_upload
     from nip_core.errors import InputError
 
     with pytest.raises(InputError, match="text file|not a supported image"):
@@ -161,7 +161,7 @@ def test_garbage_upload_is_an_input_error() -> None:
 
 
 def test_oracle_without_label_is_an_input_error() -> None:
-    from app.common import explanation
+    from app.compute import explanation
     from nip_core.errors import InputError
 
     with pytest.raises(InputError, match="true label"):
@@ -222,20 +222,20 @@ def test_bring_your_own_model_is_per_session_and_refuses_pickles():
     import pickle
 
     from safetensors.torch import save
-    from app import common as C
+    from app.loaders import load_custom, visible_models
     from nip_core.errors import InputError
     from nip_core.models.lenet import LeNet5
 
     net = LeNet5(num_classes=3)
     weights = save({k: v.contiguous() for k, v in net.state_dict().items()})
-    name = C.load_custom("lenet", weights, b"cat\ndog\nbird\n", None)
+    name = load_custom("lenet", weights, b"cat\ndog\nbird\n", None)
     assert name.startswith("custom-lenet-")
-    assert name in C.visible_models([name]) and name not in C.visible_models([])
-    assert {"lenet-mnist", "efficientnet-lite0"} <= set(C.visible_models([]))
+    assert name in visible_models([name]) and name not in visible_models([])
+    assert {"lenet-mnist", "efficientnet-lite0"} <= set(visible_models([]))
     buf = io.BytesIO()
     pickle.dump(net.state_dict(), buf)
     with pytest.raises(InputError, match="safetensors"):
-        C.load_custom("lenet", buf.getvalue(), b"a\nb\nc\n", None)
+        load_custom("lenet", buf.getvalue(), b"a\nb\nc\n", None)
 
 
 # ----------------------------------------------------------------------------- the classroom (issue 15)
@@ -427,7 +427,7 @@ def test_run_queue_is_first_come_first_served_and_tells_the_place():
     import threading
     import time
 
-    from app.common import RunQueue, queue_message
+    from app.runqueue import RunQueue, queue_message
 
     q = RunQueue(slots=1)
     order, told = [], {}
@@ -474,7 +474,7 @@ def test_background_turns_wait_for_visitors_runs():
     import threading
     import time
 
-    from app.common import RunQueue
+    from app.runqueue import RunQueue
 
     q = RunQueue(slots=1)
     order = []
@@ -510,7 +510,7 @@ def test_a_page_turn_lends_its_slot_to_its_worker():
     """The page holds the slot for compute and drawing; its worker's queued computation does not wait."""
     import threading
 
-    from app.common import RUNS
+    from app.runqueue import RUNS
 
     done = threading.Event()
     with RUNS.turn():
