@@ -75,6 +75,17 @@ print(json.dumps({"waited": waited, "thread": warmup.start_at_launch() is None})
     assert r["thread"] is True        # NIP_NO_WARMUP=1 switches the launch preload off too
 
 
+def test_importing_warmup_loads_neither_streamlit_nor_torch() -> None:
+    """app.serve imports app.warmup before Streamlit's server starts and before the preload imports the
+    engine: that import takes only the run queue (no Streamlit), not the pages' cached functions."""
+    code = r"""
+import json, sys
+import app.warmup
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("app", "streamlit", "torch", "nip_core"))))
+"""
+    assert _probe(code) == ["app", "app.runqueue", "app.warmup"]
+
+
 def test_make_run_starts_the_launcher() -> None:
     makefile = (ROOT / "Makefile").read_text()
     run = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
