@@ -24,15 +24,16 @@ from app import warmup  # noqa: E402
 
 warmup.want(st.query_params.get("model"))   # the launch preload loads this link's model next
 warmup.wait_for_engine()   # python -m app.serve imports the engine at launch: not twice, not in two threads
-from app import common  # noqa: E402
+from app.progress import quiet_running_indicator  # noqa: E402
+from app.runqueue import ACTIVITY, configure_torch  # noqa: E402
 
-common.configure_torch()
+configure_torch()
 
 st.set_page_config(page_title="NIP Explorer", page_icon=":material/shield:", layout="wide")
 # Once per server process, in the background: load the models, galleries and profiles every session
 # shares and run each model's default view, the model of this first link first. Never waited for.
 warmup.start(first=st.query_params.get("model"))
-common.quiet_running_indicator()
+quiet_running_indicator()
 page = st.navigation([
     st.Page(PAGES / "explore.py", title="Explore", icon=":material/search:", default=True),  # the default page is served at /
     st.Page(PAGES / "tour.py", title="Tour", icon=":material/school:", url_path="tour"),
@@ -40,5 +41,5 @@ page = st.navigation([
     st.Page(PAGES / "profiles.py", title="Profiles", icon=":material/hub:", url_path="profiles"),
     st.Page(PAGES / "method.py", title="Method", icon=":material/menu_book:", url_path="method"),
 ])
-with common.ACTIVITY.page_run():   # the warm-up waits while visitors' pages run
+with ACTIVITY.page_run():   # the warm-up waits while visitors' pages run
     page.run()

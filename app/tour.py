@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from app import common as C
+from app.compute import demo_image
+from app.loaders import calibration_hint, get_model, has_calibration
+from app.widgets import params_text
 
 EXPLORE_PAGE = "views/explore.py"          # st.switch_page target (relative to app/streamlit_app.py)
 PHOTO_DATASETS = ("cifar10", "imagenet")   # natural photos, for the last step
@@ -105,9 +107,9 @@ def why_not(step: Step, model_name: str) -> str | None:
     target = step_model(step, model_name)
     if target is None:
         return "no photo model is installed."
-    model = C.get_model(target)
-    if step.needs == "calibration" and not C.has_calibration(target):
-        return C.calibration_hint(target)
+    model = get_model(target)
+    if step.needs == "calibration" and not has_calibration(target):
+        return calibration_hint(target)
     if not ATTACKS[step.attack].applies_to(model):
         return f"`{step.attack}` does not apply to {target}."
     return None
@@ -122,10 +124,10 @@ def step_image(step: Step, model_name: str) -> str:
     """
     if step.beats:
         shipped = shipped_examples().get(model_name, {})
-        if shipped.get("weights_sha256") == C.get_model(model_name).weights_sha256 and "aware" in shipped:
+        if shipped.get("weights_sha256") == get_model(model_name).weights_sha256 and "aware" in shipped:
             return shipped["aware"]
-    restore = ("nip-oracle", "nip") if C.has_calibration(model_name) else ("nip-oracle",)
-    return C.demo_image(model_name, "fgsm", restore)
+    restore = ("nip-oracle", "nip") if has_calibration(model_name) else ("nip-oracle",)
+    return demo_image(model_name, "fgsm", restore)
 
 
 def shipped_examples() -> dict[str, dict[str, str]]:
@@ -146,7 +148,7 @@ def step_query(step: Step, model_name: str) -> dict[str, str]:
     target = step_model(step, model_name)
     q = {"model": target, "image": step_image(step, target), "attack": step.attack}
     if step.attack_params:
-        q["ap"] = C.params_text(step.attack_params)
+        q["ap"] = params_text(step.attack_params)
     q |= {"defense": step.defense, "seed": "0", "tour": step.key}
     if target != model_name:
         q["tm"] = model_name

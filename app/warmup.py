@@ -31,6 +31,8 @@ import logging
 import os
 import threading
 
+from app.runqueue import ACTIVITY, RUNS   # no Streamlit: app.serve imports this module before the server starts
+
 log = logging.getLogger("nip_explorer.warmup")
 _LOCK = threading.Lock()
 _THREAD: threading.Thread | None = None
@@ -102,14 +104,9 @@ def _launch() -> None:
 
 
 def _visitors_quiet() -> None:
-    """Once a visitor's page has loaded ``app.common``: wait until no page runs (the launch preload
-    must not take CPU from a first view). Before that nothing is running, so nothing to wait for."""
-    import sys
-
-    common = sys.modules.get("app.common")
-    activity = getattr(common, "ACTIVITY", None)
-    if activity is not None:
-        activity.wait_quiet(FIRST_QUIET_S)
+    """Wait until no visitor's page runs (the launch preload must not take CPU from a first view);
+    before the first visitor nothing runs, and it returns at once."""
+    ACTIVITY.wait_quiet(FIRST_QUIET_S)
 
 
 def prime_model(model) -> None:
@@ -125,7 +122,7 @@ def prime_model(model) -> None:
     from nip_core.errors import InputError
     from nip_core.runtime import set_torch_threads
 
-    set_torch_threads()   # what the app's runs use (app.common.configure_torch)
+    set_torch_threads()   # what the app's runs use (app.runqueue.configure_torch)
     s = model.spec
     x = torch.zeros(1, s.input_channels, s.input_size, s.input_size, device=model.device, requires_grad=True)
     torch.autograd.grad(model.net(x)[0, 0], x)
@@ -191,25 +188,27 @@ def warm_model(name: str, quiet_s: float = 0.0) -> None:
         quiet_s: each step waits until no visitor's run has ended for this long (a model no visitor
             has asked for yet waits for a pause, so a class is not slowed down by it).
     """
-    from app import common as C
-    from app import tour as T
+    # The pages' own cached functions (they import Streamlit: here, not when app.serve imports this module).
+    from app.compute import build_request, explanation
+    from app.loaders import gallery_entries, get_model, get_profile, has_calibration
+    from app.tour import STEPS, step_image, why_not
 
     def step(fn, *args):
-        C.ACTIVITY.wait_quiet(quiet_s)   # not while a visitor's page runs: the first view comes first
-        with C.RUNS.turn(background=True, quiet_s=quiet_s):
+        ACTIVITY.wait_quiet(quiet_s)   # not while a visitor's page runs: the first view comes first
+        with RUNS.turn(background=True, quiet_s=quiet_s):
             return fn(*args)
 
-    model = step(C.get_model, name)
-    entries = step(C.gallery_entries, name)
+    model = step(get_model, name)
+    entries = step(gallery_entries, name)
     layer = model.spec.default_layer
-    step(C.get_profile, name, layer, "conductance")
-    step(C.has_calibration, name)
+    step(get_profile, name, layer, "conductance")
+    step(has_calibration, name)
     e = entries[0]
     # Explore's default view of this model, built as the page builds it: the same cache entry.
-    request = step(C.build_request, name, e["key"], None, e["label"], "fgsm", {}, "nip", {}, layer,
+    request = step(build_request, name, e["key"], None, e["label"], "fgsm", {}, "nip", {}, layer,
                    "conductance", 0.2, 0)
-    step(C.explanation, *request)
-    for s in T.STEPS:   # the guided tour's example images
-        if not s.photo and T.why_not(s, name) is None:
-            step(T.step_image, s, name)
+    step(explanation, *request)
+    for s in STEPS:   # the guided tour's example images
+        if not s.photo and why_not(s, name) is None:
+            step(step_image, s, name)
     log.info("warmed %s", name)

@@ -1,6 +1,7 @@
 """Streamlit pages under AppTest: every page runs with defaults, draws its charts, never raises."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,7 @@ def test_slow_attack_is_announced_before_it_runs() -> None:
 def test_garbage_upload_is_an_input_error() -> None:
     # AppTest cannot drive st.file_uploader; the page hands upload bytes to this function and shows
     # its InputError with st.error (the browser test uploads a real image).
-    from app.common import load_upload
+    from app.loaders import load_upload
     from nip_core.errors import InputError
 
     with pytest.raises(InputError, match="text file|not a supported image"):
@@ -161,7 +162,7 @@ def test_garbage_upload_is_an_input_error() -> None:
 
 
 def test_oracle_without_label_is_an_input_error() -> None:
-    from app.common import explanation
+    from app.compute import explanation
     from nip_core.errors import InputError
 
     with pytest.raises(InputError, match="true label"):
@@ -222,20 +223,20 @@ def test_bring_your_own_model_is_per_session_and_refuses_pickles():
     import pickle
 
     from safetensors.torch import save
-    from app import common as C
+    from app.loaders import load_custom, visible_models
     from nip_core.errors import InputError
     from nip_core.models.lenet import LeNet5
 
     net = LeNet5(num_classes=3)
     weights = save({k: v.contiguous() for k, v in net.state_dict().items()})
-    name = C.load_custom("lenet", weights, b"cat\ndog\nbird\n", None)
+    name = load_custom("lenet", weights, b"cat\ndog\nbird\n", None)
     assert name.startswith("custom-lenet-")
-    assert name in C.visible_models([name]) and name not in C.visible_models([])
-    assert {"lenet-mnist", "efficientnet-lite0"} <= set(C.visible_models([]))
+    assert name in visible_models([name]) and name not in visible_models([])
+    assert {"lenet-mnist", "efficientnet-lite0"} <= set(visible_models([]))
     buf = io.BytesIO()
     pickle.dump(net.state_dict(), buf)
     with pytest.raises(InputError, match="safetensors"):
-        C.load_custom("lenet", buf.getvalue(), b"a\nb\nc\n", None)
+        load_custom("lenet", buf.getvalue(), b"a\nb\nc\n", None)
 
 
 # ----------------------------------------------------------------------------- the classroom (issue 15)
@@ -424,33 +425,56 @@ def test_benchmark_reads_uploaded_data_and_refuses_hostile_archives() -> None:
 
 
 def test_run_queue_is_first_come_first_served_and_tells_the_place():
-    import threading
-    import time
-
-    from app.common import RunQueue, queue_message
+    """Ordered by events, not sleeps: each run arrives once the one before is queued, and each holds
+    its slot until the runs behind it have been told their new place."""
+    from app.runqueue import RunQueue, queue_message
 
     q = RunQueue(slots=1)
     order, told = [], {}
-    hold = threading.Event()
+    seen = threading.Condition()   # notified whenever a run is told its place
+    hold, a_running = threading.Event(), threading.Event()
+
+    def report(name: str):
+        def tell(ahead: int) -> None:
+            with seen:
+                told.setdefault(name, []).append(ahead)
+                seen.notify_all()
+        return tell
+
+    def until_told(places: dict[str, int]) -> bool:
+        with seen:
+            return seen.wait_for(lambda: all(told.get(n, [None])[-1] == v for n, v in places.items()), 10)
+
+    # While a run holds the slot, the runs behind it move up one place each.
+    moved_up = {"b": {"c": 1, "d": 2}, "c": {"d": 1}, "d": {}}
+    held_until_told = {}
 
     def job(name: str) -> None:
-        with q.turn(lambda ahead: told.setdefault(name, []).append(ahead)):
+        with q.turn(report(name)):
             order.append(name)
-            hold.wait(10) if name == "a" else time.sleep(0.3)
+            if name == "a":
+                a_running.set()
+                hold.wait(10)
+            else:
+                held_until_told[name] = until_told(moved_up[name])
             with q.turn():        # re-entrant: a run needing another queued computation does not wait on itself
                 pass
 
-    threads = [threading.Thread(target=job, args=(n,)) for n in "abcd"]
-    for t in threads:
-        t.start()
-        time.sleep(0.2)           # a, b, c, d arrive in this order
-    assert q.waiting() == 3 and told["d"][0] == 3
+    threads = {n: threading.Thread(target=job, args=(n,), name=n) for n in "abcd"}
+    threads["a"].start()
+    assert a_running.wait(10)
+    for n in "bcd":               # b, c, d arrive in this order: each once the one before is queued
+        threads[n].start()
+        with seen:
+            assert seen.wait_for(lambda n=n: n in told, 10)
+    assert q.waiting() == 3 and told == {"b": [1], "c": [2], "d": [3]}
     hold.set()
-    for t in threads:
+    for t in threads.values():
         t.join(10)
-    assert order == ["a", "b", "c", "d"] and "a" not in told
-    assert told["c"][:2] == [2, 1] and told["d"] == [3, 2, 1]
-    assert queue_message(3) == "waiting: your run starts after 3 others"
+    assert not any(t.is_alive() for t in threads.values())
+    assert order == ["a", "b", "c", "d"] and held_until_told == {"b": True, "c": True, "d": True}
+    assert told == {"b": [1], "c": [2, 1], "d": [3, 2, 1]}   # "a" took the free slot: never told to wait
+    assert q.waiting() == 0 and queue_message(3) == "waiting: your run starts after 3 others"
 
 
 def test_benchmark_runs_the_grid_on_uploaded_data() -> None:
@@ -469,48 +493,80 @@ def test_benchmark_runs_the_grid_on_uploaded_data() -> None:
     assert 1 <= n <= 20                    # the gallery digits the model classifies correctly
 
 
-def test_background_turns_wait_for_visitors_runs():
-    """The warm-up's steps start only when no visitor's run is running or waiting."""
-    import threading
-    import time
+class _WaitSpy(threading.Condition):
+    """A run queue's condition that counts, per thread name, how often a thread waited on it."""
 
-    from app.common import RunQueue
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: dict[str, int] = {}
+        self._seen = threading.Condition()
+
+    def wait(self, timeout=None):
+        with self._seen:
+            name = threading.current_thread().name
+            self.waits[name] = self.waits.get(name, 0) + 1
+            self._seen.notify_all()
+        return super().wait(timeout)
+
+    def until(self, name: str, more_than: int = 0) -> bool:
+        """Block until thread ``name`` has waited more than ``more_than`` times."""
+        with self._seen:
+            return self._seen.wait_for(lambda: self.waits.get(name, 0) > more_than, 10)
+
+
+def test_background_turns_wait_for_visitors_runs():
+    """The warm-up's steps start only when no visitor's run is running or waiting: a warm-up step
+    already waiting when a visitor's run ends does not jump ahead of the visitor queued behind it,
+    and stays waiting while that visitor runs."""
+    from app.runqueue import RunQueue
 
     q = RunQueue(slots=1)
-    order = []
-    release = threading.Event()
+    q._cond = spy = _WaitSpy()    # before any thread uses the queue
+    order, running, seen_by_warm = [], set(), {}
+    release, a_running, b_queued = threading.Event(), threading.Event(), threading.Event()
 
-    def visitor(name: str, hold: bool) -> None:
+    def visitor_a() -> None:
         with q.turn():
-            order.append(name)
-            release.wait(10) if hold else time.sleep(0.2)
+            order.append("a")
+            running.add("a")
+            a_running.set()
+            release.wait(10)
+            running.discard("a")
+
+    def visitor_b() -> None:
+        with q.turn(lambda ahead: b_queued.set()):
+            order.append("b")
+            running.add("b")
+            # hold the slot until the warm-up has checked again (and kept waiting) while b runs
+            seen_by_warm["b_held"] = spy.until("warm", more_than=spy.waits.get("warm", 0))
+            running.discard("b")
 
     def warm() -> None:
         with q.turn(background=True):
             order.append("warm")
+            seen_by_warm["running"] = set(running)
             with q.turn():        # a cached computation inside a warm-up step: re-entrant
                 pass
 
-    a = threading.Thread(target=visitor, args=("a", True))
-    a.start()
-    time.sleep(0.1)
-    w = threading.Thread(target=warm)
-    w.start()
-    time.sleep(0.1)
-    b = threading.Thread(target=visitor, args=("b", False))
-    b.start()
-    time.sleep(0.1)
+    threads = [threading.Thread(target=f, name=n) for f, n in ((visitor_a, "a"), (warm, "warm"), (visitor_b, "b"))]
+    threads[0].start()
+    assert a_running.wait(10)
+    threads[1].start()
+    assert spy.until("warm")      # the warm-up waits behind a's run
+    threads[2].start()
+    assert b_queued.wait(10)      # b queued behind a, after the warm-up
+    assert order == ["a"]
     release.set()
-    for t in (a, w, b):
+    for t in threads:
         t.join(10)
+    assert not any(t.is_alive() for t in threads)
     assert order == ["a", "b", "warm"]
+    assert seen_by_warm == {"b_held": True, "running": set()}
 
 
 def test_a_page_turn_lends_its_slot_to_its_worker():
     """The page holds the slot for compute and drawing; its worker's queued computation does not wait."""
-    import threading
-
-    from app.common import RUNS
+    from app.runqueue import RUNS
 
     done = threading.Event()
     with RUNS.turn():

@@ -65,14 +65,38 @@ def test_launch_preload_imports_the_engine_and_loads_every_built_in_model_once()
 
 def test_without_a_launcher_pages_do_not_wait_and_warmup_off_means_no_thread() -> None:
     code = r"""
-import json, time
+import json, threading
 from app import warmup
-t = time.perf_counter(); warmup.wait_for_engine(timeout=30); waited = time.perf_counter() - t
-print(json.dumps({"waited": waited, "thread": warmup.start_at_launch() is None}))
+
+class Recorded(threading.Event):   # records every wait for the engine
+    waits = []
+    def wait(self, timeout=None):
+        self.waits.append(timeout)
+        return super().wait(0)
+
+warmup.ENGINE_READY = Recorded()
+warmup.wait_for_engine(timeout=30)
+no_launcher = list(Recorded.waits)
+no_thread = warmup.start_at_launch() is None
+warmup._LAUNCH = threading.Thread(target=lambda: None)   # as if app.serve had started the preload
+warmup.wait_for_engine(timeout=30)
+print(json.dumps({"no_launcher": no_launcher, "launcher": Recorded.waits[len(no_launcher):], "thread": no_thread}))
 """
     r = _probe(code, {"NIP_NO_WARMUP": "1"})
-    assert r["waited"] < 1.0          # streamlit run app/streamlit_app.py: nothing to wait for
+    assert r["no_launcher"] == []     # streamlit run app/streamlit_app.py: the page never waits for the engine
+    assert r["launcher"] == [30]      # python -m app.serve: it waits for the preload's imports
     assert r["thread"] is True        # NIP_NO_WARMUP=1 switches the launch preload off too
+
+
+def test_importing_warmup_loads_neither_streamlit_nor_torch() -> None:
+    """app.serve imports app.warmup before Streamlit's server starts and before the preload imports the
+    engine: that import takes only the run queue (no Streamlit), not the pages' cached functions."""
+    code = r"""
+import json, sys
+import app.warmup
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("app", "streamlit", "torch", "nip_core"))))
+"""
+    assert _probe(code) == ["app", "app.runqueue", "app.warmup"]
 
 
 def test_make_run_starts_the_launcher() -> None:

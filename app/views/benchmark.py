@@ -6,7 +6,11 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import common as C
+from app.compute import evaluate_takes_data, evaluation
+from app.loaders import DATA_MAX_IMAGES, DATA_UPLOAD_MAX_MB, user_data
+from app.notes import aware_note
+from app.progress import run_with_progress
+from app.widgets import guarded, init_state, model_picker, show_error
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
 from nip_core.defenses import DEFENSES
@@ -29,11 +33,11 @@ def main() -> None:
                 "deployable defense directly (PGD through model ∘ defense with a straight-through gradient). "
                 "The **defense-aware** row is an attack that also targets the defense's own decision: for the "
                 "label-free `nip` it fools the benign-neighbour vote too, which is `nip`'s weak point "
-                f"({C.aware_note()}). "
+                f"({aware_note()}). "
                 "`nip-oracle` uses true labels, so it is not deployable and has no adaptive number.")
     source = st.radio("Show", list(SOURCES), format_func=SOURCES.get, horizontal=True,
-                      key=C.init_state(P + "source", "shipped"), label_visibility="collapsed")
-    with C.guarded("the benchmark page"):
+                      key=init_state(P + "source", "shipped"), label_visibility="collapsed")
+    with guarded("the benchmark page"):
         {"shipped": shipped_view, "open": open_view, "run": run_view}[source]()
 
 
@@ -52,7 +56,7 @@ def shipped_view() -> None:
         r = shipped_result(suites[suite])
         return f"{suite} — {r.get('model', '?')}, {r.get('split', '?')} split, {r.get('n_images', '?')} images"
 
-    suite = st.selectbox("Shipped suite", list(suites), key=C.init_state(P + "suite", next(iter(suites))),
+    suite = st.selectbox("Shipped suite", list(suites), key=init_state(P + "suite", next(iter(suites))),
                          format_func=label)
     st.caption(f"`docs/results/{suites[suite]}`: the suite's report run, as the README quotes it. Reproduce it "
                f"with `python -m nip_core evaluate --suite {suite}`; nothing is recomputed here.")
@@ -79,28 +83,28 @@ def open_view() -> None:
 
 
 def run_view() -> None:
-    picked = C.model_picker(P + "model", DEFAULTS["model"])
+    picked = model_picker(P + "model", DEFAULTS["model"])
     if picked is None:
         return
     model, loaded = picked
     upload, data = data_panel(model)
     usable = sorted(a for a in ATTACKS if ATTACKS[a].applies_to(loaded))
-    ak = C.init_state(P + "attacks", DEFAULTS["attacks"])
+    ak = init_state(P + "attacks", DEFAULTS["attacks"])
     st.session_state[ak] = [a for a in st.session_state[ak] if a in usable]
     with st.form(P + "form"):
         c = st.columns([3, 3, 1, 1, 1])
         attacks = c[0].multiselect("Attacks", usable, key=ak)
         defenses = c[1].multiselect("Defenses", list(DEFENSES),
-                                    key=C.init_state(P + "defenses", DEFAULTS["defenses"]),
+                                    key=init_state(P + "defenses", DEFAULTS["defenses"]),
                                     format_func=lambda d: d + ("" if DEFENSES[d].deployable else " (not deployable)"))
-        n = int(c[2].number_input("N images", 1, 500, step=5, key=C.init_state(P + "n", DEFAULTS["n"])))
-        seed = int(c[3].number_input("Seed", 0, 2**31 - 1, step=1, key=C.init_state(P + "seed", DEFAULTS["seed"])))
-        split = c[4].selectbox("Split", SPLITS, key=C.init_state(P + "split", "all"),
+        n = int(c[2].number_input("N images", 1, 500, step=5, key=init_state(P + "n", DEFAULTS["n"])))
+        seed = int(c[3].number_input("Seed", 0, 2**31 - 1, step=1, key=init_state(P + "seed", DEFAULTS["seed"])))
+        split = c[4].selectbox("Split", SPLITS, key=init_state(P + "split", "all"),
                                help="Which part of the images: on your own data a seeded 30/40/30 split into "
                                     "tune/report/calib; on the built-in data its fixed splits (report: the clean "
                                     "table; calib: what nip's thresholds are placed on).")
         adaptive = st.checkbox("Adaptive attack row (slow: PGD through NIP costs about 2 minutes for LeNet at N = 20)",
-                               key=C.init_state(P + "adaptive", False))
+                               key=init_state(P + "adaptive", False))
         st.caption("Each unit runs with its dataset defaults (see the Explore page for their parameters). "
                    "Without the adaptive row the defaults finish in under a minute on a CPU; EfficientNet uses the "
                    "few shipped photos. "
@@ -115,16 +119,16 @@ def run_view() -> None:
             args = (model, tuple((a, ()) for a in attacks), tuple((d, ()) for d in defenses), n, seed, adaptive,
                     split, upload)
             try:
-                C.run_with_progress("Running benchmark", C.evaluation, *args)
+                run_with_progress("Running benchmark", evaluation, *args)
                 st.session_state[P + "args"] = args
             except Exception as exc:
-                C.show_error(exc, "benchmark")
+                show_error(exc, "benchmark")
 
     args = st.session_state.get(P + "args")
     if args is None:
         st.info("Choose the grid and press **Run benchmark**.")
         return
-    show(C.evaluation(*args), "run")
+    show(evaluation(*args), "run")
 
 
 def data_panel(model: str) -> tuple[tuple[str, bytes] | None, object | None]:
@@ -135,7 +139,7 @@ def data_panel(model: str) -> tuple[tuple[str, bytes] | None, object | None]:
     with st.expander("Bring your own data", expanded=bool(st.session_state.get(P + "data_file"))):
         st.caption(f"A **.zip** holding one folder of images per class (folder names: the model's class names "
                    f"or class indices), or a **.npz** with arrays `x` (N×H×W or N×H×W×C, uint8 or [0,1] floats) "
-                   f"and `y` (class indices); at most {C.DATA_UPLOAD_MAX_MB} MB and {C.DATA_MAX_IMAGES} images. "
+                   f"and `y` (class indices); at most {DATA_UPLOAD_MAX_MB} MB and {DATA_MAX_IMAGES} images. "
                    "Archives are checked before anything is extracted (no paths outside the archive, no links, "
                    "no zip bombs); files that cannot be used are skipped and listed.")
         up = st.file_uploader("Labelled data (.zip or .npz)", type=["zip", "npz"], key=P + "data_file")
@@ -143,12 +147,12 @@ def data_panel(model: str) -> tuple[tuple[str, bytes] | None, object | None]:
             return None, None
         try:
             with st.spinner(f"Reading {up.name}"):
-                data = C.user_data(model, up.name, up.getvalue())
+                data = user_data(model, up.name, up.getvalue())
         except Exception as exc:
             if isinstance(exc, InputError):
                 st.error(f"Cannot use {up.name}: {exc}")
             else:
-                C.show_error(exc, "reading uploaded data")
+                show_error(exc, "reading uploaded data")
             return None, None
         st.success(data.summary_line()[0].upper() + data.summary_line()[1:] + ".")
         counts = data.class_counts()
@@ -157,7 +161,7 @@ def data_panel(model: str) -> tuple[tuple[str, bytes] | None, object | None]:
             st.markdown(f"**Skipped files** ({len(data.skipped)})")
             st.dataframe(pd.DataFrame(data.skipped, columns=["file", "kind", "reason"]), hide_index=True,
                          width="stretch", key=P + "skipped")
-        if not C.evaluate_takes_data():
+        if not evaluate_takes_data():
             st.warning("This version of the engine cannot evaluate on uploaded data yet; the grid runs on the "
                        "built-in images.")
             return None, None
@@ -185,7 +189,7 @@ def show(result: dict, where: str) -> None:
     for w in result.get("warnings") or []:
         st.warning(f"Note on this table: {w}")
     metric = st.radio("Heatmap", list(METRICS), format_func=METRICS.get, horizontal=True,
-                      key=C.init_state(k + "metric", "defended_adv_accuracy"))
+                      key=init_state(k + "metric", "defended_adv_accuracy"))
     st.plotly_chart(F.evaluation_heatmap(result, metric), key=k + "fig.grid", width="stretch")
     st.markdown("**Summary per defense**")
     summ = result["summary"]

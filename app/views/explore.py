@@ -6,8 +6,14 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import common as C
 from app import tour as T
+from app.compute import build_request, defense_comparison, explanation, is_conv_layer, neuron_maps
+from app.loaders import (BYOM_KEY, calibration_hint, gallery_entries, get_model, get_profile, has_calibration,
+                         load_upload, visible_models)
+from app.notes import aware_note, label_free_note
+from app.progress import page_turn, run_with_progress
+from app.widgets import (byom_panel, guarded, init_state, model_picker, param_input, params_text, parse_params_text,
+                         show_error)
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
 from nip_core.bench import expected_attack_seconds
@@ -71,15 +77,15 @@ def load_query_params() -> None:
     tour_from_query(qp)
     problems: list[str] = []
     model = qp.get("model", DEFAULT_MODEL)
-    if model not in C.visible_models(st.session_state.get(C.BYOM_KEY, [])):
+    if model not in visible_models(st.session_state.get(BYOM_KEY, [])):
         problems.append(f"unknown model {model!r}")
         model = DEFAULT_MODEL
     st.session_state[P + "model"] = model
     try:
-        m = C.get_model(model)
-        keys = [e["key"] for e in C.gallery_entries(model)]
+        m = get_model(model)
+        keys = [e["key"] for e in gallery_entries(model)]
     except Exception as exc:  # model unavailable: let the page report it
-        C.show_error(exc, "loading model")
+        show_error(exc, "loading model")
         return
     image = qp.get("image")
     if image is not None:
@@ -130,7 +136,7 @@ def unit_from_query(qp, m, model: str, kind: str, registry, default: str, params
         name = default
     st.session_state[key(model, kind)] = name
     try:
-        values = registry[name].params_for(m, C.parse_params_text(qp.get(params_arg, "")))
+        values = registry[name].params_for(m, parse_params_text(qp.get(params_arg, "")))
         for pname, v in values.items():
             if pname not in skip:
                 st.session_state[key(model, *state_prefix(name), pname)] = v
@@ -152,7 +158,7 @@ def save_query_params(request: tuple) -> None:
     model, image_key, image_bytes, _, attack, ap, defense, dp, layer, method, k, seed = request
     params = {
         "model": model, "image": "upload" if image_bytes is not None else image_key,
-        "attack": attack, "ap": C.params_text(dict(ap)), "defense": defense, "dp": C.params_text(dict(dp)),
+        "attack": attack, "ap": params_text(dict(ap)), "defense": defense, "dp": params_text(dict(dp)),
         "layer": layer, "method": method, "k": f"{k:g}", "seed": str(seed),
     }
     tour = st.session_state.get(P + "tour")
@@ -192,15 +198,15 @@ def show_tour_step() -> None:
 
 def choose_image(model_name: str, num_classes: int, class_names: list[str]):
     """Gallery thumbnails or an upload; returns (image_key, image_bytes, label) or None."""
-    entries = C.gallery_entries(model_name)
+    entries = gallery_entries(model_name)
     source = st.radio("Image", ["Example gallery", "Upload an image"], horizontal=True,
-                      key=C.init_state(P + "source", "Example gallery"))
+                      key=init_state(P + "source", "Example gallery"))
     if source == "Example gallery":
         width = 52 if num_classes <= 10 else 92
         st.image([e["png"] for e in entries], caption=[e["label_name"] for e in entries], width=width)
         keys = [e["key"] for e in entries]
         by_key = {e["key"]: e for e in entries}
-        k = C.init_state(key(model_name, "image"), keys[0])
+        k = init_state(key(model_name, "image"), keys[0])
         if st.session_state[k] not in by_key:
             st.session_state[k] = keys[0]
         chosen = st.selectbox("Example", keys, key=k,
@@ -217,12 +223,12 @@ def choose_image(model_name: str, num_classes: int, class_names: list[str]):
                  "for an image.")
         return None
     try:
-        x = C.load_upload(model_name, data)
+        x = load_upload(model_name, data)
     except InputError as exc:
         st.error(f"Cannot use {up.name}: {exc}")
         return None
     st.image(tensor_to_png_bytes(x), caption=f"{up.name} as the model sees it", width=120)
-    lk = C.init_state(key(model_name, "upload_label"), -1)
+    lk = init_state(key(model_name, "upload_label"), -1)
     label = st.selectbox("True class (optional; enables nip-oracle)", list(range(-1, num_classes)), key=lk,
                          format_func=lambda c: "unknown" if c < 0 else f"{c}: {class_names[c]}")
     return f"upload:{up.name}", data, (None if label < 0 else int(label))
@@ -235,7 +241,7 @@ def attack_inputs(model, attack: str) -> dict:
     out = {}
     for p in unit.spec.params:
         high = model.num_classes - 1 if p.name == "target" else None
-        out[p.name] = C.param_input(p, defaults[p.name], key(model.name, "a", attack, p.name), high=high)
+        out[p.name] = param_input(p, defaults[p.name], key(model.name, "a", attack, p.name), high=high)
     return out
 
 
@@ -244,7 +250,7 @@ def defense_inputs(model, defense: str) -> dict:
     with a calibration only) its internals in an "Advanced" expander. Returns the values shown."""
     unit = DEFENSES[defense]
     defaults = unit.params_for(model)
-    if is_label_free(defense) and not C.has_calibration(model.name):
+    if is_label_free(defense) and not has_calibration(model.name):
         st.caption("No parameters apply: without a calibration `nip` passes inputs through unchanged.")
         return {}
     shown = [p for p in unit.spec.params if p.name not in NIP_SHARED
@@ -266,7 +272,7 @@ def param_widget(model, defense: str, p, default):
     choices = None
     if p.name == "select_layers":   # only the layer sets this model has
         choices = [c for c in p.choices if c == "auto" or all(part in model.spec.layers for part in c.split("+"))]
-    return C.param_input(p, default, key(model.name, "d", defense_group(defense), p.name), choices=choices)
+    return param_input(p, default, key(model.name, "d", defense_group(defense), p.name), choices=choices)
 
 
 # ----------------------------------------------------------------------------- results
@@ -359,7 +365,7 @@ def show_results(request: tuple, expl) -> None:
 
     st.subheader("Neuron influence")
     quantity = st.radio("Show", ["influence", "activations"], horizontal=True,
-                        key=C.init_state(P + "quantity", "influence"),
+                        key=init_state(P + "quantity", "influence"),
                         help="influence: Captum layer attribution toward the reference class; "
                              "activations: the layer's mean output per neuron")
     st.plotly_chart(F.influence_heatmaps(expl, quantity), key=P + "fig.heatmaps", width="stretch")
@@ -370,7 +376,7 @@ def show_results(request: tuple, expl) -> None:
     st.subheader("Drill down: one neuron")
     # Off until asked for: four more charts that a class opening one link would each draw.
     if st.toggle("Show one neuron's activation maps and its profile across classes",
-                 key=C.init_state(P + "drill", False)):
+                 key=init_state(P + "drill", False)):
         show_neuron(request, expl)
     secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
     st.caption(f"Time: {secs}.")
@@ -390,11 +396,11 @@ def show_neuron(request: tuple, expl) -> None:
     nk = P + f"neuron.{model_name}.{expl.layer}"
     if nk in st.session_state and st.session_state[nk] not in order:
         del st.session_state[nk]
-    neuron = st.selectbox("Neuron (front neurons first)", order, key=C.init_state(nk, order[0]),
+    neuron = st.selectbox("Neuron (front neurons first)", order, key=init_state(nk, order[0]),
                           format_func=lambda j: f"neuron {j} · {groups[j]}"
                           + (f" (front rank {rank[j] + 1})" if j in rank else ""))
-    maps = C.neuron_maps(request, int(neuron))
-    conv = C.is_conv_layer(model_name, expl.layer)
+    maps = neuron_maps(request, int(neuron))
+    conv = is_conv_layer(model_name, expl.layer)
     st.caption("Conv layer: the channel's activation map, upsampled to the image." if conv else
                "Fully connected layer: no spatial layout, so the map is the input-gradient magnitude of the "
                "neuron's activation (where in the image it looks), normalised per image.")
@@ -406,7 +412,7 @@ def show_neuron(request: tuple, expl) -> None:
                                               value_label="activation<br>(layer output units)" if conv
                                               else "|∂a/∂x|<br>(normalised, 0–1)"),
                             key=P + f"fig.map.{v}", width="stretch")
-    prof = C.get_profile(model_name, expl.layer, expl.method)
+    prof = get_profile(model_name, expl.layer, expl.method)
     classes = list(range(len(expl.class_names))) if len(expl.class_names) <= 20 else \
         sorted(set(prof.per_class) | {ref})[:30]
     st.plotly_chart(F.neuron_across_classes(prof, int(neuron), classes, expl.class_names, highlight=ref),
@@ -424,10 +430,10 @@ def show_comparison(request: tuple, expl) -> None:
     big = len(expl.class_names) > 20
     # Off until asked for: it runs every defense again (a class opening one link at once pays for it 20 times).
     if not st.toggle("Run every defense on this adversarial" + (" (about a minute on CPU for EfficientNet)" if big else ""),
-                     key=C.init_state(P + f"compare.{model_name}", False)):
+                     key=init_state(P + f"compare.{model_name}", False)):
         return
     nip_params = tuple(sorted(dict(request[7]).items()))
-    rows = C.run_with_progress("Comparing defenses", C.defense_comparison, request, nip_params)
+    rows = run_with_progress("Comparing defenses", defense_comparison, request, nip_params)
     done = [r for r in rows if "error" not in r]
     for r in rows:
         if "error" in r:
@@ -454,11 +460,11 @@ def main() -> None:
     with st.sidebar:
         st.markdown("### About the defense modes")
         st.markdown("\n".join(f"- `{k}`: {v}" for k, v in MODE_NOTES.items()))
-        st.info(C.label_free_note())
+        st.info(label_free_note())
         st.caption("The page URL holds the configuration of the last run: copy it to share the view.")
 
-    C.byom_panel()
-    picked = C.model_picker(P + "model", DEFAULT_MODEL)
+    byom_panel()
+    picked = model_picker(P + "model", DEFAULT_MODEL)
     if picked is None:
         return
     model_name, model = picked
@@ -471,10 +477,10 @@ def main() -> None:
         ak = key(model_name, "attack")
         if st.session_state.get(ak) not in (None, *attacks):  # e.g. a link's nip-aware on an ImageNet model
             st.session_state[ak] = DEFAULT_ATTACK
-        attack = st.selectbox("Attack", attacks, key=C.init_state(ak, DEFAULT_ATTACK),
+        attack = st.selectbox("Attack", attacks, key=init_state(ak, DEFAULT_ATTACK),
                               format_func=lambda a: f"{a} — {ATTACKS[a].spec.summary}")
         defense = st.selectbox("Defense", list(DEFENSES),
-                               key=C.init_state(key(model_name, "defense"), DEFAULT_DEFENSE),
+                               key=init_state(key(model_name, "defense"), DEFAULT_DEFENSE),
                                format_func=lambda d: d + ("" if DEFENSES[d].deployable else " (NOT deployable)"))
         est = expected_attack_seconds(model_name, attack, ATTACKS[attack].params_for(model))
         if est is not None and est >= SLOW_ATTACK_SECONDS:
@@ -484,11 +490,11 @@ def main() -> None:
         if attack == "nip-aware":
             st.caption("`nip-aware` knows the label-free `nip`: it fools the model and nip's neighbour vote at "
                        "once (through the binarisation, and trying up to 3 wrong classes). Pair it with the `nip` "
-                       f"defense: {C.aware_note()}, and loses the rest.")
+                       f"defense: {aware_note()}, and loses the rest.")
         note = MODE_NOTES.get(defense, DEFENSES[defense].spec.summary)
         (st.warning if not DEFENSES[defense].deployable else st.caption)(f"`{defense}`: {note}.")
-        if is_label_free(defense) and not C.has_calibration(model_name):
-            st.info(C.calibration_hint(model_name))
+        if is_label_free(defense) and not has_calibration(model_name):
+            st.info(calibration_hint(model_name))
 
     with st.form(P + "form"):
         fc = st.columns(3)
@@ -501,27 +507,27 @@ def main() -> None:
         with fc[2]:
             st.markdown("**Influence** (measured here; NIP uses the same layer, method and k)")
             layer = st.selectbox("layer", list(model.spec.layers),
-                                 key=C.init_state(key(model_name, "layer"), model.spec.default_layer))
-            method = st.selectbox("method", list(METHODS), key=C.init_state(key(model_name, "method"), "conductance"))
+                                 key=init_state(key(model_name, "layer"), model.spec.default_layer))
+            method = st.selectbox("method", list(METHODS), key=init_state(key(model_name, "method"), "conductance"))
             k = st.slider("k (front/tail share of live neurons)", 0.05, 0.5, step=0.05,
-                          key=C.init_state(key(model_name, "k"), 0.2))
-            seed = int(st.number_input("seed", 0, 2**31 - 1, step=1, key=C.init_state(key(model_name, "seed"), 0)))
+                          key=init_state(key(model_name, "k"), 0.2))
+            seed = int(st.number_input("seed", 0, 2**31 - 1, step=1, key=init_state(key(model_name, "seed"), 0)))
         submitted = st.form_submit_button("Run", type="primary")
 
     autorun = st.session_state.pop(P + "autorun", False)
     compute = (submitted or autorun) and picked is not None
     # A run that computes holds one queue slot until its view is drawn (first come, first served).
-    with C.page_turn(active=compute):
+    with page_turn(active=compute):
         if compute:
             image_key, image_bytes, label = picked
             try:
-                request = C.build_request(model_name, image_key, image_bytes, label, attack, attack_params, defense,
-                                          defense_params, layer, method, float(k), seed)
-                C.run_with_progress("Running attack, defense and influence", C.explanation, *request)
+                request = build_request(model_name, image_key, image_bytes, label, attack, attack_params, defense,
+                                        defense_params, layer, method, float(k), seed)
+                run_with_progress("Running attack, defense and influence", explanation, *request)
                 st.session_state[P + "request"] = request
                 save_query_params(request)
             except Exception as exc:
-                C.show_error(exc, "explain")
+                show_error(exc, "explain")
                 return
         elif submitted:
             st.error("Choose an example or upload a valid image first.")
@@ -530,8 +536,8 @@ def main() -> None:
         if request is None:
             st.info("Pick an image, an attack and a defense, then press **Run**.")
             return
-        with C.guarded("showing results"):
-            show_results(request, C.explanation(*request))
+        with guarded("showing results"):
+            show_results(request, explanation(*request))
 
 
 main()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common as C
+from app.notes import label_free_note
 from nip_core.runtime import REPO_ROOT
 
 P = "method."
@@ -42,7 +42,7 @@ def main() -> None:
                 "and Fashion-MNIST models ship one; on ImageNet, CIFAR-10 and your own models `nip` passes inputs "
                 "through unchanged until you build one with `python -m nip_core calibrate --model M --data PATH` "
                 "(it never falls back to a mode that flips benign inputs). See docs/nip-research.md.")
-    st.warning(C.label_free_note())
+    st.warning(label_free_note())
 
     st.subheader("What each chart shows")
     st.markdown(

@@ -5,8 +5,9 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from app import common as C
 from app import tour as T
+from app.progress import run_with_progress
+from app.widgets import guarded, init_state
 from nip_core.models import MODELS
 
 P = "tour."
@@ -28,10 +29,10 @@ def main() -> None:
                 "are harder. Each step opens Explore with its settings and runs it; the link under each step "
                 "opens the same view for anyone (a class can open it at once).")
     models = T.tour_models()
-    model = st.selectbox("Model for the tour", models, key=C.init_state(P + "model", models[0]),
+    model = st.selectbox("Model for the tour", models, key=init_state(P + "model", models[0]),
                          format_func=lambda m: f"{m} — {MODELS[m].summary}")
-    with C.guarded("the tour"):
-        C.run_with_progress("Choosing the example images", _prepare, model)
+    with guarded("the tour"):
+        run_with_progress("Choosing the example images", _prepare, model)
         base = base_url()
         for i, step in enumerate(T.STEPS, 1):
             with st.container(border=True):

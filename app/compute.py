@@ -1,0 +1,187 @@
+"""The computations the pages show: an Explore view, a neuron's maps, the defense comparison, an
+evaluation grid and the tour's demo image, plus the plain-value key of an Explore view.
+
+The computations are ``st.cache_data`` keyed on plain values only (names, numbers, tuples, image bytes), never
+on tensors or modules. The long ones take a turn of the run queue (``app.runqueue``) and report
+progress through an optional ``_progress(fraction, message)`` argument (left out of the cache key)
+instead of drawing: ``app.progress.run_with_progress`` draws it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import streamlit as st
+
+from app.loaders import get_model, load_upload, upload_on_disk, user_data
+from app.runqueue import queued
+from nip_core.errors import InputError
+
+ParamsKey = tuple[tuple[str, Any], ...]
+COMPARE_DEFENSES = ("none", "jpeg", "bitdepth", "median", "gaussian", "random-sign", "nip-global", "nip",
+                    "nip-oracle")
+
+
+def _image(model_name: str, image_key: str, image_bytes: bytes | None):
+    """The request's image and its gallery label: the uploaded bytes (no label) or a gallery entry."""
+    from nip_core.data import gallery
+
+    if image_bytes is not None:
+        return load_upload(model_name, image_bytes), None
+    for it in gallery(get_model(model_name).spec.gallery):
+        if it.key == image_key:
+            return it.image, it.label
+    raise InputError(f"no example image {image_key!r} for model {model_name!r}.")
+
+
+@st.cache_data(show_spinner=False, max_entries=48)
+def explanation(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None, attack: str,
+                attack_params: ParamsKey, defense: str, defense_params: ParamsKey, layer: str, method: str,
+                k: float, seed: int, _progress: Callable[[float, str], None] | None = None):
+    """``nip_core.explain.explain`` for one request; every argument is a plain value."""
+    from nip_core.explain import explain
+
+    with queued(_progress):
+        image, gallery_label = _image(model_name, image_key, image_bytes)
+        label = gallery_label if label is None else label
+        return explain(get_model(model_name), image, label, attack=attack, attack_params=dict(attack_params),
+                       defense=defense, defense_params=dict(defense_params), layer=layer, method=method, k=k,
+                       seed=seed, progress=_progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=48)
+def neuron_maps(request: tuple, neuron: int):
+    """Activation maps ``[3, H, W]`` of one neuron for benign / adversarial / defended."""
+    import torch
+    from nip_core.influence import spatial_map
+
+    expl = explanation(*request)
+    x = torch.stack([expl.images[v] for v in ("benign", "adversarial", "defended")])
+    with queued(None):
+        return spatial_map(get_model(expl.model_name), x, expl.layer, neuron)
+
+
+@st.cache_data(show_spinner=False)
+def is_conv_layer(model_name: str, layer: str) -> bool:
+    """Whether the layer's neurons are conv channels (they have a spatial activation map)."""
+    import torch
+    from nip_core.influence import layer_output
+
+    model = get_model(model_name)
+    s = model.spec
+    return layer_output(model, torch.zeros(1, s.input_channels, s.input_size, s.input_size), layer).dim() > 2
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def defense_comparison(request: tuple, nip_params: ParamsKey,
+                       _progress: Callable[[float, str], None] | None = None) -> list[dict[str, Any]]:
+    """The request's adversarial through each baseline defense, the control and NIP's modes."""
+    with queued(_progress):
+        return _defense_comparison(request, nip_params, _progress)
+
+
+def _defense_comparison(request: tuple, nip_params: ParamsKey,
+                        _progress: Callable[[float, str], None] | None) -> list[dict[str, Any]]:
+    from nip_core.defenses import DEFENSES, apply_defense
+    import torch
+
+    expl = explanation(*request)
+    model = get_model(expl.model_name)
+    x_adv = expl.images["adversarial"].unsqueeze(0)
+    ref = expl.reference_class
+    names = [d for d in COMPARE_DEFENSES if d != "nip-oracle" or expl.label is not None]
+    rows = []
+    for i, name in enumerate(names):
+        if _progress:
+            _progress(i / len(names), f"defense {name}")
+        unit = DEFENSES[name]
+        known = {p.name for p in unit.spec.params}
+        params = {k: v for k, v in nip_params if k in known} if unit.family in ("nip", "control") else {}
+        y = torch.tensor([expl.label]) if unit.needs_labels else None
+        try:
+            dr = apply_defense(model, name, x_adv, params, y=y, seed=int(request[-1]),
+                               x_benign=expl.images["benign"].unsqueeze(0))
+        except InputError as exc:  # one refusing defense must not hide the others
+            rows.append({"defense": name, "deployable": unit.deployable, "family": unit.family, "error": str(exc)})
+            continue
+        p = model.probabilities(dr.x_def)[0]
+        pred = int(p.argmax())
+        rows.append({
+            "defense": name, "deployable": unit.deployable, "family": unit.family,
+            "prediction": pred, "prediction_name": expl.class_names[pred],
+            "prediction_confidence": float(p[pred]), "reference_confidence": float(p[ref]),
+            "correct": pred == ref, "linf_change": float((dr.x_def - x_adv).abs().max()),
+            "seconds": dr.seconds,
+        })
+    if _progress:
+        _progress(1.0, "done")
+    return rows
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def evaluation(model_name: str, attacks: tuple, defenses: tuple, n: int, seed: int, adaptive: bool,
+               split: str = "all", upload: tuple[str, bytes] | None = None,
+               _progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+    """``nip_core.evaluate.evaluate`` keyed on plain values (attacks/defenses: (name, params) tuples).
+
+    ``upload``: (file name, bytes) of the user's labelled data (see :func:`user_data`); ``split``
+    then applies to it (the engine's seeded 30/40/30 split, ``data_seed`` 0 as in the CLI).
+    """
+    from nip_core.evaluate import evaluate
+
+    units = ([(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses])
+    with queued(_progress):
+        if upload is None:
+            return evaluate(model_name, *units, n=n, seed=seed, split=split, adaptive=adaptive, progress=_progress)
+        if not evaluate_takes_data():
+            raise InputError("this version of the engine cannot evaluate on uploaded data yet "
+                             "(nip_core.evaluate.evaluate has no data= argument); use the built-in images.")
+        user_data(model_name, *upload)             # refuse an unusable file before any work, with its reason
+        with upload_on_disk(*upload) as path:      # evaluate reads it (safe_extract_zip for a .zip)
+            result = evaluate(model_name, *units, n=n, seed=seed, split=split, adaptive=adaptive,
+                              progress=_progress, data=str(path))
+        block = result.get("data")
+        if isinstance(block, dict):                # name the user's file, not the temporary path
+            block.update({k: str(v).replace(str(path), upload[0]) for k, v in block.items()
+                          if isinstance(v, str) and str(path) in v})
+        return result
+
+
+def evaluate_takes_data() -> bool:
+    """Whether the engine's ``evaluate`` accepts ``data=LabelledData`` (the user's own images)."""
+    import inspect
+
+    from nip_core.evaluate import evaluate
+    return "data" in inspect.signature(evaluate).parameters
+
+
+@st.cache_data(show_spinner=False)
+def demo_image(model_name: str, attack: str = "fgsm", restore: tuple[str, ...] = ("nip-oracle",),
+               defeat: tuple[str, ...] = ()) -> str:
+    """A gallery image that shows a step of the guided tour (``nip_core.explain.demo_image``)."""
+    from nip_core.explain import demo_image as pick
+
+    with queued(None):
+        return pick(get_model(model_name), attack=attack, restore=restore, defeat=defeat)
+
+
+def build_request(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None, attack: str,
+                  attack_params: dict[str, Any], defense: str, defense_params: dict[str, Any], layer: str,
+                  method: str, k: float, seed: int) -> tuple:
+    """The plain-value key of one Explore view (:func:`explanation`'s arguments).
+
+    Only parameters that differ from the unit's defaults on this model are kept (shorter share
+    links, and one cache entry however the defaults were reached); NIP defenses measure and act
+    at the influence section's layer, method and k.
+    """
+    from nip_core.attacks import ATTACKS
+    from nip_core.defenses import DEFENSES
+
+    model = get_model(model_name)
+    a_def = ATTACKS[attack].params_for(model)
+    d_def = DEFENSES[defense].params_for(model)
+    ap = {n: v for n, v in attack_params.items() if a_def.get(n) != v}
+    dp = {n: v for n, v in defense_params.items() if d_def.get(n) != v}
+    if DEFENSES[defense].family == "nip":
+        dp.update(layer=layer, method=method, k=float(k))
+    return (model_name, image_key, image_bytes, label, attack, tuple(sorted(ap.items())),
+            defense, tuple(sorted(dp.items())), layer, method, float(k), int(seed))
