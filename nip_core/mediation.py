@@ -234,3 +234,14 @@ def mediation_table(result: dict[str, Any]) -> list[dict[str, Any]]:
                 row[f"{d}: random"] = v.get("random")
             rows.append(row)
     return rows
+
+
+def mediation_default_layer(result: dict[str, Any]) -> str:
+    """The layer a result's mediation is first shown at: the model's influence layer when it was
+    mediated (a registered model), else the last mediated layer."""
+    from nip_core.models.base import MODELS
+
+    layers = (result.get("mediation") or {}).get("layers") or [""]
+    spec = MODELS.get(result.get("model", ""))
+    return spec.default_layer if spec is not None and spec.default_layer in layers else layers[-1]
+

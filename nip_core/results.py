@@ -26,6 +26,22 @@ SUITE_FILES = {
 }
 
 
+# Suite → its mediation run (``evaluate --mediation``, docs/nip-research.md Round 5): neurons of each
+# successful adversarial put back to their benign or defended values.
+MEDIATION_FILES = {
+    "paper-mnist": "paper-mnist-report-mediation.json",
+    "paper-fashion": "paper-fashion-report-mediation.json",
+    "paper-imagenet": "paper-imagenet-mediation.json",
+    "paper-cifar10": "paper-cifar10-mediation.json",
+}
+
+
+def shipped_mediation(suite: str) -> str | None:
+    """The file name of ``suite``'s shipped mediation run, or None when none ships."""
+    f = MEDIATION_FILES.get(suite)
+    return f if f and (RESULTS_DIR / f).is_file() else None
+
+
 def shipped_suites() -> dict[str, str]:
     """Suite → result file, for the suites whose result file is present in :data:`RESULTS_DIR`."""
     return {s: f for s, f in SUITE_FILES.items() if (RESULTS_DIR / f).is_file()}

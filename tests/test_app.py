@@ -1,6 +1,7 @@
 """Streamlit pages under AppTest: every page runs with defaults, draws its charts, never raises."""
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -357,6 +358,29 @@ def test_benchmark_shows_the_shipped_tables_on_arrival() -> None:
     sb.set_value("paper-imagenet").run()
     _ok(at)
     assert at.subheader[0].value.startswith("efficientnet-lite0") and len(at.get("plotly_chart")) == 1
+
+
+def test_benchmark_draws_the_shipped_mediation_on_request() -> None:
+    from nip_core.mediation import mediation_table
+    from nip_core.results import shipped_mediation, shipped_result
+
+    at = _app()
+    at.switch_page("views/benchmark.py").run()
+    assert len(at.get("plotly_chart")) == 1                    # nothing extra until asked for
+    at.toggle(key="benchmark.shipped.mediation").set_value(True).run()
+    _ok(at)
+    med = shipped_result(shipped_mediation("paper-mnist"))
+    assert at.selectbox(key="benchmark.shipped.med.paper-mnist.layer").value == "fc1"      # lenet's influence layer
+    assert at.selectbox(key="benchmark.shipped.med.paper-mnist.attack").options == list(med["mediation"]["by_attack"])
+    assert len(at.get("plotly_chart")) == 3
+    table = at.dataframe[-1].value                               # the table of every attack × layer
+    assert len(table) == len(mediation_table(med)) == len(med["attacks"]) * len(med["mediation"]["layers"])
+    # CIFAR-10: nip passes inputs through there, and the figure says n/a instead of a bar
+    at.selectbox(key="benchmark.suite").set_value("paper-cifar10").run()
+    _ok(at)
+    fig = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    assert fig["data"][0]["x"][0] == "nip (n/a)" and fig["data"][0]["y"][0] is None
+    assert at.selectbox(key="benchmark.shipped.med.paper-cifar10.layer").value == "stack3"
 
 
 def test_benchmark_opens_a_results_json_and_refuses_bad_files() -> None:

@@ -45,7 +45,7 @@ def main() -> None:
 
 def shipped_view() -> None:
     """The report runs that ship with the app (``docs/results``), shown without computing anything."""
-    from nip_core.results import shipped_result, shipped_suites
+    from nip_core.results import shipped_mediation, shipped_result, shipped_suites
 
     suites = shipped_suites()
     if not suites:
@@ -61,6 +61,12 @@ def shipped_view() -> None:
     st.caption(f"`docs/results/{suites[suite]}`: the suite's report run, as the README quotes it. Reproduce it "
                f"with `python -m nip_core evaluate --suite {suite}`; nothing is recomputed here.")
     show(shipped_result(suites[suite]), "shipped")
+    med = shipped_mediation(suite)
+    if med is not None and st.toggle("Neuron mediation: put neurons back and watch the class return",
+                                     key=init_state(P + "shipped.mediation", False)):
+        st.caption(f"`docs/results/{med}`: `python -m nip_core evaluate --suite {suite} --split report --mediation` "
+                   "with the mediated defenses only (docs/nip-research.md, Round 5); nothing is recomputed here.")
+        mediation_section(shipped_result(med), P + f"shipped.med.{suite}.")
 
 
 def open_view() -> None:
@@ -224,11 +230,44 @@ def show(result: dict, where: str) -> None:
                       | {"adaptive_accuracy": adaptive.get(r["defense"], {}).get("accuracy"),
                          "defense_aware_accuracy": adaptive.get(r["defense"], {}).get("aware", {}).get("accuracy")}
                       for r in result["rows"]], hide_index=True, width="stretch", key=k + "rows")
+    if result.get("mediation") and where != "shipped":
+        with st.expander("Neuron mediation"):
+            mediation_section(result, k + "med.")
     d = st.columns(2)
     d[0].download_button("Download CSV", to_csv(result), file_name="nip_benchmark.csv", mime="text/csv",
                          key=k + "csv")
     d[1].download_button("Download JSON", json.dumps(result, indent=2, default=float), file_name="nip_benchmark.json",
                          mime="application/json", key=k + "json")
+
+
+def mediation_section(result: dict, k: str) -> None:
+    """A result's ``mediation`` block (``evaluate --mediation``): per attack and layer, which neuron groups
+    restore the class when put back to their benign values, and how much of each defense's margin
+    recovery the front+tail neurons carry, each beside a random group of the same size."""
+    from nip_core.mediation import mediation_default_layer, mediation_table
+
+    block = result["mediation"]
+    attacks, layers = list(block["by_attack"]), block["layers"]
+    c = st.columns(2)
+    attack = c[0].selectbox("Attack", attacks, key=init_state(k + "attack", attacks[0]))
+    layer = c[1].selectbox("Layer", layers, key=init_state(k + "layer", mediation_default_layer(result)))
+    cell = block["by_attack"][attack][layer]
+    if not cell.get("n_successful"):
+        st.info("The attack fooled none of these images: there is nothing to put back.")
+        return
+    st.markdown("**Does the attack work through the influence-named neurons?** Each bar puts one group of the "
+                "adversarial pass's neurons back to its benign values. *random* groups (same size, live neurons) "
+                "are the control; *changed* (the neurons the attack moved most) is the upper reference.")
+    st.plotly_chart(F.mediation_groups_figure(cell), key=k + "fig.groups", width="stretch")
+    st.markdown("**Does each defense work through them?** The share of the defense's margin recovery that the "
+                "true class's front+tail neurons carry (their defended values patched in), beside a random group "
+                "of the same size.")
+    st.plotly_chart(F.mediation_defenses_figure(cell), key=k + "fig.defenses", width="stretch")
+    with st.expander("Every attack and layer"):
+        rows = mediation_table(result)
+        st.dataframe(rows, hide_index=True, width="stretch", key=k + "table",
+                     column_config={c: st.column_config.NumberColumn(format="%.2f") for c in rows[0] if ":" in c})
+    st.caption("Method: docs/method.md §8. Intervals: seeded bootstrap over images (95 percent).")
 
 
 def _deployable(label: str) -> bool | None:

@@ -44,6 +44,19 @@ def main() -> None:
                 "(it never falls back to a mode that flips benign inputs). See docs/nip-research.md.")
     st.warning(label_free_note())
 
+    st.subheader("Mediation: does it work through the neurons?")
+    st.markdown("Counting how often front neurons go down under attack is a correlation: the top contributors to a "
+                "logit that an attack lowers go down almost by construction. Mediation intervenes instead. It runs "
+                "the adversarial $x'$ with a group $G$ of a layer's neurons set to their values on the benign $x$ "
+                "(written $f_{G \\leftarrow x}(x')$) and measures how much of the true class's margin "
+                "$m = z_y - \\max_{c \\ne y} z_c$ comes back:")
+    st.latex(r"r = \frac{m\big(f_{G \leftarrow x}(x')\big) - m\big(f(x')\big)}{m\big(f(x)\big) - m\big(f(x')\big)}")
+    st.markdown("$G$ is the true class's front, tail or front+tail group, a **random** group of the same size "
+                "(the control), or the neurons the attack moved most (the upper reference). Put back the "
+                "*defended* values instead, and the same ratio over images says how much of a defense's recovery "
+                "those neurons carry. `python -m nip_core evaluate --mediation` measures it on a split; the "
+                "Benchmark page shows the shipped runs, and docs/nip-research.md (Round 5) says what they show.")
+
     st.subheader("What each chart shows")
     st.markdown(
         "- **Influence heatmaps** (Explore): every neuron of the chosen layer as one cell of a near-square grid "
