@@ -3,7 +3,6 @@ contents; nip's neighbour bank and lenet-mnist's calibration are read back from 
 process, identical, and rebuilt when their key changes. Edits happen on copies, never on the repo."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
