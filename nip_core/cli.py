@@ -183,7 +183,6 @@ def cmd_explain(args) -> int:
     from nip_core.explain import explain
     from nip_core.images import load_image_file, tensor_to_png_bytes
     from nip_core.models import load_model
-    from nip_core import figures
     from nip_core.byom import resolve_model
 
     model = load_model(resolve_model(args))
@@ -204,13 +203,7 @@ def cmd_explain(args) -> int:
     np.savez(out / "influence.npz", **{f"influence_{v}": e.influence[v].numpy() for v in e.influence},
              **{f"activation_{v}": e.activations[v].numpy() for v in e.activations},
              front=e.front.numpy(), tail=e.tail.numpy(), dead=e.dead.numpy())
-    figs = {
-        "influence_heatmaps": figures.influence_heatmaps(e),
-        "difference_heatmaps": figures.difference_heatmaps(e),
-        "group_chart": figures.group_chart(e),
-        **{f"predictions_{v}": figures.prediction_bars(e, v) for v in e.images},
-    }
-    for name, fig in figs.items():
+    for name, fig in e.figures().items():
         fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
     summary = e.summary() | {"image": str(args.image), "seed": args.seed,
                              "files": sorted(p.name for p in out.iterdir())}
@@ -301,8 +294,16 @@ def cmd_train(args) -> int:
     trainers = {"lenet-mnist": train_lenet, "lenet-fashion": train_lenet_fashion}
     if args.model not in trainers:
         raise _input_error(f"only {' or '.join(trainers)} can be trained here; got {args.model!r}.")
-    epochs = {} if args.epochs is None else {"epochs": args.epochs}
-    info = trainers[args.model](seed=args.seed, **epochs)
+    if args.epochs is not None and args.epochs < 1:
+        raise _input_error(f"--epochs must be at least 1; got {args.epochs}.")
+    kw: dict[str, Any] = {} if args.epochs is None else {"epochs": args.epochs}
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise _input_error(f"--out {args.out!r} is a file; give a folder for the weights and their card.")
+        out.mkdir(parents=True, exist_ok=True)
+        kw |= {"out": out / f"{args.model}.safetensors", "card": out / f"{args.model}.json"}
+    info = trainers[args.model](seed=args.seed, **kw)
     print(json.dumps(info, indent=2))
     return 0
 
@@ -322,11 +323,13 @@ def load_data_arg(path: str, model, split: str = "all", seed: int = 0):
 
 
 def cmd_profile(args) -> int:
-    from nip_core.influence import influence_profile, save_profile_to_assets
+    from nip_core.influence import influence_profile, save_profile_to_assets, write_profile
     from nip_core.models import load_model
 
     model = load_model(args.model)
     layers = model.spec.layers if args.layer == "all" else [args.layer or model.spec.default_layer]
+    for layer in layers:
+        model.layer(layer)          # an unknown layer is refused before any work
     data = None
     if args.data:
         if args.ship:
@@ -334,11 +337,14 @@ def cmd_profile(args) -> int:
         d, x, y = load_data_arg(args.data, model, args.split, args.seed)
         data = (x, y, f"{d.data_sha256}-{args.split}-{args.seed}")
     for layer in layers:
-        prof = influence_profile(model, layer, args.method, args.n_steps, data=data)
+        prof = influence_profile(model, layer, args.method, args.n_steps, data=data, use_cache=not args.fresh)
         if args.ship:
             save_profile_to_assets(prof, model)
+        where = ""
+        if args.out:
+            where = f" → {write_profile(prof, model, args.out, data=data[2] if data else None)}"
         print(f"{model.name} {layer} {args.method}: {prof.n_neurons} neurons, {int(prof.dead.sum())} dead, "
-              f"{len(prof.per_class)} class profiles" + (f" from {args.data} ({args.split})" if data else ""))
+              f"{len(prof.per_class)} class profiles" + (f" from {args.data} ({args.split})" if data else "") + where)
     return 0
 
 
@@ -367,8 +373,21 @@ def cmd_calibrate(args) -> int:
 
 def cmd_bench(args) -> int:
     from nip_core.bench import run_bench
+    from nip_core.models import MODELS
 
-    result = run_bench(quick=args.quick, out=args.out)
+    models = None
+    if args.models is not None:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        if not models:
+            raise _input_error("--models is empty; give model names separated by commas.")
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            raise _input_error(f"unknown model {unknown[0]!r}; choose one of: {', '.join(MODELS)}.")
+    out = Path(args.out)
+    if out.is_dir():
+        raise _input_error(f"--out {args.out!r} is a folder; give a JSON file path.")
+    out.parent.mkdir(parents=True, exist_ok=True)      # refuse an unwritable place before minutes of timing
+    result = run_bench(quick=args.quick, out=out, models=models)
     print(json.dumps(result.get("summary", {}), indent=2))
     return 0
 
@@ -460,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="lenet-mnist or lenet-fashion")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--epochs", type=int, help="default: 40 for lenet-mnist, 15 for lenet-fashion")
+    s.add_argument("--out", help="folder for <model>.safetensors and its <model>.json card (default: the shipped "
+                                 "assets/models, which this overwrites)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("profile", help="compute (and optionally ship) influence profiles")
@@ -468,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="conductance", choices=["conductance", "grad_x_act"])
     s.add_argument("--n-steps", type=int, default=16)
     s.add_argument("--ship", action="store_true", help="write into assets/profiles")
+    s.add_argument("--out", help="also write each profile into this folder (safetensors, named as in assets/profiles)")
+    s.add_argument("--fresh", action="store_true",
+                   help="compute from the images: neither read nor write cached or shipped profiles")
     s.add_argument("--data", help="profile your own labelled images: an ImageFolder, a .zip of one, or an .npz")
     s.add_argument("--split", default="all", choices=["all", "tune", "report", "calib"],
                    help="with --data: which seeded split of the data (docs/data.md)")
@@ -486,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="performance against the compute floor")
     s.add_argument("--quick", action="store_true")
+    s.add_argument("--models", help="comma-separated model names (default: every registered model)")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_bench)
     return p

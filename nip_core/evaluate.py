@@ -230,14 +230,32 @@ class EvalContext:
         import hashlib
         return hashlib.sha256(self.x.numpy().tobytes() + self.y.numpy().tobytes()).hexdigest()
 
+    def calibration_key(self) -> str | None:
+        """The key of the calibration the grid's defenses use (``nip_core.calibration``), or None
+        where no defense needs one or the model has none (then ``nip`` passes inputs through)."""
+        if not hasattr(self, "_calibration_key"):
+            from nip_core.calibration import calibration_for
+
+            needs = any(DEFENSES[d].calibration_split is not None for d, _ in self.def_units)
+            cal = calibration_for(self.model) if needs else None
+            self._calibration_key = None if cal is None else cal.key
+        return self._calibration_key
+
     def key_fields(self, shard: Shard, device: str) -> dict[str, Any]:
         """What determines ``shard``'s numbers, for its cache key (``nip_core.shards.shard_key``)."""
         from nip_core.shards import data_key
 
+        import hashlib
+
         m, job = self.model, self.job
+        x, y = self.x[shard.start:shard.stop], self.y[shard.start:shard.stop]
         fields: dict[str, Any] = {"model": m.name, "weights": m.weights_sha256, "device": device, "seed": job.seed,
                                   "data": data_key(job.split, self.data.data_sha256 if self.data else None,
-                                                   job.data_seed)}
+                                                   job.data_seed),
+                                  # the pixels themselves: a changed gallery photo or dataset package is a new shard
+                                  "images": hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(),
+                                  # `calibrate --data` changes what `nip` does: a shard of the old one is stale
+                                  "calibration": self.calibration_key()}
         if shard.kind == "attack":
             fields |= {"attack": self.att_units[shard.unit], "defenses": self.def_units, "observe": self.layers}
             if self.mediation:   # only then: runs without it keep their cache keys

@@ -20,6 +20,7 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -467,10 +468,20 @@ def _read(path, model, layer, method, n_steps) -> InfluenceProfile:
     return prof
 
 
+def write_profile(prof: InfluenceProfile, model: LoadedModel, folder, per_class: int = 100,
+                  data: str | None = None) -> Path:
+    """Write ``prof`` into ``folder`` under the name the engine looks it up by (the shipped and
+    cached profiles' name: model, layer, method and a hash of the weights and parameters;
+    ``data``: the content key of the user's data it was computed on). Returns the path."""
+    key = _profile_key(model, prof.layer, prof.method, prof.n_steps, per_class, data)
+    path = Path(folder) / f"{key}.safetensors"
+    _write(path, prof)
+    return path
+
+
 def save_profile_to_assets(prof: InfluenceProfile, model: LoadedModel, per_class: int = 100) -> None:
     """Ship a computed profile in ``assets/profiles`` (used for the shipped models)."""
-    key = _profile_key(model, prof.layer, prof.method, prof.n_steps, per_class)
-    _write(shipped_profile_dir() / f"{key}.safetensors", prof)
+    write_profile(prof, model, shipped_profile_dir(), per_class)
 
 
 def gallery_candidate_classes(model: LoadedModel, top: int = 3) -> list[int]:

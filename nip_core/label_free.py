@@ -44,18 +44,23 @@ Known limitations (measured in ``docs/nip-research.md``):
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
+from pathlib import Path
 
 import torch
 
 from nip_core.calibration import Calibration, calibration_for, how_to_calibrate
 from nip_core.defense_registry import DEFENSES, NIP_IMAGENET, NIP_PARAMS, nip_profile, register
 from nip_core.errors import InputError
+from nip_core.fingerprint import code_fingerprint
 from nip_core.influence import InfluenceProfile, capture_hook
 from nip_core.models.base import LoadedModel
 from nip_core.nip import inverse_perturbation, logit_perturbation, selection_scores
 from nip_core.params import Param
+from nip_core.runtime import cache_dir
 
 # ---------------------------------------------------------------------------------------------
 # Several layers in one forward pass
@@ -210,6 +215,33 @@ class NeighbourSelector:
         self.calibration_size = len(xc)
         self.reference_scores = self.scores(xc)[0]
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Everything built from the benign sets, as named tensors and string metadata (what the
+        disk cache holds; :meth:`from_state` rebuilds the selector from it)."""
+        t: dict[str, torch.Tensor] = {"calibration_size": torch.tensor([self.calibration_size])}
+        for name in self.layers:
+            bank = self.banks[name]
+            t |= {f"range_lo/{name}": self.ranges[name][0], f"range_hi/{name}": self.ranges[name][1],
+                  f"feats/{name}": bank.feats, f"labels/{name}": bank.labels, f"mean/{name}": bank.mean,
+                  f"std/{name}": bank.std, f"pool/{name}": torch.tensor([int(bank.pool)])}
+        t |= {f"score/{k}": v for k, v in self.reference_scores.items()}
+        return {k: v.contiguous() for k, v in t.items()}, {"scores": json.dumps(list(self.reference_scores))}
+
+    @classmethod
+    def from_state(cls, model: LoadedModel, layers: list[str], neighbours: int, vote_weight: float, binarize: float,
+                   calibration: Calibration, tensors: dict[str, torch.Tensor], meta: dict[str, str]
+                   ) -> "NeighbourSelector":
+        """The selector :meth:`state` describes, without a pass over the benign sets."""
+        self = cls.__new__(cls)
+        self.model, self.layers, self.k, self.vote_weight = model, list(layers), neighbours, vote_weight
+        self.binarize, self.calibration = binarize, calibration
+        self.ranges = {n: (tensors[f"range_lo/{n}"], tensors[f"range_hi/{n}"]) for n in layers}
+        self.banks = {n: BenignBank(tensors[f"feats/{n}"], tensors[f"labels/{n}"], tensors[f"mean/{n}"],
+                                    tensors[f"std/{n}"], pool=bool(tensors[f"pool/{n}"].item())) for n in layers}
+        self.calibration_size = int(tensors["calibration_size"].item())
+        self.reference_scores = {k: tensors[f"score/{k}"] for k in json.loads(meta["scores"])}
+        return self
+
     def _vote_outputs(self, x: torch.Tensor, outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The maps the vote compares: ``outs`` (raw), or those of the binarised input."""
         return outs if self.binarize <= 0 else _outputs(self.model, binarise(x, self.binarize), self.layers)[0]
@@ -268,8 +300,9 @@ class NeighbourSelector:
 
 def neighbour_selector(model: LoadedModel, layers: list[str], neighbours: int = 10, per_class: int = 400,
                        vote_weight: float = 30.0, binarize: float = 0.0) -> NeighbourSelector:
-    """The selector for these settings and the model's current calibration, built once per process
-    (one pass over the benign sets)."""
+    """The selector for these settings and the model's current calibration, made once per process:
+    read from the disk cache (:func:`bank_cache_path`), else built (one pass over the benign sets,
+    about 1 s on LeNet) and written there."""
     cal = calibration_for(model)
     if cal is None:
         raise InputError(how_to_calibrate(model))
@@ -277,8 +310,51 @@ def neighbour_selector(model: LoadedModel, layers: list[str], neighbours: int = 
     # Same lock order as apply_defense (model lock first), so concurrent sessions cannot deadlock.
     with model.lock, _BANKS_LOCK:
         if key not in _BANKS:
-            _BANKS[key] = NeighbourSelector(model, layers, neighbours, per_class, vote_weight, binarize, cal)
+            path = bank_cache_path(model, key)
+            sel = _read_selector(path, model, layers, neighbours, vote_weight, binarize, cal)
+            if sel is None:
+                sel = NeighbourSelector(model, layers, neighbours, per_class, vote_weight, binarize, cal)
+                _write_selector(path, sel)
+            _BANKS[key] = sel
         return _BANKS[key]
+
+
+def bank_cache_path(model: LoadedModel, key: str) -> Path:
+    """Where the selector of ``key`` (model, weights, calibration data, the bank's parameters) is
+    cached on disk: ``<cache>/banks/<model>-<hash>.safetensors``. The hash also covers the engine
+    code as it runs and torch's version, so a change to either builds it again."""
+    full = json.dumps([key, code_fingerprint(), torch.__version__])
+    return cache_dir() / "banks" / f"{model.name}-{hashlib.sha256(full.encode()).hexdigest()[:24]}.safetensors"
+
+
+def _read_selector(path: Path, model: LoadedModel, layers: list[str], neighbours: int, vote_weight: float,
+                   binarize: float, cal: Calibration) -> NeighbourSelector | None:
+    from safetensors import safe_open
+
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta = f.metadata() or {}
+        return NeighbourSelector.from_state(model, layers, neighbours, vote_weight, binarize, cal, tensors, meta)
+    except Exception:   # unreadable or from an older layout: build it again
+        return None
+
+
+def _write_selector(path: Path, sel: NeighbourSelector) -> None:
+    from safetensors.torch import save_file
+
+    tensors, meta = sel.state()
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except OSError:   # a read-only cache only costs the rebuild next time
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def selector_for(model: LoadedModel, p: dict) -> NeighbourSelector:

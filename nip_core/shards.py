@@ -8,8 +8,9 @@ backend (``nip_core.distributed``) from actors, and the merge sorts by shard, so
 not depend on which worker finished first.
 
 Finished shards are written to a :class:`ShardCache` keyed by everything that determines their
-numbers (weights, units and parameters, seed, images, engine code and library versions), so a
-re-run computes only the missing ones.
+numbers (weights, units and parameters, seed, the shard's images, the calibration ``nip`` uses,
+the engine code as it runs and the shipped files it reads, library versions), so a re-run
+computes only the missing ones (``nip_core.fingerprint``).
 """
 from __future__ import annotations
 
@@ -18,17 +19,15 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from nip_core.runtime import REPO_ROOT, cache_dir
+from nip_core.fingerprint import code_fingerprint, shipped_fingerprint
+from nip_core.runtime import cache_dir
 
 KINDS = ("benign", "attack", "adaptive")
 # Bump when the content of a shard result changes meaning: old cache entries are then ignored.
 SHARD_FORMAT = 1
-# Engine files that never change a number: editing them keeps the cache valid.
-_NOT_NUMERIC = {"cli.py", "figures.py", "bench.py", "__main__.py", "distributed.py", "shards.py"}
 
 
 @dataclass(frozen=True)
@@ -75,19 +74,6 @@ def shard_seed(seed: int, kind: str, label: str, start: int) -> int:
     return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
 
 
-@lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """sha256 over the engine's source files that compute numbers (``nip_core/**/*.py`` but the
-    CLI, figures and the distribution machinery): a code change invalidates cached shards."""
-    h = hashlib.sha256()
-    root = REPO_ROOT / "nip_core"
-    for path in sorted(root.rglob("*.py")):
-        if path.name in _NOT_NUMERIC:
-            continue
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose arithmetic ends up in a shard."""
     import art
@@ -111,9 +97,10 @@ def data_key(split: str, data_sha256: str | None = None, data_seed: int = 0) -> 
 
 def shard_key(fields: dict[str, Any], shard: Shard) -> str:
     """The cache key of ``shard``: sha256 over ``fields`` (what the evaluation declares, see
-    ``nip_core.evaluate``), the shard itself, the engine code and library versions."""
-    payload = {"format": SHARD_FORMAT, "code": code_fingerprint(), "versions": library_versions(),
-               "shard": asdict(shard), **fields}
+    ``nip_core.evaluate``), the shard itself, the engine code as it runs (comments and docstrings
+    stripped), the contents of the shipped weights, profiles and calibrations, and library versions."""
+    payload = {"format": SHARD_FORMAT, "code": code_fingerprint(), "shipped": shipped_fingerprint(),
+               "versions": library_versions(), "shard": asdict(shard), **fields}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

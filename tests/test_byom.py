@@ -68,23 +68,17 @@ def test_resnet18_round_trip(resnet_small):
         assert torch.equal(m.logits(x), net(m.net.normalize(x)))
 
 
-def _engine_uses_model_labels_for_custom_references() -> bool:
-    # Engine request A (see the report): influence_profile must not use the gallery's labels
-    # as class indices of a user's model.
-    import inspect
-
-    from nip_core import data, influence
-    return "gallery_labels" in inspect.getsource(influence) + inspect.getsource(data)
-
-
-@pytest.mark.xfail(not _engine_uses_model_labels_for_custom_references(), strict=True, raises=RuntimeError,
-                   reason="engine request A: gallery labels (e.g. 285) are out of range for a 3-class model")
 def test_explain_on_custom_resnet_with_gallery_image(resnet_small):
-    from nip_core.data import gallery
+    """A user's 3-class model explained on an ImageNet gallery photo: the gallery's labels (e.g. 285)
+    are not its classes, so its references are labelled with its own predictions (engine request A)."""
+    from nip_core.data import benign_reference, gallery
     from nip_core.explain import explain
     from nip_core.images import to_model_input, tensor_to_pil
+    from nip_core.influence import influence_profile
 
     _, m = resnet_small
+    x_ref, y_ref = benign_reference(m)
+    assert torch.equal(y_ref, m.predict(x_ref)) and int(y_ref.max()) < m.num_classes
     photo = gallery("imagenet")[0].image
     x = to_model_input(tensor_to_pil(photo), channels=3, size=64, preprocess="imagenet")
     e = explain(m, x, attack="fgsm", defense="nip", defense_params={"steps": 2, "candidates": 2}, n_steps=4,
@@ -92,6 +86,13 @@ def test_explain_on_custom_resnet_with_gallery_image(resnet_small):
     assert set(e.logits) == {"benign", "adversarial", "defended"}
     assert e.top("benign")[0][1] in ("cat", "dog", "bird")
     assert e.influence["benign"].shape == (512,)  # layer4 channels
+    # influence is measured toward the model's own prediction, a class it has
+    assert e.reference_class == e.prediction("benign") < m.num_classes
+    # no calibration for a user's model: nip passes the adversarial through unchanged (never harm)
+    assert torch.equal(e.images["defended"], e.images["adversarial"])
+    # the profile's per-class scores are for the model's 3 classes only
+    prof = influence_profile(m, e.layer, "grad_x_act", 4)
+    assert e.reference_class in prof.per_class and set(prof.per_class) <= {0, 1, 2}
 
 
 def test_mismatched_shapes_refused():

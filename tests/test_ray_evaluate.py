@@ -189,3 +189,18 @@ def test_cli_resumes_from_its_shard_cache(tmp_path):
     d = json.loads((tmp_path / "r.json").read_text())["distributed"]
     assert second.returncode == 0 and (d["shards_from_cache"], d["shards_computed"]) == (4, 0)
     assert second.stdout == first.stdout                 # the same table
+
+
+def test_cli_ray_local_gives_the_serial_numbers(ray_local, tmp_path, capsys):
+    """README: ``evaluate … --ray local --workers 2`` (here on the running local Ray) equals serial."""
+    from nip_core.cli import main
+
+    args = ["evaluate", "--model", "lenet-mnist", "--attacks", "fgsm,pgd[max_iter=3]", "--defenses",
+            "none,random-sign", "--split", "tune", "--n", "6", "--shard-size", "3", "--seed", "7", "--no-cache"]
+    assert main(args + ["--out", str(tmp_path / "serial.json")]) == 0
+    assert main(args + ["--ray", "local", "--workers", "2", "--out", str(tmp_path / "ray.json")]) == 0
+    capsys.readouterr()
+    serial, distributed = (json.loads((tmp_path / f).read_text()) for f in ("serial.json", "ray.json"))
+    assert distributed["distributed"]["backend"] == "ray" and distributed["distributed"]["workers"] == 2
+    assert distributed["distributed"]["shards_computed"] == distributed["distributed"]["shards"] == 2 * (1 + 2 + 2)
+    assert deterministic(distributed) == deterministic(serial)
