@@ -191,7 +191,8 @@ def test_method_page() -> None:
     at = _app()
     at.switch_page("views/method.py").run()
     _ok(at)
-    assert len(at.latex) == 2
+    assert len(at.latex) == 3                          # NIP's objective and step, and mediation's recovery share
+    assert "f_{G \\leftarrow x}(x')" in at.latex[2].value
     assert any("not deployable" in w.value for w in at.warning)
 
 
