@@ -322,6 +322,9 @@ def _seeded_outputs(command: str, seed: int, tmp: Path, capsys, digit_png: Path,
                 "--fresh", "--out", out]
     elif command == "calibrate":
         args = ["calibrate", "--model", "lenet-mnist", "--data", digits_npz]
+    elif command == "surgery":  # PGD's random start and the random group both follow the seed
+        args = ["surgery", "--model", "lenet-mnist", "--image", digit_png, "--attack",
+                "pgd[max_iter=2]", "--layer", "fc1", "--select", "random:20", "--value", "zero", "--out", out]
     else:
         raise AssertionError(f"no --seed case for {command!r}")
     rc, stdout, err = cli(capsys, *args, "--seed", seed)
@@ -333,11 +336,14 @@ def _seeded_outputs(command: str, seed: int, tmp: Path, capsys, digit_png: Path,
         return s["norms"], s["predictions"], (out / "defended.png").read_bytes()
     if command == "profile":
         return {k: v.tolist() for k, v in load_file(str(next(out.glob("*.safetensors")))).items()}
+    if command == "surgery":
+        s = json.loads((out / "surgery.json").read_text())
+        return s["adversarial"], s["patched"], s["neurons"]
     with np.load(json.loads(stdout)["path"]) as f:
         return f["bank_x"].tolist(), f["calib_x"].tolist()
 
 
-SEEDED = ["evaluate", "explain", "profile", "calibrate"]     # train: test_train_twice_…
+SEEDED = ["evaluate", "explain", "profile", "calibrate", "surgery"]     # train: test_train_twice_…
 
 
 def test_every_command_that_draws_at_random_takes_seed():
@@ -371,6 +377,10 @@ BAD_INPUT = {
               (["train", "lenet-mnist", "--epochs", "0", "--out", "{tmp}/t"], "--epochs")],
     "profile": [(["profile", "--model", "lenet-mnist", "--layer", "conv9"], "no layer 'conv9'"),
                 (["profile", "--model", "lenet-mnist", "--data", "/nonexistent/d.npz"], "/nonexistent/d.npz")],
+    "surgery": [(["surgery", "--model", "lenet-mnist", "--image", str(ROOT / "README.md"), "--out", "{tmp}/s"],
+                 "image"),
+                (["surgery", "--model", "lenet-mnist", "--image", str(ROOT / "assets/gallery/imagenet/coffee.png"),
+                  "--select", "front:0.9", "--out", "{tmp}/s"], "in (0, 0.5]")],
     "calibrate": [(["calibrate", "--model", "resnet8-cifar10"], "--data"),
                   (["calibrate", "--model", "lenet-mnist", "--data", "{tmp}/missing"], "missing")],
     "bench": [(["bench", "--models", "nope", "--out", "{tmp}/b.json"], "unknown model 'nope'"),
