@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from nip_core.cli import build_parser, main
 from nip_core.runtime import ASSETS
+from tests.util import deterministic
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET_WEIGHTS = ASSETS / "models" / "lenet-mnist.safetensors"
@@ -28,15 +29,6 @@ def cli(capsys, *args) -> tuple[int, str, str]:
         rc = e.code
     out = capsys.readouterr()
     return rc, out.out, out.err
-
-
-def deterministic(result: dict) -> dict:
-    """Everything but timing, environment and how it was run."""
-    def strip(o):
-        if isinstance(o, dict):
-            return {k: strip(v) for k, v in o.items() if "seconds" not in k and k not in ("environment", "distributed")}
-        return [strip(v) for v in o] if isinstance(o, list) else o
-    return strip(result)
 
 
 def sha256(path: Path) -> str:

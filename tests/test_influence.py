@@ -1,33 +1,15 @@
 """Neuron influence checked against values computed by hand on a tiny network."""
 import pytest
 import torch
-from torch import nn
 
 from nip_core.errors import InputError
 from nip_core.influence import influence_profile, neuron_activations, neuron_influence, spatial_map
-from nip_core.models.base import LoadedModel, ModelSpec
-
-
-class Tiny(nn.Module):
-    # hidden = relu(W1 x), logits = W2 hidden; no biases, so every value is easy by hand.
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(2, 3, bias=False)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Linear(3, 2, bias=False)
-        with torch.no_grad():
-            self.fc1.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]]))
-            self.fc2.weight.copy_(torch.tensor([[3.0, -1.0, 5.0], [1.0, 1.0, 1.0]]))
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x.flatten(1))))
+from tests.util import tiny_mlp
 
 
 @pytest.fixture()
 def tiny():
-    net = Tiny().eval()
-    spec = ModelSpec("tiny", "hand-checkable", 1, 2, "none", "none", ("hidden",), "hidden")
-    return LoadedModel(spec, net, ["a", "b"], {"hidden": net.act}, "0" * 64, torch.device("cpu"))
+    return tiny_mlp()
 
 
 X = torch.tensor([[[[0.5, 0.25]]]])  # [N=1, C=1, H=1, W=2]; hidden = [0.5, 0.5, 0]

@@ -1,34 +1,18 @@
 """Mediation (issue 19): patched passes are exact, the statistics are the formulas on hand numbers,
 shards merge to the whole, and the evaluation's ``mediation`` block is what the CLI writes."""
 import json
-import random
 import threading
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from nip_core.cli import main
 from nip_core.influence import influence_profile
 from nip_core.mediation import (GROUPS, group_masks, layer_values, margins, mediation_from_parts, mediation_parts,
                                 patched_logits)
 from nip_core.models import load_model
-from nip_core.models.base import LoadedModel, ModelSpec
-
-
-def tiny_model() -> LoadedModel:
-    """2 inputs → 3 ReLU units ("h") → 2 logits, weights chosen so every number is checkable by hand."""
-    net = nn.Sequential(nn.Flatten(), nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
-    with torch.no_grad():
-        net[1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
-        net[1].bias.zero_()
-        net[3].weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]]))
-        net[3].bias.zero_()
-    spec = ModelSpec(name="tiny-mediation", summary="tiny", input_channels=1, input_size=1, preprocess="none",
-                     gallery="none", layers=("h",), default_layer="h", factory=lambda: None)
-    return LoadedModel(spec=spec, net=net.eval(), class_names=["a", "b"], layers={"h": net[2]},
-                       weights_sha256="0", device=torch.device("cpu"))
+from tests.util import tiny_mlp
 
 
 def test_margin_on_hand_numbers():
@@ -38,20 +22,20 @@ def test_margin_on_hand_numbers():
 
 
 def test_patching_one_unit_changes_the_logits_by_weight_times_change():
-    m = tiny_model()
-    x = torch.tensor([[1.0, 2.0]])                     # h = (1, 2, 3); logits = (1+4+9, 0.5-3) = (14, -2.5)
-    assert m.logits(x).tolist() == [[14.0, -2.5]]
+    m = tiny_mlp()
+    x = torch.tensor([[1.0, 2.0]])                     # hidden = relu(1, 4, -1) = (1, 4, 0); logits = (-1, 5)
+    assert m.logits(x).tolist() == [[-1.0, 5.0]]
     mask = torch.tensor([[False, False, True]])
-    source = torch.tensor([[0.0, 0.0, 10.0]])          # unit 2: 3 → 10, a change of 7
-    assert patched_logits(m, x, "h", mask, source).tolist() == [[14.0 + 3 * 7, -2.5 - 7]]
+    source = torch.tensor([[0.0, 0.0, 10.0]])          # unit 2: 0 → 10; W2[:, 2] = (5, 1)
+    assert patched_logits(m, x, "hidden", mask, source).tolist() == [[-1.0 + 5 * 10, 5.0 + 1 * 10]]
 
 
 def test_the_hook_is_removed_and_touches_no_other_thread():
-    m = tiny_model()
+    m = tiny_mlp()
     x = torch.tensor([[1.0, 2.0]])
     before = m.logits(x)
-    patched_logits(m, x, "h", torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3))
-    assert not m.layers["h"]._forward_hooks and torch.equal(m.logits(x), before)
+    patched_logits(m, x, "hidden", torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3))
+    assert not m.layers["hidden"]._forward_hooks and torch.equal(m.logits(x), before)
     # A forward pass of another thread while the hook is attached is left alone.
     seen = {}
     hook_in = threading.Event()
@@ -66,11 +50,11 @@ def test_the_hook_is_removed_and_touches_no_other_thread():
         if threading.current_thread() is threading.main_thread():
             hook_in.set()
             release.wait(10)
-    h = m.layers["h"].register_forward_hook(slow_source)
+    h = m.layers["hidden"].register_forward_hook(slow_source)
     t = threading.Thread(target=other)
     t.start()
     try:
-        patched_logits(m, x, "h", torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3))
+        patched_logits(m, x, "hidden", torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3))
     finally:
         h.remove()
         t.join(10)

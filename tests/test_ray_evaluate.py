@@ -13,6 +13,7 @@ import ray
 from nip_core.errors import InputError
 from nip_core.evaluate import EvalContext, EvalJob, evaluate, evaluate_shard, merge_shards
 from nip_core.shards import plan, shard_seed
+from tests.util import deterministic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,15 +23,6 @@ GRID = dict(attacks=[("fgsm", {"eps": "0.2"}), ("pgd", {"max_iter": "3"})],
             defenses=[("none", {}), ("random-sign", {}), ("gaussian", {}), ("nip-oracle", {"steps": "3"})],
             n=12, seed=7, split="tune", adaptive=True, observe=True, shard_size=4)
 N_SHARDS = 3 * (1 + 2 + 3)          # 3 chunks × (benign, 2 attacks, 3 attacked defenses; nip-oracle is not)
-
-
-def deterministic(result: dict) -> dict:
-    """Everything but timing, environment and how it was run."""
-    def strip(o):
-        if isinstance(o, dict):
-            return {k: strip(v) for k, v in o.items() if "seconds" not in k and k not in ("environment", "distributed")}
-        return [strip(v) for v in o] if isinstance(o, list) else o
-    return strip(result)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from nip_core.errors import InputError
-from nip_core.models.base import LoadedModel, ModelSpec
+from nip_core.models.base import LoadedModel
 from nip_core.surgery import (Selection, Value, check_selection, layer_output_and_logits, margins, parse_selection,
                               parse_value, patch, random_mask, recovery_share, reference_mean, select_neurons,
                               source_activations, surgery)
+from tests.util import TinyMLP, loaded
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN = ("lenet-mnist", "lenet-fashion", "resnet8-cifar10", "efficientnet-lite0")
@@ -116,21 +117,6 @@ def test_an_attack_flips_something_so_recovery_is_tested():
 
 # ----------------------------------------------------------------------------- hand-checkable models
 
-class TinyMLP(nn.Module):
-    # hidden = relu(W1 x), logits = W2 hidden; values exactly representable in float32.
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(2, 3, bias=False)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Linear(3, 2, bias=False)
-        with torch.no_grad():
-            self.fc1.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]]))
-            self.fc2.weight.copy_(torch.tensor([[3.0, -1.0, 5.0], [1.0, 1.0, 1.0]]))
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x.flatten(1))))
-
-
 class TinyConv(nn.Module):
     # One 1×1 conv with two output channels (maps of 1×2), then a linear read-out of all 4 values.
     def __init__(self):
@@ -146,21 +132,16 @@ class TinyConv(nn.Module):
         return self.fc(self.act(self.conv(x)).flatten(1))
 
 
-def _loaded(net, layers) -> LoadedModel:
-    spec = ModelSpec("tiny", "hand-checkable", 1, 2, "none", "none", tuple(layers), next(iter(layers)))
-    return LoadedModel(spec, net.eval(), ["a", "b"], layers, "0" * 64, torch.device("cpu"))
-
-
 @pytest.fixture()
 def mlp():
     net = TinyMLP()
-    return _loaded(net, {"hidden": net.act})
+    return loaded(net, {"hidden": net.act})
 
 
 @pytest.fixture()
 def conv():
     net = TinyConv()
-    return _loaded(net, {"maps": net.act})
+    return loaded(net, {"maps": net.act})
 
 
 X = torch.tensor([[[[0.5, 0.25]]]])      # hidden = [0.5, 0.5, 0];  logits = [1.5 - 0.5, 1.0] = [1, 1]
