@@ -28,7 +28,7 @@ KINDS = ("benign", "attack", "adaptive")
 # Bump when the content of a shard result changes meaning: old cache entries are then ignored.
 SHARD_FORMAT = 1
 # Engine files that never change a number: editing them keeps the cache valid.
-_NOT_NUMERIC = {"cli.py", "figures.py", "bench.py", "__main__.py", "distributed.py", "shards.py"}
+_NOT_NUMERIC = {"cli.py", "figures.py", "bench.py", "__main__.py", "distributed.py", "shards.py", "fragility.py"}
 
 
 @dataclass(frozen=True)
