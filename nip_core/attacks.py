@@ -42,6 +42,9 @@ class Attack:
     # Not an ART attack: run(model, x, y, params, seed) → adversarials; applies(model) → bool.
     run: Callable[..., torch.Tensor] | None = field(default=None, repr=False)
     applies: Callable[[LoadedModel], bool] | None = field(default=None, repr=False)
+    # Its strength is its budget ``eps``, and its step ``eps_step`` (if it has one) is a share of it
+    # that a sweep over ε keeps (``nip_core.elasticity``): the gradient attacks with a budget.
+    eps_sweep: bool = False
 
     @property
     def name(self) -> str:
@@ -62,6 +65,7 @@ class Attack:
 
     def to_json(self) -> dict:
         return self.spec.to_json() | {"access": self.access, "norm": self.norm, "targeted": self.targeted_ok,
+                                      "eps_sweep": self.eps_sweep,
                                       "dataset_defaults": self.dataset_defaults,
                                       "library": "ART" if self.run is None else "nip_core"}
 
@@ -93,38 +97,38 @@ def _art():
 register("fgsm", "Fast Gradient Sign Method (Goodfellow et al. 2015), one step of size eps",
          [_eps(0.2)], lambda c, p: _art().FastGradientMethod(c, norm=np.inf, eps=p["eps"], targeted=p["target"] >= 0,
                                                               batch_size=64),
-         dataset_defaults={IMAGENET: {"eps": 2 / 255}})
+         dataset_defaults={IMAGENET: {"eps": 2 / 255}}, eps_sweep=True)
 register("bim", "Basic Iterative Method (Kurakin et al. 2017)",
          [_eps(0.1), Param("eps_step", "float", 0.01, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(20)],
          lambda c, p: _art().BasicIterativeMethod(c, eps=p["eps"], eps_step=p["eps_step"], max_iter=p["max_iter"],
                                                   targeted=p["target"] >= 0, batch_size=64, verbose=False),
-         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}})
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}}, eps_sweep=True)
 register("pgd", "Projected Gradient Descent, L∞, random start (Madry et al. 2018)",
          [_eps(0.3), Param("eps_step", "float", 0.01, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(40)],
          lambda c, p: _art().ProjectedGradientDescent(c, norm=np.inf, eps=p["eps"], eps_step=p["eps_step"],
                                                       max_iter=p["max_iter"], num_random_init=1,
                                                       targeted=p["target"] >= 0, batch_size=64, verbose=False),
-         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}})
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}}, eps_sweep=True)
 register("pgd-l2", "Projected Gradient Descent, L2 ball (Madry et al. 2018)",
          [_eps(2.0, 100.0, help_="L2 budget"), Param("eps_step", "float", 0.2, 1e-4, 100.0), _iters(40)],
          lambda c, p: _art().ProjectedGradientDescent(c, norm=2, eps=p["eps"], eps_step=p["eps_step"],
                                                       max_iter=p["max_iter"], num_random_init=1,
                                                       targeted=p["target"] >= 0, batch_size=64, verbose=False),
-         norm="L2", dataset_defaults={IMAGENET: {"eps": 1.0, "eps_step": 0.2, "max_iter": 10}})
+         norm="L2", dataset_defaults={IMAGENET: {"eps": 1.0, "eps_step": 0.2, "max_iter": 10}}, eps_sweep=True)
 register("mifgsm", "Momentum Iterative FGSM (Dong et al. 2018)",
          [_eps(0.3), Param("eps_step", "float", 0.03, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(10),
           Param("decay", "float", 1.0, 0.0, 10.0)],
          lambda c, p: _art().MomentumIterativeMethod(c, norm=np.inf, eps=p["eps"], eps_step=p["eps_step"],
                                                      max_iter=p["max_iter"], decay=p["decay"],
                                                      targeted=p["target"] >= 0, batch_size=64, verbose=False),
-         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255}})
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255}}, eps_sweep=True)
 register("apgd", "Auto-PGD, L∞, cross-entropy (Croce & Hein 2020)",
          [_eps(0.3), _iters(20), Param("restarts", "int", 1, 1, 10)],
          lambda c, p: _art().AutoProjectedGradientDescent(c, norm=np.inf, eps=p["eps"], eps_step=2 * p["eps"] / 10,
                                                           max_iter=p["max_iter"], nb_random_init=p["restarts"],
                                                           targeted=p["target"] >= 0, loss_type="cross_entropy",
                                                           batch_size=64, verbose=False),
-         dataset_defaults={IMAGENET: {"eps": 4 / 255, "max_iter": 10}})
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "max_iter": 10}}, eps_sweep=True)
 register("cw-l2", "Carlini & Wagner L2 (2017), minimal-norm",
          [Param("confidence", "float", 0.0, 0.0, 100.0), Param("learning_rate", "float", 0.05, 1e-4, 1.0),
           Param("binary_search_steps", "int", 5, 1, 20), _iters(20), Param("initial_const", "float", 1.0, 1e-4, 100.0)],

@@ -1,4 +1,4 @@
-"""Command line: ``python -m nip_core list|evaluate|explain|surgery|train|profile|calibrate|bench``.
+"""Command line: ``python -m nip_core list|evaluate|explain|surgery|fragility|train|profile|calibrate|bench``.
 
 Bad arguments or inputs exit with status 2 and one readable line on stderr.
 """
@@ -73,6 +73,7 @@ def cmd_list(args) -> int:
 def cmd_evaluate(args) -> int:
     from nip_core.attacks import ATTACKS
     from nip_core.defenses import DEFENSES
+    from nip_core.elasticity import parse_eps_grid
     from nip_core.evaluate import SHARD_SIZE, SUITES, evaluate, parse_units, write_result
     from nip_core.models.base import get_spec
     from nip_core.byom import resolve_model
@@ -100,6 +101,7 @@ def cmd_evaluate(args) -> int:
         get_spec(model)
         attacks, defenses = parse_units(args.attacks, ATTACKS), parse_units(args.defenses, DEFENSES)
     get_spec(model)
+    eps_grid = None if args.eps_grid is None else parse_eps_grid(args.eps_grid)
     if args.ray is None and (args.workers is not None):
         raise _input_error("--workers needs --ray (local, or a cluster address).")
     bar = _LazyBar(f"evaluate {model}", eta=True)
@@ -109,7 +111,8 @@ def cmd_evaluate(args) -> int:
                           workers=args.workers, threads_per_worker=args.threads, shard_size=SHARD_SIZE if args.shard_size is None else args.shard_size,
                           cache=None if args.no_cache else (args.cache or _default_shard_cache()),
                           fresh=args.fresh, model_source=_model_source(args), data=args.data,
-                          data_seed=args.data_seed, blackbox=_blackbox(args), mediation=_mediation(args))
+                          data_seed=args.data_seed, blackbox=_blackbox(args), mediation=_mediation(args),
+                          eps_grid=eps_grid)
     finally:
         bar.close()
     if args.suite:
@@ -288,6 +291,74 @@ def cmd_surgery(args) -> int:
     return 0
 
 
+def cmd_fragility(args) -> int:
+    from nip_core import figures
+    from nip_core.byom import resolve_model
+    from nip_core.defenses import DEFENSES
+    from nip_core.evaluate import parse_units
+    from nip_core.fragility import (DEFAULT_DEFENSES, DISTRIBUTION_DEFENSES, fragility, fragility_distribution,
+                                    fragility_html)
+    from nip_core.images import load_image_file
+    from nip_core.models import load_model
+
+    if args.distribution:
+        for opt in ("image", "label"):
+            if getattr(args, opt) is not None:
+                raise _input_error(f"--distribution measures the model's {args.split} split; drop --{opt}.")
+    else:
+        if args.image is None:
+            raise _input_error("fragility needs --image (or --distribution for the report split's distribution).")
+        for opt in ("split", "n"):
+            if getattr(args, opt) is not None:
+                raise _input_error(f"--{opt} only applies with --distribution.")
+    model = load_model(resolve_model(args))
+    defenses = (parse_units(args.defenses, DEFENSES) if args.defenses is not None else
+                list(DISTRIBUTION_DEFENSES if args.distribution else DEFAULT_DEFENSES))
+    bar = _LazyBar("fragility", eta=args.distribution)
+    if args.distribution:
+        try:
+            dist = fragility_distribution(model, split=args.split or "report", n=args.n, attack=args.attack,
+                                          attack_params=_params(args.attack_params), defenses=defenses,
+                                          seed=args.seed, progress=bar.update)
+        finally:
+            bar.close()
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(dist, indent=2) + "\n")
+        for d, cell in dist["defenses"].items():
+            flips = sorted(v for v in cell["flip_eps"] if v is not None)
+            med = f"{flips[len(flips) // 2]:.4f}" if flips else "n/a"
+            print(f"{d:30s} flipped {len(flips)}/{dist['n_images']}  median flip ε among them {med}")
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
+    img = load_image_file(args.image, channels=model.spec.input_channels, size=model.spec.input_size,
+                          preprocess=model.spec.preprocess)
+    try:
+        frag = fragility(model, img, args.label, attack=args.attack, attack_params=_params(args.attack_params),
+                         defenses=defenses, seed=args.seed, progress=bar.update)
+    finally:
+        bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    r = frag.result | {"image": str(args.image)}
+    (out / "fragility.json").write_text(json.dumps(r, indent=2) + "\n")
+    fig = figures.fragility_figure(r, frag.image)
+    page = fragility_html(frag, fig.to_html(full_html=False, include_plotlyjs=True), {"image": str(args.image)})
+    (out / "fragility.html").write_text(page, encoding="utf-8")
+    if r["status"] == "misclassified":
+        print(r["message"])
+    note = r.get("distribution", {}).get("note", "")
+    for d, c in r["defenses"].items():
+        eps = "none up to the maximum" if c["flip_eps"] is None else f"{c['flip_eps']:.4f} ({c['flip_eps_255']:g}/255)"
+        pct = (f"percentile {c['percentile']:.0f}" if c.get("percentile") is not None
+               else "" if c.get("percentile_note") == note else c.get("percentile_note", ""))
+        print(f"{d:30s} flip ε {eps:28s} {c['status']:22s} {pct}".rstrip())
+    if note:
+        print(f"percentiles: {note}")
+    print(f"wrote {out}/fragility.json and {out}/fragility.html", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args) -> int:
     from nip_core.train import train_lenet, train_lenet_fashion
 
@@ -431,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "hookable layer (docs/method.md, Mediation)")
     s.add_argument("--mediation-layers", dest="mediation_layers",
                    help="comma-separated layers for --mediation (default: every hookable layer)")
+    s.add_argument("--eps-grid", dest="eps_grid", metavar="EPS,EPS,...",
+                   help="run every L∞ gradient attack (fgsm, bim, pgd, mifgsm, apgd) at each of these strengths in "
+                        "(0, 1], its step scaled with ε, and add accuracy against ε to the JSON (elasticity; "
+                        "docs/elasticity.md); the adaptive columns keep the main ε")
     s.add_argument("--out", required=True, help="JSON path; a CSV is written beside it")
     g = s.add_argument_group("shards, cache and Ray (docs/cluster.md)")
     g.add_argument("--ray", metavar="ADDRESS",
@@ -474,6 +549,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="folder for surgery.json and surgery.html")
     s.set_defaults(fn=cmd_surgery)
+
+    s = sub.add_parser("fragility", help="one image: the smallest attack budget that flips each defense "
+                                         "(docs/elasticity.md)")
+    s.add_argument("--model", help="a registered model, or bring your own with --arch/--weights/--classes")
+    add_byom_arguments(s)
+    s.add_argument("--image", help="the image (PNG, JPEG, …)")
+    s.add_argument("--label", type=int, help="true class, if known (else the benign prediction is the reference)")
+    s.add_argument("--attack", default="pgd", help="an L∞ gradient attack: fgsm, bim, pgd, mifgsm or apgd")
+    s.add_argument("--attack-params", dest="attack_params",
+                   help="e.g. max_iter=10; their eps_step/eps is kept at every budget tried")
+    s.add_argument("--defenses", help="e.g. none,jpeg,nip (default; --distribution: none,jpeg)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--distribution", action="store_true",
+                   help="instead of one image: the flip ε of every image of the model's report split "
+                        "(--out is then a JSON file, e.g. docs/results/fragility-<model>.json)")
+    s.add_argument("--split", choices=["tune", "report", "calib", "all"], help="with --distribution (default report)")
+    s.add_argument("--n", type=int, help="with --distribution: only the first n images of the split")
+    s.add_argument("--out", required=True, help="a folder for fragility.json and fragility.html (--distribution: a "
+                                                "JSON file)")
+    s.set_defaults(fn=cmd_fragility)
 
     s = sub.add_parser("train", help="retrain a shipped model reproducibly")
     s.add_argument("model", help="lenet-mnist or lenet-fashion")

@@ -18,6 +18,9 @@ decision (for ``nip``: the neighbour vote), run with its default settings agains
 defense's evaluated parameters. BPDA alone can badly
 over-state such a defense.
 
+With an ε grid (``eps_grid``, ``nip_core.elasticity``) every L∞ gradient attack runs at each strength
+of the grid, and the result gains accuracy against ε per attack and defense (``elasticity``).
+
 The grid runs as **shards** (``nip_core.shards``): the benign pass, each attack and each adaptive
 column on chunks of ``shard_size`` images. :func:`evaluate_shard` evaluates one; the serial path
 calls it in a loop and the Ray backend (``nip_core.distributed``, ``--ray``) from actors;
@@ -41,12 +44,15 @@ from nip_core.analysis import suppression_from_sums, suppression_sums
 from nip_core.attacks import ATTACKS, run_attack
 from nip_core.data import dataset_of, heldout_split
 from nip_core.defenses import DEFENSES, DefendedNet, apply_defense
+from nip_core.elasticity import Sweep, elasticity_block, expand_eps_grid, parse_eps_grid
 from nip_core.errors import InputError
 from nip_core.mediation import DEFAULT_K as MEDIATION_K
 from nip_core.mediation import GROUPS as MEDIATION_GROUPS
 from nip_core.mediation import MEDIATION_DEFENSES, mediation_from_parts, mediation_layers, mediation_parts
 from nip_core.models import load_model
+from nip_core.params import unit_label
 from nip_core.shards import Shard, shard_seed
+from nip_core.stats import wilson_interval
 
 # One ART batch (attacks run with batch_size=64): larger shards gain no vectorisation.
 SHARD_SIZE = 64
@@ -97,16 +103,6 @@ SUITES: dict[str, dict[str, Any]] = {
         "blackbox_eps": 4 / 255,
     },
 }
-
-
-def unit_label(name: str, params: dict[str, Any]) -> str:
-    if not params:
-        return name
-    return name + "[" + ";".join(f"{k}={_fmt(v)}" for k, v in params.items()) + "]"
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def parse_units(text: str, registry) -> UnitList:
@@ -168,6 +164,8 @@ class EvalJob:
     blackbox: dict[str, Any] | None = None
     # Neuron mediation (``nip_core.mediation``) at these layers (empty: every hookable layer); None: off.
     mediation: list[str] | None = None
+    # Strengths at which every L∞ gradient attack runs (``nip_core.elasticity``); None: as given.
+    eps_grid: list[float] | None = None
 
     def context(self) -> "EvalContext":
         """The job made ready to run shards (in this process: a Ray worker calls this)."""
@@ -188,6 +186,11 @@ class EvalContext:
         self.job = job
         self.model = model = load_model(job.model)
         self.att_units = [(a, ATTACKS.get_unit(a).params_for(model, p)) for a, p in job.attacks]
+        self.sweeps: list[Sweep] = []
+        if job.eps_grid is not None:
+            # one unit per strength, each an ordinary attack unit: shards, seeds and cache keys need
+            # nothing new, and the benign and adaptive shards keep the keys of a run without the grid
+            self.att_units, self.sweeps = expand_eps_grid(model, self.att_units, job.eps_grid)
         self.def_units = [(d, DEFENSES.get_unit(d).params_for(model, p)) for d, p in job.defenses]
         self.data = None
         if job.data_path is not None:
@@ -433,7 +436,7 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
              cache: str | os.PathLike | None = None, fresh: bool = False, model_source: dict | None = None,
              on_shard: Callable[[dict[str, Any]], None] | None = None, data: str | os.PathLike | None = None,
              data_seed: int = 0, blackbox: dict[str, Any] | None = None,
-             mediation: list[str] | None = None) -> dict[str, Any]:
+             mediation: list[str] | None = None, eps_grid: list[float] | None = None) -> dict[str, Any]:
     """Run the evaluation grid; returns a JSON-able dict (see module doc).
 
     Every row and benign entry carries ``correct``: one character per image, "1" where the
@@ -458,6 +461,10 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
     ``mediation``: layers (``[]``: every hookable layer) at which each attack's successful
     adversarials are patched with benign and defended neuron values (``nip_core.mediation``);
     the JSON's ``mediation`` block holds the results per attack and layer.
+    ``eps_grid``: strengths in (0, 1] at which every L∞ gradient attack runs instead of its own ε
+    (one unit per strength, labelled ``pgd[eps=0.05;eps_step=…;…]``, the step scaled to keep
+    ``eps_step/eps``); the JSON's ``elasticity`` block holds accuracy against ε per attack and
+    defense, with Wilson bands (``nip_core.elasticity``). The adaptive columns keep the main ε.
     """
     from nip_core.shards import ShardCache, plan, shard_key
 
@@ -466,7 +473,8 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         raise InputError(f"parameter 'shard_size' must be an integer ≥ 1; got {shard_size!r}.")
     job = EvalJob(model_name, [(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses],
                   n, seed, split, observe, model_source, None if data is None else str(data), data_seed, blackbox,
-                  None if mediation is None else list(mediation))
+                  None if mediation is None else list(mediation),
+                  None if eps_grid is None else parse_eps_grid(eps_grid))
     ctx = EvalContext(job)
     model, att_units, def_units, x, y = ctx.model, ctx.att_units, ctx.def_units, ctx.x, ctx.y
     warnings = split_warnings(model, split, len(y), [d for d, _ in def_units])
@@ -554,6 +562,8 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         "rows": rows, "benign": benign, "adaptive": adaptive_out, "summary": summary, "observation": observation,
         **({"mediation": {"layers": ctx.mediation, "k": MEDIATION_K, "groups": list(MEDIATION_GROUPS),
                           "defenses": list(MEDIATION_DEFENSES), "by_attack": mediation}} if ctx.mediation else {}),
+        **({"elasticity": elasticity_block(ctx.sweeps, job.eps_grid, ctx.attack_labels, rows, def_labels,
+                                           ctx.adaptive_params)} if ctx.sweeps else {}),
         "seconds_total": time.perf_counter() - t_start,
         "environment": environment(),
         "distributed": distributed,
@@ -639,16 +649,6 @@ def paired_comparisons(rows: list[dict], benign: dict[str, dict], defense: str) 
     if label in benign:
         out["benign"] = {d: compare(benign[label]["correct"], b["correct"]) for d, b in benign.items() if d != label}
     return out
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval for ``k`` successes in ``n`` trials (95% by default)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def accuracy_intervals(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ ENGINE_ROOT = REPO_ROOT / "nip_core"
 SHIPPED_ROOT = ASSETS
 # Engine files that never change a number: editing them keeps every cache valid.
 NOT_NUMERIC = frozenset({"cli.py", "figures.py", "bench.py", "__main__.py", "distributed.py", "shards.py",
-                         "fingerprint.py", "api.py"})
+                         "fingerprint.py", "api.py", "fragility.py"})
 # The shipped files numbers are read from: weights, influence profiles, calibration banks.
 SHIPPED_PATTERNS = ("models/*.safetensors", "profiles/*.safetensors", "calibration/*.npz")
 

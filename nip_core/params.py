@@ -116,6 +116,17 @@ def _param_json(p: Param) -> dict[str, Any]:
     return out
 
 
+def unit_label(name: str, params: Mapping[str, Any]) -> str:
+    """``pgd`` with ``{"eps": 0.1, "max_iter": 40}`` → ``"pgd[eps=0.1;max_iter=40]"`` (floats to 4 digits)."""
+    if not params:
+        return name
+    return name + "[" + ";".join(f"{k}={_fmt(v)}" for k, v in params.items()) + "]"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def parse_kv(text: str) -> dict[str, str]:
     """Parse ``"eps=0.1,steps=10"`` into a dict of strings (values validated later)."""
     out: dict[str, str] = {}

@@ -84,6 +84,16 @@ def test_mediation_is_the_same_serial_and_on_ray(ray_local):
     assert med["fc1"]["n_successful"] == serial["rows"][0]["n_successful_adv"] > 0
 
 
+def test_eps_grid_is_the_same_serial_and_on_ray(ray_local):
+    grid = dict(attacks=[("fgsm", {}), ("pgd", {"max_iter": "2"})], defenses=[("none", {}), ("random-sign", {})],
+                n=8, seed=2, split="tune", adaptive=False, observe=False, shard_size=4, eps_grid=[0.1, 0.3])
+    serial = evaluate("lenet-mnist", **grid)
+    distributed = evaluate("lenet-mnist", **grid, ray_address="local", workers=2)
+    assert deterministic(distributed) == deterministic(serial)
+    assert distributed["distributed"]["shards"] == 2 * (1 + 4)       # 2 chunks × (benign + 2 attacks × 2 ε)
+    assert list(serial["elasticity"]["by_attack"]) == ["fgsm", "pgd[eps_step/eps=0.03333;max_iter=2]"]
+
+
 def test_a_killed_worker_has_its_shard_rerun(ray_local, serial):
     killed = []
 
