@@ -459,7 +459,7 @@ def surgery_bars(result, image: int = 0, n: int = 3) -> go.Figure:
 
 # ----------------------------------------------------------------------------- Benchmark figures
 
-def _bare_names(labels: Sequence[str], n: int = 30) -> list[str]:
+def bare_names(labels: Sequence[str], n: int = 30) -> list[str]:
     """``"nip[k=0.2;…]"`` → ``"nip"`` when that bare name is unambiguous, else the label shortened."""
     bare = [lab.split("[", 1)[0] for lab in labels]
     return [b if bare.count(b) == 1 else _short(lab, n) for b, lab in zip(bare, labels)]
@@ -509,7 +509,7 @@ def evaluation_heatmap(result: dict, metric: str = "defended_adv_accuracy", adap
               "benign_accuracy": "benign accuracy after defense", "adv_accuracy": "accuracy with no defense"}
     label = titles.get(metric, metric)
     fig = go.Figure(go.Heatmap(
-        z=zz, x=_bare_names(defenses), y=_bare_names(ylabels, 34), text=text, customdata=hover,
+        z=zz, x=bare_names(defenses), y=bare_names(ylabels, 34), text=text, customdata=hover,
         texttemplate="%{text}", colorscale="Viridis", zmin=0, zmax=100,
         colorbar=dict(title=dict(text=f"{label} (%)", side="right")),
         hovertemplate="attack %{y}<br>defense %{x}<br>" + label + " %{text}%{customdata}<extra></extra>",
@@ -642,4 +642,38 @@ def fragility_figure(result: dict, image: Any) -> go.Figure:
              f"{_short(result.get('reference_name', ''), 20)} (dashed: the largest ε searched)")
     fig.update_layout(title=dict(text=title, x=0.0, font=dict(size=13)), margin=dict(l=30, r=20, t=80, b=50),
                       height=360)
+    return fig
+
+
+# ----------------------------------------------------------------------------- elasticity (nip_core.elasticity)
+
+def elasticity_figure(block: dict, attack: str, defenses: Sequence[str] | None = None) -> go.Figure:
+    """Accuracy against attack strength ε for each defense, with Wilson 95% bands (``evaluate --eps-grid``).
+
+    Args:
+        block: an evaluation result's ``elasticity`` block.
+        attack: a key of ``block["by_attack"]``.
+        defenses: the defenses to draw (default: all; the undefended model is always drawn, dashed).
+    """
+    sweep = block["by_attack"][attack]
+    eps = sweep["eps"]
+    names = [d for d in sweep["defenses"] if defenses is None or d in defenses]
+    fig = go.Figure()
+    palette = ["#2563eb", "#16a34a", "#dc2626", "#7c3aed", "#f59e0b", "#0891b2", "#db2777", "#65a30d",
+               "#9333ea", "#ea580c", "#0d9488", "#4b5563", "#be123c"]
+    short = dict(zip(sweep["defenses"], bare_names(list(sweep["defenses"]))))
+    curves = [("no defense", sweep["undefended"], "#111827", "dash")] + [
+        (short[d], sweep["defenses"][d], palette[i % len(palette)], "solid") for i, d in enumerate(names) if d != "none"]
+    for label, c, colour, dash in curves:
+        band = [100 * v for v in c["ci_high"]] + [100 * v for v in c["ci_low"][::-1]]
+        fig.add_trace(go.Scatter(x=eps + eps[::-1], y=band, fill="toself", fillcolor=colour, opacity=0.12, line=dict(width=0), hoverinfo="skip",
+                                 showlegend=False, legendgroup=label))
+        fig.add_trace(go.Scatter(x=eps, y=[100 * v for v in c["accuracy"]], mode="lines+markers",
+                                 name=_short(label, 26), line=dict(color=colour, dash=dash), legendgroup=label,
+                                 customdata=[f"{k}/{c['n']}" for k in c["correct"]],
+                                 hovertemplate=f"{label}<br>ε %{{x:.3g}}: %{{y:.1f}}% (%{{customdata}})<extra></extra>"))
+    fig.update_layout(title=dict(text=f"Accuracy against attack strength — {attack} (bands: 95% Wilson intervals)",
+                                 x=0.0, font=dict(size=13)),
+                      xaxis_title="ε (L∞, [0,1] pixel units)", yaxis=dict(title="accuracy (%)", range=[0, 102]),
+                      margin=dict(l=50, r=20, t=60, b=40), height=420)
     return fig

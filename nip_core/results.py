@@ -36,6 +36,19 @@ MEDIATION_FILES = {
 }
 
 
+# Suite → its elasticity run (``evaluate --eps-grid``, docs/elasticity.md).
+ELASTIC_FILES = {
+    "paper-mnist": "paper-mnist-report-elastic.json",
+    "paper-fashion": "paper-fashion-report-elastic.json",
+}
+
+
+def shipped_elastic(suite: str) -> str | None:
+    """The file name of ``suite``'s shipped elasticity run, or None when none ships."""
+    f = ELASTIC_FILES.get(suite)
+    return f if f and (RESULTS_DIR / f).is_file() else None
+
+
 def shipped_mediation(suite: str) -> str | None:
     """The file name of ``suite``'s shipped mediation run, or None when none ships."""
     f = MEDIATION_FILES.get(suite)

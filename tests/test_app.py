@@ -384,6 +384,28 @@ def test_benchmark_draws_the_shipped_mediation_on_request() -> None:
     assert at.selectbox(key="benchmark.shipped.med.paper-cifar10.layer").value == "stack3"
 
 
+def test_benchmark_draws_the_shipped_elasticity_on_request() -> None:
+    from nip_core.results import shipped_elastic, shipped_result
+
+    at = _app()
+    at.switch_page("views/benchmark.py").run()
+    at.toggle(key="benchmark.shipped.elastic").set_value(True).run()
+    _ok(at)
+    block = shipped_result(shipped_elastic("paper-mnist"))["elasticity"]
+    k = "benchmark.shipped.elastic.paper-mnist."
+    assert at.selectbox(key=k + "attack").options == list(block["by_attack"])
+    fig = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    lines = [t for t in fig["data"] if t.get("mode") == "lines+markers"]
+    shown = at.multiselect(key=k + "defenses").value
+    assert len(lines) == 1 + len([d for d in shown if d != "none"])          # the undefended line, dashed
+    sweep = block["by_attack"][at.selectbox(key=k + "attack").value]
+    assert lines[0]["x"] == sweep["eps"]
+    assert lines[0]["y"] == pytest.approx([100 * a for a in sweep["undefended"]["accuracy"]])
+    at.multiselect(key=k + "defenses").set_value([shown[0]]).run()
+    assert len([t for t in json.loads(at.get("plotly_chart")[-1].proto.spec)["data"]
+                if t.get("mode") == "lines+markers"]) == 1 + (shown[0] != "none")
+
+
 def test_benchmark_opens_a_results_json_and_refuses_bad_files() -> None:
     from nip_core.results import RESULTS_DIR
 

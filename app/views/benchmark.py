@@ -45,7 +45,7 @@ def main() -> None:
 
 def shipped_view() -> None:
     """The report runs that ship with the app (``docs/results``), shown without computing anything."""
-    from nip_core.results import shipped_mediation, shipped_result, shipped_suites
+    from nip_core.results import shipped_elastic, shipped_mediation, shipped_result, shipped_suites
 
     suites = shipped_suites()
     if not suites:
@@ -61,6 +61,13 @@ def shipped_view() -> None:
     st.caption(f"`docs/results/{suites[suite]}`: the suite's report run, as the README quotes it. Reproduce it "
                f"with `python -m nip_core evaluate --suite {suite}`; nothing is recomputed here.")
     show(shipped_result(suites[suite]), "shipped")
+    elastic = shipped_elastic(suite)
+    if elastic is not None and st.toggle("Attack strength: accuracy against ε for each defense",
+                                         key=init_state(P + "shipped.elastic", False)):
+        st.caption(f"`docs/results/{elastic}`: `python -m nip_core evaluate --suite {suite} --split report "
+                   "--attacks fgsm,pgd --eps-grid …` (docs/elasticity.md, disclosed in docs/nip-research.md); "
+                   "no adaptive or black-box column. Nothing is recomputed here.")
+        elasticity_section(shipped_result(elastic), P + f"shipped.elastic.{suite}.")
     med = shipped_mediation(suite)
     if med is not None and st.toggle("Neuron mediation: put neurons back and watch the class return",
                                      key=init_state(P + "shipped.mediation", False)):
@@ -230,6 +237,9 @@ def show(result: dict, where: str) -> None:
                       | {"adaptive_accuracy": adaptive.get(r["defense"], {}).get("accuracy"),
                          "defense_aware_accuracy": adaptive.get(r["defense"], {}).get("aware", {}).get("accuracy")}
                       for r in result["rows"]], hide_index=True, width="stretch", key=k + "rows")
+    if result.get("elasticity") and where != "shipped":
+        with st.expander("Accuracy against attack strength"):
+            elasticity_section(result, k + "elastic.")
     if result.get("mediation") and where != "shipped":
         with st.expander("Neuron mediation"):
             mediation_section(result, k + "med.")
@@ -238,6 +248,22 @@ def show(result: dict, where: str) -> None:
                          key=k + "csv")
     d[1].download_button("Download JSON", json.dumps(result, indent=2, default=float), file_name="nip_benchmark.json",
                          mime="application/json", key=k + "json")
+
+
+def elasticity_section(result: dict, k: str) -> None:
+    """A result's ``elasticity`` block (``evaluate --eps-grid``): accuracy against ε per defense."""
+    block = result["elasticity"]
+    attacks = list(block["by_attack"])
+    c = st.columns([1, 2])
+    attack = c[0].selectbox("Attack", attacks, key=init_state(k + "attack", attacks[-1]))
+    names = list(block["by_attack"][attack]["defenses"])
+    default = [d for d in names if d.split("[")[0] in ("jpeg", "nip", "nip-oracle", "counter-attack-oracle",
+                                                         "random-sign")] or names
+    short = dict(zip(names, F.bare_names(names)))
+    shown = c[1].multiselect("Defenses", names, key=init_state(k + "defenses", default), format_func=short.get)
+    st.plotly_chart(F.elasticity_figure(block, attack, shown), key=k + "fig", width="stretch")
+    note = block.get("note", "")
+    st.caption("The dashed line is the model without a defense. " + note[:1].upper() + note[1:] + ".")
 
 
 def mediation_section(result: dict, k: str) -> None:
