@@ -18,8 +18,8 @@ Names are verbs on things (``explain_image``, ``run_evaluation``) so they never 
 modules ``nip_core.explain`` and ``nip_core.evaluate``. Units (attacks, defenses) are given as the
 CLI writes them, ``"pgd[eps=0.1;max_iter=20]"``, or as ``(name, params)`` pairs.
 
-Still to come, when the engine has them: ``run_surgery`` (neuron surgery) and ``run_fragility``
-(fragility sweeps) join this module as thin calls of their engine modules, like the ones below.
+Neuron surgery is ``run_surgery`` (the CLI's ``surgery``). Still to come, when the engine has it:
+``run_fragility`` (fragility sweeps) joins this module as a thin call of its engine module.
 """
 from __future__ import annotations
 
@@ -34,9 +34,11 @@ if TYPE_CHECKING:
     from nip_core.calibration import Calibration
     from nip_core.explain import Explanation
     from nip_core.models.base import LoadedModel
+    from nip_core.surgery import Selection, SurgeryResult, Value
 
 __all__ = ["models", "attacks", "defenses", "load", "load_image", "gallery_image", "explain_image",
-           "run_evaluation", "evaluation_figure", "calibrate_model"]
+           "run_surgery", "surgery_figure", "run_evaluation", "evaluation_figure",
+           "calibrate_model"]
 
 ModelLike = Union[str, "LoadedModel"]
 Units = Union[str, Sequence[Union[str, tuple[str, dict[str, Any]]]]]
@@ -170,6 +172,89 @@ def explain_image(model: ModelLike, image: torch.Tensor | str | os.PathLike, lab
     return explain(m, image, label, attack=a, attack_params=ap | dict(attack_params or {}), defense=d,
                    defense_params=dp | dict(defense_params or {}), layer=layer, method=method, k=k,
                    n_steps=n_steps, seed=seed, progress=progress)
+
+
+def run_surgery(model: ModelLike, image: torch.Tensor | str | os.PathLike, label: int | None = None, *,
+                attack: str = "fgsm", attack_params: dict[str, Any] | None = None, defense: str | None = None,
+                defense_params: dict[str, Any] | None = None, layer: str | None = None,
+                select: str | Selection | Sequence[int] = "front:0.2", value: str | Value = "benign",
+                seed: int = 0) -> SurgeryResult:
+    """Attack one image, set chosen neurons of a layer in the adversarial pass, and re-run it:
+    ``surgery`` of the CLI (:func:`nip_core.surgery.surgery` after the attack, and the defense).
+
+    Args:
+        model: a model name or a loaded model (your own too).
+        image: ``[C,H,W]`` in [0,1] (``gallery_image``, ``load_image``) or an image file path.
+        label: the true class, when known: the reference class whose margin is restored (else the
+            benign prediction), and the class the attack aims away from.
+        attack, defense: names, optionally with parameters in brackets (``"pgd[eps=0.1]"``);
+            ``attack_params`` / ``defense_params`` add to or override them. The defense is optional:
+            its input is what ``value="defended"`` copies, and its pass is reported.
+        layer: the layer whose neurons are set (None: the model's default layer).
+        select: ``front:K``, ``tail:K``, ``front+tail:K``, ``changed:N``, ``random:N``, ``none``, or
+            neuron indices (``"3,17,42"`` or ``[3, 17, 42]``).
+        value: ``benign``, ``defended``, ``zero``, ``scale:A`` (A in [-10, 10]) or ``mean``.
+        seed: seeds the attack, the defense and ``random:N``.
+
+    Returns:
+        The :class:`~nip_core.surgery.SurgeryResult`: benign, adversarial and patched passes, the
+        patched neurons (``selected()``), the recovery share (``recovery()``) and ``to_json()``;
+        ``surgery_figure(result)`` draws it. Its ``seconds`` also hold the attack's (and the
+        defense's) time.
+
+    Raises:
+        InputError: a bad selection, value, layer, label or unit, before the attack runs.
+    """
+    import torch
+
+    from nip_core.attacks import ATTACKS, run_attack
+    from nip_core.defenses import DEFENSES, apply_defense
+    from nip_core.errors import InputError
+    from nip_core.surgery import check_selection, layer_output_and_logits, parse_selection, parse_value, surgery
+
+    m = _model(model)
+    if not hasattr(image, "dim"):
+        image = load_image(image, m)
+    if image.dim() != 3 or image.shape[0] != m.spec.input_channels:
+        raise InputError(f"image must have shape [{m.spec.input_channels}, H, W]; got {list(image.shape)}.")
+    layer = layer or m.spec.default_layer
+    m.layer(layer)
+    val = parse_value(value)
+    parse_selection(select)
+    a, ap = _unit(attack, ATTACKS)
+    ap = ATTACKS.get_unit(a).params_for(m, ap | dict(attack_params or {}))
+    d = dunit = dp = None
+    if defense is not None:
+        d, dp = _unit(defense, DEFENSES)
+        dunit = DEFENSES.get_unit(d)
+        dp = dunit.params_for(m, dp | dict(defense_params or {}))
+        if dunit.needs_labels and label is None:
+            raise InputError(f"defense '{d}' needs the true label; give label=.")
+    elif val.kind == "defended":
+        raise InputError("value 'defended' needs a defended input; give defense=.")
+    if label is not None and not 0 <= int(label) < m.num_classes:
+        raise InputError(f"label must be a class in [0, {m.num_classes - 1}]; got {label}.")
+    x = image.unsqueeze(0).float()
+    # Refuse a bad selection before the attack runs: the layer's width needs one pass.
+    acts, logits = layer_output_and_logits(m, x, layer)
+    check_selection(select, int(acts.shape[1]), layer)
+    y = torch.tensor([int(label) if label is not None else int(logits.argmax(1)[0])])
+    ar = run_attack(m, a, x, y, ap, seed=seed)
+    seconds = {"attack": ar.seconds}
+    x_def = None
+    if d is not None:
+        dr = apply_defense(m, d, ar.x_adv, dp, y=y if dunit.needs_labels else None, seed=seed, x_benign=x)
+        x_def, seconds["defense"] = dr.x_def, dr.seconds
+    result = surgery(m, x, ar.x_adv, layer, select, val, label=label, x_def=x_def, seed=seed)
+    result.seconds = seconds | result.seconds
+    return result
+
+
+def surgery_figure(result: SurgeryResult, image: int = 0, n: int = 3) -> go.Figure:
+    """The prediction bars of a surgery (``run_surgery``): benign, adversarial and patched side by
+    side, each variant's top-``n`` classes, the recovery share in the title (``surgery.html`` of the CLI)."""
+    from nip_core.figures import surgery_bars
+    return surgery_bars(result, image, n)
 
 
 def _units(units: Units, registry) -> list[tuple[str, dict[str, Any]]]:

@@ -64,6 +64,52 @@ def test_run_evaluation_reads_units_as_the_cli_does(lenet):
     assert api.evaluation_figure(a).data
 
 
+def test_run_surgery_is_the_engines_surgery_after_the_attack_and_defense(lenet, tmp_path):
+    from nip_core import api, figures
+    from nip_core.attacks import ATTACKS, run_attack
+    from nip_core.defenses import DEFENSES, apply_defense
+    from nip_core.images import tensor_to_png_bytes
+    from nip_core.surgery import surgery
+
+    image, label = api.gallery_image(lenet, 2)
+    r = api.run_surgery("lenet-mnist", image, label, attack="pgd[eps=0.2]", attack_params={"max_iter": 3},
+                        defense="median", layer="fc1", select="changed:10", value="defended", seed=4)
+    # The same steps, by hand: the attack and the defense of the registry, then the engine's surgery.
+    x, y = image.unsqueeze(0), torch.tensor([label])
+    ar = run_attack(lenet, "pgd", x, y, ATTACKS.get_unit("pgd").params_for(lenet, {"eps": "0.2", "max_iter": 3}),
+                    seed=4)
+    dr = apply_defense(lenet, "median", ar.x_adv, DEFENSES.get_unit("median").params_for(lenet, {}), seed=4,
+                       x_benign=x)
+    direct = surgery(lenet, x, ar.x_adv, "fc1", "changed:10", "defended", label=label, x_def=dr.x_def, seed=4)
+    without_time = lambda res: {k: v for k, v in res.to_json().items() if k != "seconds"}  # noqa: E731
+    assert without_time(r) == without_time(direct)
+    assert (r.layer, r.selection, r.value, r.label) == ("fc1", "changed:10", "defended", [label])
+    assert len(r.selected()) == 10 and r.defended is not None
+    assert {"attack", "defense", "sources", "select", "patch"} <= set(r.seconds)
+    assert api.surgery_figure(r).to_json() == figures.surgery_bars(r).to_json()
+    # An image file gives what its decoded tensor gives; without a label the benign prediction is the reference.
+    path = tmp_path / "digit.png"
+    path.write_bytes(tensor_to_png_bytes(image))
+    from_file = api.run_surgery(lenet, path, select="3,17", value="zero")
+    from_tensor = api.run_surgery(lenet, api.load_image(path, lenet), select=[3, 17], value="zero")
+    assert without_time(from_file) == without_time(from_tensor)
+    assert from_file.label is None and from_file.reference_class.tolist() == from_file.benign.predictions.tolist()
+    assert from_file.selected() == [3, 17]
+
+
+def test_run_surgery_refuses_a_bad_selection_before_the_attack_runs(monkeypatch):
+    import nip_core.attacks
+    from nip_core import api
+
+    attacks = []
+    monkeypatch.setattr(nip_core.attacks, "run_attack", lambda *a, **k: attacks.append(a))
+    with pytest.raises(InputError, match="neuron index 120 is outside layer 'fc1'"):
+        api.run_surgery("lenet-mnist", torch.rand(1, 28, 28), select="3,120", layer="fc1")
+    with pytest.raises(InputError, match="asks for 121 neurons"):
+        api.run_surgery("lenet-mnist", torch.rand(1, 28, 28), select="random:121", layer="fc1")
+    assert attacks == []
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda api: api.load("no-such-model"), "unknown model"),
     (lambda api: api.load("lenet-mnist", weights=b"x"), "not both"),
@@ -71,6 +117,14 @@ def test_run_evaluation_reads_units_as_the_cli_does(lenet):
     (lambda api: api.gallery_image("lenet-mnist", "nope"), "no gallery image"),
     (lambda api: api.explain_image("lenet-mnist", torch.rand(1, 28, 28), attack="fgsm,pgd"), "one attack"),
     (lambda api: api.run_evaluation("lenet-mnist", "zap", "none", n=2), "unknown attack"),
+    (lambda api: api.run_surgery("lenet-mnist", torch.rand(1, 28, 28), select="front:0.9"), r"in \(0, 0.5\]"),
+    (lambda api: api.run_surgery("lenet-mnist", torch.rand(1, 28, 28), value="scale:11"), r"\[-10, 10\]"),
+    (lambda api: api.run_surgery("lenet-mnist", torch.rand(1, 28, 28), value="defended"), "needs a defended input"),
+    (lambda api: api.run_surgery("lenet-mnist", torch.rand(1, 28, 28), defense="nip-oracle"), "needs the true label"),
+    (lambda api: api.run_surgery("lenet-mnist", torch.rand(1, 28, 28), 10), "label must be a class"),
+    (lambda api: api.run_surgery("lenet-mnist", torch.rand(3, 28, 28)), "image must have shape"),
+    (lambda api: api.run_surgery("lenet-mnist", torch.rand(1, 28, 28), layer="fc9"), "no layer 'fc9'"),
+    (lambda api: api.run_surgery("lenet-mnist", torch.rand(1, 28, 28), attack="fgsm[eps=2]"), "eps"),
 ])
 def test_bad_input_is_an_input_error(call, match):
     from nip_core import api
@@ -79,11 +133,12 @@ def test_bad_input_is_an_input_error(call, match):
         call(api)
 
 
-def test_every_name_in_all_exists_and_surgery_is_not_pretended():
+def test_every_name_in_all_exists_and_fragility_is_not_pretended():
     from nip_core import api
 
     assert all(callable(getattr(api, name)) for name in api.__all__)
-    assert not hasattr(api, "run_surgery") and not hasattr(api, "run_fragility")
+    assert "run_surgery" in api.__all__
+    assert not hasattr(api, "run_fragility")             # not in the engine yet
     assert "lenet-mnist" in api.models() and "fgsm" in api.attacks() and "nip" in api.defenses()
 
 
@@ -100,4 +155,7 @@ def test_docs_api_page_runs(tmp_path, monkeypatch, capsys):
         exec(compile(block, f"docs/api.md block {i + 1}", "exec"), namespace)
     printed = capsys.readouterr().out
     assert "custom-lenet-" in printed and "bank images" in printed
+    assert "front neurons back at their benign values: recovery share" in printed
+    assert namespace["r"].recovery() is not None               # the example's attack flips the digit
+    assert "recovery share" in namespace["bars"].layout.title.text
     assert (tmp_path / "my_digits.npz").exists()

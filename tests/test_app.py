@@ -150,16 +150,54 @@ def test_slow_attack_is_announced_before_it_runs() -> None:
     assert not [c for c in at.caption if c.value.startswith("Slow:")]
 
 
-def test_garbage_upload_is_an_input_error() -> None:
-    # AppTest cannot drive st.file_uploader; the page hands upload bytes to this function and shows
-    # its InputError with st.error (the browser test uploads a real image).
-    from app.loaders import load_upload
-    from nip_core.errors import InputError
+def _upload_image(at: AppTest, name: str, data: bytes, mime: str = "image/png") -> AppTest:
+    """Explore's "Upload an image" through its real widgets: the source radio, then the uploader."""
+    at.radio(key="explore.source").set_value("Upload an image").run()
+    return at.file_uploader(key="explore.upload").set_value((name, data, mime)).run()
 
-    with pytest.raises(InputError, match="text file|not a supported image"):
-        load_upload("lenet-mnist", b"this is not an image at all")
-    with pytest.raises(InputError):
-        load_upload("lenet-mnist", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+
+def test_explore_runs_on_an_image_uploaded_through_the_widget(lenet, digits) -> None:
+    """A held-out digit of another class than the gallery's first example, uploaded as a PNG: the run
+    shows the engine's predictions for that image (decoded and attacked here, independently)."""
+    import torch
+
+    from nip_core.attacks import run_attack
+    from nip_core.data import gallery
+    from nip_core.images import load_image, tensor_to_png_bytes
+
+    x, y = digits
+    i = next(i for i in range(len(y)) if int(y[i]) != gallery("mnist")[0].label)
+    png = tensor_to_png_bytes(x[i])
+    seen = load_image(png, channels=1, size=28, preprocess=lenet.spec.preprocess).unsqueeze(0)
+    benign = int(lenet.predict(seen)[0])
+    adversarial = int(lenet.predict(run_attack(lenet, "fgsm", seen, torch.tensor([benign]), seed=0).x_adv)[0])
+    assert benign == int(y[i])
+
+    at = _upload_image(_app(), "my digit.png", png)
+    _ok(at)
+    captions = [im.caption for el in at.get("image") for im in el.proto.imgs]
+    assert captions == ["my digit.png as the model sees it"]                 # the upload, not the gallery
+    at.selectbox(key="explore.lenet-mnist.upload_label").set_value(int(y[i])).run()
+    at = _submit(at, "Run")
+    _ok(at)
+    assert len(at.get("plotly_chart")) == VIEW_CHARTS
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["benign prediction"] == str(benign) and metrics["adversarial prediction"] == str(adversarial)
+    assert at.query_params["image"] == "upload" and at.query_params["model"] == "lenet-mnist"
+
+
+def test_garbage_upload_through_the_widget_is_one_error_line() -> None:
+    at = _upload_image(_app(), "notes.png", b"this is not an image at all")
+    assert not at.exception
+    [err] = [e.value for e in at.error]
+    assert err.startswith("Cannot use notes.png:") and ("text file" in err or "not a supported image" in err)
+    at = _submit(at, "Run")                                  # nothing to run on: said, not raised
+    assert not at.exception and not at.get("plotly_chart")
+    assert any(e.value == "Choose an example or upload a valid image first." for e in at.error)
+    at.file_uploader(key="explore.upload").set_value(("cut.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,
+                                                       "image/png")).run()
+    assert not at.exception
+    assert [e.value for e in at.error][0].startswith("Cannot use cut.png:")
 
 
 def test_oracle_without_label_is_an_input_error() -> None:
@@ -239,6 +277,83 @@ def test_bring_your_own_model_is_per_session_and_refuses_pickles():
     pickle.dump(net.state_dict(), buf)
     with pytest.raises(InputError, match="safetensors"):
         load_custom("lenet", buf.getvalue(), b"a\nb\nc\n", None)
+
+
+def _lenet_safetensors(seed: int, classes: int = 3) -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    from nip_core.models.lenet import LeNet5
+
+    torch.manual_seed(seed)
+    return save({k: v.contiguous() for k, v in LeNet5(num_classes=classes).state_dict().items()})
+
+
+def _load_own_model(at: AppTest, weights: bytes, classes: bytes) -> str:
+    """The sidebar's "Bring your own model" form (a LeNet) through its real select box, uploaders and
+    submit button; returns the name the app gave the model."""
+    [arch] = [sb for sb in at.sidebar.selectbox if sb.label == "Architecture"]
+    arch.set_value("lenet")
+    [w] = [u for u in at.sidebar.file_uploader if u.label == "Weights (.safetensors)"]
+    [c] = [u for u in at.sidebar.file_uploader if u.label == "Class names (.txt or .json)"]
+    w.set_value(("mine.safetensors", weights, "application/octet-stream"))
+    c.set_value(("classes.txt", classes, "text/plain"))
+    [submit] = [b for b in at.sidebar.button if b.label == "Load model"]
+    submit.click().run()
+    _ok(at)
+    [ok] = [m.value for m in at.success if m.value.startswith("Loaded as ")]
+    return ok.removeprefix("Loaded as ").split(";")[0]
+
+
+def _offered(box) -> list[str]:
+    """The model names a Model select box offers (its options read "name — summary")."""
+    return [o.split(" — ")[0] for o in box.options]
+
+
+def test_bring_your_own_model_through_the_sidebar_form() -> None:
+    at = _app()
+    name = _load_own_model(at, _lenet_safetensors(seed=21), b"cat\ndog\nbird\n")
+    assert name.startswith("custom-lenet-")
+    box = at.selectbox(key="explore.model")
+    assert _offered(box)[-1] == name and box.value == "lenet-mnist"          # offered, not forced
+    box.set_value(name).run()
+    _ok(at)
+    at = _submit(at, "Run")
+    _ok(at)
+    assert at.query_params["model"] == name and len(at.get("plotly_chart")) == VIEW_CHARTS
+    assert {m.value for m in at.metric} <= {"cat", "dog", "bird"}            # the model's own classes
+    # Without a weights file the form says what is missing.
+    [w] = [u for u in at.sidebar.file_uploader if u.label == "Weights (.safetensors)"]
+    w.set_value(None)
+    [b for b in at.sidebar.button if b.label == "Load model"][0].click().run()
+    assert not at.exception and any(e.value == "Upload both the weights and the class names." for e in at.error)
+
+
+def test_one_sessions_model_is_invisible_and_unlinkable_in_another() -> None:
+    """Session A loads its model; session B, opened with A's share link, gets a clear message and the
+    default model, and no Model box of B offers A's model."""
+    a = _app()
+    name = _load_own_model(a, _lenet_safetensors(seed=22), b"left\nright\nup\n")
+    assert name in _offered(a.selectbox(key="explore.model"))
+
+    b = _app({"model": name, "attack": "fgsm", "defense": "nip"})            # A's link, opened by B
+    assert not b.exception
+    [warning] = [w.value for w in b.warning if "link were ignored" in w.value]
+    assert f"unknown model {name!r}" in warning
+    assert b.selectbox(key="explore.model").value == "lenet-mnist"
+    assert b.query_params["model"] == "lenet-mnist"                          # the view shown is the default's
+    assert len(b.get("plotly_chart")) == VIEW_CHARTS and not b.error
+    assert name not in _offered(b.selectbox(key="explore.model"))
+    for page, box in (("views/benchmark.py", "benchmark.model"), ("views/profiles.py", "profiles.model")):
+        b.switch_page(page).run()
+        if page == "views/benchmark.py":
+            b.radio(key="benchmark.source").set_value("run").run()
+        _ok(b)
+        offered = _offered(b.selectbox(key=box))
+        assert name not in offered and {"lenet-mnist", "efficientnet-lite0"} <= set(offered), page
+    # A still has it.
+    a.run()
+    assert name in _offered(a.selectbox(key="explore.model"))
 
 
 # ----------------------------------------------------------------------------- the classroom (issue 15)
@@ -612,21 +727,31 @@ def test_background_turns_wait_for_visitors_runs():
 
 
 def test_a_page_turn_lends_its_slot_to_its_worker():
-    """The page holds the slot for compute and drawing; its worker's queued computation does not wait."""
+    """The page holds the slot for compute and drawing; its worker's queued computation does not wait.
+
+    Decided by what the queue tells the worker, not by how long it takes: a turn that has to wait
+    reports its place first; a lent slot runs at once."""
     from app.runqueue import RUNS
 
-    done = threading.Event()
+    outcome, decided = [], threading.Event()
+
+    def told_to_wait(ahead: int) -> None:
+        outcome.append(f"waits behind {ahead}")
+        decided.set()
+
     with RUNS.turn():
         held = RUNS.held()
 
         def worker() -> None:
-            with RUNS.lent(held), RUNS.turn():
-                done.set()
+            with RUNS.lent(held), RUNS.turn(told_to_wait):
+                outcome.append("ran")
+                decided.set()
 
         t = threading.Thread(target=worker)
         t.start()
-        t.join(5)
-    assert held and done.is_set() and not RUNS.held()
+        assert decided.wait(60)            # a guard against a hang, not a timing threshold
+    t.join(60)
+    assert held and outcome == ["ran"] and not RUNS.held() and not t.is_alive()
 
 
 def test_tour_on_fashion_mnist_offers_every_step():

@@ -1,6 +1,5 @@
 """Sessions sharing one cached model from several threads get exactly their one-by-one results."""
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -108,35 +107,65 @@ def lenet_rgb_1000():
     return load_custom_model("lenet", save(net.state_dict()), [f"class {i}" for i in range(1000)])
 
 
+class _ObservedLock:
+    """Wraps the profile's lock: records whether thread ``watch`` found it free or held by another
+    thread (a non-blocking try first, then the real, blocking acquire), and signals that moment."""
+
+    def __init__(self, lock, watch: str) -> None:
+        self.lock, self.watch = lock, watch
+        self.found: str | None = None         # "free" or "held"
+        self.reached = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if threading.current_thread().name != self.watch or self.reached.is_set():
+            return self.lock.acquire(blocking, timeout)
+        got = self.lock.acquire(False)
+        self.found = "free" if got else "held"
+        self.reached.set()
+        return got or self.lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 def test_profile_filled_on_demand_does_not_deadlock_with_a_defense(lenet_rgb_1000):
     """Session A asks the profile for a new class outside the model lock (explain's groups) while
-    session B, inside the model lock (a NIP defense), asks for another new class."""
+    session B, inside the model lock (a NIP defense), asks for another new class.
+
+    Ordered by events, not sleeps: B takes the model lock, A reaches the profile's lock, and only then
+    does B ask the profile. With one lock for both, A finds it held and waits for B; with two locks
+    taken in opposite orders, A would hold the profile's and B would wait on it: a deadlock."""
     m = lenet_rgb_1000
     prof = influence_profile(m, "fc1", "grad_x_act", use_cache=False)
     assert prof._fill is not None
-    b_has_lock, a_started = threading.Event(), threading.Event()
+    prof._lock = observed = _ObservedLock(prof._lock, watch="a")
+    b_has_lock = threading.Event()
     out = {}
 
     def session_a():
-        b_has_lock.wait()
-        a_started.set()
-        out["a"] = prof.class_scores(5)
+        if b_has_lock.wait(60):
+            out["a"] = prof.class_scores(5)
 
     def session_b():
         with m.lock:
             b_has_lock.set()
-            a_started.wait()
-            threading.Event().wait(0.3)  # let A reach the profile first
-            out["b"] = prof.class_scores(6)
+            if observed.reached.wait(60):           # A is at the profile's lock
+                out["b"] = prof.class_scores(6)
 
-    threads = [threading.Thread(target=f, daemon=True) for f in (session_a, session_b)]
+    threads = [threading.Thread(target=f, name=n, daemon=True) for f, n in ((session_a, "a"), (session_b, "b"))]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30
     for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
+        t.join(120)     # a guard against hanging the suite, not a timing threshold
     assert not any(t.is_alive() for t in threads), "deadlock: profile lock and model lock taken in opposite orders"
+    assert observed.found == "held"                 # A found the lock B holds, and waited for it
     assert out["a"].shape == out["b"].shape == (120,)
+    assert 5 in prof.per_class and 6 in prof.per_class
 
 
 def test_seeded_runs_on_two_models_in_threads_match_one_by_one(lenet, digits, lenet_rgb_1000):
