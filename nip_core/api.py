@@ -229,9 +229,9 @@ def run_surgery(model: ModelLike, image: torch.Tensor | str | os.PathLike, label
         dunit = DEFENSES.get_unit(d)
         dp = dunit.params_for(m, dp | dict(defense_params or {}))
         if dunit.needs_labels and label is None:
-            raise InputError(f"defense '{d}' needs the true label; give label=.")
+            raise InputError(f"defense '{d}' needs the true label (--label, or label= in Python).")
     elif val.kind == "defended":
-        raise InputError("value 'defended' needs a defended input; give defense=.")
+        raise InputError("value 'defended' needs a defended input: give a defense (--defense, or defense= in Python).")
     if label is not None and not 0 <= int(label) < m.num_classes:
         raise InputError(f"label must be a class in [0, {m.num_classes - 1}]; got {label}.")
     x = image.unsqueeze(0).float()
@@ -247,6 +247,8 @@ def run_surgery(model: ModelLike, image: torch.Tensor | str | os.PathLike, label
         x_def, seconds["defense"] = dr.x_def, dr.seconds
     result = surgery(m, x, ar.x_adv, layer, select, val, label=label, x_def=x_def, seed=seed)
     result.seconds = seconds | result.seconds
+    result.inputs = {"attack": a, "attack_params": ar.params, "defense": d,
+                     "defense_params": dr.params if d is not None else None}
     return result
 
 

@@ -217,71 +217,17 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def _one_unit(text: str, registry, what: str) -> tuple[str, dict[str, str]]:
-    from nip_core.evaluate import parse_units
-
-    units = parse_units(text, registry)
-    if len(units) != 1:
-        raise _input_error(f"give one {what}; got {len(units)} in {text!r}.")
-    return units[0]
-
-
 def cmd_surgery(args) -> int:
-    import time
-
-    import torch
-
     from nip_core import figures
-    from nip_core.attacks import ATTACKS, run_attack
+    from nip_core.api import run_surgery
     from nip_core.byom import resolve_model
-    from nip_core.defenses import DEFENSES, apply_defense
-    from nip_core.images import load_image_file
-    from nip_core.models import load_model
-    from nip_core.surgery import (check_selection, layer_output_and_logits, parse_selection, parse_value,
-                                  source_activations, surgery)
 
-    model = load_model(resolve_model(args))
-    layer = args.layer or model.spec.default_layer
-    model.layer(layer)
-    value = parse_value(args.value)
-    parse_selection(args.select)   # its form now; indices against the layer once its width is known
-    attack, attack_values = _one_unit(args.attack, ATTACKS, "attack")
-    attack_params = ATTACKS.get_unit(attack).params_for(model, attack_values)
-    defense = defense_params = None
-    if args.defense:
-        defense, defense_values = _one_unit(args.defense, DEFENSES, "defense")
-        dunit = DEFENSES.get_unit(defense)
-        defense_params = dunit.params_for(model, defense_values)
-        if dunit.needs_labels and args.label is None:
-            raise _input_error(f"defense '{defense}' needs the true label; give --label.")
-    elif value.kind == "defended":
-        raise _input_error("value 'defended' needs a defended input; give --defense.")
-    if args.label is not None and not 0 <= args.label < model.num_classes:
-        raise _input_error(f"label must be a class in [0, {model.num_classes - 1}]; got {args.label}.")
-    x = load_image_file(args.image, channels=model.spec.input_channels, size=model.spec.input_size,
-                        preprocess=model.spec.preprocess).unsqueeze(0)
-    # Refuse a bad selection before the attack runs: the layer's width needs one pass.
-    acts, logits = layer_output_and_logits(model, x, layer)
-    check_selection(args.select, int(acts.shape[1]), layer)
-    y = torch.tensor([args.label if args.label is not None else int(logits.argmax(1)[0])])
-    ar = run_attack(model, attack, x, y, attack_params, seed=args.seed)
-    seconds = {"attack": ar.seconds}
-    x_def = None
-    if defense is not None:
-        dr = apply_defense(model, defense, ar.x_adv, defense_params, y=y if dunit.needs_labels else None,
-                           seed=args.seed, x_benign=x)
-        x_def, seconds["defense"] = dr.x_def, dr.seconds
-    t0 = time.perf_counter()
-    sources = source_activations(model, x, ar.x_adv, layer, x_def)
-    result = surgery(model, x, ar.x_adv, layer, args.select, value, label=args.label, x_def=x_def, seed=args.seed,
-                     sources=sources)
-    seconds |= {"sources": sources.seconds} | result.seconds | {"total_surgery": time.perf_counter() - t0}
+    result = run_surgery(resolve_model(args), args.image, args.label, attack=args.attack, defense=args.defense,
+                         layer=args.layer, select=args.select, value=args.value, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = result.to_json()
-    data["settings"] |= {"image": str(args.image), "attack": attack, "attack_params": ar.params,
-                         "defense": defense, "defense_params": dr.params if defense else None}
-    data["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
+    data["settings"]["image"] = str(args.image)
     (out / "surgery.json").write_text(json.dumps(data, indent=2) + "\n")
     figures.surgery_bars(result).write_html(out / "surgery.html", include_plotlyjs=True)
     names = [data[v]["prediction_names"][0] for v in ("benign", "adversarial", "patched")]

@@ -580,6 +580,8 @@ class SurgeryResult:
     class_names: list[str] = field(repr=False, default_factory=list)
     defended: ForwardResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    # What made the inputs, when known (``api.run_surgery``): attack, defense and their parameters.
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def flipped(self) -> torch.Tensor:
@@ -600,7 +602,7 @@ class SurgeryResult:
         names = self.class_names or None
         out: dict[str, Any] = {
             "settings": {"model": self.model_name, "layer": self.layer, "select": self.selection,
-                         "value": self.value, "seed": self.seed, "label": self.label},
+                         "value": self.value, "seed": self.seed, "label": self.label} | self.inputs,
             "n_images": len(self.reference_class), "n_neurons": int(self.neurons.shape[1]),
             "reference_class": self.reference_class.tolist(),
             "neurons": [self.selected(i) for i in range(len(self.neurons))],

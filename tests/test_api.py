@@ -81,8 +81,10 @@ def test_run_surgery_is_the_engines_surgery_after_the_attack_and_defense(lenet, 
     dr = apply_defense(lenet, "median", ar.x_adv, DEFENSES.get_unit("median").params_for(lenet, {}), seed=4,
                        x_benign=x)
     direct = surgery(lenet, x, ar.x_adv, "fc1", "changed:10", "defended", label=label, x_def=dr.x_def, seed=4)
+    direct.inputs = {"attack": "pgd", "attack_params": ar.params, "defense": "median", "defense_params": dr.params}
     without_time = lambda res: {k: v for k, v in res.to_json().items() if k != "seconds"}  # noqa: E731
     assert without_time(r) == without_time(direct)
+    assert r.to_json()["settings"]["attack_params"]["max_iter"] == 3
     assert (r.layer, r.selection, r.value, r.label) == ("fc1", "changed:10", "defended", [label])
     assert len(r.selected()) == 10 and r.defended is not None
     assert {"attack", "defense", "sources", "select", "patch"} <= set(r.seconds)

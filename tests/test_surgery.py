@@ -500,7 +500,7 @@ def test_cli_on_a_user_safetensors_model(tmp_path, digit_png, capsys):
     (["--layer", "fc1", "--select", "random:121"], "asks for 121 neurons"),
     (["--layer", "nope"], "has no layer 'nope'"),
     (["--value", "scale:20"], "scale must be a number in [-10, 10]"),
-    (["--value", "defended"], "value 'defended' needs a defended input; give --defense"),
+    (["--value", "defended"], "value 'defended' needs a defended input: give a defense (--defense"),
     (["--select", "bogus"], "unknown selection 'bogus'"),
     (["--value", "max"], "unknown value 'max'"),
     (["--attack", "fgsm,pgd"], "give one attack"),
