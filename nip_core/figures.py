@@ -418,6 +418,14 @@ SURGERY_COLOURS = {"benign": VARIANT_COLOURS["benign"], "adversarial": VARIANT_C
                    "patched": "#7c3aed"}
 
 
+def recovery_text(r: float | None) -> str:
+    """A recovery share as shown: two decimals (never "-0.00"), or n/a when undefined."""
+    if r is None:
+        return "n/a"
+    text = f"{r:.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
 def surgery_bars(result, image: int = 0, n: int = 3) -> go.Figure:
     """Prediction bars of a neuron surgery: benign, adversarial and patched side by side.
 
@@ -442,13 +450,14 @@ def surgery_bars(result, image: int = 0, n: int = 3) -> go.Figure:
         fig.add_trace(go.Bar(
             name=f"{v}{margin}", x=labels, y=[100 * float(probs[c]) for c in classes],
             marker_color=SURGERY_COLOURS[v], text=[f"{100 * float(probs[c]):.1f}%" for c in classes],
-            textposition="outside", hovertemplate=f"{v}<br>%{{x}}: %{{y:.2f}}%<extra></extra>",
+            textposition="outside", textfont=dict(size=10), cliponaxis=False, hovertemplate=f"{v}<br>%{{x}}: %{{y:.2f}}%<extra></extra>",
         ))
     r = result.recovery(image)
-    share = "n/a (the attack did not flip the prediction)" if r is None else f"{r:.2f}"
+    share = "n/a (the attack did not flip the prediction)" if r is None else recovery_text(r)
     n_sel = int(result.neurons[image].sum())
     fig.update_layout(
-        title=dict(text=f"Surgery at {result.layer}: {result.selection} ({n_sel} neurons) set to {result.value}"
+        title=dict(text=f"Surgery at {result.layer}: {result.selection} ({n_sel} neuron{'' if n_sel == 1 else 's'}) "
+                        f"set to {result.value}"
                         f" — recovery share {share}", x=0.0, font=dict(size=13)),
         barmode="group", xaxis=dict(title="class (★ = reference class)", type="category"),
         yaxis=dict(title="softmax confidence (%)", range=[0, 115]),
@@ -478,7 +487,7 @@ def surgery_verdict(result, image: int = 0) -> str:
         return (f"The attack did not flip this prediction (the adversarial input is still "
                 f"{_class_label(names, pred_a)}), so there is no class to bring back and the recovery share is "
                 f"n/a. {what}, the model predicts {_class_label(names, pred_p)}.")
-    share = f"recovery share {r:.2f}: 0 = the adversarial margin, 1 = the benign margin back"
+    share = f"recovery share {recovery_text(r)}: 0 = the adversarial margin, 1 = the benign margin back"
     if pred_p == ref:
         return (f"The class returns. {what}, the adversarial input is classified as {_class_label(names, ref)} "
                 f"again ({share}).")
@@ -499,14 +508,15 @@ def surgery_picker(profile, reference_class: int, k: float, selected: Sequence[i
         selected: the neurons patched now (drawn as filled markers).
     Returns:
         One heatmap (the grid of :func:`to_grid`), a grey heatmap of the dead neurons and one
-        scatter trace of ``n`` markers, marker ``j`` on neuron ``j``; drag selects a box.
+        scatter trace of ``n`` markers, marker ``j`` on neuron ``j`` (Streamlit makes a click select
+        a marker; the box and lasso tools select several).
     """
     scores = _np(profile.class_scores(reference_class))
     n = len(scores)
     front, _, tail = profile.groups(reference_class, k)
     dead = _np(profile.dead).astype(bool)
     groups = neuron_groups(n, front, tail, dead)
-    rows, cols = grid_shape(n)
+    _, cols = grid_shape(n)
     vals = scores.astype(float).copy()
     vals[dead] = np.nan
     grid = to_grid(vals)
@@ -516,7 +526,7 @@ def surgery_picker(profile, reference_class: int, k: float, selected: Sequence[i
     fig = go.Figure(go.Heatmap(z=_f32(grid), colorscale=DIVERGING, zmin=-lim, zmax=lim, zmid=0.0, xgap=1, ygap=1,
                                hoverinfo="skip", name="influence",
                                colorbar=dict(title=dict(text="benign influence<br>(logit units)", side="right"),
-                                             thickness=12)))
+                                             thickness=10, xpad=4)))
     if dead.any():
         fig.add_trace(go.Heatmap(z=_f32(to_grid(np.where(dead, 1.0, np.nan))), colorscale=_DEAD_SCALE, showscale=False,
                                  xgap=1, ygap=1, hoverinfo="skip", name="dead"))
@@ -539,10 +549,9 @@ def surgery_picker(profile, reference_class: int, k: float, selected: Sequence[i
                      scaleanchor="x", constrain="domain")
     ref = _short(_class_label(class_names, reference_class), 24)
     fig.update_layout(
-        title=dict(text=f"Pick neurons: click one, or drag a box — {profile.layer}, {n} neurons, coloured by benign "
-                        f"influence toward {ref} (filled = patched, grey = dead)", x=0.0, font=dict(size=13)),
-        dragmode="select", showlegend=False, clickmode="event+select", plot_bgcolor="white",
-        margin=dict(l=50, r=20, t=50, b=40), height=max(260, min(460, 60 + 22 * rows)),
+        title=dict(text=f"Pick neurons of {profile.layer} ({n}): influence toward {ref}", x=0.0, font=dict(size=13)),
+        showlegend=False, plot_bgcolor="white",
+        margin=dict(l=50, r=10, t=60, b=40), height=420,
     )
     return fig
 

@@ -301,7 +301,7 @@ def test_tour_walk_tells_the_story_on_lenet() -> None:
         assert ("surgery" in at.query_params) == surgery
         seen[step.key] = _metrics(at)
         if surgery:
-            seen["surgery"]["verdict"] = next(m.value for m in at.markdown if m.value.startswith("The class"))
+            [seen["surgery"]["verdict"]] = [e.value for e in at.success if e.value.startswith("The class")]
     assert seen["neurons"]["adversarial"] == seen["neurons"]["benign"]          # ε = 0: nothing happens
     assert seen["attack"]["adversarial"] != seen["attack"]["benign"]            # FGSM flips the digit
     assert seen["attack"]["defended"] == seen["attack"]["adversarial"]          # no defense

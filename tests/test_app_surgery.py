@@ -26,7 +26,9 @@ def _opened(query: dict | None = None) -> AppTest:
 
 
 def _verdict(at: AppTest) -> str:
-    return next(m.value for m in at.markdown if m.value.startswith(("The class", "The attack", "The model")))
+    """The panel's sentence: green (st.success) when the class returns, else an st.info."""
+    [text] = [e.value for e in [*at.success, *at.info] if e.value.startswith(("The class", "The attack did not flip", "The model already"))]
+    return text
 
 
 def _metrics(at: AppTest) -> dict[str, str]:
@@ -72,6 +74,7 @@ def test_panel_opens_on_request_and_shows_the_three_passes() -> None:
     assert float(m["benign margin"]) > 0 > float(m["adversarial margin"])     # the attack flipped the digit
     assert 0 < float(m["recovery share"]) <= 1.5
     assert _verdict(at).startswith("The class returns. With 15 neurons of fc1 set to benign")
+    assert _verdict(at) in [e.value for e in at.success]
     assert (at.query_params["surgery"], at.query_params["surgery_layer"], at.query_params["surgery_value"]) == (
         "front:0.2", "fc1", "benign")
     # closing it drops it from the link
@@ -114,9 +117,14 @@ def test_a_change_costs_one_patched_pass_and_never_the_attack_defense_or_explana
 
 def test_a_bad_selection_is_one_message_and_the_run_stays() -> None:
     at = _opened()
+    front = _verdict(at)
     at.selectbox(key=K + "kind").set_value("indices").run()
     _ok(at)
-    assert any(i.value.startswith("Type neuron indices") for i in at.info)  # nothing typed yet: a hint, no error
+    typed = at.text_input(key=K + "indices").value                       # starts from the neurons patched last
+    assert len(typed.split(", ")) == 15 and _verdict(at) == front.replace("front:0.2", typed)
+    at.text_input(key=K + "indices").set_value("").run()
+    _ok(at)
+    assert any(i.value.startswith("Type neuron indices") for i in at.info)  # nothing typed: a hint, no error
     for text, words in (("999", "neuron index 999 is outside layer 'fc1', whose neurons are 0–119"),
                         ("3,,x", "unknown selection '3,,x'")):
         at.text_input(key=K + "indices").set_value(text).run()

@@ -156,7 +156,8 @@ def panel(request: tuple, expl) -> None:
         show_error(exc, "neuron surgery")
         return
     kind = cols[1].selectbox("Neurons to set", list(KINDS), format_func=KINDS.get,
-                             key=init_state(key(model_name, "kind"), "front"))
+                             key=init_state(key(model_name, "kind"), "front"), on_change=start_typing,
+                             args=(model_name,))
     k_key = init_state(key(model_name, "k"), float(expl.k))
     if kind in INFLUENCE_GROUPS:
         k = cols[2].slider("K: share of the live neurons", *K_RANGE, step=0.01, key=k_key,
@@ -180,16 +181,24 @@ def panel(request: tuple, expl) -> None:
 
     result = None
     if kind == "indices" and not selection.strip():
-        st.info("Type neuron indices above, or pick neurons on the grid below (click one, or drag a box).")
+        st.info("Type neuron indices above, or pick neurons on the grid: click one, or drag a box around several.")
     else:
         try:
             result = surgery_view(request, layer, selection, value, int(request[-1]))
         except Exception as exc:     # a bad selection: one message, the run above stays
             show_error(exc, "neuron surgery")
     if result is not None:
-        show_result(result)
+        show_summary(result)
         write_link(request, result)
-    picker(request, expl, layer, float(st.session_state[k_key]), result)
+        st.session_state[key(model_name, "last")] = result.selected(0)
+    bars, grid = st.columns([6, 5])
+    with bars:
+        if result is not None:
+            st.plotly_chart(F.surgery_bars(result), key=P + "fig.bars", width="stretch", config={"staticPlot": True})
+        else:
+            st.caption("The benign, adversarial and patched predictions appear here once the selection is valid.")
+    with grid:
+        picker(request, expl, layer, float(st.session_state[k_key]), result)
 
 
 def count_input(col, model_name: str, layer: str, n_neurons: int, kind: str) -> int:
@@ -208,9 +217,18 @@ def count_input(col, model_name: str, layer: str, n_neurons: int, kind: str) -> 
                                 help=f"Layer {layer} has {n_neurons} neurons."))
 
 
-def show_result(result) -> None:
-    """The sentence, the margins and the recovery share, and the three passes' bars side by side."""
-    st.markdown(F.surgery_verdict(result))
+def start_typing(model_name: str) -> None:
+    """Switching to typed neurons starts from the neurons patched last (to add or remove some)."""
+    last = st.session_state.get(key(model_name, "last"))
+    ik = key(model_name, "indices")
+    if st.session_state.get(key(model_name, "kind")) == "indices" and last and not st.session_state.get(ik, "").strip():
+        st.session_state[ik] = ", ".join(str(j) for j in last)
+
+
+def show_summary(result) -> None:
+    """The sentence (green when the class returns), the three passes' margins and the recovery share."""
+    returned = int(result.patched.predictions[0]) == int(result.reference_class[0])
+    (st.success if returned and result.recovery(0) is not None else st.info)(F.surgery_verdict(result))
     r = result.recovery(0)
     m = st.columns(4)
     margin_help = ("Margin of the reference class: its logit minus the largest other logit; above 0 the model "
@@ -218,11 +236,10 @@ def show_result(result) -> None:
     for col, (name, p) in zip(m, (("benign", result.benign), ("adversarial", result.adversarial),
                                   ("patched", result.patched))):
         col.metric(f"{name} margin", f"{float(p.margins[0]):+.2f}", help=margin_help)
-    m[3].metric("recovery share", "n/a" if r is None else f"{r:.2f}",
+    m[3].metric("recovery share", F.recovery_text(r),
                 help="(patched margin − adversarial margin) / (benign margin − adversarial margin): 0 = no change "
                      "from the adversarial, 1 = the benign margin back. n/a when the attack did not flip the "
                      "prediction.")
-    st.plotly_chart(F.surgery_bars(result), key=P + "fig.bars", width="stretch", config={"staticPlot": True})
 
 
 def picker(request: tuple, expl, layer: str, k: float, result) -> None:
@@ -234,6 +251,9 @@ def picker(request: tuple, expl, layer: str, k: float, result) -> None:
     st.plotly_chart(F.surgery_picker(profile, expl.reference_class, k, selected, expl.class_names), key=chart,
                     width="stretch", on_select=lambda: picked(chart, model_name),
                     selection_mode=("points", "box", "lasso"))
+    st.caption("Click a neuron to patch it alone (shift+click adds more), or take the box or lasso tool at the top "
+               "right of the grid. Colour: the layer's benign influence profile toward the reference class (red: "
+               "front, blue: tail). Filled markers are the neurons patched now; grey cells are dead neurons.")
 
 
 def picked(chart: str, model_name: str) -> None:
