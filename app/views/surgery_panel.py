@@ -15,7 +15,7 @@ import streamlit as st
 
 from app.compute import INFLUENCE_GROUPS, surgery_sources, surgery_view
 from app.loaders import get_model, get_profile
-from app.widgets import init_state, query_signature, show_error
+from app.widgets import guarded, init_state, query_signature, show_error
 from nip_core import figures as F
 from nip_core.errors import InputError
 from nip_core.surgery import SCALE_RANGE, Selection, check_selection, parse_selection, parse_value
@@ -170,7 +170,7 @@ def panel(request: tuple, expl) -> None:
     else:
         selection = cols[2].text_input("Neuron indices", key=init_state(key(model_name, "indices"), ""),
                                        placeholder="e.g. 3, 17, 42", help=f"0 to {n_neurons - 1}, comma-separated; "
-                                       "or pick neurons on the grid below.")
+                                       "or pick neurons on the grid.")
     value_kind = cols[3].selectbox("Set them to", list(VALUES), format_func=VALUES.get,
                                    key=init_state(key(model_name, "value"), "benign"))
     value = value_kind
@@ -181,7 +181,7 @@ def panel(request: tuple, expl) -> None:
 
     result = None
     if kind == "indices" and not selection.strip():
-        st.info("Type neuron indices above, or pick neurons on the grid: click one, or drag a box around several.")
+        st.info("Type neuron indices above, or pick neurons on the grid: click one, or take the box or lasso tool.")
     else:
         try:
             result = surgery_view(request, layer, selection, value, int(request[-1]))
@@ -197,7 +197,7 @@ def panel(request: tuple, expl) -> None:
             st.plotly_chart(F.surgery_bars(result), key=P + "fig.bars", width="stretch", config={"staticPlot": True})
         else:
             st.caption("The benign, adversarial and patched predictions appear here once the selection is valid.")
-    with grid:
+    with grid, guarded("neuron grid"):      # a fragment re-run has no page around it to catch errors
         picker(request, expl, layer, float(st.session_state[k_key]), result)
 
 
