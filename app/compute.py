@@ -1,5 +1,5 @@
-"""The computations the pages show: an Explore view, a neuron's maps, the defense comparison, an
-evaluation grid and the tour's demo image, plus the plain-value key of an Explore view.
+"""The computations the pages show: an Explore view, a neuron's maps, a neuron surgery, the defense
+comparison, an evaluation grid and the tour's demo image, plus the plain-value key of an Explore view.
 
 The computations are ``st.cache_data`` keyed on plain values only (names, numbers, tuples, image bytes), never
 on tensors or modules. The long ones take a turn of the run queue (``app.runqueue``) and report
@@ -12,11 +12,12 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from app.loaders import get_model, load_upload, upload_on_disk, user_data
+from app.loaders import get_model, get_profile, load_upload, upload_on_disk, user_data
 from app.runqueue import queued
 from nip_core.errors import InputError
 
 ParamsKey = tuple[tuple[str, Any], ...]
+INFLUENCE_GROUPS = ("front", "tail", "front+tail")   # surgery selections read from the layer's profile
 COMPARE_DEFENSES = ("none", "jpeg", "bitdepth", "median", "gaussian", "random-sign", "nip-global", "nip",
                     "nip-oracle")
 
@@ -58,6 +59,36 @@ def neuron_maps(request: tuple, neuron: int):
     x = torch.stack([expl.images[v] for v in ("benign", "adversarial", "defended")])
     with queued(None):
         return spatial_map(get_model(expl.model_name), x, expl.layer, neuron)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def surgery_sources(request: tuple, layer: str):
+    """``nip_core.surgery.source_activations`` of a view's benign, adversarial and defended images at
+    ``layer``: one unpatched pass each, kept (shared, never mutated) so that every surgery of the view
+    at this layer costs one patched forward pass."""
+    from nip_core.surgery import source_activations
+
+    expl = explanation(*request)
+    model = get_model(expl.model_name)
+    with queued(None):
+        return source_activations(model, expl.images["benign"], expl.images["adversarial"], layer,
+                                  expl.images["defended"])
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def surgery_view(request: tuple, layer: str, selection: str, value: str, seed: int):
+    """``nip_core.surgery.surgery`` on a view's images: ``selection`` of ``layer`` set to ``value``
+    (texts as the CLI takes them), the reference class the view's; a ``SurgeryResult``."""
+    from nip_core.surgery import parse_selection, surgery
+
+    expl = explanation(*request)
+    model = get_model(expl.model_name)
+    sources = surgery_sources(request, layer)
+    sel = parse_selection(selection)
+    profile = get_profile(expl.model_name, layer, expl.method) if sel.kind in INFLUENCE_GROUPS else None
+    with queued(None):
+        return surgery(model, expl.images["benign"], expl.images["adversarial"], layer, sel, value,
+                       label=expl.label, x_def=expl.images["defended"], seed=seed, profile=profile, sources=sources)
 
 
 @st.cache_data(show_spinner=False)

@@ -32,6 +32,8 @@ class Step:
             through without one); photo: the step runs on a photo model.
         beats: the image is one where the step's attack beats ``defense`` (else: one the default
             attack fools and NIP restores).
+        surgery: Explore's neuron surgery settings (``surgery``, ``surgery_value``, ...: query
+            parameters); the link opens the surgery panel with them.
     """
 
     key: str
@@ -43,6 +45,7 @@ class Step:
     needs: str | None = None
     photo: bool = False
     beats: bool = False
+    surgery: dict[str, str] = field(default_factory=dict)
 
 
 STEPS: tuple[Step, ...] = (
@@ -64,6 +67,17 @@ STEPS: tuple[Step, ...] = (
          "then points NIP at the class of the nearest benign examples, so it needs no label, only a calibration "
          "of benign examples.",
          "fgsm", "nip", needs="calibration"),
+    Step("counter-attack", "Without the neurons it works as well",
+         "`counter-attack` is `nip` without the neurons: the same detection and the same class choice, then a plain "
+         "push of the logits toward that class with NIP's budget and steps. Compare its defended prediction with the "
+         "previous step's: on the MNIST report split it restores exactly the same digits as `nip` under every attack "
+         "but C&W (one digit fewer), so the class choice does the work, not the neurons.",
+         "fgsm", "counter-attack", needs="calibration"),
+    Step("surgery", "Do the front neurons carry the attack?",
+         "Neuron surgery sets the class's front neurons back to their benign values in the adversarial pass and "
+         "changes nothing else: does the class return? The panel under the heatmaps answers, with the margins; "
+         "try N random neurons (the control) and the neurons the attack changed most beside it.",
+         "fgsm", "none", surgery={"surgery": "front:0.2", "surgery_value": "benign"}),
     Step("aware", "An attack that knows the defense beats it",
          "`nip-aware` fools the model and nip's neighbour vote at once: a defense tested only against attacks "
          "that ignore it looks stronger than it is.",
@@ -120,7 +134,8 @@ def step_image(step: Step, model_name: str) -> str:
 
     The defense-aware step's image is shipped (``assets/tour.json``, written by
     ``scripts/tour_examples.py``: finding it runs the slow attack image after image); a model without
-    one gets the image of the other steps.
+    one gets the image of the other steps (so the ``counter-attack`` ablation runs on the image of the
+    label-free ``nip`` step, and the surgery step on that of the attack step).
     """
     if step.beats:
         shipped = shipped_examples().get(model_name, {})
@@ -149,7 +164,7 @@ def step_query(step: Step, model_name: str) -> dict[str, str]:
     q = {"model": target, "image": step_image(step, target), "attack": step.attack}
     if step.attack_params:
         q["ap"] = params_text(step.attack_params)
-    q |= {"defense": step.defense, "seed": "0", "tour": step.key}
+    q |= {"defense": step.defense, "seed": "0"} | step.surgery | {"tour": step.key}
     if target != model_name:
         q["tm"] = model_name
     return q

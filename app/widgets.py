@@ -77,6 +77,11 @@ def param_input(p: Param, default: Any, key: str, high: float | None = None,
                                  key=key, help=help_))
 
 
+def query_signature(params: dict[str, str]) -> tuple:
+    """A link's query parameters as a comparable value (Explore remembers the one it last read or wrote)."""
+    return tuple(sorted((str(k), str(v)) for k, v in params.items()))
+
+
 def params_text(params: dict[str, Any]) -> str:
     """``{"eps": 0.1, "max_iter": 10}`` → ``"eps=0.1;max_iter=10"`` (for links)."""
     return ";".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

@@ -15,10 +15,20 @@ Configurations and targets (issue 15):
 * ``lenet-fgsm``        – LeNet + FGSM + nip: warm ≤ 1 s;
 * ``efficientnet-pgd``  – EfficientNet-Lite0 + PGD (max_iter 10) + nip: warm ≤ 3 s, first view ≤ 10 s.
 
+With ``--surgery`` it measures the neuron surgery panel instead (issue 19): a fresh server opens a
+link with the panel open; once its bars are drawn and the server is idle (warm: the view, the
+layer's unpatched passes and profile are cached), each timed run changes the selection (or the
+value) in the panel to a setting not computed before, so the panel re-runs and makes one patched
+forward pass: seconds from the option's click to the patched bars showing the new setting. One
+more change back to a setting already computed is recorded as ``revisit_seconds`` (no engine
+call). Targets: LeNet ≤ 0.3 s, EfficientNet-Lite0 ≤ 1.5 s. The results go under the key
+``surgery`` of the ``--out`` file; its other keys are kept.
+
 The machine's load (``uptime``) is recorded before and after: on a shared machine the numbers
 are only comparable at similar load.
 
 Usage:  python scripts/measure_app_speed.py --runs 3 --out docs/results/app_speed.json
+        python scripts/measure_app_speed.py --surgery --runs 5 --out docs/results/app_speed.json
 """
 from __future__ import annotations
 
@@ -39,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.test_e2e_browser import (app_server, launch, set_seed_and_run_time, wait_heatmaps,  # noqa: E402
-                                    wait_idle)
+                                    wait_idle, wait_surgery_bars)
 
 CONFIGS = {
     "lenet-fgsm": {"query": "?model=lenet-mnist&image=mnist-test-21&attack=fgsm&defense=nip&seed=0",
@@ -47,6 +57,25 @@ CONFIGS = {
     "efficientnet-pgd": {"query": "?model=efficientnet-lite0&image=chelsea&attack=pgd&ap=max_iter%3D10"
                                   "&defense=nip&seed=0", "target_s": 3.0, "first_view_target_s": 10.0},
 }
+
+SURGERY_LINK = "&surgery=front%3A0.2&surgery_value=benign"
+SURGERY_CONFIGS = {
+    "lenet-mnist": {"query": "?model=lenet-mnist&image=mnist-test-21&attack=fgsm&defense=nip&seed=0" + SURGERY_LINK,
+                    "target_s": 0.3},
+    "efficientnet-lite0": {"query": "?model=efficientnet-lite0&image=chelsea&attack=fgsm&defense=nip&seed=0"
+                                    + SURGERY_LINK, "target_s": 1.5},
+}
+# (select box, option, text the new bars' title shows): each a setting not computed before in the run.
+SURGERY_CHANGES = [
+    ("Neurons to set", "tail neurons (weakest for the class)", ": tail:0.2 ("),
+    ("Neurons to set", "front and tail neurons", ": front+tail:0.2 ("),
+    ("Neurons to set", "the N neurons the attack changed most", ": changed:10 ("),
+    ("Neurons to set", "N random neurons (the control)", ": random:10 ("),
+    ("Set them to", "zero", ") set to zero"),
+    ("Set them to", "their mean over benign images", ") set to mean"),
+    ("Set them to", "their values on the defended input", ") set to defended"),
+]
+SURGERY_REVISIT = ("Set them to", "their benign values", ": random:10 (10 neurons) set to benign")
 
 
 def uptime() -> str:
@@ -120,16 +149,110 @@ def measure(browser, name: str, runs: int, first_views: int = 1) -> dict:
             "meets_target": med <= cfg["target_s"], "engine_seconds_per_run": engine}
 
 
+_FOCUSED_OPTION = ("() => { const e = document.querySelector('[role=option][data-focused=true]'); "
+                   "return e ? e.textContent.trim() : null; }")
+
+
+def timed_change(page, label: str, option: str, want: str) -> float:
+    """Open the select box and move the keyboard focus onto the option, then time its choice (the
+    Enter key: nothing to wait for, as a click waits for its element) until the bars' title shows
+    ``want``."""
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.keyboard.press("ArrowDown")
+    page.get_by_role("option", name=option, exact=True).wait_for()
+    for key in ["ArrowDown"] * 10 + ["ArrowUp"] * 10:
+        if page.evaluate(_FOCUSED_OPTION) == option:
+            break
+        page.keyboard.press(key)
+    else:
+        raise RuntimeError(f"could not move the focus onto {option!r} in {label!r}")
+    t0 = time.perf_counter()
+    page.keyboard.press("Enter")
+    wait_surgery_bars(page, want, timeout_ms=120_000, polling=20)
+    return time.perf_counter() - t0
+
+
+def measure_surgery(browser, name: str, runs: int) -> dict:
+    """On a fresh server: open the panel by its link, wait until warm, then time ``runs`` changes."""
+    cfg = SURGERY_CONFIGS[name]
+    log = Path(tempfile.gettempdir()) / f"nip_measure_surgery_{name}.log"
+    with fresh_server(log) as (url, pid):
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        t0 = time.perf_counter()
+        page.goto(f"{url}/{cfg['query']}")
+        wait_heatmaps(page, 2, timeout_ms=900_000)
+        wait_surgery_bars(page, "front:0.2", timeout_ms=900_000)
+        first = time.perf_counter() - t0
+        wait_idle(page, timeout_ms=900_000)
+        idle_wait = wait_server_idle(pid)
+        page.get_by_role("combobox", name="Neurons to set", exact=True).scroll_into_view_if_needed()
+        times, changes = [], []
+        for label, option, want in SURGERY_CHANGES[:runs]:
+            times.append(timed_change(page, label, option, want))
+            changes.append(f"{label}: {option}")
+            wait_idle(page)
+            page.wait_for_timeout(300)
+        # back to a setting computed before (random:10 set to benign), once the value has changed
+        revisit = timed_change(page, *SURGERY_REVISIT) if runs >= 5 else None
+        page.close()
+    med = statistics.median(times)
+    return {"config": name, "query": cfg["query"], "first_view_with_panel_seconds": first,
+            "waited_for_idle_server_seconds": idle_wait, "changes": changes, "runs_seconds": times,
+            "median_seconds": med, "target_seconds": cfg["target_s"], "meets_target": med <= cfg["target_s"],
+            "revisit_seconds": revisit}
+
+
+def main_surgery(args) -> None:
+    """``--surgery``: the panel's warm latency per model, under the key ``surgery`` of ``--out``."""
+    from playwright.sync_api import sync_playwright
+
+    names = args.configs.split(",") if args.configs else list(SURGERY_CONFIGS)
+    before = {"uptime": uptime(), "load_avg": os.getloadavg()}
+    results = []
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            for name in names:
+                r = measure_surgery(browser, name, args.runs)
+                print(f"surgery {name}: warm median {r['median_seconds']:.3f} s (runs "
+                      f"{', '.join(f'{t:.3f}' for t in r['runs_seconds'])}; target {r['target_seconds']} s; "
+                      f"revisit {r['revisit_seconds'] if r['revisit_seconds'] is None else round(r['revisit_seconds'], 3)} s)",
+                      flush=True)
+                results.append(r)
+        finally:
+            browser.close()
+    path = Path(args.out)
+    out = json.loads(path.read_text()) if path.exists() else {}
+    out["surgery"] = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "cpus": os.cpu_count(),
+        "what": "warm: seconds from choosing another selection (or value) in Explore's neuron surgery panel to its "
+                "patched bars showing it (one patched forward pass; the panel is a fragment)",
+        "browser": "Debian Chromium, headless, on the same machine as the server",
+        "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path} (key 'surgery')")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--first-views", type=int, default=1,
                     help="fresh servers per configuration; first_view_seconds is their median")
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--configs", default=None,
+                    help=f"comma-separated: {', '.join(CONFIGS)} (default: all); with --surgery: "
+                         f"{', '.join(SURGERY_CONFIGS)}")
     ap.add_argument("--out", default="app_speed.json")
+    ap.add_argument("--surgery", action="store_true",
+                    help=f"measure the neuron surgery panel ({', '.join(SURGERY_CONFIGS)}) into the key 'surgery' "
+                         "of --out, keeping its other keys")
     args = ap.parse_args()
     if not 1 <= args.first_views <= 20 or not 1 <= args.runs <= 20:
         ap.error("--first-views and --runs must be between 1 and 20")
+    if args.surgery:
+        if args.runs > len(SURGERY_CHANGES):
+            ap.error(f"--surgery takes at most {len(SURGERY_CHANGES)} runs (one new setting each)")
+        main_surgery(args)
+        return
     from playwright.sync_api import sync_playwright
 
     before = {"uptime": uptime(), "load_avg": os.getloadavg()}
@@ -137,7 +260,7 @@ def main() -> None:
     with sync_playwright() as p:
         browser = launch(p)
         try:
-            for name in args.configs.split(","):
+            for name in (args.configs or ",".join(CONFIGS)).split(","):
                 r = measure(browser, name, args.runs, args.first_views)
                 print(f"{name}: first view {r['first_view_seconds']:.2f} s "
                       f"({', '.join(f'{t:.2f}' for t in r['first_views_seconds'])}; target {r['first_view_target_seconds']} s); "

@@ -1,6 +1,8 @@
 """Pick the guided tour's slow example images once and ship them in ``assets/tour.json``.
 
-Most tour steps use an image chosen at run time (``nip_core.explain.demo_image`` with FGSM, cheap).
+Most tour steps use an image chosen at run time (``nip_core.explain.demo_image`` with FGSM, cheap):
+the same image for every such step, so the ``counter-attack`` ablation and the neuron surgery step
+show the image of the ``nip`` step.
 The step "an attack that knows the defense beats it" needs an image on which ``nip-aware`` beats
 ``nip``; finding one runs the defense-aware attack image after image (tens of seconds each on a
 2-core CPU), so it is done here and the app reads the result (keyed by the model's weights hash; a

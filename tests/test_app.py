@@ -15,6 +15,7 @@ app.warmup.ENABLED = False   # no background warm-up thread inside the test proc
 ENTRY = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 TIMEOUT = 300
 VIEW_CHARTS = 8    # an Explore view: 2 perturbations, 3 top-5 bars, 2 heatmap rows, group chart
+SURGERY_CHARTS = 2  # the surgery panel: the three passes' bars and the neuron grid to pick on
 
 
 def _app(query: dict | None = None) -> AppTest:
@@ -372,15 +373,20 @@ def test_tour_page_offers_every_step_with_a_link() -> None:
     _ok(at)
     assert at.selectbox(key="tour.model").value == "lenet-mnist"
     opens = [b for b in at.button if b.label.startswith("Open step")]
-    assert [b.label for b in opens] == [f"Open step {i}" for i in range(1, 7)]
+    assert [b.label for b in opens] == [f"Open step {i}" for i in range(1, 9)]
     links = [c.value for c in at.code]
-    assert len(links) == 6 and all("model=" in u and "tour=" in u for u in links)
+    assert len(links) == 8 and all("model=" in u and "tour=" in u for u in links)
+    # the ablation runs on the image of the label-free nip step; the surgery step's link opens the panel
+    from urllib.parse import parse_qs, urlsplit
+    q = [parse_qs(urlsplit(u).query) for u in links]
+    assert q[4]["defense"] == ["counter-attack"] and q[4]["image"] == q[3]["image"] and q[3]["defense"] == ["nip"]
+    assert q[5]["surgery"] == ["front:0.2"] and q[5]["surgery_value"] == ["benign"] and q[5]["defense"] == ["none"]
     assert "model=resnet8-cifar10" in links[-1] and "tm=lenet-mnist" in links[-1]    # the photo step
     # One click opens Explore with the step's preset, run, and the step's card on top.
     [b for b in at.button if b.label == "Open step 2"][0].click().run()
     _ok(at)
     assert at.query_params["tour"] == "attack" and at.query_params["defense"] == "none"
-    assert "step 2 of 6" in _tour_card(at) and len(at.get("plotly_chart")) == VIEW_CHARTS
+    assert "step 2 of 8" in _tour_card(at) and len(at.get("plotly_chart")) == VIEW_CHARTS
 
 
 def test_tour_photo_model_skips_the_steps_that_need_a_calibration() -> None:
@@ -389,13 +395,13 @@ def test_tour_photo_model_skips_the_steps_that_need_a_calibration() -> None:
     at.selectbox(key="tour.model").set_value("resnet8-cifar10").run()
     _ok(at)
     assert [b.label for b in at.button if b.label.startswith("Open step")] == [
-        "Open step 1", "Open step 2", "Open step 3", "Open step 6"]
+        "Open step 1", "Open step 2", "Open step 3", "Open step 6", "Open step 8"]
     why = [c.value for c in at.caption if c.value.startswith("Not on this model")]
-    assert len(why) == 2 and all("calibrate --model resnet8-cifar10" in w for w in why)
+    assert len(why) == 3 and all("calibrate --model resnet8-cifar10" in w for w in why)
 
 
 def test_tour_walk_tells_the_story_on_lenet() -> None:
-    """From a step-1 share link, Next through all six steps: each view shows its part of the story."""
+    """From a step-1 share link, Next through all eight steps: each view shows its part of the story."""
     from app import tour as T
 
     at = _app(T.step_query(T.STEPS[0], "lenet-mnist"))
@@ -405,15 +411,25 @@ def test_tour_walk_tells_the_story_on_lenet() -> None:
         if i:
             [b for b in at.button if b.label == "Next step"][0].click().run()
             _ok(at)
-        assert f"step {i + 1} of 6" in _tour_card(at) and at.query_params["tour"] == step.key
+        assert f"step {i + 1} of 8" in _tour_card(at) and at.query_params["tour"] == step.key
         assert at.query_params["attack"] == step.attack and at.query_params["defense"] == step.defense
-        assert len(at.get("plotly_chart")) == VIEW_CHARTS
+        surgery = step.key == "surgery"             # the one step that opens the surgery panel
+        assert len(at.get("plotly_chart")) == VIEW_CHARTS + (SURGERY_CHARTS if surgery else 0)
+        assert ("surgery" in at.query_params) == surgery
         seen[step.key] = _metrics(at)
+        if surgery:
+            [seen["surgery"]["verdict"]] = [e.value for e in at.success if e.value.startswith("The class")]
     assert seen["neurons"]["adversarial"] == seen["neurons"]["benign"]          # ε = 0: nothing happens
     assert seen["attack"]["adversarial"] != seen["attack"]["benign"]            # FGSM flips the digit
     assert seen["attack"]["defended"] == seen["attack"]["adversarial"]          # no defense
     assert seen["oracle"]["defended"] == seen["oracle"]["benign"]               # NIP with the label restores it
     assert seen["label-free"]["defended"] == seen["label-free"]["benign"]       # so does the label-free nip
+    # the ablation on the same image: without the neurons, the same class choice gives the same prediction
+    assert seen["counter-attack"]["defended"] == seen["label-free"]["defended"]
+    # surgery on the attack step's view: the front neurons set back to their benign values bring the class back
+    assert at.query_params.get("surgery") is None
+    assert seen["surgery"]["verdict"].startswith("The class returns.")
+    assert float(seen["surgery"]["recovery share"]) > 0.5 and seen["surgery"]["adversarial"] != seen["surgery"]["benign"]
     assert seen["aware"]["adversarial"] != seen["aware"]["benign"]
     assert seen["aware"]["defended"] != seen["aware"]["benign"]                 # the aware attack beats nip
     assert at.query_params["model"] == "resnet8-cifar10"                       # the photo
@@ -759,6 +775,6 @@ def test_tour_on_fashion_mnist_offers_every_step():
     at.switch_page("views/tour.py").run()
     at.selectbox(key="tour.model").set_value("lenet-fashion").run()
     _ok(at)
-    assert [b.label for b in at.button if b.label.startswith("Open step")] == [f"Open step {i}" for i in range(1, 7)]
+    assert [b.label for b in at.button if b.label.startswith("Open step")] == [f"Open step {i}" for i in range(1, 9)]
     links = [c.value for c in at.code]
-    assert all("model=lenet-fashion" in u for u in links[:5]) and "tm=lenet-fashion" in links[5]
+    assert all("model=lenet-fashion" in u for u in links[:7]) and "tm=lenet-fashion" in links[7]

@@ -130,6 +130,26 @@ def set_seed_and_run_time(page, seed: int, timeout_ms: int = 900_000) -> float:
     return time.perf_counter() - t0
 
 
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the select box labelled ``label`` (Streamlit's combobox opens on ArrowDown)."""
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.keyboard.press("ArrowDown")
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+# True when a drawn, non-stale surgery bar chart's title contains the text (e.g. "random:10").
+_SURGERY_BARS = """
+(want) => [...document.querySelectorAll('.js-plotly-plot')].some(p => !p.closest('[data-stale="true"]')
+    && p.querySelector('.gtitle') && p.querySelector('.gtitle').textContent.startsWith('Surgery at')
+    && p.querySelector('.gtitle').textContent.includes(want) && p.querySelector('.barlayer .point'))
+"""
+
+
+def wait_surgery_bars(page, want: str, timeout_ms: int = 240_000, polling: int = 50) -> None:
+    """Until the surgery panel's bars show the selection ``want`` (their title names it)."""
+    page.wait_for_function(_SURGERY_BARS, arg=want, timeout=timeout_ms, polling=polling)
+
+
 def open_explore(page, url: str, query: str = "") -> None:
     page.goto(f"{url}/{query}")  # Explore is the default page, served at /
     page.get_by_role("button", name="Run", exact=True).wait_for(timeout=180_000)
@@ -180,6 +200,26 @@ def test_explore_in_chromium(tmp_path: Path) -> None:
             assert page.locator(".js-plotly-plot").count() >= 8
             assert "attack=fgsm" in page.url and "defense=nip" in page.url
             screenshot(page, ARTIFACTS / "explore_default.png")
+
+            # 1b. neuron surgery: open the panel, change the selection, pick a neuron on the grid
+            page.get_by_text("Set chosen neurons of a layer to chosen values").click()
+            wait_surgery_bars(page, "front:0.2")
+            choose(page, "Neurons to set", "N random neurons (the control)")
+            wait_surgery_bars(page, "random:10")
+            page.wait_for_url("**surgery=random%3A10**", timeout=30_000)      # the fragment updates the link
+            grid = page.locator(".js-plotly-plot").filter(has=page.locator(".gtitle", has_text="Pick neurons"))
+            point = grid.locator(".scatterlayer .point").nth(5)
+            point.scroll_into_view_if_needed()
+            box = point.bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(x - 20, y - 20)
+            page.mouse.move(x, y, steps=4)                                    # plotly picks what is hovered
+            page.mouse.click(x, y)
+            wait_surgery_bars(page, ": 5 (1 neuron)")
+            wait_idle(page)
+            no_exceptions(page)
+            assert page.get_by_role("textbox", name="Neuron indices").input_value() == "5"
+            screenshot(page, ARTIFACTS / "explore_surgery.png")
 
             # 2. upload a digit and run again
             page.get_by_text("Upload an image", exact=True).click()
@@ -236,10 +276,10 @@ def test_tour_from_a_fresh_server_and_benchmark_on_arrival_in_chromium() -> None
             wait_heatmaps(page, 2)
             wait_idle(page)
             no_exceptions(page)
-            page.get_by_text("Guided tour · step 2 of 6").wait_for()
+            page.get_by_text("Guided tour · step 2 of 8").wait_for()
             page.get_by_role("button", name="Next step").click()
             page.wait_for_url("**tour=oracle**", timeout=180_000)
-            page.get_by_text("Guided tour · step 3 of 6").wait_for(timeout=60_000)
+            page.get_by_text("Guided tour · step 3 of 8").wait_for(timeout=60_000)
             wait_heatmaps(page, 2)
             wait_idle(page)
             no_exceptions(page)
@@ -255,7 +295,7 @@ def test_tour_from_a_fresh_server_and_benchmark_on_arrival_in_chromium() -> None
             wait_heatmaps(student, 2)
             wait_idle(student)
             no_exceptions(student)
-            student.get_by_text("Guided tour · step 4 of 6").wait_for()
+            student.get_by_text("Guided tour · step 4 of 8").wait_for()
             assert "defense=nip" in student.url
 
             # Benchmark: the shipped MNIST table is drawn without pressing anything.

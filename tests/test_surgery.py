@@ -528,3 +528,45 @@ def test_cli_bad_input_exits_2_in_a_fresh_process(digit_png, tmp_path):
     r = _cli("--model", "lenet-mnist", "--image", str(image), "--select", "tail:2", "--out", str(tmp_path / "o"))
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "needs K" in lines[0], r.stderr
+
+
+# ----------------------------------------------------------------------------- what the app shows
+
+def test_surgery_verdict_says_whether_the_class_returns(mlp):
+    from nip_core.figures import surgery_verdict
+
+    x3 = torch.tensor([[[[0.0, 0.5]]]])     # adversarial: hidden [0, 1, 0], logits [-1, 1] (flipped)
+    # units 0 and 1 benign again: hidden [1, 0.25, 0], the benign logits [2.75, 1.25]
+    back = surgery_verdict(surgery(mlp, X2, x3, "hidden", "0,1", "benign"))
+    assert back.startswith("The class returns. With 2 neurons of hidden set to benign, the adversarial input is "
+                           "classified as 0: a again (recovery share 1.00")
+    # unit 1 only: hidden [0, 0.25, 0], logits [-0.25, 0.25]: margin -0.5, (−0.5 + 2) / (1.5 + 2) = 0.43
+    stays = surgery_verdict(surgery(mlp, X2, x3, "hidden", "1", "benign"))
+    assert stays.startswith("The class does not return. With 1 neuron of hidden set to benign, the adversarial "
+                            "input is classified as 1: b, not 0: a (recovery share 0.43")
+    same = surgery_verdict(surgery(mlp, X2, X2, "hidden", "0", "zero"))
+    assert same.startswith("The attack did not flip this prediction") and "n/a" in same
+    from nip_core.figures import recovery_text
+    assert (recovery_text(-0.001), recovery_text(0.746), recovery_text(None)) == ("0.00", "0.75", "n/a")
+    wrong = surgery_verdict(surgery(mlp, X2, x3, "hidden", "0", "zero", label=1))
+    assert wrong.startswith("The model already gets the benign input wrong (0: a, not 1: b)")
+
+
+def test_surgery_picker_puts_one_selectable_marker_on_each_neuron():
+    from nip_core.figures import SURGERY_COLOURS, picked_neurons, surgery_picker
+    from nip_core.influence import InfluenceProfile
+
+    scores = torch.tensor([0.5, -0.2, 0.0, 0.9, 0.1])
+    prof = InfluenceProfile("tiny", "hidden", "conductance", 16, scores, torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0]),
+                            torch.zeros(5), per_class={0: scores})
+    fig = surgery_picker(prof, 0, 0.25, [3, 1], ["a", "b"])
+    heat, dead, markers = fig.data
+    assert heat.type == dead.type == "heatmap" and markers.type == "scatter"
+    assert list(markers.customdata) == [0, 1, 2, 3, 4]
+    # a 2×3 grid: neuron j at column j % 3, row j // 3
+    assert list(markers.x) == [0, 1, 2, 0, 1] and list(markers.y) == [0, 0, 0, 1, 1]
+    colours = list(markers.marker.color)
+    assert [j for j, c in enumerate(colours) if c == SURGERY_COLOURS["patched"]] == [1, 3]
+    assert markers.text[3] == "neuron 3 · front · influence 0.9 · patched" and "dead" in markers.text[2]
+    # what Streamlit returns for picked markers
+    assert picked_neurons([{"customdata": int(c)} for c in markers.customdata[3:]]) == [3, 4]

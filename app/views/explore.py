@@ -12,8 +12,9 @@ from app.loaders import (BYOM_KEY, calibration_hint, gallery_entries, get_model,
                          load_upload, visible_models)
 from app.notes import aware_note, label_free_note
 from app.progress import page_turn, run_with_progress
+from app.views import surgery_panel
 from app.widgets import (byom_panel, guarded, init_state, model_picker, param_input, params_text, parse_params_text,
-                         show_error)
+                         query_signature, show_error)
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
 from nip_core.bench import expected_attack_seconds
@@ -59,10 +60,6 @@ def is_label_free(defense: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- URL → session state
-
-def query_signature(params: dict[str, str]) -> tuple:
-    return tuple(sorted((str(k), str(v)) for k, v in params.items()))
-
 
 def load_query_params() -> None:
     """Copy a link's configuration into the widgets' state: on a session's first run, and whenever
@@ -116,6 +113,7 @@ def load_query_params() -> None:
                 st.session_state[key(model, name)] = v
             except ValueError:
                 problems.append(f"{name} must be {kind.__name__} in [{lo}, {hi}]; got {qp[name]!r}")
+    surgery_panel.from_query(qp, model, m)
     if problems:
         st.session_state[P + "query_warning"] = ("Some settings in the link were ignored (defaults used): "
                                                  + "; ".join(problems) + ".")
@@ -378,6 +376,7 @@ def show_results(request: tuple, expl) -> None:
     if st.toggle("Show one neuron's activation maps and its profile across classes",
                  key=init_state(P + "drill", False)):
         show_neuron(request, expl)
+    surgery_panel.section(request, expl)
     secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
     st.caption(f"Time: {secs}.")
     st.download_button("Download summary (JSON)", json.dumps(expl.summary(), indent=2, default=float),

@@ -24,10 +24,11 @@ def base_url() -> str:
 
 def main() -> None:
     st.title("Guided tour")
-    st.markdown("Six stops through *Fight Perturbations with Perturbations*: what a model's neurons do, how an "
-                "attack bends them, how NIP bends them back, where the label-free defense stands, and why photos "
-                "are harder. Each step opens Explore with its settings and runs it; the link under each step "
-                "opens the same view for anyone (a class can open it at once).")
+    st.markdown(f"A tour in {len(T.STEPS)} stops through *Fight Perturbations with Perturbations*: what a model's "
+                "neurons do, how an attack bends them, how NIP bends them back, where the label-free defense stands, "
+                "whether the class choice or the neurons do the work, and why photos are harder. Each step opens "
+                "Explore with its settings and runs it; the link under each step opens the same view for anyone (a "
+                "class can open it at once).")
     models = T.tour_models()
     model = st.selectbox("Model for the tour", models, key=init_state(P + "model", models[0]),
                          format_func=lambda m: f"{m} — {MODELS[m].summary}")
