@@ -18,8 +18,8 @@ Names are verbs on things (``explain_image``, ``run_evaluation``) so they never 
 modules ``nip_core.explain`` and ``nip_core.evaluate``. Units (attacks, defenses) are given as the
 CLI writes them, ``"pgd[eps=0.1;max_iter=20]"``, or as ``(name, params)`` pairs.
 
-Neuron surgery is ``run_surgery`` (the CLI's ``surgery``). Still to come, when the engine has it:
-``run_fragility`` (fragility sweeps) joins this module as a thin call of its engine module.
+Neuron surgery is ``run_surgery`` (the CLI's ``surgery``); how fragile one image is, ``run_fragility``
+(the CLI's ``fragility``).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from nip_core.surgery import Selection, SurgeryResult, Value
 
 __all__ = ["models", "attacks", "defenses", "load", "load_image", "gallery_image", "explain_image",
-           "run_surgery", "surgery_figure", "run_evaluation", "evaluation_figure",
+           "run_surgery", "surgery_figure", "run_fragility", "run_evaluation", "evaluation_figure",
            "calibrate_model"]
 
 ModelLike = Union[str, "LoadedModel"]
@@ -137,6 +137,33 @@ def _unit(text: str, registry) -> tuple[str, dict[str, Any]]:
         from nip_core.errors import InputError
         raise InputError(f"give one {registry.kind}, not {len(units)}: {text!r}.")
     return units[0]
+
+
+def run_fragility(model: ModelLike, image: torch.Tensor | str | os.PathLike, label: int | None = None, *,
+                  attack: str = "pgd", attack_params: dict[str, Any] | None = None,
+                  defenses: Units = "none,jpeg,nip", seed: int = 0):
+    """The smallest attack budget that flips each defense on one image (the CLI's ``fragility``):
+    :func:`nip_core.fragility.fragility`, with its percentile over the model's shipped report split
+    where a distribution ships (``docs/results/fragility-<model>.json``).
+
+    Args:
+        model: a model name or a loaded model; image: ``[C,H,W]`` in [0,1] or an image file path.
+        label: the true class, when known (else the benign prediction is the reference).
+        attack, attack_params: an L∞ gradient attack (``fgsm``, ``bim``, ``pgd``, ``mifgsm``, ``apgd``).
+        defenses: as in :func:`run_evaluation` (``"none,jpeg,nip"`` or ``[("jpeg", {"quality": 75})]``).
+
+    Returns:
+        A :class:`~nip_core.fragility.Fragility`: ``result["defenses"][name]["flip_eps"]`` (None: held
+        to the grid's maximum) and ``percentile``; ``figures.fragility_figure(result, image)`` draws it.
+    """
+    from nip_core.defenses import DEFENSES
+    from nip_core.fragility import fragility
+
+    m = _model(model)
+    if not hasattr(image, "dim"):
+        image = load_image(image, m)
+    return fragility(m, image, label, attack=attack, attack_params=attack_params,
+                     defenses=_units(defenses, DEFENSES), seed=seed)
 
 
 def explain_image(model: ModelLike, image: torch.Tensor | str | os.PathLike, label: int | None = None, *,

@@ -140,8 +140,19 @@ def test_every_name_in_all_exists_and_fragility_is_not_pretended():
 
     assert all(callable(getattr(api, name)) for name in api.__all__)
     assert "run_surgery" in api.__all__
-    assert not hasattr(api, "run_fragility")             # not in the engine yet
+    assert "run_fragility" in api.__all__
     assert "lenet-mnist" in api.models() and "fgsm" in api.attacks() and "nip" in api.defenses()
+
+
+def test_run_fragility_is_the_engines_fragility(lenet):
+    from nip_core import api
+    from nip_core.fragility import fragility
+
+    image, label = api.gallery_image(lenet, 1)
+    f = api.run_fragility("lenet-mnist", image, label, attack="fgsm", defenses="none,jpeg[quality=75]", seed=2)
+    g = fragility(lenet, image, label, attack="fgsm", defenses=[("none", {}), ("jpeg", {"quality": "75"})], seed=2)
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert strip(f.result) == strip(g.result) and set(f.result["defenses"]) == {"none", "jpeg[quality=75]"}
 
 
 def python_blocks(markdown: str) -> list[str]:
@@ -161,3 +172,4 @@ def test_docs_api_page_runs(tmp_path, monkeypatch, capsys):
     assert namespace["r"].recovery() is not None               # the example's attack flips the digit
     assert "recovery share" in namespace["bars"].layout.title.text
     assert (tmp_path / "my_digits.npz").exists()
+    assert printed.count(" flips at ") == 2 and namespace["f"].result["defenses"]["none"]["percentile"] is None
