@@ -41,7 +41,7 @@ import torch
 
 from nip_core.influence import influence_profile, layer_output
 from nip_core.models.base import LoadedModel
-from nip_core.surgery import margins, patch, random_mask
+from nip_core.surgery import layer_output_and_logits, margins, patch, random_mask
 
 # The defenses whose mechanism is tested (issue 19): NIP and its ablation, each label-free and
 # oracle, the random control and the strongest simple image-space baseline.
@@ -129,8 +129,8 @@ def mediation_parts(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y:
         if bool((xd == xa).all()):
             out["defenses"][name] = {"passes_through": True}
             continue
-        vd = layer_values(model, xd, layer)
-        md = margins(model.logits(xd), yy)
+        vd, ld = layer_output_and_logits(model, xd, layer)      # one pass: the layer's values and the logits
+        md = margins(ld, yy)
         out["defenses"][name] = {
             "passes_through": False,
             "total": _floats(md - ma),
