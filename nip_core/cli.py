@@ -306,13 +306,17 @@ def cmd_fragility(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from nip_core.train import train_lenet, train_lenet_fashion
+    from nip_core.train import train_lenet, train_lenet_fashion, train_lenet_fashion_at
 
-    trainers = {"lenet-mnist": train_lenet, "lenet-fashion": train_lenet_fashion}
+    trainers = {"lenet-mnist": train_lenet, "lenet-fashion": train_lenet_fashion,
+                "lenet-fashion-at": train_lenet_fashion_at}
     if args.model not in trainers:
-        raise _input_error(f"only {' or '.join(trainers)} can be trained here; got {args.model!r}.")
+        raise _input_error(f"only {', '.join(trainers)} can be trained here; got {args.model!r}.")
     if args.epochs is not None and args.epochs < 1:
         raise _input_error(f"--epochs must be at least 1; got {args.epochs}.")
+    if args.out is None and not args.ship:
+        raise _input_error("give --out DIR for the new weights and card, or --ship to overwrite the shipped "
+                           f"{args.model} in assets/models.")
     kw: dict[str, Any] = {} if args.epochs is None else {"epochs": args.epochs}
     if args.out is not None:
         out = Path(args.out)
@@ -517,11 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_fragility)
 
     s = sub.add_parser("train", help="retrain a shipped model reproducibly")
-    s.add_argument("model", help="lenet-mnist or lenet-fashion")
+    s.add_argument("model", help="lenet-mnist, lenet-fashion or lenet-fashion-at (PGD adversarial training)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--epochs", type=int, help="default: 40 for lenet-mnist, 15 for lenet-fashion")
-    s.add_argument("--out", help="folder for <model>.safetensors and its <model>.json card (default: the shipped "
-                                 "assets/models, which this overwrites)")
+    s.add_argument("--epochs", type=int, help="default: 40 for lenet-mnist, 15 for lenet-fashion, 20 for "
+                                              "lenet-fashion-at")
+    s.add_argument("--out", help="folder for <model>.safetensors and its <model>.json card")
+    s.add_argument("--ship", action="store_true", help="write to the shipped assets/models instead (overwrites them)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("profile", help="compute (and optionally ship) influence profiles")

@@ -142,9 +142,9 @@ def test_cli_train_refuses_unknown_models_and_missing_data_in_one_line(tmp_path,
     before = file_sha256(FASHION_WEIGHTS)
     assert main(["train", "resnet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "lenet-mnist or lenet-fashion" in err
+    assert "\n" not in err and "lenet-mnist, lenet-fashion" in err
     monkeypatch.setenv("NIP_FASHION_DIR", str(tmp_path))
-    assert main(["train", "lenet-fashion", "--epochs", "1"]) == 2
+    assert main(["train", "lenet-fashion", "--epochs", "1", "--ship"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: Fashion-MNIST is not installed")
     assert file_sha256(FASHION_WEIGHTS) == before  # nothing was overwritten

@@ -19,6 +19,8 @@ CARD = ASSETS / "models" / "lenet-mnist.json"
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 FASHION_WEIGHTS = ASSETS / "models" / "lenet-fashion.safetensors"
 FASHION_CARD = ASSETS / "models" / "lenet-fashion.json"
+FASHION_AT_WEIGHTS = ASSETS / "models" / "lenet-fashion-at.safetensors"
+FASHION_AT_CARD = ASSETS / "models" / "lenet-fashion-at.json"
 # Pixel mean and standard deviation of the 60,000 Fashion-MNIST training images.
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
 
