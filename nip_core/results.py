@@ -75,13 +75,14 @@ def adversarial_training_comparison(standard: dict[str, Any], robust: dict[str, 
             robust.get("n_images") != standard.get("n_images"):
         raise InputError(f"{b}'s result is not on {a}'s {standard.get('split')} images; run it with --images-of {a}.")
 
-    def cell(r: dict, attack: str, defense: str) -> float | None:
+    def cell(r: dict, attack: str, defense: str) -> float | None:   # defense: a bare name (its rows' defense_name)
         return next((row["defended_adv_accuracy"] for row in r["rows"]
-                     if row["attack"] == attack and row["defense"] == defense), None)
+                     if row["attack"] == attack and row.get("defense_name", row["defense"]) == defense), None)
 
+    attacks = list(dict.fromkeys(row["attack"] for row in standard["rows"]))   # labels as the rows spell them
     by_attack = [{"attack": att, f"{a}: no defense": cell(standard, att, "none"), f"{a}: nip": cell(standard, att, "nip"),
                   f"{b}: no defense": cell(robust, att, "none")}
-                 for att in standard["attacks"] if att in robust["attacks"]]
+                 for att in attacks if any(row["attack"] == att for row in robust["rows"])]
     sa, sb = standard["summary"], robust["summary"]
     by_defense = []
     for d in standard["defenses"]:

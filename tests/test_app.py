@@ -796,9 +796,11 @@ def test_benchmark_shows_the_adversarial_training_comparison_on_the_same_images(
     cmp = adversarial_training_comparison(std, rob)
     frames = {tuple(d.value.columns): d.value for d in at.dataframe}
     by_attack = frames[tuple(cmp["by_attack"][0])]
-    assert list(by_attack["attack"]) == std["attacks"]
+    assert list(by_attack["attack"]) == list(dict.fromkeys(r["attack"] for r in std["rows"]))
     assert list(by_attack["lenet-fashion-at: no defense"]) == pytest.approx(
         [r["defended_adv_accuracy"] for r in rob["rows"] if r["defense"] == "none"])
+    assert list(by_attack["lenet-fashion: nip"]) == pytest.approx(
+        [r["defended_adv_accuracy"] for r in std["rows"] if r["defense_name"] == "nip"])
     by_defense = frames[tuple(cmp["by_defense"][0])]
     assert list(by_defense["defense"]) == std["defenses"]
     # the card's figures, read from the cards
