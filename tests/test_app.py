@@ -812,3 +812,21 @@ def test_benchmark_shows_the_adversarial_training_comparison_on_the_same_images(
     captions = " ".join(c.value for c in at.caption)
     assert "black-box" in captions and "--images-of lenet-fashion" in captions
     assert f"classifies {rob['data']['clean_correct']} of them" in captions
+
+
+def test_explore_and_profiles_run_the_adversarially_trained_model() -> None:
+    at = _app({"model": "lenet-fashion-at", "image": "ankle-boot-02214", "attack": "pgd", "defense": "jpeg"})
+    _ok(at)
+    assert at.selectbox(key="explore.model").value == "lenet-fashion-at"
+    assert len(at.get("plotly_chart")) == VIEW_CHARTS                      # the link runs the view
+    at.switch_page("views/profiles.py").run()
+    at.selectbox(key="profiles.model").set_value("lenet-fashion-at")
+    _submit(at, "Show profile")
+    _ok(at)
+    from nip_core.influence import influence_profile
+    from nip_core.models import load_model
+
+    shipped = influence_profile(load_model("lenet-fashion-at"), "fc1")       # from assets/profiles
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["neurons"] == "120" and metrics["classes profiled"] == "10"
+    assert metrics["dead neurons"] == str(int(shipped.dead.sum()))
