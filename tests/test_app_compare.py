@@ -1,0 +1,100 @@
+"""Explore's "Pin and compare" under AppTest (issue 21): pin run A, run B, see both; unpin; one link
+reopens both runs with the same numbers; a bad pinned setting in a link is one warning."""
+from __future__ import annotations
+
+import json
+
+from streamlit.testing.v1 import AppTest
+
+from tests.test_app import VIEW_CHARTS, _app, _ok, _submit
+
+M = "lenet-mnist"
+P = "explore.pin."
+COMPARE_TITLE = "both runs on one colour scale"
+
+
+def _compare_charts(at: AppTest) -> list[dict]:
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return [s for s in specs if COMPARE_TITLE in s["layout"]["title"]["text"]]
+
+
+def _shown(at: AppTest) -> tuple:
+    """What the comparison shows: the statistics table, the overlap metrics and the identity table."""
+    [stats] = [t.value for t in at.table if t.value.index.name == "statistic"]
+    metrics = {m.label: m.value for m in at.metric if m.label in ("fell in both", "A only", "B only", "Jaccard overlap")}
+    [ids] = [d.value for d in at.dataframe if "fell in" in d.value.columns]
+    return stats.to_dict(), metrics, ids.to_dict("list")
+
+
+def _pinned_then_b() -> AppTest:
+    """Explore's default run (LeNet, FGSM, nip) pinned as A; then B: PGD (ε 0.1, 5 steps)."""
+    at = _submit(_app(), "Run")
+    _ok(at)
+    assert at.button(key=P + "pin").label == "Pin this run" and not _compare_charts(at)
+    at.button(key=P + "pin").click().run()
+    _ok(at)
+    assert any(i.value.startswith("Run A is pinned") for i in at.info)
+    assert at.query_params["pin_attack"] == "fgsm" and at.query_params["pin_model"] == M
+    at.selectbox(key=f"explore.{M}.attack").set_value("pgd").run()
+    at.number_input(key=f"explore.{M}.a.pgd.eps").set_value(0.1)        # in the form: sent with Run
+    at.number_input(key=f"explore.{M}.a.pgd.max_iter").set_value(5)
+    return _submit(at, "Run")
+
+
+def test_pin_run_b_and_see_both_then_unpin() -> None:
+    at = _pinned_then_b()
+    _ok(at)
+    [fig] = _compare_charts(at)
+    assert [t["name"] for t in fig["data"] if t["name"] != "dead"] == [
+        f"{r} {v}" for r in ("A (pinned)", "B") for v in ("benign", "adversarial", "defended")]
+    assert len(at.get("plotly_chart")) == VIEW_CHARTS + 1
+    assert any(m.value.startswith("**B changes:** attack fgsm → pgd") for m in at.markdown)
+    stats, metrics, ids = _shown(at)
+    assert stats["A (pinned)"]["attack"] == "fgsm (eps 0.2)" and stats["B"]["attack"].startswith("pgd (eps 0.1")
+    both, a_only, b_only = (int(metrics[k]) for k in ("fell in both", "A only", "B only"))
+    assert len(ids["neuron"]) == both + a_only + b_only > 0
+    assert float(metrics["Jaccard overlap"]) == round(both / (both + a_only + b_only), 2)
+    assert f"{both + a_only} front neurons fell in A" in " ".join(i.value for i in at.info)
+    # the link carries A beside B
+    qp = at.query_params
+    assert (qp["attack"], qp["pin_attack"], qp["pin_defense"], qp["pin_image"]) == ("pgd", "fgsm", "nip", qp["image"])
+    # the activations view redraws the panel only, on the same shared scale
+    at.radio(key=P + "quantity").set_value("activations").run()
+    _ok(at)
+    [fig] = _compare_charts(at)
+    assert fig["layout"]["title"]["text"].startswith("Neuron activation")
+    # unpin: the comparison and the link's pin_* parameters go, the run stays
+    at.button(key=P + "unpin").click().run()
+    _ok(at)
+    assert not _compare_charts(at) and not any(k.startswith("pin_") for k in at.query_params)
+    assert at.button(key=P + "pin").label == "Pin this run" and len(at.get("plotly_chart")) == VIEW_CHARTS
+    assert at.query_params["attack"] == "pgd"
+
+
+def test_one_link_reopens_both_runs_with_the_same_numbers() -> None:
+    at = _pinned_then_b()
+    _ok(at)
+    link = dict(at.query_params)
+    shown = _shown(at)
+    again = _app(link)
+    _ok(again)
+    assert not again.warning
+    assert again.session_state[P + "request"] == at.session_state[P + "request"]       # A's exact settings
+    assert again.session_state["explore.request"] == at.session_state["explore.request"]   # and B's
+    assert len(_compare_charts(again)) == 1 and _shown(again) == shown
+    assert again.selectbox(key=f"explore.{M}.attack").value == "pgd"
+    assert dict(again.query_params) == link
+
+
+def test_a_link_with_a_bad_pinned_setting_is_one_warning_and_the_run_stays() -> None:
+    at = _pinned_then_b()
+    link = dict(at.query_params)
+    for bad, words in (({"pin_ap": "eps=7"}, "attack parameters"), ({"pin_attack": "nope"}, "unknown attack 'nope'"),
+                       ({"pin_layer": "fc9", "pin_k": "x"}, "unknown layer 'fc9'; k must be float")):
+        again = _app(link | bad)
+        assert not again.exception
+        [warning] = [w.value for w in again.warning]
+        assert warning.startswith("The link's pinned run could not be reopened") and words in warning, warning
+        assert len(again.get("plotly_chart")) == VIEW_CHARTS and not _compare_charts(again)   # B, unpinned
+        assert again.button(key=P + "pin").label == "Pin this run"
+        assert not any(k.startswith("pin_") for k in again.query_params)       # the link now says what is shown
