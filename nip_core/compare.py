@@ -198,16 +198,19 @@ class RunComparison:
 
     def identity_rows(self) -> list[dict[str, Any]]:
         """One row per front neuron that fell in A or B: where it fell and how far in each run
-        (rows: both, then A only, then B only; by neuron index within each)."""
+        (rows: both, then A only, then B only; by neuron index within each). When the runs' front
+        groups differ (another k), two more columns say which run counts the neuron as front."""
         if self.fell is None:
             return []
         front_a, front_b = set(self.a.front), set(self.b.front)
         rows = []
         for where, idx in (("both", self.fell.both), ("A only", self.fell.a_only), ("B only", self.fell.b_only)):
             for j in idx:
-                rows.append({"neuron": j, "fell in": where,
-                             "Δ activation A": float(self.delta["A"][j]), "Δ activation B": float(self.delta["B"][j]),
-                             "front in A": j in front_a, "front in B": j in front_b})
+                row = {"neuron": j, "fell in": where,
+                       "Δ activation A": float(self.delta["A"][j]), "Δ activation B": float(self.delta["B"][j])}
+                if front_a != front_b:      # another k: say which run counts the neuron as front
+                    row |= {"front in A": j in front_a, "front in B": j in front_b}
+                rows.append(row)
         return rows
 
     def stats_rows(self) -> list[dict[str, Any]]:
@@ -217,7 +220,7 @@ class RunComparison:
 
         def pred(s: RunStats, v: str) -> str:
             c, name, p = s.predictions[v]
-            return f"{name} ({p * 100:.0f}%) {'✓' if s.correct[v] else '✗'}"
+            return f"{name} ({p * 100:.0f}%) {'✓ correct' if s.correct[v] else '✗ wrong'}"
 
         spec = [
             ("model · layer", lambda s: f"{s.model_name} · {s.layer}"),
@@ -287,3 +290,43 @@ def compare_runs(a, b) -> RunComparison:
     return RunComparison(a=sa, b=sb, neurons_match=why is None, why_groups=why,
                          fell=overlap(sa.front_fell, sb.front_fell) if why is None else None,
                          delta=delta, changed=changed_settings(a, b))
+
+
+def contrast_image(model_a, model_b, attack: str = "fgsm", seed: int = 0) -> str:
+    """The key of the gallery image that shows two models of one dataset apart best: both classify
+    it correctly, ``attack`` (at its dataset defaults) fools ``model_a`` and does not fool ``model_b``
+    (a standard model beside an adversarially trained one).
+
+    Images are tried in gallery order and the first that meets every wish is returned; otherwise the
+    one meeting the most important wishes (both correct, then A fooled, then B held), ties going to
+    the earlier image. Used by the guided tour's robust-model step.
+
+    Raises:
+        InputError: the models do not share a gallery (dataset), or it is empty.
+    """
+    from nip_core.attacks import run_attack
+    from nip_core.data import gallery
+
+    if model_a.spec.gallery != model_b.spec.gallery:
+        raise InputError(f"models {model_a.name!r} and {model_b.name!r} have different example images "
+                         f"({model_a.spec.gallery}, {model_b.spec.gallery}); pick two models of one dataset.")
+    items = gallery(model_a.spec.gallery)
+    if not items:
+        raise InputError(f"model {model_a.name!r} has no example images.")
+
+    def shortfall(it) -> int:
+        x, y = it.image.unsqueeze(0), torch.tensor([it.label])
+        if int(model_a.predict(x)[0]) != it.label or int(model_b.predict(x)[0]) != it.label:
+            return 4
+        fooled_a = int(model_a.predict(run_attack(model_a, attack, x, y, seed=seed).x_adv)[0]) != it.label
+        held_b = int(model_b.predict(run_attack(model_b, attack, x, y, seed=seed).x_adv)[0]) == it.label
+        return 2 * (not fooled_a) + (not held_b)
+
+    best = (5, items[0].key)
+    for it in items:
+        score = shortfall(it)
+        if score < best[0]:
+            best = (score, it.key)
+        if score == 0:
+            break
+    return best[1]

@@ -98,3 +98,22 @@ def test_a_link_with_a_bad_pinned_setting_is_one_warning_and_the_run_stays() -> 
         assert len(again.get("plotly_chart")) == VIEW_CHARTS and not _compare_charts(again)   # B, unpinned
         assert again.button(key=P + "pin").label == "Pin this run"
         assert not any(k.startswith("pin_") for k in again.query_params)       # the link now says what is shown
+
+
+def test_the_tour_pins_the_standard_model_beside_the_robust_one() -> None:
+    """Two models of one dataset: group statistics, not neuron identities, and the reason said."""
+    from app import tour as T
+
+    q = T.step_query(T.BY_KEY["robust"], "lenet-fashion")
+    at = _app(q)
+    _ok(at)
+    assert not at.warning and len(_compare_charts(at)) == 1
+    [stats] = [t.value for t in at.table if t.value.index.name == "statistic"]
+    a, b = stats["A (pinned)"], stats["B"]
+    assert (a["model · layer"], b["model · layer"]) == ("lenet-fashion · fc1", "lenet-fashion-at · fc1")
+    assert a["adversarial prediction"].endswith("✗ wrong") and b["adversarial prediction"].endswith("✓ correct")
+    assert not [m for m in at.metric if m.label == "Jaccard overlap"] and not at.dataframe   # no identities
+    assert any("two models (lenet-fashion, lenet-fashion-at)" in c.value for c in at.caption)
+    # a student who opens A's model in full finds the pinned garment already chosen
+    at.selectbox(key="explore.model").set_value("lenet-fashion").run()
+    assert at.selectbox(key="explore.lenet-fashion.image").value == q["image"]

@@ -14,7 +14,7 @@ T = torch.tensor
 
 
 def _run(adv, *, model="tiny", layer="hidden", defended=(3.0, 3.0, 1.0, 0.0, 1.0, 1.0), influence=None,
-         image=None, attack="fgsm", logits_adv=(0.0, 2.0)) -> Explanation:
+         image=None, attack="fgsm", logits_adv=(0.0, 2.0), front=(0, 1, 2)) -> Explanation:
     """Six neurons: front 0, 1, 2 · middle 3 · tail 4, 5; benign activations 4, 2, 1, 0, 0, 1; class 0."""
     benign = T([4.0, 2.0, 1.0, 0.0, 0.0, 1.0])
     acts = {"benign": benign, "adversarial": T(adv), "defended": T(defended)}
@@ -24,7 +24,7 @@ def _run(adv, *, model="tiny", layer="hidden", defended=(3.0, 3.0, 1.0, 0.0, 1.0
         model_name=model, layer=layer, method="conductance", k=0.5, label=0, reference_class=0,
         images={"benign": x, "adversarial": x + 0.1, "defended": x}, influence=infl, activations=acts,
         logits={"benign": T([2.0, 0.0]), "adversarial": T(logits_adv), "defended": T([2.0, 0.0])},
-        front=T([0, 1, 2]), middle=T([3]), tail=T([4, 5]), dead=torch.zeros(6, dtype=torch.bool),
+        front=T(front), middle=T([3]), tail=T([4, 5]), dead=torch.zeros(6, dtype=torch.bool),
         class_names=["a", "b"], attack=attack, attack_params={"eps": 0.1}, defense="none", defense_params={})
 
 
@@ -64,6 +64,11 @@ def test_same_model_compares_identities() -> None:
     assert [(r["neuron"], r["fell in"]) for r in rows] == [(2, "both"), (0, "A only"), (1, "B only")]
     assert [r["Δ activation A"] for r in rows] == [-1.0, -3.0, 1.0]
     assert [r["Δ activation B"] for r in rows] == [-1.0, 0.0, -1.0]
+    assert "front in A" not in rows[0]                     # one front group: nothing to say
+    # another k: B's front is 1 and 2 only, so A's neuron 0 is front in A alone
+    rows = compare_runs(a, _run(B_ADV, front=(1, 2))).identity_rows()
+    assert [(r["neuron"], r["front in A"], r["front in B"]) for r in rows] == [(2, True, True), (0, True, False),
+                                                                               (1, True, True)]
     assert cmp.changed == ["attack fgsm → pgd"]
     assert "2 front neurons fell in A and 2 in B, 1 of them in both (Jaccard overlap 0.33)" in cmp.verdict()
     assert cmp.verdict().startswith("The attack fooled both runs.")
@@ -79,7 +84,7 @@ def test_two_models_compare_group_statistics_and_say_why() -> None:
     # B's front mean falls from 7/3 to 5/3: −2/7 ≈ −29%; A's by 3/7 ≈ −43%
     assert stats["front mean activation change"] == ("-43%", "-29%")
     assert stats["tail neurons that rose"] == ("1 of 2", "0 of 2")
-    assert stats["adversarial prediction"][0].endswith("✗") and stats["adversarial prediction"][1].endswith("✓")
+    assert stats["adversarial prediction"] == ("b (88%) ✗ wrong", "a (73%) ✓ correct")
     assert stats["defense recovery of the front mean"] == ("100%", "100%")
     assert cmp.verdict().startswith("The attack fooled A but not B.")
     assert "model standard → robust" in cmp.changed

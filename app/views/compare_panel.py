@@ -102,6 +102,7 @@ def from_query(qp) -> None:
         return
     try:
         st.session_state[PINNED] = request_from_link(qp, st.session_state.get(BYOM_KEY, []))
+        preselect_image(st.session_state[PINNED], skip=qp.get("model"))
     except Exception as exc:        # a bad link pins nothing; the main run stays
         st.session_state.pop(PINNED, None)
         st.session_state[LINK_WARNING] = (f"The link's pinned run could not be reopened ({exc}), so nothing is "
@@ -124,15 +125,21 @@ def write_link(pinned: tuple | None) -> None:
 # ----------------------------------------------------------------------------- the panel
 
 def pin(request: tuple) -> None:
-    """Keep ``request`` as run A; Explore's other models of the same dataset start from A's image."""
+    """Keep ``request`` as run A."""
+    st.session_state[PINNED] = request
+    preselect_image(request, skip=request[0])
+
+
+def preselect_image(request: tuple, skip: str | None) -> None:
+    """Explore's other models of A's dataset start from A's gallery image (one image, two models)."""
     from nip_core.models import MODELS
 
-    st.session_state[PINNED] = request
-    if request[2] is None:
-        gallery = MODELS[request[0]].gallery
-        for name in visible_models(st.session_state.get(BYOM_KEY, [])):
-            if name != request[0] and MODELS[name].gallery == gallery:
-                st.session_state[EXPLORE_IMAGE.format(model=name)] = request[1]
+    if request[2] is not None:
+        return
+    gallery = MODELS[request[0]].gallery
+    for name in visible_models(st.session_state.get(BYOM_KEY, [])):
+        if name != skip and MODELS[name].gallery == gallery:
+            st.session_state[EXPLORE_IMAGE.format(model=name)] = request[1]
 
 
 def unpin() -> None:
@@ -172,7 +179,7 @@ def panel(request: tuple) -> None:
                    help="Forget run A (and take it out of the link).")
     same = tuple(pinned) == tuple(request)
     if not same:
-        cols[1].button("Pin B instead", key=P + "repin", on_click=pin, args=(request,), width="stretch",
+        cols[1].button("Pin this run (B) instead", key=P + "repin", on_click=pin, args=(request,), width="stretch",
                        help="Keep this run (B) as the new A.")
     cols[2].caption(f"**A (pinned):** {run_title(expl_a)}"
                     + ("" if pinned[2] is None else " · an uploaded image: the link cannot carry it"))
@@ -197,7 +204,7 @@ def show_comparison(expl_a, expl_b) -> None:
             st.markdown(f"**{name}** · {run_title(expl)}")
             st.image([tensor_to_png_bytes(expl.images[v]) for v in VARIANTS], width=96,
                      caption=[f"{v}: {s.predictions[v][1]} ({s.predictions[v][2] * 100:.0f}%) "
-                              f"{'✓' if s.correct[v] else '✗'}" for v in VARIANTS])
+                              f"{'✓ correct' if s.correct[v] else '✗ wrong'}" for v in VARIANTS])
     quantity = st.radio("Heatmaps show", ["influence", "activations"], horizontal=True,
                         key=init_state(P + "quantity", "influence"),
                         help="influence: Captum layer attribution toward the reference class; activations: the "
@@ -206,13 +213,16 @@ def show_comparison(expl_a, expl_b) -> None:
     st.markdown("**Each run's neuron groups** (front: the class's strongest neurons in the run's own profile; "
                 "changes are adversarial against benign)")
     st.table(pd.DataFrame(cmp.stats_rows()).set_index("statistic"))
-    st.caption("✓: the prediction is the reference class. Mean activation changes are shares of the run's own benign "
+    st.caption("✓ correct: the prediction is the reference class. Mean activation changes are shares of the run's own benign "
                "front mean, so they compare across models. Defense recovery: how much of the front mean's fall the "
                "defense undid (0% none, 100% all).")
     if cmp.fell is None:
         st.caption(cmp.why_groups)
+        st.caption("Everything below the comparison is run B (this run) in full.")
         return
     o = cmp.fell
+    st.markdown("**Which front neurons fell under attack** (same model and layer: neuron j is the same unit in "
+                "both runs)")
     m = st.columns(4)
     m[0].metric("fell in both", len(o.both))
     m[1].metric("A only", len(o.a_only))
@@ -227,3 +237,4 @@ def show_comparison(expl_a, expl_b) -> None:
         st.caption("Front neurons whose activation fell under attack (Δ = adversarial − benign, layer output units).")
     else:
         st.caption("No front neuron's activation fell under attack in either run.")
+    st.caption("Everything below the comparison is run B (this run) in full.")
