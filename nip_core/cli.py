@@ -1,4 +1,4 @@
-"""Command line: ``python -m nip_core list|evaluate|explain|surgery|fragility|train|profile|calibrate|bench``.
+"""Command line: ``python -m nip_core list|evaluate|explain|surgery|fragility|train|robustness|profile|calibrate|bench``.
 
 Bad arguments or inputs exit with status 2 and one readable line on stderr.
 """
@@ -84,8 +84,11 @@ def cmd_evaluate(args) -> int:
             raise _input_error(f"unknown suite {args.suite!r}; choose one of: {', '.join(SUITES)}.")
         suite = SUITES[args.suite]
         model = args.model or suite["model"]
-        if model != suite["model"]:
-            raise _input_error(f"suite {args.suite!r} is for model {suite['model']!r}, not {model!r}.")
+        other = get_spec(model)
+        if model != suite["model"] and (other.gallery != get_spec(suite["model"]).gallery
+                                        or not getattr(other, "gallery_labels", True)):
+            raise _input_error(f"suite {args.suite!r} is for {get_spec(suite['model']).gallery} models such as "
+                               f"{suite['model']!r}, not {model!r}.")
         attacks, defenses = suite["attacks"], suite["defenses"]
         if args.attacks:
             attacks = parse_units(args.attacks, ATTACKS)
@@ -112,7 +115,7 @@ def cmd_evaluate(args) -> int:
                           cache=None if args.no_cache else (args.cache or _default_shard_cache()),
                           fresh=args.fresh, model_source=_model_source(args), data=args.data,
                           data_seed=args.data_seed, blackbox=_blackbox(args), mediation=_mediation(args),
-                          eps_grid=eps_grid)
+                          eps_grid=eps_grid, images_of=args.images_of)
     finally:
         bar.close()
     if args.suite:
@@ -329,6 +332,41 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_robustness(args) -> int:
+    from nip_core.models import load_model
+    from nip_core.robustness import check_card, official_test_set, robust_accuracy, robustness_command, write_card
+
+    model = load_model(args.model)
+    official_test_set(model)            # a model without one is refused before any work
+    if args.out is None and not args.write_card:
+        raise _input_error("give --out FILE.json for the figures, or --write-card to store them in the model's card.")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.is_dir():
+            raise _input_error(f"--out {args.out!r} is a folder; give a JSON file path.")
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if args.write_card:
+        check_card(model)
+    bar = _LazyBar(f"robustness {model.name}", eta=True)
+    try:
+        result = robust_accuracy(model, pgd_n=args.pgd_n, autoattack_n=args.autoattack_n, seed=args.seed,
+                                 progress=bar.update)
+    finally:
+        bar.close()
+    command = robustness_command(model.name, args.pgd_n, args.autoattack_n, args.seed)
+    if out is not None:
+        out.write_text(json.dumps(result | {"command": command}, indent=2) + "\n")
+        print(f"wrote {out}", file=sys.stderr)
+    if args.write_card:
+        print(f"wrote the robustness block of {write_card(model, result, command)}", file=sys.stderr)
+    for what in ("clean", "pgd", "autoattack"):
+        if what in result:
+            r = result[what]
+            print(f"{what:10s} {r['accuracy']:.4f}  ({r['correct']}/{r['n']}, 95% CI {r['ci95'][0]:.4f}–"
+                  f"{r['ci95'][1]:.4f})  {r.get('attack', '')}")
+    return 0
+
+
 def load_data_arg(path: str, model, split: str = "all", seed: int = 0):
     """``--data PATH`` read in the model's classes and geometry, cut to ``split``; prints one
     summary line (read / skipped) on stderr. Returns (LabelledData, x, y) of the split."""
@@ -442,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="evaluate on your own labelled images (an ImageFolder, a .zip of one, or an .npz "
                                   "with x and y; docs/data.md) instead of the model's held-out set")
     s.add_argument("--data-seed", type=int, default=0, dest="data_seed", help="seed of the --data split")
+    s.add_argument("--images-of", dest="images_of", metavar="MODEL",
+                   help="run on another model's split images (same dataset, e.g. --model lenet-fashion-at --images-of "
+                        "lenet-fashion), counting an image this model gets wrong when clean as wrong")
     s.add_argument("--blackbox-eps", type=float, dest="blackbox_eps",
                    help="add the black-box column: Square attack (L∞ eps) through model ∘ defense (suites: on)")
     s.add_argument("--blackbox-queries", type=int, default=1000, dest="blackbox_queries")
@@ -528,6 +569,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for <model>.safetensors and its <model>.json card")
     s.add_argument("--ship", action="store_true", help="write to the shipped assets/models instead (overwrites them)")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("robustness", help="a model card's robust figures: clean, PGD-20 and AutoAttack accuracy on "
+                                          "the official test set, counted unconditionally")
+    s.add_argument("--model", required=True, help="a Fashion-MNIST or MNIST model, e.g. lenet-fashion-at")
+    s.add_argument("--pgd-n", type=int, default=10_000, dest="pgd_n",
+                   help="PGD-20 (ε 0.1, step 0.01, random start) on the first N test images (default 10,000)")
+    s.add_argument("--autoattack-n", type=int, default=1_000, dest="autoattack_n",
+                   help="AutoAttack (ε 0.1, 5 restarts, 5,000 Square queries) on the first N (default 1,000; 0: skip)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="JSON file for the figures")
+    s.add_argument("--write-card", action="store_true", dest="write_card",
+                   help="store the figures, with this command, in the model's card (assets/models/<model>.json)")
+    s.set_defaults(fn=cmd_robustness)
 
     s = sub.add_parser("profile", help="compute (and optionally ship) influence profiles")
     s.add_argument("--model", required=True)

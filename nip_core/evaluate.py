@@ -166,6 +166,8 @@ class EvalJob:
     mediation: list[str] | None = None
     # Strengths at which every L∞ gradient attack runs (``nip_core.elasticity``); None: as given.
     eps_grid: list[float] | None = None
+    # Run on this other model's split images (same dataset), counting unconditionally; None: the model's own.
+    images_of: str | None = None
 
     def context(self) -> "EvalContext":
         """The job made ready to run shards (in this process: a Ray worker calls this)."""
@@ -193,14 +195,22 @@ class EvalContext:
             self.att_units, self.sweeps = expand_eps_grid(model, self.att_units, job.eps_grid)
         self.def_units = [(d, DEFENSES.get_unit(d).params_for(model, p)) for d, p in job.defenses]
         self.data = None
+        if job.data_path is not None and job.images_of is not None:
+            raise InputError("--data and --images-of are two sources of images; give one of them.")
         if job.data_path is not None:
             x, y, self.data = user_split(model, job.data_path, job.split, job.data_seed)
+        elif job.images_of is not None:
+            x, y = images_of_split(model, job.images_of, job.split)
         else:
             x, y = heldout_split(model, job.split)
         self.x, self.y = x[:job.n], y[:job.n]
         if len(self.y) == 0:
-            raise InputError(f"split {job.split!r} has no images for {job.model}"
+            raise InputError(f"split {job.split!r} has no images for {job.images_of or job.model}"
                              + (f" in {job.data_path}." if job.data_path else "."))
+        # Another model's images are not filtered to those this model gets right: an image it
+        # misclassifies when clean counts as wrong under every attack (unconditional counting).
+        self.unconditional = job.images_of not in (None, job.model)
+        self.clean = model.predict(self.x) == self.y if self.unconditional else None
         self.attack_labels = [unit_label(a, {k: v for k, v in ap.items() if k != "target" or v >= 0})
                               for a, ap in self.att_units]
         self.defense_labels = [unit_label(d, dp) for d, dp in self.def_units]
@@ -259,6 +269,8 @@ class EvalContext:
                                   "images": hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(),
                                   # `calibrate --data` changes what `nip` does: a shard of the old one is stale
                                   "calibration": self.calibration_key()}
+        if self.unconditional:   # only then: runs on the model's own images keep their cache keys
+            fields["images_of"] = self.job.images_of
         if shard.kind == "attack":
             fields |= {"attack": self.att_units[shard.unit], "defenses": self.def_units, "observe": self.layers}
             if self.mediation:   # only then: runs without it keep their cache keys
@@ -283,6 +295,8 @@ def evaluate_shard(ctx: EvalContext, shard: Shard) -> dict[str, Any]:
     model = ctx.model
     x, y = ctx.x[shard.start:shard.stop], ctx.y[shard.start:shard.stop]
     seed = shard_seed(ctx.job.seed, shard.kind, ctx.label(shard), shard.start)
+    # Unconditional counting (``--images-of``): right under attack only if also right when clean.
+    clean = ctx.clean[shard.start:shard.stop] if ctx.unconditional else torch.ones(len(y), dtype=torch.bool)
     if shard.kind == "benign":
         out: dict[str, Any] = {}
         for (d, dp), dl in zip(ctx.def_units, ctx.defense_labels):
@@ -295,7 +309,7 @@ def evaluate_shard(ctx: EvalContext, shard: Shard) -> dict[str, Any]:
         fooled = model.predict(ar.x_adv) != y
         delta = (ar.x_adv - x).flatten(1)
         res: dict[str, Any] = {
-            "attack_seconds": ar.seconds, "adv_correct": _bits(~fooled),
+            "attack_seconds": ar.seconds, "adv_correct": _bits(~fooled & clean),
             "linf_sum": float(delta.abs().amax(1).double().sum()), "l2_sum": float(delta.norm(dim=1).double().sum()),
             "observation": {lay: suppression_sums(model, x, ar.x_adv, y, lay, seed=seed) for lay in ctx.layers},
             "defenses": {}}
@@ -304,7 +318,7 @@ def evaluate_shard(ctx: EvalContext, shard: Shard) -> dict[str, Any]:
             dr = apply_defense(model, d, ar.x_adv, dp, y=y, seed=seed, x_benign=x)
             defended.setdefault(d, dr.x_def)
             res["defenses"][dl] = {
-                "correct": _bits(model.predict(dr.x_def) == y), "seconds": dr.seconds,
+                "correct": _bits((model.predict(dr.x_def) == y) & clean), "seconds": dr.seconds,
                 "defense_linf_sum": float((dr.x_def - ar.x_adv).flatten(1).abs().amax(1).double().sum())}
         if ctx.mediation:
             t0 = time.perf_counter()
@@ -314,12 +328,14 @@ def evaluate_shard(ctx: EvalContext, shard: Shard) -> dict[str, Any]:
             res["mediation"] = {lay: mediation_parts(model, x, ar.x_adv, y, lay, src, seed=seed)
                                 for lay in ctx.mediation}
             res["mediation_seconds"] = time.perf_counter() - t0
+        if ctx.unconditional:
+            res["clean_correct"] = _bits(clean)
         return res
     d, dp = ctx.def_units[shard.unit]
     t0 = time.perf_counter()
     ar = run_attack(model, "pgd", x, y, ctx.adaptive_params, seed=seed, net=DefendedNet(model, d, dp, seed))
     dr = apply_defense(model, d, ar.x_adv, dp, seed=seed)
-    res = {"correct": _bits(model.predict(dr.x_def) == y), "seconds": time.perf_counter() - t0, "aware": None,
+    res = {"correct": _bits((model.predict(dr.x_def) == y) & clean), "seconds": time.perf_counter() - t0, "aware": None,
            "blackbox": None}
     bb = ctx.blackbox
     if bb is not None and shard.start < bb["n"]:
@@ -329,15 +345,15 @@ def evaluate_shard(ctx: EvalContext, shard: Shard) -> dict[str, Any]:
         sq = run_attack(model, "square", x[:hi], y[:hi], {"eps": bb["eps"], "max_iter": bb["max_iter"]}, seed=seed,
                         net=DefendedNet(model, d, dp, seed))
         ds = apply_defense(model, d, sq.x_adv, dp, seed=seed)
-        res["blackbox"] = {"correct": _bits(model.predict(ds.x_def) == y[:hi]),
-                           "undefended_correct": _bits(model.predict(sq.x_adv) == y[:hi]),
+        res["blackbox"] = {"correct": _bits((model.predict(ds.x_def) == y[:hi]) & clean[:hi]),
+                           "undefended_correct": _bits((model.predict(sq.x_adv) == y[:hi]) & clean[:hi]),
                            "seconds": time.perf_counter() - t1}
     aware = DEFENSES.get_unit(d).aware_attack
     if aware is not None and ATTACKS.get_unit(aware).applies_to(model):
         aw = run_attack(model, aware, x, y, seed=seed, against=dp)
         da = apply_defense(model, d, aw.x_adv, dp, seed=seed)
-        res["aware"] = {"correct": _bits(model.predict(da.x_def) == y),
-                        "undefended_correct": _bits(model.predict(aw.x_adv) == y),
+        res["aware"] = {"correct": _bits((model.predict(da.x_def) == y) & clean),
+                        "undefended_correct": _bits((model.predict(aw.x_adv) == y) & clean),
                         "attack": unit_label(aware, aw.params), "seconds": aw.seconds + da.seconds}
     return res
 
@@ -371,7 +387,9 @@ def merge_shards(ctx: EvalContext, results: dict[Shard, dict[str, Any]], adaptiv
     for i, (a, _) in enumerate(ctx.att_units):
         ps, a_label = parts("attack", i), ctx.attack_labels[i]
         adv = "".join(p["adv_correct"] for p in ps)
-        fooled = adv.count("0")
+        # Images right when clean (all of them, but under ``--images-of``): only these can be fooled.
+        clean = "".join(p.get("clean_correct", "1" * len(p["adv_correct"])) for p in ps)
+        fooled = sum(c == "1" and v == "0" for c, v in zip(clean, adv))
         if ctx.layers:
             observation[a_label] = {lay: suppression_from_sums([p["observation"][lay] for p in ps]) for lay in ctx.layers}
         if ctx.mediation:
@@ -385,8 +403,8 @@ def merge_shards(ctx: EvalContext, results: dict[Shard, dict[str, Any]], adaptiv
             rows.append({
                 "attack": a_label, "attack_name": a, "defense": dl, "defense_name": d,
                 "deployable": DEFENSES[d].deployable, "n": n,
-                "clean_accuracy": 1.0,
-                "adv_accuracy": ratio(n - fooled, n),
+                "clean_accuracy": ratio(clean.count("1"), n),
+                "adv_accuracy": ratio(adv.count("1"), n),
                 "defended_adv_accuracy": ratio(bits.count("1"), n),
                 "benign_accuracy": benign[dl]["accuracy"],
                 "defense_success_rate": restored / fooled if fooled else None,
@@ -436,7 +454,8 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
              cache: str | os.PathLike | None = None, fresh: bool = False, model_source: dict | None = None,
              on_shard: Callable[[dict[str, Any]], None] | None = None, data: str | os.PathLike | None = None,
              data_seed: int = 0, blackbox: dict[str, Any] | None = None,
-             mediation: list[str] | None = None, eps_grid: list[float] | None = None) -> dict[str, Any]:
+             mediation: list[str] | None = None, eps_grid: list[float] | None = None,
+             images_of: str | None = None) -> dict[str, Any]:
     """Run the evaluation grid; returns a JSON-able dict (see module doc).
 
     Every row and benign entry carries ``correct``: one character per image, "1" where the
@@ -465,6 +484,11 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
     (one unit per strength, labelled ``pgd[eps=0.05;eps_step=…;…]``, the step scaled to keep
     ``eps_step/eps``); the JSON's ``elasticity`` block holds accuracy against ε per attack and
     defense, with Wilson bands (``nip_core.elasticity``). The adaptive columns keep the main ε.
+    ``images_of``: another registered model of the same dataset whose ``split`` images (its held-out
+    images it classifies correctly, cut by position) this model is run on, so two models compare on
+    the same images. They are not filtered to the images this model gets right: every attacked
+    number counts an image it misclassifies when clean as wrong (unconditional), and the JSON's
+    ``data`` block says so (``images_of``, ``clean_accuracy``).
     """
     from nip_core.shards import ShardCache, plan, shard_key
 
@@ -474,7 +498,7 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
     job = EvalJob(model_name, [(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses],
                   n, seed, split, observe, model_source, None if data is None else str(data), data_seed, blackbox,
                   None if mediation is None else list(mediation),
-                  None if eps_grid is None else parse_eps_grid(eps_grid))
+                  None if eps_grid is None else parse_eps_grid(eps_grid), images_of)
     ctx = EvalContext(job)
     model, att_units, def_units, x, y = ctx.model, ctx.att_units, ctx.def_units, ctx.x, ctx.y
     warnings = split_warnings(model, split, len(y), [d for d, _ in def_units])
@@ -569,9 +593,44 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         "distributed": distributed,
         "warnings": warnings,
         "calibration": calibration_notes(model, [d for d, _ in def_units]),
-        "data": ({"source": "heldout", "dataset": dataset_of(model).name} if ctx.data is None else
-                 ctx.data.to_json() | {"split": split, "split_seed": data_seed}),
+        "data": data_block(ctx),
     }
+
+
+def images_of_split(model, other: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``split`` images of the registered model ``other`` (its held-out images it classifies
+    correctly, cut by position: ``nip_core.data.heldout_split``), for ``model`` to be run on.
+
+    Raises:
+        InputError: ``other`` is unknown, is a user's model, or is of another dataset than ``model``.
+    """
+    from nip_core.models.base import get_spec
+
+    spec = get_spec(other)
+    if not getattr(spec, "gallery_labels", True) or not getattr(model.spec, "gallery_labels", True):
+        raise InputError(f"--images-of needs two built-in models of one dataset; {other!r} or {model.name!r} has "
+                         "its own classes.")
+    if spec.gallery != model.spec.gallery:
+        raise InputError(f"--images-of {other}: its images are {spec.gallery}, but {model.name} is a "
+                         f"{model.spec.gallery} model; choose a model of the same dataset.")
+    return heldout_split(load_model(other), split)
+
+
+def data_block(ctx: EvalContext) -> dict[str, Any]:
+    """The result's ``data`` block: where the images came from and how they were counted."""
+    job = ctx.job
+    if ctx.data is not None:
+        return ctx.data.to_json() | {"split": job.split, "split_seed": job.data_seed}
+    out: dict[str, Any] = {"source": "heldout", "dataset": dataset_of(ctx.model).name}
+    if ctx.unconditional:
+        k = int(ctx.clean.sum())
+        out |= {"images_of": job.images_of, "split": job.split, "clean_correct": k, "clean_accuracy": k / len(ctx.y),
+                "counting": f"unconditional: the {job.images_of} {job.split} split (the held-out images "
+                            f"{job.images_of} classifies correctly); an image {job.model} misclassifies when "
+                            "clean counts as wrong under every attack and defense",
+                "summary": f"the {job.images_of} {job.split} split ({len(ctx.y)} images; {job.model} classifies "
+                           f"{k} of them correctly when clean)"}
+    return out
 
 
 def calibration_notes(model, defenses: list[str]) -> dict[str, Any]:

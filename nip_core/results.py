@@ -43,6 +43,58 @@ ELASTIC_FILES = {
 }
 
 
+# Suite → its adversarial-training run: the suite on the adversarially trained model, over the suite
+# model's own report images (``evaluate --images-of``, docs/nip-research.md Round 7).
+AT_FILES = {
+    "paper-fashion": "paper-fashion-report-at.json",
+}
+
+
+def shipped_adversarial_training(suite: str) -> str | None:
+    """The file name of ``suite``'s shipped adversarial-training run, or None when none ships."""
+    f = AT_FILES.get(suite)
+    return f if f and (RESULTS_DIR / f).is_file() else None
+
+
+def adversarial_training_comparison(standard: dict[str, Any], robust: dict[str, Any]) -> dict[str, list[dict]]:
+    """Two results on the same images side by side: the suite's standard model and the adversarially
+    trained one (``robust``, run with ``--images-of`` the standard model).
+
+    Returns:
+        ``by_attack``: per attack, the accuracy of each model with no defense (and the standard model
+        with ``nip``); ``by_defense``: per defense both have, each model's benign accuracy, mean
+        accuracy under attack and adaptive (BPDA) accuracy. Keys name the models.
+
+    Raises:
+        InputError: the two results are not on the same images (``robust``'s ``data.images_of`` is not
+            ``standard``'s model, or the splits or image counts differ).
+    """
+    a, b = standard["model"], robust["model"]
+    data = robust.get("data") or {}
+    if data.get("images_of") != a or robust.get("split") != standard.get("split") or \
+            robust.get("n_images") != standard.get("n_images"):
+        raise InputError(f"{b}'s result is not on {a}'s {standard.get('split')} images; run it with --images-of {a}.")
+
+    def cell(r: dict, attack: str, defense: str) -> float | None:
+        return next((row["defended_adv_accuracy"] for row in r["rows"]
+                     if row["attack"] == attack and row["defense"] == defense), None)
+
+    by_attack = [{"attack": att, f"{a}: no defense": cell(standard, att, "none"), f"{a}: nip": cell(standard, att, "nip"),
+                  f"{b}: no defense": cell(robust, att, "none")}
+                 for att in standard["attacks"] if att in robust["attacks"]]
+    sa, sb = standard["summary"], robust["summary"]
+    by_defense = []
+    for d in standard["defenses"]:
+        if d not in robust["defenses"]:
+            continue
+        row: dict[str, Any] = {"defense": d}
+        for name, s in ((a, sa), (b, sb)):
+            row |= {f"{name}: benign": s["benign_accuracy"].get(d), f"{name}: mean under attack": s["mean_adv_accuracy"].get(d),
+                    f"{name}: adaptive": s.get("adaptive_accuracy", {}).get(d)}
+        by_defense.append(row)
+    return {"by_attack": by_attack, "by_defense": by_defense}
+
+
 def shipped_elastic(suite: str) -> str | None:
     """The file name of ``suite``'s shipped elasticity run, or None when none ships."""
     f = ELASTIC_FILES.get(suite)

@@ -787,3 +787,35 @@ def test_tour_on_fashion_mnist_offers_every_step():
     assert [b.label for b in at.button if b.label.startswith("Open step")] == [f"Open step {i}" for i in range(1, 9)]
     links = [c.value for c in at.code]
     assert all("model=lenet-fashion" in u for u in links[:7]) and "tm=lenet-fashion" in links[7]
+
+
+def test_benchmark_shows_the_adversarial_training_comparison_on_the_same_images() -> None:
+    from nip_core.results import adversarial_training_comparison, shipped_adversarial_training, shipped_result
+    from nip_core.robustness import card_robustness
+
+    at = _app()
+    at.switch_page("views/benchmark.py").run()
+    assert "benchmark.shipped.at" not in [t.key for t in at.toggle]        # MNIST has no robust model
+    at.selectbox(key="benchmark.suite").set_value("paper-fashion").run()
+    at.toggle(key="benchmark.shipped.at").set_value(True).run()
+    _ok(at)
+    std = shipped_result("paper-fashion-report.json")
+    rob = shipped_result(shipped_adversarial_training("paper-fashion"))
+    assert rob["model"] == "lenet-fashion-at" and rob["data"]["images_of"] == "lenet-fashion"
+    cmp = adversarial_training_comparison(std, rob)
+    frames = {tuple(d.value.columns): d.value for d in at.dataframe}
+    by_attack = frames[tuple(cmp["by_attack"][0])]
+    assert list(by_attack["attack"]) == std["attacks"]
+    assert list(by_attack["lenet-fashion-at: no defense"]) == pytest.approx(
+        [r["defended_adv_accuracy"] for r in rob["rows"] if r["defense"] == "none"])
+    by_defense = frames[tuple(cmp["by_defense"][0])]
+    assert list(by_defense["defense"]) == std["defenses"]
+    # the card's figures, read from the cards
+    metrics = {m.label: m.value for m in at.metric}
+    for model in ("lenet-fashion", "lenet-fashion-at"):
+        card = card_robustness(model)
+        for what, label in (("clean", "clean"), ("pgd", "PGD-20"), ("autoattack", "AutoAttack")):
+            assert metrics[f"{model}: {label}"] == f"{100 * card[what]['accuracy']:.1f}%"
+    captions = " ".join(c.value for c in at.caption)
+    assert "black-box" in captions and "--images-of lenet-fashion" in captions
+    assert f"classifies {rob['data']['clean_correct']} of them" in captions

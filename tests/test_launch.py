@@ -60,7 +60,7 @@ def test_launch_preload_imports_the_engine_and_loads_every_built_in_model_once()
     assert r["alive"] is False
     assert r["ready"] is True and r["art"] is True      # the page waited for the whole import step
     assert r["same_model"] is True                      # the visitor got the preload's network, not a second copy
-    assert r["loaded"] == sorted(["lenet-mnist", "lenet-fashion", "efficientnet-lite0", "resnet8-cifar10"])
+    assert r["loaded"] == sorted(["lenet-mnist", "lenet-fashion", "lenet-fashion-at", "efficientnet-lite0", "resnet8-cifar10"])
 
 
 def test_without_a_launcher_pages_do_not_wait_and_warmup_off_means_no_thread() -> None:
@@ -117,4 +117,4 @@ print(json.dumps({"order": list(_LOADED)}))
 """
     r = _probe(code)
     assert r["order"][0] == "efficientnet-lite0"
-    assert sorted(r["order"]) == sorted(["lenet-mnist", "lenet-fashion", "efficientnet-lite0", "resnet8-cifar10"])
+    assert sorted(r["order"]) == sorted(["lenet-mnist", "lenet-fashion", "lenet-fashion-at", "efficientnet-lite0", "resnet8-cifar10"])

@@ -49,7 +49,7 @@ def test_explain_and_evaluate_every_builtin_model_with_sockets_refused(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["attempts"] == [], report["attempts"]
-    assert set(report["runs"]) == {"lenet-mnist", "lenet-fashion", "resnet8-cifar10", "efficientnet-lite0"}
+    assert set(report["runs"]) == {"lenet-mnist", "lenet-fashion", "lenet-fashion-at", "resnet8-cifar10", "efficientnet-lite0"}
     for name, rcs in report["runs"].items():
         assert rcs == {"explain": 0, "evaluate": 0}, (name, r.stderr[-3000:])
         assert json.loads((tmp_path / f"{name}.json").read_text())["n_images"] == 2

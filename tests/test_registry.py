@@ -95,7 +95,7 @@ def test_dataset_defaults_differ(lenet):
     assert DEFENSES["nip"].params_for(eff)["budget"] < DEFENSES["nip"].params_for(lenet)["budget"]
 
 
-@pytest.mark.parametrize("model_name", ["lenet-mnist", "efficientnet-lite0"])
+@pytest.mark.parametrize("model_name", ["lenet-mnist", "lenet-fashion-at", "efficientnet-lite0"])
 def test_every_unit_has_valid_defaults_for_every_model(model_name):
     from nip_core.models import load_model
     model = load_model(model_name)

@@ -20,7 +20,7 @@ from nip_core.surgery import (Selection, Value, check_selection, layer_output_an
 from tests.util import TinyMLP, loaded
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILTIN = ("lenet-mnist", "lenet-fashion", "resnet8-cifar10", "efficientnet-lite0")
+BUILTIN = ("lenet-mnist", "lenet-fashion", "lenet-fashion-at", "resnet8-cifar10", "efficientnet-lite0")
 USER = ("user-lenet", "user-resnet18")
 DIGITS = [str(i) for i in range(10)]
 

@@ -45,7 +45,8 @@ def main() -> None:
 
 def shipped_view() -> None:
     """The report runs that ship with the app (``docs/results``), shown without computing anything."""
-    from nip_core.results import shipped_elastic, shipped_mediation, shipped_result, shipped_suites
+    from nip_core.results import (shipped_adversarial_training, shipped_elastic, shipped_mediation, shipped_result,
+                                  shipped_suites)
 
     suites = shipped_suites()
     if not suites:
@@ -74,6 +75,11 @@ def shipped_view() -> None:
         st.caption(f"`docs/results/{med}`: `python -m nip_core evaluate --suite {suite} --split report --mediation` "
                    "with the mediated defenses only (docs/nip-research.md, Round 5); nothing is recomputed here.")
         mediation_section(shipped_result(med), P + f"shipped.med.{suite}.")
+    at_file = shipped_adversarial_training(suite)
+    if at_file is not None and st.toggle("Adversarial training: the robust model on the same images",
+                                         key=init_state(P + "shipped.at", False)):
+        adversarial_training_section(shipped_result(suites[suite]), shipped_result(at_file), at_file,
+                                     P + f"shipped.at.{suite}.")
 
 
 def open_view() -> None:
@@ -197,7 +203,10 @@ def show(result: dict, where: str) -> None:
     secs = result.get("seconds_total")
     cols[2].metric("wall time", "n/a" if secs is None else f"{secs:.1f} s")
     data = result.get("data")
-    if isinstance(data, dict) and data.get("summary"):
+    if isinstance(data, dict) and data.get("images_of"):
+        st.caption(f"Images: {data['summary']}. Counted unconditionally: an image {result['model']} misclassifies "
+                   "when clean counts as wrong under every attack and defense.")
+    elif isinstance(data, dict) and data.get("summary"):
         st.caption(f"Images: your data, {data['summary']} ({data.get('split', 'all')} split).")
     for w in result.get("warnings") or []:
         st.warning(f"Note on this table: {w}")
@@ -248,6 +257,51 @@ def show(result: dict, where: str) -> None:
                          key=k + "csv")
     d[1].download_button("Download JSON", json.dumps(result, indent=2, default=float), file_name="nip_benchmark.json",
                          mime="application/json", key=k + "json")
+
+
+def adversarial_training_section(standard: dict, robust: dict, file_name: str, k: str) -> None:
+    """The field's baseline beside the standard model: the adversarially trained model's report run on
+    the standard model's report images (``evaluate --images-of``), the two side by side, and each
+    model's card figures (clean, PGD-20, AutoAttack on the official test set)."""
+    from nip_core.results import adversarial_training_comparison
+    from nip_core.robustness import card_robustness
+
+    a, b, data = standard["model"], robust["model"], robust["data"]
+    n, split = robust["n_images"], robust.get("split", "report")
+    st.markdown(f"**Adversarial training: `{b}` on `{a}`'s {n} {split} images**")
+    st.caption(f"`docs/results/{file_name}`: `python -m nip_core evaluate --suite {robust.get('suite', '')} --model {b} "
+               f"--images-of {a} --split {split} --no-blackbox` (disclosed in docs/nip-research.md). Both tables are "
+               f"on the same {n} images, {a}'s {split} split: the held-out images {a} classifies correctly, so {a}'s "
+               f"clean accuracy on them is 1 by construction, while {b} classifies {data['clean_correct']} of them "
+               f"correctly ({100 * data['clean_accuracy']:.1f}%). Counted unconditionally: an image a model gets "
+               "wrong when clean counts as wrong under every attack. The black-box (Square) column is in neither "
+               "table; the adaptive column is BPDA PGD through each defense.")
+    cards = {m: card_robustness(m) for m in (a, b)}
+    if all(cards.values()):
+        cols = st.columns(6)
+        for i, (m, rob) in enumerate(cards.items()):
+            for j, what in enumerate(("clean", "pgd", "autoattack")):
+                label = {"clean": "clean", "pgd": "PGD-20", "autoattack": "AutoAttack"}[what]
+                cols[3 * i + j].metric(f"{m}: {label}", f"{100 * rob[what]['accuracy']:.1f}%")
+        rob = cards[b]
+        pgd, aa = rob["pgd"]["params"], rob["autoattack"]["params"]
+        st.caption(f"From each model's card (`{rob['command']}`, and the same for {a}): clean accuracy on the "
+                   f"{rob['clean']['n']:,} official test images; PGD-{pgd['max_iter']} (ε {pgd['eps']:g}, step "
+                   f"{pgd['eps_step']:g}, random start) on the first {rob['pgd']['n']:,}; ART's AutoAttack (ε "
+                   f"{aa['eps']:g}: APGD-CE and APGD-DLR with {aa['restarts']} restarts of {aa['max_iter']} steps, "
+                   f"DeepFool, Square with {aa['square_queries']:,} queries) on the first {rob['autoattack']['n']:,}; "
+                   "counted unconditionally.")
+    cmp = adversarial_training_comparison(standard, robust)
+    fmt = {c: st.column_config.NumberColumn(format="%.3f") for row in cmp["by_defense"][:1] for c in row if c != "defense"}
+    st.markdown("**Accuracy under each attack: no defense on either model, and `nip` on the standard one**")
+    st.dataframe(cmp["by_attack"], hide_index=True, width="stretch", key=k + "by_attack",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in cmp["by_attack"][0]
+                                if c != "attack"})
+    st.markdown("**Every defense on both models** (benign accuracy, mean accuracy over the suite's attacks, "
+                "adaptive accuracy)")
+    st.dataframe(cmp["by_defense"], hide_index=True, width="stretch", key=k + "by_defense", column_config=fmt)
+    with st.expander(f"`{b}`: its whole table (heatmap, intervals, paired tests)"):
+        show(robust, "shipped-at")
 
 
 def elasticity_section(result: dict, k: str) -> None:

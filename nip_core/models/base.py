@@ -43,6 +43,8 @@ class ModelSpec:
     # classifier): there the logit's gradient is the same at every input, so layer conductance is
     # exactly gradient × (activation − baseline activation), one pass instead of n_steps + 1.
     affine_layers: tuple[str, ...] = ()
+    # The model's JSON card (training settings, accuracy, robust figures), for models trained here.
+    card: Path | None = field(default=None, compare=False)
 
     def to_json(self) -> dict:
         return {

@@ -1,5 +1,6 @@
-"""LeNet-5-style CNNs trained here (see ``nip_core.train``): ``lenet-mnist`` on real MNIST digits
-and ``lenet-fashion`` on Fashion-MNIST. Both take 1×28×28 inputs in [0,1]; each network holds its
+"""LeNet-5-style CNNs trained here (see ``nip_core.train``): ``lenet-mnist`` on real MNIST digits,
+``lenet-fashion`` on Fashion-MNIST, and ``lenet-fashion-at``, the same network PGD adversarially trained
+on Fashion-MNIST (Madry et al. 2018; L∞ ε 0.1). All take 1×28×28 inputs in [0,1]; each network holds its
 dataset's normalisation as buffers (saved in its weights file)."""
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def _loader(spec_name: str, weights: Path, card_path: Path, mean: Sequence[float
     def load():
         if not weights.exists():
             raise InputError(f"{spec_name} weights are missing at {weights}; "
-                             f"run `python -m nip_core train {spec_name}`.")
+                             f"run `python -m nip_core train {spec_name} --ship`.")
         net = LeNet5(mean=mean, std=std)
         net.load_state_dict(load_file(str(weights)))
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
@@ -80,7 +81,7 @@ SPEC = register_model(ModelSpec(
     summary="LeNet-5 CNN trained on 4,000 real MNIST digits (28×28 gray)",
     input_channels=1, input_size=28, preprocess="mnist", gallery="mnist",
     layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1",
-    factory=_loader("lenet-mnist", WEIGHTS, CARD, MNIST_MEAN, MNIST_STD), affine_layers=("fc2",),
+    factory=_loader("lenet-mnist", WEIGHTS, CARD, MNIST_MEAN, MNIST_STD), affine_layers=("fc2",), card=CARD,
 ))
 
 FASHION_SPEC = register_model(ModelSpec(
@@ -89,5 +90,16 @@ FASHION_SPEC = register_model(ModelSpec(
     input_channels=1, input_size=28, preprocess="fashion", gallery="fashion",
     layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1",
     factory=_loader("lenet-fashion", FASHION_WEIGHTS, FASHION_CARD, FASHION_MEAN, FASHION_STD),
-    affine_layers=("fc2",),
+    affine_layers=("fc2",), card=FASHION_CARD,
+))
+
+# The field's baseline defense (RobustBench ranks models by it): the same architecture, data,
+# augmentation and optimiser as lenet-fashion, trained on PGD adversarials (nip_core.train).
+FASHION_AT_SPEC = register_model(ModelSpec(
+    name="lenet-fashion-at",
+    summary="LeNet-5 CNN on Fashion-MNIST, PGD adversarially trained (L∞ ε 0.1; Madry et al. 2018)",
+    input_channels=1, input_size=28, preprocess="fashion", gallery="fashion",
+    layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1",
+    factory=_loader("lenet-fashion-at", FASHION_AT_WEIGHTS, FASHION_AT_CARD, FASHION_MEAN, FASHION_STD),
+    affine_layers=("fc2",), card=FASHION_AT_CARD,
 ))
