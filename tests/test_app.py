@@ -784,9 +784,10 @@ def test_tour_on_fashion_mnist_offers_every_step():
     at.switch_page("views/tour.py").run()
     at.selectbox(key="tour.model").set_value("lenet-fashion").run()
     _ok(at)
-    assert [b.label for b in at.button if b.label.startswith("Open step")] == [f"Open step {i}" for i in range(1, 9)]
+    assert [b.label for b in at.button if b.label.startswith("Open step")] == [f"Open step {i}" for i in range(1, 10)]
     links = [c.value for c in at.code]
-    assert all("model=lenet-fashion" in u for u in links[:7]) and "tm=lenet-fashion" in links[7]
+    assert all("model=lenet-fashion&" in u for u in links[:7]) and "tm=lenet-fashion" in links[8]
+    assert "model=lenet-fashion-at&" in links[7] and "pin_model=lenet-fashion&" in links[7]   # the robust step
 
 
 def test_benchmark_shows_the_adversarial_training_comparison_on_the_same_images() -> None:
