@@ -91,7 +91,8 @@ STEPS: tuple[Step, ...] = (
          "Adversarial training (PGD training, Madry et al. 2018) is the field's usual defense: the model is retrained "
          "on attacked images, so nothing is added at test time. The same garment and the same FGSM attack, on the "
          "standard `lenet-fashion` (run A, pinned) and the adversarially trained `lenet-fashion-at` (run B): the "
-         "Pin and compare panel shows both predictions and how each model's own front neurons fall.",
+         "Pin and compare panel under the Run button shows both predictions and how each model's own front neurons "
+         "fall.",
          "fgsm", "none", pair=ROBUST_PAIR),
     Step("photo", "A photo, and why it is harder",
          "Photo pixels are not nearly black or white, so a perturbation too small to see fools the model and "

@@ -139,10 +139,19 @@ def comparable(a, b) -> str | None:
     return None
 
 
+def _value_text(v: Any) -> str:
+    """A parameter's value; a pixel step that is a whole number of grey levels also as ``n/255``."""
+    if not isinstance(v, float):
+        return str(v)
+    levels = v * 255
+    if 0 < v < 1 and abs(levels - round(levels)) < 1e-4 and f"{v:g}" != f"{v:.3g}":
+        return f"{round(levels)}/255"
+    return f"{v:g}"
+
+
 def _params_text(params: dict[str, Any]) -> str:
-    """``eps 0.1, max_iter 10`` (an untargeted attack's ``target -1`` left out)."""
-    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(params.items())
-                     if not (k == "target" and v == -1))
+    """``eps 0.1, max_iter 10`` (an untargeted attack's ``target -1`` left out; ``eps 2/255``)."""
+    return ", ".join(f"{k} {_value_text(v)}" for k, v in sorted(params.items()) if not (k == "target" and v == -1))
 
 
 def changed_settings(a, b) -> list[str]:
@@ -157,15 +166,13 @@ def changed_settings(a, b) -> list[str]:
         for p in sorted(set(a.attack_params) | set(b.attack_params)):
             pa, pb = a.attack_params.get(p), b.attack_params.get(p)
             if pa != pb:
-                fa, fb = (f"{v:g}" if isinstance(v, float) else str(v) for v in (pa, pb))
-                out.append(f"{a.attack} {p} {fa} → {fb}")
+                out.append(f"{a.attack} {p} {_value_text(pa)} → {_value_text(pb)}")
     if a.defense == b.defense:
         shared = ("layer", "method", "k")       # NIP's copies of the influence settings, said above
         for p in sorted((set(a.defense_params) | set(b.defense_params)) - set(shared)):
             pa, pb = a.defense_params.get(p), b.defense_params.get(p)
             if pa != pb:
-                fa, fb = (f"{v:g}" if isinstance(v, float) else str(v) for v in (pa, pb))
-                out.append(f"{a.defense} {p} {fa} → {fb}")
+                out.append(f"{a.defense} {p} {_value_text(pa)} → {_value_text(pb)}")
     return out
 
 
@@ -198,14 +205,15 @@ class RunComparison:
 
     def identity_rows(self) -> list[dict[str, Any]]:
         """One row per front neuron that fell in A or B: where it fell and how far in each run
-        (rows: both, then A only, then B only; by neuron index within each). When the runs' front
+        (rows: both, then A only, then B only; within each, the largest fall in A and B together
+        first, ties by neuron index). When the runs' front
         groups differ (another k), two more columns say which run counts the neuron as front."""
         if self.fell is None:
             return []
         front_a, front_b = set(self.a.front), set(self.b.front)
         rows = []
         for where, idx in (("both", self.fell.both), ("A only", self.fell.a_only), ("B only", self.fell.b_only)):
-            for j in idx:
+            for j in sorted(idx, key=lambda j: (float(self.delta["A"][j] + self.delta["B"][j]), j)):
                 row = {"neuron": j, "fell in": where,
                        "Δ activation A": float(self.delta["A"][j]), "Δ activation B": float(self.delta["B"][j])}
                 if front_a != front_b:      # another k: say which run counts the neuron as front
@@ -233,9 +241,9 @@ class RunComparison:
             ("front mean activation change", lambda s: pct(None if s.front_drop_share is None
                                                            else -s.front_drop_share)),
             ("tail neurons that rose", lambda s: f"{len(s.tail_rose)} of {s.n_tail}"),
-            ("tail mean activation change (vs the benign front mean)", lambda s: pct(s.tail_rise_share)),
-            ("defense recovery of the front mean", lambda s: "n/a" if s.recovery is None
-             else f"{s.recovery * 100:.0f}%"),
+            ("tail mean activation change (in % of the benign front mean)", lambda s: pct(s.tail_rise_share)),
+            ("defense recovery of the front mean", lambda s: "no defense" if s.defense == "none" else
+             "n/a" if s.recovery is None else f"{s.recovery * 100:.0f}%"),
         ]
         return [{"statistic": name, "A (pinned)": f(self.a), "B": f(self.b)} for name, f in spec]
 

@@ -813,7 +813,10 @@ def compare_heatmaps(a, b, quantity: str = "influence", names: Sequence[str] = (
             grids.append(to_grid(vals))
         runs.append((expl, n, dead, grids, _hover_grid(n, neuron_groups(n, expl.front, expl.tail, expl.dead))))
     lim = _symmetric_limit(*[g for r in runs for g in r[3]])
-    titles = [f"{name}: {v}" for name, r in zip(names, runs) for v in VARIANTS]
+    # Each row says its run; the model and layer too where they differ between the runs.
+    rows = [name + "".join(f" · {getattr(r[0], what)}" for what in ("model_name", "layer")
+                           if getattr(a, what) != getattr(b, what)) for name, r in zip(names, runs)]
+    titles = [f"{row}: {v}" for row in rows for v in VARIANTS]
     fig = make_subplots(rows=2, cols=3, subplot_titles=titles, horizontal_spacing=0.05, vertical_spacing=0.12)
     vname = "influence" if quantity == "influence" else "activation"
     for row, (name, (expl, n, dead, grids, hover)) in enumerate(zip(names, runs), start=1):
@@ -829,19 +832,19 @@ def compare_heatmaps(a, b, quantity: str = "influence", names: Sequence[str] = (
                     xgap=1, ygap=1, name="dead", hovertemplate="dead neuron (never active on the benign "
                                                                "references)<extra></extra>"), row=row, col=col)
             i = (row - 1) * 3 + col
-            fig.update_xaxes(showgrid=False, zeroline=False, constrain="domain", showticklabels=False,
-                             title_text=f"{expl.model_name} · {expl.layer}" if col == 2 else None, row=row, col=col)
+            fig.update_xaxes(showgrid=False, zeroline=False, constrain="domain", showticklabels=False, row=row, col=col)
             fig.update_yaxes(autorange="reversed", showgrid=False, zeroline=False, showticklabels=False,
                              scaleanchor=f"x{i if i > 1 else ''}", constrain="domain", row=row, col=col,
                              title_text=f"neuron ÷ {cols}" if col == 1 else None)
+    where = f", layer {a.layer}" if a.layer == b.layer else ""
     if quantity == "influence":
         refs = {_ref_name(a), _ref_name(b)}
         toward = f"toward class {refs.pop()}" if len(refs) == 1 else \
             f"toward each run's reference class ({_ref_name(a)} in A, {_ref_name(b)} in B)"
-        title = f"Neuron influence {toward}: both runs on one colour scale"
+        title = f"Neuron influence {toward}{where}: both runs on one colour scale"
         cbar = "influence<br>(logit units)"
     else:
-        title = "Neuron activation: both runs on one colour scale"
+        title = f"Neuron activation{where}: both runs on one colour scale"
         cbar = "mean activation<br>(layer output units)"
     fig.update_layout(
         title=dict(text=title + " (grey = dead)", x=0.0, xanchor="left"),

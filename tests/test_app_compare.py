@@ -113,7 +113,8 @@ def test_the_tour_pins_the_standard_model_beside_the_robust_one() -> None:
     assert (a["model · layer"], b["model · layer"]) == ("lenet-fashion · fc1", "lenet-fashion-at · fc1")
     assert a["adversarial prediction"].endswith("✗ wrong") and b["adversarial prediction"].endswith("✓ correct")
     assert not [m for m in at.metric if m.label == "Jaccard overlap"] and not at.dataframe   # no identities
-    assert any("two models (lenet-fashion, lenet-fashion-at)" in c.value for c in at.caption)
+    [verdict] = [i.value for i in at.info if i.value.startswith("The attack fooled")]
+    assert verdict.startswith("The attack fooled A but not B. The runs use two models (lenet-fashion, lenet-fashion-at)")
     # a student who opens A's model in full finds the pinned garment already chosen
     at.selectbox(key="explore.model").set_value("lenet-fashion").run()
     assert at.selectbox(key="explore.lenet-fashion.image").value == q["image"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nip_core.compare import comparable, compare_runs, overlap, run_stats
+from nip_core.compare import _params_text, comparable, compare_runs, overlap, run_stats
 from nip_core.errors import InputError
 from nip_core.explain import Explanation
 from nip_core.figures import compare_heatmaps
@@ -25,7 +25,7 @@ def _run(adv, *, model="tiny", layer="hidden", defended=(3.0, 3.0, 1.0, 0.0, 1.0
         images={"benign": x, "adversarial": x + 0.1, "defended": x}, influence=infl, activations=acts,
         logits={"benign": T([2.0, 0.0]), "adversarial": T(logits_adv), "defended": T([2.0, 0.0])},
         front=T(front), middle=T([3]), tail=T([4, 5]), dead=torch.zeros(6, dtype=torch.bool),
-        class_names=["a", "b"], attack=attack, attack_params={"eps": 0.1}, defense="none", defense_params={})
+        class_names=["a", "b"], attack=attack, attack_params={"eps": 0.1}, defense="median", defense_params={})
 
 
 A_ADV = (1.0, 3.0, 0.0, 0.0, 2.0, 1.0)     # front 0 and 2 fell, 1 rose; tail 4 rose
@@ -138,3 +138,15 @@ def test_two_attacks_on_one_digit(lenet) -> None:
     assert cmp.changed[0] == "attack fgsm → pgd"
     again = compare_runs(explain(lenet, it.image, it.label, attack="fgsm", defense="none"), b)
     assert (again.a, again.fell, again.stats_rows()) == (cmp.a, cmp.fell, cmp.stats_rows())   # deterministic
+
+
+def test_parameters_read_as_a_student_writes_them() -> None:
+    assert _params_text({"eps": 2 / 255, "max_iter": 10, "target": -1}) == "eps 2/255, max_iter 10"
+    assert _params_text({"eps": 0.2, "eps_step": 0.01, "target": 3}) == "eps 0.2, eps_step 0.01, target 3"
+    a = _run(A_ADV)
+    b = _run(B_ADV)
+    b.attack_params = {"eps": 4 / 255}
+    assert compare_runs(a, b).changed == ["fgsm eps 0.1 → 4/255"]
+    b.defense = "none"                      # no defense: no recovery to speak of
+    rows = {r["statistic"]: r["B"] for r in compare_runs(a, b).stats_rows()}
+    assert rows["defense recovery of the front mean"] == "no defense"

@@ -202,7 +202,7 @@ def show_comparison(expl_a, expl_b) -> None:
     for name, expl, s, col in zip(("A (pinned)", "B (this run)"), (expl_a, expl_b), (cmp.a, cmp.b), st.columns(2)):
         with col, st.container(border=True):
             st.markdown(f"**{name}** · {run_title(expl)}")
-            st.image([tensor_to_png_bytes(expl.images[v]) for v in VARIANTS], width=96,
+            st.image([tensor_to_png_bytes(expl.images[v]) for v in VARIANTS], width=120,
                      caption=[f"{v}: {s.predictions[v][1]} ({s.predictions[v][2] * 100:.0f}%) "
                               f"{'✓ correct' if s.correct[v] else '✗ wrong'}" for v in VARIANTS])
     quantity = st.radio("Heatmaps show", ["influence", "activations"], horizontal=True,
@@ -216,8 +216,7 @@ def show_comparison(expl_a, expl_b) -> None:
     st.caption("✓ correct: the prediction is the reference class. Mean activation changes are shares of the run's own benign "
                "front mean, so they compare across models. Defense recovery: how much of the front mean's fall the "
                "defense undid (0% none, 100% all).")
-    if cmp.fell is None:
-        st.caption(cmp.why_groups)
+    if cmp.fell is None:        # the verdict above said why neurons are not matched
         st.caption("Everything below the comparison is run B (this run) in full.")
         return
     o = cmp.fell
