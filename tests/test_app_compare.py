@@ -118,3 +118,21 @@ def test_the_tour_pins_the_standard_model_beside_the_robust_one() -> None:
     # a student who opens A's model in full finds the pinned garment already chosen
     at.selectbox(key="explore.model").set_value("lenet-fashion").run()
     assert at.selectbox(key="explore.lenet-fashion.image").value == q["image"]
+
+
+def test_a_pinned_upload_is_compared_but_stays_out_of_the_link() -> None:
+    from tests.test_app import _png_digit
+
+    at = _app()
+    at.radio(key="explore.source").set_value("Upload an image").run()
+    at.file_uploader(key="explore.upload").set_value(("digit.png", _png_digit(), "image/png")).run()
+    at = _submit(at, "Run")
+    at.button(key=P + "pin").click().run()
+    _ok(at)
+    assert any("an uploaded image: the link cannot carry it" in c.value for c in at.caption)
+    at.selectbox(key=f"explore.{M}.defense").set_value("median").run()
+    at = _submit(at, "Run")
+    _ok(at)
+    assert len(_compare_charts(at)) == 1 and at.query_params["image"] == "upload"
+    assert any(m.value.startswith("**B changes:** defense nip → median") for m in at.markdown)
+    assert not any(k.startswith("pin_") for k in at.query_params)
