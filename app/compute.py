@@ -195,6 +195,15 @@ def demo_image(model_name: str, attack: str = "fgsm", restore: tuple[str, ...] =
         return pick(get_model(model_name), attack=attack, restore=restore, defeat=defeat)
 
 
+@st.cache_data(show_spinner=False)
+def contrast_image(model_a: str, model_b: str, attack: str = "fgsm") -> str:
+    """A gallery image that ``attack`` fools on ``model_a`` and not on ``model_b`` (``nip_core.compare``)."""
+    from nip_core.compare import contrast_image as pick
+
+    with queued(None):
+        return pick(get_model(model_a), get_model(model_b), attack=attack)
+
+
 def build_request(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None, attack: str,
                   attack_params: dict[str, Any], defense: str, defense_params: dict[str, Any], layer: str,
                   method: str, k: float, seed: int) -> tuple:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from app.compute import demo_image
+from app.compute import contrast_image, demo_image
 from app.loaders import calibration_hint, get_model, has_calibration
 from app.widgets import params_text
 
@@ -34,6 +34,8 @@ class Step:
             attack fools and NIP restores).
         surgery: Explore's neuron surgery settings (``surgery``, ``surgery_value``, ...: query
             parameters); the link opens the surgery panel with them.
+        pair: (model A, model B) of one dataset: the step runs on B with the same image and attack on A
+            pinned beside it (Explore's "Pin and compare"), whatever the tour's model.
     """
 
     key: str
@@ -46,7 +48,10 @@ class Step:
     photo: bool = False
     beats: bool = False
     surgery: dict[str, str] = field(default_factory=dict)
+    pair: tuple[str, str] | None = None
 
+
+ROBUST_PAIR = ("lenet-fashion", "lenet-fashion-at")   # the standard model and its PGD-trained twin
 
 STEPS: tuple[Step, ...] = (
     Step("neurons", "An image and its neurons",
@@ -82,6 +87,13 @@ STEPS: tuple[Step, ...] = (
          "`nip-aware` fools the model and nip's neighbour vote at once: a defense tested only against attacks "
          "that ignore it looks stronger than it is.",
          "nip-aware", "nip", needs="calibration", beats=True),
+    Step("robust", "A robust model beside the standard one",
+         "Adversarial training (PGD training, Madry et al. 2018) is the field's usual defense: the model is retrained "
+         "on attacked images, so nothing is added at test time. The same garment and the same FGSM attack, on the "
+         "standard `lenet-fashion` (run A, pinned) and the adversarially trained `lenet-fashion-at` (run B): the "
+         "Pin and compare panel under the Run button shows both predictions and how each model's own front neurons "
+         "fall.",
+         "fgsm", "none", pair=ROBUST_PAIR),
     Step("photo", "A photo, and why it is harder",
          "Photo pixels are not nearly black or white, so a perturbation too small to see fools the model and "
          "the binarised vote that protects digits has nothing to hold on to; without a calibration `nip` passes "
@@ -111,6 +123,8 @@ def photo_model(model_name: str) -> str | None:
 
 
 def step_model(step: Step, model_name: str) -> str | None:
+    if step.pair:
+        return step.pair[1]
     return photo_model(model_name) if step.photo else model_name
 
 
@@ -121,6 +135,17 @@ def why_not(step: Step, model_name: str) -> str | None:
     target = step_model(step, model_name)
     if target is None:
         return "no photo model is installed."
+    if step.pair:
+        from nip_core.models import MODELS
+
+        missing = [m for m in step.pair if m not in MODELS]
+        if missing:
+            return f"{', '.join(missing)} is not installed."
+        for m in step.pair:
+            try:
+                get_model(m)
+            except Exception as exc:       # e.g. weights not shipped
+                return f"{m} cannot be loaded: {exc}"
     model = get_model(target)
     if step.needs == "calibration" and not has_calibration(target):
         return calibration_hint(target)
@@ -137,6 +162,8 @@ def step_image(step: Step, model_name: str) -> str:
     one gets the image of the other steps (so the ``counter-attack`` ablation runs on the image of the
     label-free ``nip`` step, and the surgery step on that of the attack step).
     """
+    if step.pair:
+        return contrast_image(*step.pair, step.attack)
     if step.beats:
         shipped = shipped_examples().get(model_name, {})
         if shipped.get("weights_sha256") == get_model(model_name).weights_sha256 and "aware" in shipped:
@@ -165,6 +192,11 @@ def step_query(step: Step, model_name: str) -> dict[str, str]:
     if step.attack_params:
         q["ap"] = params_text(step.attack_params)
     q |= {"defense": step.defense, "seed": "0"} | step.surgery | {"tour": step.key}
+    if step.pair:       # run A: the same image and attack on the pair's first model, pinned
+        q |= {"pin_model": step.pair[0], "pin_image": q["image"], "pin_attack": step.attack,
+              "pin_defense": step.defense, "pin_seed": "0"}
+        if step.attack_params:
+            q["pin_ap"] = q["ap"]
     if target != model_name:
         q["tm"] = model_name
     return q

@@ -373,20 +373,23 @@ def test_tour_page_offers_every_step_with_a_link() -> None:
     _ok(at)
     assert at.selectbox(key="tour.model").value == "lenet-mnist"
     opens = [b for b in at.button if b.label.startswith("Open step")]
-    assert [b.label for b in opens] == [f"Open step {i}" for i in range(1, 9)]
+    assert [b.label for b in opens] == [f"Open step {i}" for i in range(1, 10)]
     links = [c.value for c in at.code]
-    assert len(links) == 8 and all("model=" in u and "tour=" in u for u in links)
+    assert len(links) == 9 and all("model=" in u and "tour=" in u for u in links)
     # the ablation runs on the image of the label-free nip step; the surgery step's link opens the panel
     from urllib.parse import parse_qs, urlsplit
     q = [parse_qs(urlsplit(u).query) for u in links]
     assert q[4]["defense"] == ["counter-attack"] and q[4]["image"] == q[3]["image"] and q[3]["defense"] == ["nip"]
     assert q[5]["surgery"] == ["front:0.2"] and q[5]["surgery_value"] == ["benign"] and q[5]["defense"] == ["none"]
+    # the robust-model step: lenet-fashion-at with lenet-fashion pinned beside it, on one garment
+    assert (q[7]["model"], q[7]["pin_model"], q[7]["tm"]) == (["lenet-fashion-at"], ["lenet-fashion"], ["lenet-mnist"])
+    assert q[7]["pin_image"] == q[7]["image"] and q[7]["pin_attack"] == q[7]["attack"] == ["fgsm"]
     assert "model=resnet8-cifar10" in links[-1] and "tm=lenet-mnist" in links[-1]    # the photo step
     # One click opens Explore with the step's preset, run, and the step's card on top.
     [b for b in at.button if b.label == "Open step 2"][0].click().run()
     _ok(at)
     assert at.query_params["tour"] == "attack" and at.query_params["defense"] == "none"
-    assert "step 2 of 8" in _tour_card(at) and len(at.get("plotly_chart")) == VIEW_CHARTS
+    assert "step 2 of 9" in _tour_card(at) and len(at.get("plotly_chart")) == VIEW_CHARTS
 
 
 def test_tour_photo_model_skips_the_steps_that_need_a_calibration() -> None:
@@ -395,13 +398,13 @@ def test_tour_photo_model_skips_the_steps_that_need_a_calibration() -> None:
     at.selectbox(key="tour.model").set_value("resnet8-cifar10").run()
     _ok(at)
     assert [b.label for b in at.button if b.label.startswith("Open step")] == [
-        "Open step 1", "Open step 2", "Open step 3", "Open step 6", "Open step 8"]
+        "Open step 1", "Open step 2", "Open step 3", "Open step 6", "Open step 8", "Open step 9"]
     why = [c.value for c in at.caption if c.value.startswith("Not on this model")]
     assert len(why) == 3 and all("calibrate --model resnet8-cifar10" in w for w in why)
 
 
 def test_tour_walk_tells_the_story_on_lenet() -> None:
-    """From a step-1 share link, Next through all eight steps: each view shows its part of the story."""
+    """From a step-1 share link, Next through all nine steps: each view shows its part of the story."""
     from app import tour as T
 
     at = _app(T.step_query(T.STEPS[0], "lenet-mnist"))
@@ -411,12 +414,15 @@ def test_tour_walk_tells_the_story_on_lenet() -> None:
         if i:
             [b for b in at.button if b.label == "Next step"][0].click().run()
             _ok(at)
-        assert f"step {i + 1} of 8" in _tour_card(at) and at.query_params["tour"] == step.key
+        assert f"step {i + 1} of 9" in _tour_card(at) and at.query_params["tour"] == step.key
         assert at.query_params["attack"] == step.attack and at.query_params["defense"] == step.defense
         surgery = step.key == "surgery"             # the one step that opens the surgery panel
-        assert len(at.get("plotly_chart")) == VIEW_CHARTS + (SURGERY_CHARTS if surgery else 0)
-        assert ("surgery" in at.query_params) == surgery
+        pinned = step.key == "robust"               # the one step that pins a run beside it
+        assert len(at.get("plotly_chart")) == VIEW_CHARTS + (SURGERY_CHARTS if surgery else 0) + pinned
+        assert ("surgery" in at.query_params) == surgery and ("pin_model" in at.query_params) == pinned
         seen[step.key] = _metrics(at)
+        if pinned:
+            [seen["robust"]["verdict"]] = [i.value for i in at.info if i.value.startswith("The attack fooled")]
         if surgery:
             [seen["surgery"]["verdict"]] = [e.value for e in at.success if e.value.startswith("The class")]
     assert seen["neurons"]["adversarial"] == seen["neurons"]["benign"]          # ε = 0: nothing happens
@@ -432,6 +438,9 @@ def test_tour_walk_tells_the_story_on_lenet() -> None:
     assert float(seen["surgery"]["recovery share"]) > 0.5 and seen["surgery"]["adversarial"] != seen["surgery"]["benign"]
     assert seen["aware"]["adversarial"] != seen["aware"]["benign"]
     assert seen["aware"]["defended"] != seen["aware"]["benign"]                 # the aware attack beats nip
+    # the same garment and FGSM: the standard model (A, pinned) is fooled, the adversarially trained one (B) is not
+    assert seen["robust"]["verdict"].startswith("The attack fooled A but not B. The runs use two models")
+    assert seen["robust"]["adversarial"] == seen["robust"]["benign"]
     assert at.query_params["model"] == "resnet8-cifar10"                       # the photo
     assert any("no calibration for resnet8-cifar10" in i.value for i in at.info)
     assert seen["photo"]["defended"] == seen["photo"]["adversarial"]            # nip passes it through
@@ -775,9 +784,10 @@ def test_tour_on_fashion_mnist_offers_every_step():
     at.switch_page("views/tour.py").run()
     at.selectbox(key="tour.model").set_value("lenet-fashion").run()
     _ok(at)
-    assert [b.label for b in at.button if b.label.startswith("Open step")] == [f"Open step {i}" for i in range(1, 9)]
+    assert [b.label for b in at.button if b.label.startswith("Open step")] == [f"Open step {i}" for i in range(1, 10)]
     links = [c.value for c in at.code]
-    assert all("model=lenet-fashion" in u for u in links[:7]) and "tm=lenet-fashion" in links[7]
+    assert all("model=lenet-fashion&" in u for u in links[:7]) and "tm=lenet-fashion" in links[8]
+    assert "model=lenet-fashion-at&" in links[7] and "pin_model=lenet-fashion&" in links[7]   # the robust step
 
 
 def test_benchmark_shows_the_adversarial_training_comparison_on_the_same_images() -> None:

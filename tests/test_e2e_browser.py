@@ -276,10 +276,10 @@ def test_tour_from_a_fresh_server_and_benchmark_on_arrival_in_chromium() -> None
             wait_heatmaps(page, 2)
             wait_idle(page)
             no_exceptions(page)
-            page.get_by_text("Guided tour · step 2 of 8").wait_for()
+            page.get_by_text("Guided tour · step 2 of 9").wait_for()
             page.get_by_role("button", name="Next step").click()
             page.wait_for_url("**tour=oracle**", timeout=180_000)
-            page.get_by_text("Guided tour · step 3 of 8").wait_for(timeout=60_000)
+            page.get_by_text("Guided tour · step 3 of 9").wait_for(timeout=60_000)
             wait_heatmaps(page, 2)
             wait_idle(page)
             no_exceptions(page)
@@ -295,7 +295,7 @@ def test_tour_from_a_fresh_server_and_benchmark_on_arrival_in_chromium() -> None
             wait_heatmaps(student, 2)
             wait_idle(student)
             no_exceptions(student)
-            student.get_by_text("Guided tour · step 4 of 8").wait_for()
+            student.get_by_text("Guided tour · step 4 of 9").wait_for()
             assert "defense=nip" in student.url
 
             # Benchmark: the shipped MNIST table is drawn without pressing anything.
@@ -307,5 +307,66 @@ def test_tour_from_a_fresh_server_and_benchmark_on_arrival_in_chromium() -> None
             assert page.get_by_role("button", name="Run benchmark").count() == 0   # nothing was run
             assert page.get_by_text("Accuracy after each defense, with Wilson intervals").count() == 1
             screenshot(page, ARTIFACTS / "benchmark_arrival.png")
+        finally:
+            browser.close()
+
+
+# ----------------------------------------------------------------------------- pin and compare (issue 21)
+
+_COMPARE = "both runs on one colour scale"
+
+
+def wait_comparison(page, timeout_ms: int = 240_000) -> None:
+    """Until the pin-and-compare heatmaps (both runs, one colour scale) are drawn and not stale."""
+    page.wait_for_function(
+        """(want) => [...document.querySelectorAll('.js-plotly-plot')].some(p => !p.closest('[data-stale="true"]')
+            && p.querySelector('.gtitle') && p.querySelector('.gtitle').textContent.includes(want)
+            && p.querySelectorAll('.heatmaplayer .hm').length >= 6)""",
+        arg=_COMPARE, timeout=timeout_ms, polling=100)
+
+
+def test_pin_and_compare_in_chromium() -> None:
+    """Pin an FGSM run on a garment, run PGD on it, see both side by side; the link reopens both."""
+    from playwright.sync_api import sync_playwright
+
+    from nip_core.attacks import ATTACKS
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(ARTIFACTS / "streamlit_pin.log") as url, sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(f"{url}/?model=lenet-fashion&image=sneaker-02565&attack=fgsm&defense=none&seed=0")
+            wait_heatmaps(page, 2)
+            wait_idle(page)
+            page.get_by_role("button", name="Pin this run").click()
+            page.get_by_text("Run A is pinned").wait_for(timeout=60_000)
+            page.wait_for_url("**pin_attack=fgsm**", timeout=30_000)
+            choose(page, "Attack", f"pgd — {ATTACKS['pgd'].spec.summary}")
+            page.wait_for_timeout(500)
+            click_run(page)
+            page.wait_for_url("**attack=pgd**", timeout=240_000)
+            wait_comparison(page)
+            wait_idle(page)
+            no_exceptions(page)
+            assert page.get_by_text("B changes: attack fgsm → pgd").count() >= 1
+            assert page.get_by_text("Jaccard overlap").count() >= 1
+            assert "pin_model=lenet-fashion" in page.url and "pin_image=sneaker-02565" in page.url
+            screenshot(page, ARTIFACTS / "explore_pin_compare.png")
+
+            # the link, opened in a fresh tab, shows both runs again
+            other = browser.new_page(viewport={"width": 1500, "height": 1000})
+            other.goto(page.url)
+            wait_comparison(other)
+            wait_idle(other)
+            no_exceptions(other)
+            assert other.get_by_text("B changes: attack fgsm → pgd").count() >= 1
+
+            # unpin: the comparison goes, the run stays
+            page.get_by_role("button", name="Unpin").click()
+            page.get_by_role("button", name="Pin this run").wait_for(timeout=60_000)
+            wait_idle(page)
+            no_exceptions(page)
+            assert "pin_" not in page.url and "attack=pgd" in page.url
         finally:
             browser.close()

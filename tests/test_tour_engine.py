@@ -57,3 +57,41 @@ def test_calibration_is_made_once_per_process(lenet, monkeypatch):
     monkeypatch.setattr(cal, "_load", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
         AssertionError("re-read")))
     assert calibration_for(lenet) is first and not calls
+
+
+def test_contrast_image_falls_back_to_the_first_image_the_attack_fools(lenet):
+    """One model twice: no image is fooled on A and held on B, so the first correct, fooled one wins."""
+    from nip_core.compare import contrast_image
+
+    key = contrast_image(lenet, lenet, "fgsm")
+    for it in gallery("mnist"):
+        x, y = it.image[None], torch.tensor([it.label])
+        if int(lenet.predict(x)[0]) == it.label and int(lenet.predict(run_attack(lenet, "fgsm", x, y).x_adv)[0]) != it.label:
+            assert key == it.key
+            break
+
+
+def test_contrast_image_needs_one_dataset(lenet):
+    import pytest
+
+    from nip_core.compare import contrast_image
+    from nip_core.errors import InputError
+    from nip_core.models import load_model
+
+    with pytest.raises(InputError, match="different example images"):
+        contrast_image(lenet, load_model("lenet-fashion"))
+
+
+def test_robust_step_garment_fools_the_standard_model_and_not_the_robust_one():
+    """The tour's robust-model step: the same garment and FGSM on lenet-fashion and lenet-fashion-at."""
+    from app.tour import BY_KEY
+    from nip_core.compare import contrast_image
+    from nip_core.models import load_model
+
+    step = BY_KEY["robust"]
+    standard, robust = (load_model(m) for m in step.pair)
+    it = _item(standard, contrast_image(standard, robust, step.attack))
+    x, y = it.image[None], torch.tensor([it.label])
+    assert int(standard.predict(x)[0]) == int(robust.predict(x)[0]) == it.label
+    assert int(standard.predict(run_attack(standard, step.attack, x, y).x_adv)[0]) != it.label
+    assert int(robust.predict(run_attack(robust, step.attack, x, y).x_adv)[0]) == it.label

@@ -45,7 +45,8 @@ def main() -> None:
                     continue
                 q = T.step_query(step, model)
                 target = q["model"]
-                st.caption(f"{target} · image {q['image']} · attack {step.attack} · defense {step.defense}")
+                pinned = f"{q['pin_model']} pinned beside " if step.pair else ""
+                st.caption(f"{pinned}{target} · image {q['image']} · attack {step.attack} · defense {step.defense}")
                 cols = st.columns([1, 4])
                 if cols[0].button(f"Open step {i}", key=P + f"open.{step.key}", type="primary"):
                     st.switch_page(T.EXPLORE_PAGE, query_params=q)
