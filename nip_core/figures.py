@@ -873,8 +873,8 @@ def layer_strip_figure(strip, current_layer: str | None = None, picked: tuple[st
             custom.append([c.layer, j])
             hovers.append(f"<b>{c.layer} neuron {j}</b> · {grp}<br>benign {b:.3g} → adversarial {a:.3g} "
                           f"(Δ {a - b:+.3g}) → defended {d:.3g}<br>click: open it in the drill-down and in surgery")
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=texts, textposition="middle right",
-                             textfont=dict(size=11), customdata=custom, hovertext=hovers,
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=texts, textposition="top center",
+                             textfont=dict(size=12, color="#111827"), customdata=custom, hovertext=hovers,
                              hovertemplate="%{hovertext}<extra></extra>", name="neurons", showlegend=False,
                              marker=dict(size=sizes, color=colours, symbol=symbols,
                                          line=dict(width=[3 if c == "#f59e0b" else 1 for c in lines], color=lines)),
@@ -890,7 +890,7 @@ def layer_strip_figure(strip, current_layer: str | None = None, picked: tuple[st
                      showgrid=False, zeroline=False,
                      side="top", row=1, col=1)
     fig.update_yaxes(tickvals=list(range(strip.top)), ticktext=[f"{r + 1}." for r in range(strip.top)],
-                     range=[strip.top - 0.4, -0.6], title_text="most changed", showgrid=False, zeroline=False,
+                     range=[strip.top - 0.5, -0.85], title_text="most changed", showgrid=False, zeroline=False,
                      row=1, col=1)
     # Bars: per layer, on its own scale (layers' activations differ in size).
     for i, c in enumerate(cols):
@@ -906,16 +906,18 @@ def layer_strip_figure(strip, current_layer: str | None = None, picked: tuple[st
                 row=2, col=i + 1)
         fig.update_yaxes(zeroline=True, zerolinecolor="#374151", zerolinewidth=1, tickfont=dict(size=9),
                          title_text="Δ mean activation" if i == 0 else None, row=2, col=i + 1)
-        fig.update_xaxes(tickfont=dict(size=10), row=2, col=i + 1)
+        fig.update_xaxes(tickfont=dict(size=10), title_text=c.layer, title_font=dict(size=11), title_standoff=4,
+                         row=2, col=i + 1)
     ref = _short(_class_label([strip.class_name if i == strip.reference_class else "" for i in
                                range(strip.reference_class + 1)], strip.reference_class), 28)
     fig.update_layout(
-        title=dict(text=f"Every layer at once (class {ref}; front/tail: each layer's top/bottom {strip.k:g} by "
-                        f"benign influence) — above: the {strip.top} neurons the attack changed most per layer, "
-                        f"edges on the adversarial input", x=0.0, font=dict(size=13)),
+        title=dict(text=f"Every layer at once · class {ref} · front/tail: each layer's top/bottom {strip.k:g} by "
+                        f"benign influence<br><sup>above: the {strip.top} neurons per layer the attack changed most, "
+                        "joined by activation × gradient on the adversarial input · below: how the attack and the "
+                        "defense move each layer's front and tail mean</sup>", x=0.0, font=dict(size=13)),
         barmode="group", plot_bgcolor="white", clickmode="event+select",
-        legend=dict(orientation="h", yanchor="top", y=-0.08, x=0.0, font=dict(size=11), traceorder="normal"),
-        margin=dict(l=60, r=20, t=110, b=60), height=600,
+        legend=dict(orientation="h", yanchor="top", y=-0.13, x=0.0, font=dict(size=11), traceorder="normal"),
+        margin=dict(l=60, r=20, t=120, b=90), height=640,
     )
     return fig
 

@@ -138,6 +138,12 @@ class LayerStrip:
     def layers(self) -> list[str]:
         return [c.layer for c in self.columns]
 
+    @property
+    def defense_acted(self) -> bool:
+        """Whether the defense moved any front or tail mean at any layer (False: it passed the
+        adversarial through unchanged, as ``nip`` does on a model without a calibration)."""
+        return any(c.defense_front != 0 or c.defense_tail != 0 for c in self.columns)
+
     def column(self, layer: str) -> LayerColumn:
         for c in self.columns:
             if c.layer == layer:

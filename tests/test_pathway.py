@@ -55,6 +55,9 @@ def test_edge_strength_is_activation_times_the_known_jacobian_on_a_tiny_mlp() ->
     assert (hidden.attack_front, hidden.attack_tail) == pytest.approx((1.0, 0.0))
     assert (hidden.defense_front, hidden.defense_tail) == pytest.approx((-0.5, 0.0))
     assert hidden.top_groups == ["middle", "front", "tail"]
+    assert strip.defense_acted
+    passed = layer_strip(model, _img(0, 0), _img(1, 1), _img(1, 1), 1, k=0.34, profiles=profiles)
+    assert not passed.defense_acted and passed.edges == strip.edges   # a defense that changed nothing
     assert not net.act._forward_hooks and not net.fc2._forward_hooks    # every hook came off
 
 
@@ -167,7 +170,8 @@ def test_each_column_equals_the_single_layer_group_chart(explained) -> None:
         chart = {t.name: list(t.y) for t in figures.group_chart(expl, "activations").data}
         for v in ("benign", "adversarial", "defended"):
             assert [col.group_means[v][g] for g in ("front", "middle", "tail")] == pytest.approx(chart[v], abs=TOL)
-        assert col.group_means == pytest.approx(expl.group_means("activations"), abs=TOL)
+        for v, means in expl.group_means("activations").items():
+            assert col.group_means[v] == pytest.approx(means, abs=TOL)
         assert col.attack_front == pytest.approx(chart["adversarial"][0] - chart["benign"][0], abs=TOL)
         assert col.attack_tail == pytest.approx(chart["adversarial"][2] - chart["benign"][2], abs=TOL)
         assert col.defense_front == pytest.approx(chart["defended"][0] - chart["adversarial"][0], abs=TOL)
@@ -211,13 +215,13 @@ def test_figure_has_one_selectable_marker_per_top_neuron(explained) -> None:
     [markers] = [t for t in fig.data if t.name == "neurons"]
     assert [list(c) for c in markers.customdata] == [[c.layer, j] for c in strip.columns for j in c.top]
     assert list(markers.marker.size).count(max(markers.marker.size)) == 1          # the picked one is ringed
-    edges = [t for t in fig.data if t.mode == "lines" and t.x[0] is not None]
+    edges = [t for t in fig.data if t.type == "scatter" and t.mode == "lines" and t.x[0] is not None]
     assert len(edges) == len(strip.edges)
     bars = [t for t in fig.data if t.type == "bar"]
     assert len(bars) == 2 * len(strip.columns)
-    assert [list(b.y) for b in bars[:2]] == pytest.approx(
-        [[strip.columns[0].attack_front, strip.columns[0].attack_tail],
-         [strip.columns[0].defense_front, strip.columns[0].defense_tail]])
+    c0 = strip.columns[0]
+    assert list(bars[0].y) == pytest.approx([c0.attack_front, c0.attack_tail])
+    assert list(bars[1].y) == pytest.approx([c0.defense_front, c0.defense_tail])
     assert any(t.startswith("★ " + model.spec.default_layer) for t in fig.layout.xaxis.ticktext)
     # what Streamlit returns for a click: neuron markers give (layer, neuron); bars and edges nothing
     assert picked_layer_neuron([{"customdata": ["fc1", 7], "curve_number": 9}]) == ("fc1", 7)
