@@ -1,5 +1,6 @@
-"""The computations the pages show: an Explore view, a neuron's maps, a neuron surgery, the defense
-comparison, an evaluation grid and the tour's demo image, plus the plain-value key of an Explore view.
+"""The computations the pages show: an Explore view, a neuron's maps, a neuron surgery, every layer at
+once, the defense comparison, an evaluation grid and the tour's demo image, plus the plain-value key of
+an Explore view.
 
 The computations are ``st.cache_data`` keyed on plain values only (names, numbers, tuples, image bytes), never
 on tensors or modules. The long ones take a turn of the run queue (``app.runqueue``) and report
@@ -89,6 +90,19 @@ def surgery_view(request: tuple, layer: str, selection: str, value: str, seed: i
     with queued(None):
         return surgery(model, expl.images["benign"], expl.images["adversarial"], layer, sel, value,
                        label=expl.label, x_def=expl.images["defended"], seed=seed, profile=profile, sources=sources)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def layer_strip(request: tuple, top: int = 3, _progress: Callable[[float, str], None] | None = None):
+    """``nip_core.pathway.layer_strip`` of a view's benign, adversarial and defended images at every
+    layer, with the view's reference class, influence method and k; a ``LayerStrip``."""
+    from nip_core.pathway import layer_strip as strip
+
+    expl = explanation(*request)
+    with queued(_progress):
+        return strip(get_model(expl.model_name), expl.images["benign"], expl.images["adversarial"],
+                     expl.images["defended"], expl.reference_class, method=expl.method, k=expl.k, top=top,
+                     progress=_progress)
 
 
 @st.cache_data(show_spinner=False)

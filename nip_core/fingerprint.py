@@ -26,9 +26,10 @@ from nip_core.runtime import ASSETS, REPO_ROOT
 
 ENGINE_ROOT = REPO_ROOT / "nip_core"
 SHIPPED_ROOT = ASSETS
-# Engine files that never change a number: editing them keeps every cache valid.
+# Engine files that never change a cached number: editing them keeps every cache valid (fragility and
+# pathway compute only what they return; nothing they compute is cached or read by evaluate).
 NOT_NUMERIC = frozenset({"cli.py", "figures.py", "bench.py", "__main__.py", "distributed.py", "shards.py",
-                         "fingerprint.py", "api.py", "fragility.py"})
+                         "fingerprint.py", "api.py", "fragility.py", "pathway.py"})
 # The shipped files numbers are read from: weights, influence profiles, calibration banks.
 SHIPPED_PATTERNS = ("models/*.safetensors", "profiles/*.safetensors", "calibration/*.npz")
 

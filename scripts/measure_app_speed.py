@@ -24,11 +24,20 @@ more change back to a setting already computed is recorded as ``revisit_seconds`
 call). Targets: LeNet ≤ 0.3 s, EfficientNet-Lite0 ≤ 1.5 s. The results go under the key
 ``surgery`` of the ``--out`` file; its other keys are kept.
 
+With ``--layers`` it measures Explore's all-layers strip (issue 20 §3): on a fresh server a view is
+opened by its link and, once the server is idle, the strip's switch is clicked: seconds from the
+click to the strip drawn (``first_open_seconds``: the other layers' profiles are read from disk
+then). Each timed run then closes the strip, types a new seed and presses Run (the explanation is
+recomputed, untimed), waits until idle and opens the strip again, so the strip is computed anew
+for the new view with everything else warm. Targets: LeNet ≤ 1.5 s, EfficientNet-Lite0 ≤ 8 s. The
+results go under the key ``layers`` of the ``--out`` file; its other keys are kept.
+
 The machine's load (``uptime``) is recorded before and after: on a shared machine the numbers
 are only comparable at similar load.
 
 Usage:  python scripts/measure_app_speed.py --runs 3 --out docs/results/app_speed.json
         python scripts/measure_app_speed.py --surgery --runs 5 --out docs/results/app_speed.json
+        python scripts/measure_app_speed.py --layers --runs 5 --out docs/results/app_speed.json
 """
 from __future__ import annotations
 
@@ -48,8 +57,9 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_e2e_browser import (app_server, launch, set_seed_and_run_time, wait_heatmaps,  # noqa: E402
-                                    wait_idle, wait_surgery_bars)
+from tests.test_e2e_browser import (STRIP_SWITCH, app_server, launch, open_strip,  # noqa: E402
+                                    set_seed_and_run_time, wait_heatmaps, wait_idle, wait_strip,
+                                    wait_surgery_bars)
 
 CONFIGS = {
     "lenet-fgsm": {"query": "?model=lenet-mnist&image=mnist-test-21&attack=fgsm&defense=nip&seed=0",
@@ -76,6 +86,14 @@ SURGERY_CHANGES = [
     ("Set them to", "their values on the defended input", ") set to defended"),
 ]
 SURGERY_REVISIT = ("Set them to", "their benign values", ": random:10 (10 neurons) set to benign")
+
+
+LAYERS_CONFIGS = {
+    "lenet-mnist": {"query": "?model=lenet-mnist&image=mnist-test-21&attack=fgsm&defense=nip&seed=0",
+                    "target_s": 1.5},
+    "efficientnet-lite0": {"query": "?model=efficientnet-lite0&image=chelsea&attack=fgsm&defense=nip&seed=0",
+                           "target_s": 8.0},
+}
 
 
 def uptime() -> str:
@@ -233,6 +251,75 @@ def main_surgery(args) -> None:
     print(f"wrote {path} (key 'surgery')")
 
 
+def timed_strip_open(page) -> float:
+    """Click the strip's switch; seconds until the strip is drawn."""
+    page.get_by_text(STRIP_SWITCH).scroll_into_view_if_needed()
+    t0 = time.perf_counter()
+    open_strip(page)
+    wait_strip(page, timeout_ms=300_000, polling=20)
+    return time.perf_counter() - t0
+
+
+def measure_layers(browser, name: str, runs: int) -> dict:
+    """On a fresh server: open the view, wait until idle, time the strip's first opening, then ``runs``
+    openings each on a new view (a new seed, its explanation computed first and untimed)."""
+    cfg = LAYERS_CONFIGS[name]
+    log = Path(tempfile.gettempdir()) / f"nip_measure_layers_{name}.log"
+    with fresh_server(log) as (url, pid):
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(f"{url}/{cfg['query']}")
+        wait_heatmaps(page, 2, timeout_ms=900_000)
+        wait_idle(page, timeout_ms=900_000)
+        idle_wait = wait_server_idle(pid)
+        first = timed_strip_open(page)
+        wait_idle(page)
+        times = []
+        for i in range(runs):
+            page.get_by_text(STRIP_SWITCH).click()                 # closed: the new run does not compute it
+            wait_idle(page)
+            set_seed_and_run_time(page, 200 + i)
+            wait_idle(page, timeout_ms=900_000)
+            wait_server_idle(pid)
+            times.append(timed_strip_open(page))
+            wait_idle(page)
+        page.close()
+    med = statistics.median(times)
+    return {"config": name, "query": cfg["query"], "waited_for_idle_server_seconds": idle_wait,
+            "first_open_seconds": first, "runs_seconds": times, "median_seconds": med,
+            "target_seconds": cfg["target_s"], "meets_target": med <= cfg["target_s"]}
+
+
+def main_layers(args) -> None:
+    """``--layers``: the strip's warm latency per model, under the key ``layers`` of ``--out``."""
+    from playwright.sync_api import sync_playwright
+
+    names = args.configs.split(",") if args.configs else list(LAYERS_CONFIGS)
+    before = {"uptime": uptime(), "load_avg": os.getloadavg()}
+    results = []
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            for name in names:
+                r = measure_layers(browser, name, args.runs)
+                print(f"layers {name}: warm median {r['median_seconds']:.3f} s (runs "
+                      f"{', '.join(f'{t:.3f}' for t in r['runs_seconds'])}; target {r['target_seconds']} s; "
+                      f"first open {r['first_open_seconds']:.3f} s)", flush=True)
+                results.append(r)
+        finally:
+            browser.close()
+    path = Path(args.out)
+    out = json.loads(path.read_text()) if path.exists() else {}
+    out["layers"] = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "cpus": os.cpu_count(),
+        "what": "warm: seconds from clicking Explore's 'every layer' switch to the strip drawn, on a view whose "
+                "explanation is cached and whose strip is not (engine: nip_core.pathway.layer_strip at every "
+                "layer, then the figure)",
+        "browser": "Debian Chromium, headless, on the same machine as the server",
+        "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path} (key 'layers')")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
@@ -240,14 +327,20 @@ def main() -> None:
                     help="fresh servers per configuration; first_view_seconds is their median")
     ap.add_argument("--configs", default=None,
                     help=f"comma-separated: {', '.join(CONFIGS)} (default: all); with --surgery: "
-                         f"{', '.join(SURGERY_CONFIGS)}")
+                         f"{', '.join(SURGERY_CONFIGS)}; with --layers: {', '.join(LAYERS_CONFIGS)}")
     ap.add_argument("--out", default="app_speed.json")
     ap.add_argument("--surgery", action="store_true",
                     help=f"measure the neuron surgery panel ({', '.join(SURGERY_CONFIGS)}) into the key 'surgery' "
                          "of --out, keeping its other keys")
+    ap.add_argument("--layers", action="store_true",
+                    help=f"measure the all-layers strip ({', '.join(LAYERS_CONFIGS)}) into the key 'layers' of --out, "
+                         "keeping its other keys")
     args = ap.parse_args()
     if not 1 <= args.first_views <= 20 or not 1 <= args.runs <= 20:
         ap.error("--first-views and --runs must be between 1 and 20")
+    if args.layers:
+        main_layers(args)
+        return
     if args.surgery:
         if args.runs > len(SURGERY_CHANGES):
             ap.error(f"--surgery takes at most {len(SURGERY_CHANGES)} runs (one new setting each)")

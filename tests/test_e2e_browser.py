@@ -370,3 +370,96 @@ def test_pin_and_compare_in_chromium() -> None:
             assert "pin_" not in page.url and "attack=pgd" in page.url
         finally:
             browser.close()
+
+
+# ----------------------------------------------------------------------------- every layer at once (issue 20 §3)
+
+STRIP_TITLE = "Every layer at once"
+LAYER_LINKS = {
+    "lenet-mnist": "?model=lenet-mnist&image=mnist-test-21&attack=fgsm&defense=nip&seed=0",
+    "lenet-fashion": "?model=lenet-fashion&image=t-shirt-top-00770&attack=fgsm&defense=nip&seed=0",
+    "resnet8-cifar10": "?model=resnet8-cifar10&image=cifar10-cifar10_00_3&attack=fgsm&defense=nip&seed=0",
+    "efficientnet-lite0": "?model=efficientnet-lite0&image=chelsea&attack=fgsm&defense=nip&seed=0",
+}
+STRIP_SWITCH = "Show every layer: how the attack and the defense move"
+
+# True when a drawn, non-stale all-layers strip shows its neuron markers.
+_STRIP_DRAWN = """
+(title) => [...document.querySelectorAll('.js-plotly-plot')].some(p => !p.closest('[data-stale="true"]')
+    && p.querySelector('.gtitle') && p.querySelector('.gtitle').textContent.startsWith(title)
+    && p.querySelector('.scatterlayer .point') && p.querySelector('.barlayer .point'))
+"""
+
+
+def wait_strip(page, timeout_ms: int = 240_000, polling: int = 50) -> None:
+    """Until the all-layers strip is drawn (also used by scripts/measure_app_speed.py --layers)."""
+    page.wait_for_function(_STRIP_DRAWN, arg=STRIP_TITLE, timeout=timeout_ms, polling=polling)
+
+
+def open_strip(page) -> None:
+    """Click the strip's switch (it is off until asked for)."""
+    switch = page.get_by_text(STRIP_SWITCH)
+    switch.scroll_into_view_if_needed()
+    switch.click()
+
+
+def strip_chart(page):
+    return page.locator(".js-plotly-plot").filter(has=page.locator(".gtitle", has_text=STRIP_TITLE))
+
+
+def click_strip_neuron(page, column: int, rank: int, n_columns: int, top: int = 3) -> None:
+    """Click a neuron marker of the strip: the neuron trace is the last scatter trace with points, one
+    marker per (column, rank) in that order."""
+    points = strip_chart(page).locator(".scatterlayer .point")
+    point = points.nth(points.count() - n_columns * top + column * top + rank)
+    point.scroll_into_view_if_needed()
+    box = point.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 20, y - 20)
+    page.mouse.move(x, y, steps=4)                   # plotly picks what is hovered
+    page.mouse.click(x, y)
+
+
+def test_layer_strip_on_every_built_in_model_in_chromium() -> None:
+    """The strip opens on all four built-in models; on LeNet a clicked neuron opens in the drill-down
+    and in neuron surgery."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(ARTIFACTS / "streamlit_layers.log") as url, sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            for model, link in LAYER_LINKS.items():
+                page.goto(f"{url}/{link}")
+                wait_heatmaps(page, 2)
+                wait_idle(page)
+                no_exceptions(page)
+                assert page.locator(".js-plotly-plot").count() == 8      # the strip is off until asked for
+                open_strip(page)
+                wait_strip(page)
+                page.wait_for_url("**layers=1**", timeout=30_000)
+                wait_idle(page)
+                no_exceptions(page)
+                # one marker per top neuron of every layer, joined to the next layer's
+                assert strip_chart(page).locator(".xtick").count() >= 4
+                if model in ("lenet-mnist", "efficientnet-lite0"):
+                    screenshot(page, ARTIFACTS / f"explore_layers_{model}.png")
+                if model == "lenet-mnist":
+                    click_strip_neuron(page, column=2, rank=0, n_columns=4)     # fc1, the run's layer
+                    note = page.get_by_text(re.compile(r"^Neuron \d+ of fc1 is open in the drill-down"))
+                    note.wait_for(timeout=60_000)
+                    neuron = re.search(r"Neuron (\d+) of fc1", note.inner_text()).group(1)
+                    wait_surgery_bars(page, f"Surgery at fc1: {neuron} (1 neuron)")
+                    wait_idle(page)
+                    no_exceptions(page)
+                    drill = page.get_by_role("combobox", name="Neuron (front neurons first)")
+                    assert drill.input_value().startswith(f"neuron {neuron} ") or \
+                        page.locator('[data-testid="stSelectbox"]').filter(has_text=f"neuron {neuron} ").count() >= 1
+                    screenshot(page, ARTIFACTS / "explore_layers_picked.png")
+                    page.get_by_text(STRIP_SWITCH).click()                     # closed again: out of the link
+                    page.wait_for_url(re.compile(r"^(?!.*layers=1).*$"), timeout=30_000)
+        finally:
+            browser.close()

@@ -12,7 +12,7 @@ from app.loaders import (BYOM_KEY, calibration_hint, gallery_entries, get_model,
                          load_upload, visible_models)
 from app.notes import aware_note, label_free_note
 from app.progress import page_turn, run_with_progress
-from app.views import compare_panel, surgery_panel
+from app.views import compare_panel, layers_panel, surgery_panel
 from app.widgets import (byom_panel, guarded, init_state, model_picker, param_input, params_text, parse_params_text,
                          query_signature, show_error)
 from nip_core import figures as F
@@ -115,6 +115,7 @@ def load_query_params() -> None:
                 problems.append(f"{name} must be {kind.__name__} in [{lo}, {hi}]; got {qp[name]!r}")
     surgery_panel.from_query(qp, model, m)
     compare_panel.from_query(qp)
+    layers_panel.from_query(qp)
     if problems:
         st.session_state[P + "query_warning"] = ("Some settings in the link were ignored (defaults used): "
                                                  + "; ".join(problems) + ".")
@@ -372,6 +373,7 @@ def show_results(request: tuple, expl) -> None:
     st.plotly_chart(F.difference_heatmaps(expl, quantity), key=P + "fig.diff", width="stretch")
     st.plotly_chart(F.group_chart(expl, "activations"), key=P + "fig.groups", width="stretch")
     st.info(F.signature_verdict(expl.signature()))
+    layers_panel.section(request, expl)
 
     st.subheader("Drill down: one neuron")
     # Off until asked for: four more charts that a class opening one link would each draw.
