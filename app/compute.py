@@ -1,5 +1,6 @@
-"""The computations the pages show: an Explore view, a neuron's maps, a neuron surgery, the defense
-comparison, an evaluation grid and the tour's demo image, plus the plain-value key of an Explore view.
+"""The computations the pages show: an Explore view, a neuron's maps, a neuron surgery, an image's
+fragility, the defense comparison, an evaluation grid and the tour's demo image, plus the plain-value
+key of an Explore view.
 
 The computations are ``st.cache_data`` keyed on plain values only (names, numbers, tuples, image bytes), never
 on tensors or modules. The long ones take a turn of the run queue (``app.runqueue``) and report
@@ -89,6 +90,21 @@ def surgery_view(request: tuple, layer: str, selection: str, value: str, seed: i
     with queued(None):
         return surgery(model, expl.images["benign"], expl.images["adversarial"], layer, sel, value,
                        label=expl.label, x_def=expl.images["defended"], seed=seed, profile=profile, sources=sources)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def fragility_check(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None,
+                    defenses: tuple[tuple[str, ParamsKey], ...], seed: int,
+                    _progress: Callable[[float, str], None] | None = None):
+    """``nip_core.fragility.fragility`` of a view's image (PGD at the model's defaults, as the shipped
+    distributions): per defense ``(name, params)``, the smallest budget that flips it; a ``Fragility``."""
+    from nip_core.fragility import fragility
+
+    with queued(_progress):
+        image, gallery_label = _image(model_name, image_key, image_bytes)
+        label = gallery_label if label is None else label
+        return fragility(get_model(model_name), image, label, defenses=[(d, dict(p)) for d, p in defenses],
+                         seed=seed, progress=_progress)
 
 
 @st.cache_data(show_spinner=False)
