@@ -97,14 +97,19 @@ def fragility_check(model_name: str, image_key: str, image_bytes: bytes | None, 
                     defenses: tuple[tuple[str, ParamsKey], ...], seed: int,
                     _progress: Callable[[float, str], None] | None = None):
     """``nip_core.fragility.fragility`` of a view's image (PGD at the model's defaults, as the shipped
-    distributions): per defense ``(name, params)``, the smallest budget that flips it; a ``Fragility``."""
+    distributions): per defense ``(name, params)``, the smallest budget that flips it; a ``Fragility``.
+
+    ``label``: the true class; None takes a gallery example's label on a built-in model (the gallery's
+    labels are not a user's model's classes: there the benign prediction is the reference)."""
     from nip_core.fragility import fragility
 
+    model = get_model(model_name)
     with queued(_progress):
         image, gallery_label = _image(model_name, image_key, image_bytes)
-        label = gallery_label if label is None else label
-        return fragility(get_model(model_name), image, label, defenses=[(d, dict(p)) for d, p in defenses],
-                         seed=seed, progress=_progress)
+        if label is None and getattr(model.spec, "gallery_labels", True):
+            label = gallery_label
+        return fragility(model, image, label, defenses=[(d, dict(p)) for d, p in defenses], seed=seed,
+                         progress=_progress)
 
 
 @st.cache_data(show_spinner=False)

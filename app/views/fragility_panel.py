@@ -116,7 +116,8 @@ def _panel(request: tuple, expl) -> None:
     model = get_model(model_name)
     attack_params = ATTACKS["pgd"].params_for(model)
     grid = grid_for(model).to_json()
-    options = [d for d in DEFENSES if expl.label is not None or not DEFENSES[d].needs_labels]
+    label = true_label(request, model)
+    options = [d for d in DEFENSES if label is not None or not DEFENSES[d].needs_labels]
     dk = key(model_name, "defenses", expl.defense)
     pending = st.session_state.pop(PENDING, None)
     if pending is not None:
@@ -125,7 +126,7 @@ def _panel(request: tuple, expl) -> None:
             st.session_state[LINK_ERROR] = (
                 f"The link's fragility defenses could not all be used: {', '.join(map(repr, bad))} "
                 + ("is" if len(bad) == 1 else "are") + " not a defense that can run on this image"
-                + (" (one needing the true label, and this image has none)" if expl.label is None else "") + ".")
+                + (" (one needing the true label, and this image has none)" if label is None else "") + ".")
         good = [n for n in pending if n in options]
         st.session_state[dk] = good or defaults(expl.defense)
         st.session_state[key(model_name, "asked")] = "link"
@@ -134,8 +135,9 @@ def _panel(request: tuple, expl) -> None:
     st.caption(
         f"For each defense, the smallest budget ε at which PGD (this model's defaults: {attack_params['max_iter']} "
         f"steps of {attack_params['eps_step'] / attack_params['eps']:.2g} × ε; it attacks the model, not the "
-        f"defense) makes the defended prediction differ from class {expl.class_names[expl.reference_class]} "
-        f"({'the true class' if expl.label is not None else 'the benign prediction'}). Budgets tried: "
+        "defense) makes the defended prediction differ from "
+        + (f"the true class, {model.class_names[label]}" if label is not None else
+           "the model's prediction on the image") + f". Budgets tried: "
         f"{grid_text(grid)}. Seed {request[-1]}, as the run above.")
     cols = st.columns([3, 1.3])
     chosen = cols[0].multiselect(
@@ -150,7 +152,7 @@ def _panel(request: tuple, expl) -> None:
         st.info("Choose at least one defense.")
         drop_link()
         return
-    args = check_args(request, expl, chosen)
+    args = check_args(request, label, chosen)
     ak = key(model_name, "asked")
     if pressed or st.session_state.get(ak) == "link":
         st.session_state[ak] = args
@@ -169,9 +171,18 @@ def _panel(request: tuple, expl) -> None:
     show_result(request, frag)
 
 
-def check_args(request: tuple, expl, chosen: list[str]) -> tuple:
-    """``fragility_check``'s plain-value arguments: the view's image, label and seed; the run's defense
-    with the run's settings (those that differ from its defaults), the others with their defaults."""
+def true_label(request: tuple, model) -> int | None:
+    """The image's true class: an upload's as the user gave it; a gallery example's on a built-in
+    model (the gallery's labels are not a user's model's classes)."""
+    if request[2] is not None or getattr(model.spec, "gallery_labels", True):
+        return request[3]
+    return None
+
+
+def check_args(request: tuple, label: int | None, chosen: list[str]) -> tuple:
+    """``fragility_check``'s plain-value arguments: the view's image, ``label`` and seed; the run's
+    defense with the run's settings (those that differ from its defaults), the others with their
+    defaults."""
     model_name, image_key, image_bytes = request[0], request[1], request[2]
     run_defense, run_params = request[6], dict(request[7])
     model = get_model(model_name)
@@ -184,7 +195,7 @@ def check_args(request: tuple, expl, chosen: list[str]) -> tuple:
                 base["layer"] = model.spec.default_layer
             p = {n: v for n, v in run_params.items() if base.get(n) != v}
         units.append((d, tuple(sorted(p.items()))))
-    return model_name, image_key, image_bytes, expl.label, tuple(units), int(request[-1])
+    return model_name, image_key, image_bytes, label, tuple(units), int(request[-1])
 
 
 def show_result(request: tuple, frag) -> None:
