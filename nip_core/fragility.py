@@ -380,13 +380,14 @@ def fragility_distribution(model: LoadedModel, *, split: str = "report", n: int 
 
 
 def grid_text(grid: dict[str, Any]) -> str:
-    """``FlipGrid.to_json()`` in words: ``coarse 8/255, 16/255, …, 0.3; then every 1/255 (max 0.3)``."""
+    """``FlipGrid.to_json()`` in words: ``coarse 8/255, 16/255, …, 0.3; then every 1/255 (max 0.3)``
+    (``… (max 16/255)`` on photos)."""
     def tick(e: float) -> str:
         k = e * 255
         return f"{k:.0f}/255" if abs(k - round(k)) < 1e-6 else f"{e:g}"
     c = [tick(e) for e in grid["coarse"]]
     shown = ", ".join(c if len(c) <= 4 else c[:2] + ["…"] + c[-2:])
-    return f"coarse {shown}; then every 1/255 (max {grid['max_eps']:.4g})"
+    return f"coarse {shown}; then every 1/255 (max {tick(grid['max_eps'])})"
 
 
 def fragility_report(frag: Fragility, settings: dict[str, Any] | None = None) -> str:

@@ -14,6 +14,7 @@ from tests.test_app import VIEW_CHARTS, _app, _load_own_model, _lenet_safetensor
 M = "lenet-mnist"
 K = f"explore.fragility.{M}."
 BUTTON = "How fragile is this image?"
+PCT = "percentile (low = fragile)"
 
 
 @pytest.fixture
@@ -73,10 +74,10 @@ def test_the_button_on_an_upload_computes_once_and_shows_the_table(calls) -> Non
                                                                                      ("nip", {})]
     table = _table(at)
     assert list(table.index) == ["none", "jpeg", "nip"]
-    assert list(table.columns) == ["flip ε", "what happened", "defended prediction", "percentile"]
+    assert list(table.columns) == ["flip ε", "what happened", "defended prediction at that ε", PCT]
     for d in ("none", "jpeg"):                     # the shipped distribution covers these two
-        assert table.loc[d, "percentile"].isdigit() and 0 <= int(table.loc[d, "percentile"]) <= 100
-    assert table.loc["nip", "percentile"] == "the distribution has no 'nip'"
+        assert table.loc[d, PCT].isdigit() and 0 <= int(table.loc[d, PCT]) <= 100
+    assert table.loc["nip", PCT] == "the distribution has no 'nip'"
     assert len(at.get("plotly_chart")) == VIEW_CHARTS + 1
     assert {"fragility.json", "fragility.html (report)"} <= set(_downloads(at))
     assert "fragility" not in at.query_params and at.query_params["image"] == "upload"  # an upload's link
@@ -110,8 +111,8 @@ def test_a_gallery_image_shows_the_engines_numbers_and_its_percentiles_and_the_l
         c = want["defenses"][d]
         assert c["status"] == "flipped"                                    # a digit PGD at 0.3 flips
         assert table.loc[d, "flip ε"] == f"{c['flip_eps']:.4f} ({c['flip_eps_255']:g}/255)"
-        assert table.loc[d, "defended prediction"] == c["prediction_name"]
-        assert table.loc[d, "percentile"] == f"{fr.percentile(c['flip_eps'], shipped['defenses'][d]['flip_eps']):.0f}"
+        assert table.loc[d, "defended prediction at that ε"] == c["prediction_name"]
+        assert table.loc[d, PCT] == f"{fr.percentile(c['flip_eps'], shipped['defenses'][d]['flip_eps']):.0f}"
     assert any("docs/results/fragility-lenet-mnist.json" in c.value for c in at.caption)
     assert at.query_params["fragility"] == "none,jpeg"
     link = dict(at.query_params)
@@ -172,5 +173,5 @@ def test_a_users_model_says_no_distribution_exists(calls) -> None:
     assert len(calls) == 1 and calls[0]["defenses"] == [("none", {})]
     # the gallery's digit labels are not this model's classes: the reference is its own prediction
     assert any("differ from the model's prediction on the image" in c.value for c in at.caption)
-    assert not at.warning and _table(at).loc["none", "percentile"] == "—"
+    assert not at.warning and _table(at).loc["none", PCT] == "—"
     assert any(i.value.startswith("No percentiles: no distribution exists for a user's model") for i in at.info)

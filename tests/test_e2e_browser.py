@@ -325,14 +325,18 @@ FRAGILITY_TOGGLE = "Find the smallest attack that flips this image"
 FRAGILITY_BUTTON = "How fragile is this image?"
 
 
-def wait_fragility(page, timeout_ms: int = 240_000, polling: int = 50) -> None:
-    """Until the fragility panel's figure is drawn."""
+def wait_fragility(page, timeout_ms: int = 240_000, polling: int = 50, whole: bool = True) -> None:
+    """Until the fragility panel's figure is drawn (``whole``: and the rest of the result, down to its
+    last element, the downloads; a fragment's run may not show Streamlit's running indicator)."""
     page.wait_for_function(_FRAGILITY_FIGURE, timeout=timeout_ms, polling=polling)
+    if whole:
+        page.get_by_role("button", name="fragility.html (report)").wait_for(timeout=timeout_ms)
 
 
 def fragility_table(page) -> dict[str, list[str]]:
     """The panel's flip-ε table (a static st.table): defense → its cells."""
     table = page.locator('[data-testid="stTable"]').filter(has_text="flip ε").first
+    table.locator("tbody tr").first.wait_for(timeout=60_000)      # its component may still be loading
     rows = {}
     for tr in table.locator("tbody tr").all():
         cells = [c.inner_text().strip() for c in tr.locator("th, td").all()]
@@ -389,7 +393,7 @@ def test_fragility_panel_on_every_built_in_model_in_chromium(tmp_path: Path) -> 
                     with page.expect_download() as got:
                         page.get_by_role("button", name="fragility.html (report)").click()
                     html = Path(got.value.path()).read_text(encoding="utf-8")
-                    assert "Plotly.newPlot" in html and "cdn.plot.ly" not in html          # self-contained
+                    assert "Plotly.newPlot" in html and "<script src=\"https://cdn.plot.ly" not in html   # inline
                     assert "How fragile is this image? — lenet-mnist" in html and "fragility=none" in html
                 page.close()
         finally:

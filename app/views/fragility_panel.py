@@ -136,7 +136,7 @@ def _panel(request: tuple, expl) -> None:
         f"For each defense, the smallest budget ε at which PGD (this model's defaults: {attack_params['max_iter']} "
         f"steps of {attack_params['eps_step'] / attack_params['eps']:.2g} × ε; it attacks the model, not the "
         "defense) makes the defended prediction differ from "
-        + (f"the true class, {model.class_names[label]}" if label is not None else
+        + (f"class {model.class_names[label]} (the true class)" if label is not None else
            "the model's prediction on the image") + f". Budgets tried: "
         f"{grid_text(grid)}. Seed {request[-1]}, as the run above.")
     cols = st.columns([3, 1.3])
@@ -244,5 +244,5 @@ def table_rows(r: dict, note: str) -> list[dict[str, str]]:
         pct_text = (f"{pct:.0f}" if pct is not None else
                     "—" if c.get("percentile_note") in (None, note) else c["percentile_note"])
         rows.append({"defense": d, "flip ε": eps, "what happened": c["status"],
-                     "defended prediction": c["prediction_name"], "percentile": pct_text})
+                     "defended prediction at that ε": c["prediction_name"], "percentile (low = fragile)": pct_text})
     return rows
