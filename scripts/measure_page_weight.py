@@ -107,7 +107,7 @@ def measure(repo: Path, query: str, loads: int) -> dict:
             browser.close()
     return {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **commit_of(repo), "query": query,
             "loads": loads, "median_seconds": {k: statistics.median(r[k] for r in per_load) for k in METRICS},
-            "per_load_seconds": per_load, "before": before, "after": load_state()}
+            "per_load_seconds": per_load, "load_before": before, "load_after": load_state()}
 
 
 def rise(block: dict) -> None:
