@@ -157,8 +157,8 @@ def _panel(request: tuple, expl) -> None:
     if pressed or st.session_state.get(ak) == "link":
         st.session_state[ak] = args
     if st.session_state.get(ak) != args:
-        st.caption("Press the button to search (a few seconds on LeNet, up to about half a minute on "
-                   "EfficientNet; a progress bar shows how far it is).")
+        st.caption("Press the button to search: usually a few seconds (NIP defenses on photos take longer); a "
+                   "progress bar shows how far it is.")
         drop_link()
         return
     try:
