@@ -1,6 +1,6 @@
 """The computations the pages show: an Explore view, a neuron's maps, a neuron surgery, every layer at
-once, the defense comparison, an evaluation grid and the tour's demo image, plus the plain-value key of
-an Explore view.
+once, an image's fragility, the defense comparison, an evaluation grid and the tour's demo image, plus
+the plain-value key of an Explore view.
 
 The computations are ``st.cache_data`` keyed on plain values only (names, numbers, tuples, image bytes), never
 on tensors or modules. The long ones take a turn of the run queue (``app.runqueue``) and report
@@ -103,6 +103,26 @@ def layer_strip(request: tuple, top: int = 3, _progress: Callable[[float, str], 
         return strip(get_model(expl.model_name), expl.images["benign"], expl.images["adversarial"],
                      expl.images["defended"], expl.reference_class, method=expl.method, k=expl.k, top=top,
                      progress=_progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def fragility_check(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None,
+                    defenses: tuple[tuple[str, ParamsKey], ...], seed: int,
+                    _progress: Callable[[float, str], None] | None = None):
+    """``nip_core.fragility.fragility`` of a view's image (PGD at the model's defaults, as the shipped
+    distributions): per defense ``(name, params)``, the smallest budget that flips it; a ``Fragility``.
+
+    ``label``: the true class; None takes a gallery example's label on a built-in model (the gallery's
+    labels are not a user's model's classes: there the benign prediction is the reference)."""
+    from nip_core.fragility import fragility
+
+    model = get_model(model_name)
+    with queued(_progress):
+        image, gallery_label = _image(model_name, image_key, image_bytes)
+        if label is None and getattr(model.spec, "gallery_labels", True):
+            label = gallery_label
+        return fragility(model, image, label, defenses=[(d, dict(p)) for d, p in defenses], seed=seed,
+                         progress=_progress)
 
 
 @st.cache_data(show_spinner=False)

@@ -241,12 +241,11 @@ def cmd_surgery(args) -> int:
 
 
 def cmd_fragility(args) -> int:
-    from nip_core import figures
     from nip_core.byom import resolve_model
     from nip_core.defenses import DEFENSES
     from nip_core.evaluate import parse_units
     from nip_core.fragility import (DEFAULT_DEFENSES, DISTRIBUTION_DEFENSES, fragility, fragility_distribution,
-                                    fragility_html)
+                                    fragility_report)
     from nip_core.images import load_image_file
     from nip_core.models import load_model
 
@@ -291,8 +290,7 @@ def cmd_fragility(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     r = frag.result | {"image": str(args.image)}
     (out / "fragility.json").write_text(json.dumps(r, indent=2) + "\n")
-    fig = figures.fragility_figure(r, frag.image)
-    page = fragility_html(frag, fig.to_html(full_html=False, include_plotlyjs=True), {"image": str(args.image)})
+    page = fragility_report(frag, {"image": str(args.image)})
     (out / "fragility.html").write_text(page, encoding="utf-8")
     if r["status"] == "misclassified":
         print(r["message"])

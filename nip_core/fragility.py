@@ -52,6 +52,7 @@ from nip_core.errors import InputError
 from nip_core.models.base import LoadedModel
 from nip_core.params import unit_label
 from nip_core.results import RESULTS_DIR
+from nip_core.runtime import REPO_ROOT
 
 Progress = Callable[[float, str], None]
 UnitList = Sequence[tuple[str, dict[str, Any]]]
@@ -278,11 +279,22 @@ def distribution_path(model: LoadedModel) -> Path:
     return RESULTS_DIR / f"fragility-{model.name}.json"
 
 
+def shown_path(path: str | Path) -> str:
+    """A distribution file as the result records it: relative to the repository when it lies inside
+    it (``docs/results/fragility-lenet-mnist.json``), else its file name (never a machine's own
+    absolute path)."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(REPO_ROOT.resolve()).as_posix()
+    except ValueError:
+        return p.name
+
+
 def _add_percentiles(model: LoadedModel, result: dict[str, Any], setup: _Setup, path: str | Path | None) -> None:
     import json
 
     def none(note: str) -> None:
-        result["distribution"] = {"file": None if path is None else str(path), "note": note}
+        result["distribution"] = {"file": None if path is None else shown_path(path), "note": note}
         for cell in result["defenses"].values():
             cell["percentile"], cell["percentile_note"] = None, note
 
@@ -296,11 +308,11 @@ def _add_percentiles(model: LoadedModel, result: dict[str, Any], setup: _Setup, 
         return none(f"no distribution exists for {model.name} ({path.name} is not there; "
                     f"`python -m nip_core fragility --distribution --model {model.name}` computes it)")
     except (OSError, ValueError) as e:
-        return none(f"the distribution {path} cannot be read ({type(e).__name__})")
+        return none(f"the distribution {shown_path(path)} cannot be read ({type(e).__name__})")
     why = _mismatch(model, setup, dist)
     if why:
         return none(f"the distribution {path.name} is not comparable: {why}")
-    result["distribution"] = {"file": str(path), "split": dist["split"], "n_images": dist["n_images"],
+    result["distribution"] = {"file": shown_path(path), "split": dist["split"], "n_images": dist["n_images"],
                               "note": f"percent of the {dist['n_images']} {dist['split']}-split images that flip "
                                       "at a smaller ε (ties counted half): low = more fragile than most"}
     for dl, cell in result["defenses"].items():
@@ -368,13 +380,23 @@ def fragility_distribution(model: LoadedModel, *, split: str = "report", n: int 
 
 
 def grid_text(grid: dict[str, Any]) -> str:
-    """``FlipGrid.to_json()`` in words: ``coarse 8/255, 16/255, …, 0.3; then every 1/255 (max 0.3)``."""
+    """``FlipGrid.to_json()`` in words: ``coarse 8/255, 16/255, …, 0.3; then every 1/255 (max 0.3)``
+    (``… (max 16/255)`` on photos)."""
     def tick(e: float) -> str:
         k = e * 255
         return f"{k:.0f}/255" if abs(k - round(k)) < 1e-6 else f"{e:g}"
     c = [tick(e) for e in grid["coarse"]]
     shown = ", ".join(c if len(c) <= 4 else c[:2] + ["…"] + c[-2:])
-    return f"coarse {shown}; then every 1/255 (max {grid['max_eps']:.4g})"
+    return f"coarse {shown}; then every 1/255 (max {tick(grid['max_eps'])})"
+
+
+def fragility_report(frag: Fragility, settings: dict[str, Any] | None = None) -> str:
+    """:func:`fragility_html` with ``figures.fragility_figure`` drawn in (plotly.js inline): the
+    ``fragility.html`` the CLI writes and the app offers for download."""
+    from nip_core.figures import fragility_figure
+
+    fig = fragility_figure(frag.result, frag.image)
+    return fragility_html(frag, fig.to_html(full_html=False, include_plotlyjs=True), settings)
 
 
 def fragility_html(frag: Fragility, figure_html: str, settings: dict[str, Any] | None = None) -> str:

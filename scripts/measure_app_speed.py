@@ -32,12 +32,21 @@ recomputed, untimed), waits until idle and opens the strip again, so the strip i
 for the new view with everything else warm. Targets: LeNet ≤ 1.5 s, EfficientNet-Lite0 ≤ 8 s. The
 results go under the key ``layers`` of the ``--out`` file; its other keys are kept.
 
+With ``--fragility`` it measures the fragility panel (issue 20 §4): a fresh server opens a view
+with no defense (so the panel's default defenses are ``none`` and ``jpeg``); once it is drawn and
+the server is idle (warm: model, view and distribution loaded), the panel is opened and its button
+pressed: seconds from the click to the fragility figure drawn (the search itself, through the app's
+cached wrapper and progress bar). Each further run types a new seed, runs the view, and presses the
+button again (a search not computed before). Target: EfficientNet-Lite0 ≤ 30 s. The results go
+under the key ``fragility`` of the ``--out`` file; its other keys are kept.
+
 The machine's load (``uptime``) is recorded before and after: on a shared machine the numbers
 are only comparable at similar load.
 
 Usage:  python scripts/measure_app_speed.py --runs 3 --out docs/results/app_speed.json
         python scripts/measure_app_speed.py --surgery --runs 5 --out docs/results/app_speed.json
         python scripts/measure_app_speed.py --layers --runs 5 --out docs/results/app_speed.json
+        python scripts/measure_app_speed.py --fragility --runs 3 --out docs/results/app_speed.json
 """
 from __future__ import annotations
 
@@ -57,9 +66,9 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_e2e_browser import (STRIP_SWITCH, app_server, launch, open_strip,  # noqa: E402
-                                    set_seed_and_run_time, wait_heatmaps, wait_idle, wait_strip,
-                                    wait_surgery_bars)
+from tests.test_e2e_browser import (FRAGILITY_BUTTON, FRAGILITY_TOGGLE, STRIP_SWITCH, app_server,  # noqa: E402
+                                    launch, open_strip, set_seed_and_run_time, wait_fragility, wait_heatmaps,
+                                    wait_idle, wait_strip, wait_surgery_bars)
 
 CONFIGS = {
     "lenet-fgsm": {"query": "?model=lenet-mnist&image=mnist-test-21&attack=fgsm&defense=nip&seed=0",
@@ -93,6 +102,14 @@ LAYERS_CONFIGS = {
                     "target_s": 1.5},
     "efficientnet-lite0": {"query": "?model=efficientnet-lite0&image=chelsea&attack=fgsm&defense=nip&seed=0",
                            "target_s": 8.0},
+}
+
+
+FRAGILITY_CONFIGS = {
+    "efficientnet-lite0": {"query": "?model=efficientnet-lite0&image=chelsea&attack=fgsm&defense=none&seed=0",
+                           "target_s": 30.0},
+    "lenet-mnist": {"query": "?model=lenet-mnist&image=mnist-test-21&attack=fgsm&defense=none&seed=0",
+                    "target_s": 30.0},
 }
 
 
@@ -320,6 +337,72 @@ def main_layers(args) -> None:
     print(f"wrote {path} (key 'layers')")
 
 
+def measure_fragility(browser, name: str, runs: int) -> dict:
+    """On a fresh server: open the view, wait until warm, then time ``runs`` presses of the panel's button
+    (each on a view with a new seed, so each is a search not computed before)."""
+    cfg = FRAGILITY_CONFIGS[name]
+    log = Path(tempfile.gettempdir()) / f"nip_measure_fragility_{name}.log"
+    with fresh_server(log) as (url, pid):
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(f"{url}/{cfg['query']}")
+        wait_heatmaps(page, 2, timeout_ms=900_000)
+        wait_idle(page, timeout_ms=900_000)
+        page.get_by_text(FRAGILITY_TOGGLE).click()
+        button = page.get_by_role("button", name=FRAGILITY_BUTTON)
+        button.wait_for(timeout=120_000)
+        wait_idle(page)
+        idle_wait = wait_server_idle(pid)
+        times, tables = [], []
+        for i in range(runs):
+            if i:
+                set_seed_and_run_time(page, 200 + i)
+                wait_idle(page, timeout_ms=900_000)
+                wait_server_idle(pid)
+            button.scroll_into_view_if_needed()
+            t0 = time.perf_counter()
+            button.click()
+            wait_fragility(page, timeout_ms=900_000, polling=20, whole=False)
+            times.append(time.perf_counter() - t0)
+            wait_fragility(page, timeout_ms=900_000)
+            wait_idle(page)
+            tables.append(page.locator('[data-testid="stTable"]').filter(has_text="flip ε").first.inner_text())
+        page.close()
+    med = statistics.median(times)
+    return {"config": name, "query": cfg["query"], "defenses": ["none", "jpeg"],
+            "waited_for_idle_server_seconds": idle_wait, "runs_seconds": times, "median_seconds": med,
+            "target_seconds": cfg["target_s"], "meets_target": med <= cfg["target_s"], "tables": tables}
+
+
+def main_fragility(args) -> None:
+    """``--fragility``: the panel's warm search time, under the key ``fragility`` of ``--out``."""
+    from playwright.sync_api import sync_playwright
+
+    names = args.configs.split(",") if args.configs else ["efficientnet-lite0"]
+    before = {"uptime": uptime(), "load_avg": os.getloadavg()}
+    results = []
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            for name in names:
+                r = measure_fragility(browser, name, args.runs)
+                print(f"fragility {name}: warm median {r['median_seconds']:.2f} s (runs "
+                      f"{', '.join(f'{t:.2f}' for t in r['runs_seconds'])}; target {r['target_seconds']} s)",
+                      flush=True)
+                results.append(r)
+        finally:
+            browser.close()
+    path = Path(args.out)
+    out = json.loads(path.read_text()) if path.exists() else {}
+    out["fragility"] = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "cpus": os.cpu_count(),
+        "what": "warm: seconds from pressing 'How fragile is this image?' in Explore's fragility panel (defenses "
+                "none and jpeg, PGD at the model's defaults, a seed not searched before) to its figure drawn",
+        "browser": "Debian Chromium, headless, on the same machine as the server",
+        "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path} (key 'fragility')")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
@@ -335,11 +418,17 @@ def main() -> None:
     ap.add_argument("--layers", action="store_true",
                     help=f"measure the all-layers strip ({', '.join(LAYERS_CONFIGS)}) into the key 'layers' of --out, "
                          "keeping its other keys")
+    ap.add_argument("--fragility", action="store_true",
+                    help=f"measure the fragility panel ({', '.join(FRAGILITY_CONFIGS)}; default efficientnet-lite0) "
+                         "into the key 'fragility' of --out, keeping its other keys")
     args = ap.parse_args()
     if not 1 <= args.first_views <= 20 or not 1 <= args.runs <= 20:
         ap.error("--first-views and --runs must be between 1 and 20")
     if args.layers:
         main_layers(args)
+        return
+    if args.fragility:
+        main_fragility(args)
         return
     if args.surgery:
         if args.runs > len(SURGERY_CHANGES):

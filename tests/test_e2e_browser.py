@@ -33,15 +33,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def app_server(log_path: Path | None = None, poll_s: float = 0.3) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start ``python -m app.serve`` (what make run starts) on a free loopback port; yield (base URL,
-    process) once /_stcore/health answers. Also used by scripts/measure_app_speed.py."""
+def app_server(log_path: Path | None = None, poll_s: float = 0.3,
+               root: Path = ROOT) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start ``python -m app.serve`` (what make run starts) of the checkout at ``root`` on a free
+    loopback port; yield (base URL, process) once /_stcore/health answers. Also used by
+    scripts/measure_app_speed.py and scripts/measure_page_weight.py."""
     port = free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.serve", "--server.port", str(port), "--server.address", "127.0.0.1",
          "--server.headless=true", "--server.fileWatcherType=none", "--browser.gatherUsageStats=false"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        cwd=root, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -461,5 +463,92 @@ def test_layer_strip_on_every_built_in_model_in_chromium() -> None:
                     screenshot(page, ARTIFACTS / "explore_layers_picked.png")
                     page.get_by_text(STRIP_SWITCH).click()                     # closed again: out of the link
                     page.wait_for_url(re.compile(r"^(?!.*layers=1).*$"), timeout=30_000)
+        finally:
+            browser.close()
+
+
+# ----------------------------------------------------------------------------- fragility (issue 20 §4)
+
+# True when a drawn, non-stale fragility figure shows its bars (its title starts "Smallest pgd budget").
+_FRAGILITY_FIGURE = """
+() => [...document.querySelectorAll('.js-plotly-plot')].some(p => !p.closest('[data-stale="true"]')
+    && p.querySelector('.gtitle') && p.querySelector('.gtitle').textContent.startsWith('Smallest pgd budget')
+    && p.querySelector('.barlayer .point'))
+"""
+FRAGILITY_TOGGLE = "Find the smallest attack that flips this image"
+FRAGILITY_BUTTON = "How fragile is this image?"
+
+
+def wait_fragility(page, timeout_ms: int = 240_000, polling: int = 50, whole: bool = True) -> None:
+    """Until the fragility panel's figure is drawn (``whole``: and the rest of the result, down to its
+    last element, the downloads; a fragment's run may not show Streamlit's running indicator)."""
+    page.wait_for_function(_FRAGILITY_FIGURE, timeout=timeout_ms, polling=polling)
+    if whole:
+        page.get_by_role("button", name="fragility.html (report)").wait_for(timeout=timeout_ms)
+
+
+def fragility_table(page) -> dict[str, list[str]]:
+    """The panel's flip-ε table (a static st.table): defense → its cells."""
+    table = page.locator('[data-testid="stTable"]').filter(has_text="flip ε").first
+    table.locator("tbody tr").first.wait_for(timeout=60_000)      # its component may still be loading
+    rows = {}
+    for tr in table.locator("tbody tr").all():
+        cells = [c.inner_text().strip() for c in tr.locator("th, td").all()]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_fragility_panel_on_every_built_in_model_in_chromium(tmp_path: Path) -> None:
+    """On each built-in model's first gallery example (the view run with no defense, for speed): open the
+    panel, keep only `none` on all but LeNet (none and JPEG there), press the button, and see the figure and
+    the table with a percentile from the shipped distribution; on LeNet also download both files."""
+    import json
+    from urllib.parse import parse_qs, urlparse
+
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(ARTIFACTS / "streamlit_fragility.log") as url, sync_playwright() as p:
+        browser = launch(p)
+        try:
+            for model in ("lenet-mnist", "lenet-fashion", "resnet8-cifar10", "efficientnet-lite0"):
+                page = browser.new_page(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
+                page.goto(f"{url}/?model={model}&attack=fgsm&defense=none&seed=0")
+                wait_heatmaps(page, 2)
+                wait_idle(page)
+                page.get_by_text(FRAGILITY_TOGGLE).click()
+                button = page.get_by_role("button", name=FRAGILITY_BUTTON)
+                button.wait_for(timeout=60_000)
+                want = ["none", "jpeg"] if model == "lenet-mnist" else ["none"]
+                if model != "lenet-mnist":       # drop jpeg (the last chosen) with Backspace
+                    page.get_by_role("combobox", name="Defenses").click()
+                    page.keyboard.press("Backspace")
+                    page.keyboard.press("Escape")
+                    wait_idle(page)
+                button.click()
+                wait_fragility(page)
+                wait_idle(page)
+                no_exceptions(page)
+                table = fragility_table(page)
+                assert list(table) == want, table
+                for cells in table.values():
+                    flip, _, _, pct = cells
+                    assert flip.endswith("/255)") or flip.startswith("none up to"), cells
+                    assert pct.isdigit() and 0 <= int(pct) <= 100, cells      # the shipped distribution
+                assert parse_qs(urlparse(page.url).query)["fragility"] == [",".join(want)]   # the share link
+                if model in ("lenet-mnist", "efficientnet-lite0"):
+                    screenshot(page, ARTIFACTS / f"explore_fragility_{model}.png")
+                if model == "lenet-mnist":
+                    with page.expect_download() as got:
+                        page.get_by_role("button", name="fragility.json").click()
+                    r = json.loads(Path(got.value.path()).read_text())
+                    assert r["status"] == "searched" and list(r["defenses"]) == want and r["model"] == model
+                    assert r["distribution"]["file"] == f"docs/results/fragility-{model}.json"
+                    with page.expect_download() as got:
+                        page.get_by_role("button", name="fragility.html (report)").click()
+                    html = Path(got.value.path()).read_text(encoding="utf-8")
+                    assert "Plotly.newPlot" in html and "<script src=\"https://cdn.plot.ly" not in html   # inline
+                    assert "How fragile is this image? — lenet-mnist" in html and "fragility=none" in html
+                page.close()
         finally:
             browser.close()

@@ -122,6 +122,7 @@ def test_distribution_is_the_search_image_by_image_and_gives_percentiles(lenet, 
             assert r["defenses"][dl]["flip_eps"] == dist["defenses"][dl]["flip_eps"][j]
             assert r["defenses"][dl]["percentile"] == percentile(r["defenses"][dl]["flip_eps"],
                                                                  dist["defenses"][dl]["flip_eps"])
+    assert r["distribution"]["file"] == "fragility-lenet-mnist.json"        # outside the repository: its name
     # other attack settings, or a defense the distribution lacks: no percentile, and why
     r = fragility(lenet, x[0], int(y[0]), attack="pgd", attack_params={"max_iter": 4}, defenses=[("none", {})],
                   seed=1, distribution=path).result
@@ -130,6 +131,14 @@ def test_distribution_is_the_search_image_by_image_and_gives_percentiles(lenet, 
     assert r["defenses"]["median"]["percentile_note"] == "the distribution has no 'median'"
     r = fragility(lenet, x[0], int(y[0]), **args, distribution=tmp_path / "absent.json").result
     assert r["defenses"]["none"]["percentile"] is None and "no distribution exists" in r["distribution"]["note"]
+
+
+def test_the_shipped_distribution_is_recorded_relative_to_the_repository(lenet, tune):
+    """fragility.json names the shipped file as the repository does, never by a machine's absolute path."""
+    x, y = tune
+    r = fragility(lenet, x[0], int(y[0]), defenses=[("none", {})]).result
+    assert r["distribution"]["file"] == "docs/results/fragility-lenet-mnist.json"
+    assert r["defenses"]["none"]["percentile"] is not None
 
 
 def test_a_users_model_has_no_distribution(tmp_path, tune):
