@@ -12,7 +12,7 @@ from app.loaders import (BYOM_KEY, calibration_hint, gallery_entries, get_model,
                          load_upload, visible_models)
 from app.notes import aware_note, label_free_note
 from app.progress import page_turn, run_with_progress
-from app.views import surgery_panel
+from app.views import strength_panel, surgery_panel
 from app.widgets import (byom_panel, guarded, init_state, model_picker, param_input, params_text, parse_params_text,
                          query_signature, show_error)
 from nip_core import figures as F
@@ -114,6 +114,7 @@ def load_query_params() -> None:
             except ValueError:
                 problems.append(f"{name} must be {kind.__name__} in [{lo}, {hi}]; got {qp[name]!r}")
     surgery_panel.from_query(qp, model, m)
+    strength_panel.from_query(qp, model)
     if problems:
         st.session_state[P + "query_warning"] = ("Some settings in the link were ignored (defaults used): "
                                                  + "; ".join(problems) + ".")
@@ -377,6 +378,7 @@ def show_results(request: tuple, expl) -> None:
                  key=init_state(P + "drill", False)):
         show_neuron(request, expl)
     surgery_panel.section(request, expl)
+    strength_panel.section(request, expl)
     secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
     st.caption(f"Time: {secs}.")
     st.download_button("Download summary (JSON)", json.dumps(expl.summary(), indent=2, default=float),
