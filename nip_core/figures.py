@@ -805,8 +805,15 @@ def eps_text(eps: float, norm: str = "Linf") -> str:
 
 
 def _changes(names: Sequence[str]) -> list[str]:
-    """The class name where it differs from the one before (and at the first point); blank elsewhere."""
-    return [n if i == 0 or n != names[i - 1] else "" for i, n in enumerate(names)]
+    """``predicts <class>`` where the class differs from the one at the point before; blank elsewhere."""
+    return [f"predicts {n}" if i > 0 and n != names[i - 1] else "" for i, n in enumerate(names)]
+
+
+def _eps_tick(eps: float, top: float, norm: str) -> str:
+    """A short axis label: k/255 for photo-sized L∞ budgets (how they are quoted), else the number."""
+    if norm == "Linf" and 0 < top <= 32 / 255:
+        return "0" if eps == 0 else f"{eps * 255:.2g}/255"
+    return f"{eps:.3g}"
 
 
 def strength_response(sweep, current: int | None = None) -> go.Figure:
@@ -828,9 +835,11 @@ def strength_response(sweep, current: int | None = None) -> go.Figure:
     ref_name = _class_label(names, ref)
     norm = getattr(sweep, "norm", "Linf")
     ticks = [eps_text(e, norm) for e in eps]
+    short_ref = _short(ref_name, 30)
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
-                        subplot_titles=(f"confidence in class {_short(ref_name, 30)}",
-                                        f"margin of class {_short(ref_name, 30)} (below 0: another class wins)",
+                        subplot_titles=(f"confidence in class {short_ref} (markers: green = predicts it, red = "
+                                        "another class)",
+                                        f"margin of class {short_ref} (below 0: another class wins)",
                                         f"mean activation of the front and tail neurons (layer {sweep.layer})"))
     label = {"adversarial": "no defense", "defended": f"defended ({sweep.defense})"}
     dash = {"adversarial": "solid", "defended": "dash"}
@@ -865,30 +874,32 @@ def strength_response(sweep, current: int | None = None) -> go.Figure:
         half = (eps[1] - eps[0]) / 3 if len(eps) > 1 else 0.01
         fig.add_vrect(x0=eps[current] - half, x1=eps[current] + half, fillcolor="#9ca3af", opacity=0.25,
                       line_width=0, row="all", col=1)
+    # Labels in the empty band above 100% of the top row (left of their line for the flips, right for the run).
     fig.add_vline(x=sweep.chosen_eps, line_dash="dash", line_color="#9ca3af", line_width=1, row="all", col=1)
-    fig.add_annotation(x=sweep.chosen_eps, y=1.0, yref="paper", text="run's ε", showarrow=False,
-                       yanchor="bottom", font=dict(size=10, color="#6b7280"))
+    fig.add_annotation(x=sweep.chosen_eps, y=107, xref="x", yref="y", text=" run's ε", showarrow=False,
+                       xanchor="left", font=dict(size=10, color="#6b7280"))
     flips = []
-    for v, words in (("adversarial", "attack flips"), ("defended", "defended flips")):
+    for row, (v, words) in enumerate((("adversarial", "attack flips"), ("defended", "defended flips")), start=1):
         i = sweep.flip[v]
         if i is None:
-            flips.append(f"{label[v]}: stays {_short(ref_name, 20)} up to ε {ticks[-1]}")
+            flips.append(f"{label[v]}: never flips up to ε {ticks[-1]}")
             continue
         flips.append(f"{label[v]}: flips at ε {ticks[i]}")
         fig.add_vline(x=eps[i], line_dash="dot", line_width=2, line_color=STRENGTH_COLOURS[v], row="all", col=1)
-        fig.add_annotation(x=eps[i], y=-0.02 if v == "adversarial" else -0.07, yref="paper", yanchor="top",
-                           text=f"{words} ({ticks[i]})", showarrow=False,
-                           font=dict(size=10, color=STRENGTH_COLOURS[v]))
+        fig.add_annotation(x=eps[i], y=107 if row == 1 else 0.97, xref="x", yref="y" if row == 1 else "y2 domain",
+                           yanchor="middle" if row == 1 else "top", text=f"{words} ", showarrow=False,
+                           xanchor="right", font=dict(size=10, color=STRENGTH_COLOURS[v]))
     step = "" if sweep.step_ratio is None else f", step = ε × {sweep.step_ratio:.3g}"
     fig.update_layout(
         title=dict(text=f"{sweep.attack} from ε = 0 to {ticks[-1]}{step} · " + " · ".join(flips), x=0.0,
                    font=dict(size=13)),
-        legend=dict(orientation="h", yanchor="top", y=-0.14, xanchor="left", x=0.0),
-        margin=dict(l=60, r=20, t=70, b=120), height=720, hovermode="closest",
+        legend=dict(orientation="h", yanchor="top", y=-0.1, xanchor="left", x=0.0),
+        margin=dict(l=60, r=20, t=70, b=110), height=720, hovermode="closest",
     )
     fig.update_yaxes(title_text="%", range=[-5, 112], row=1, col=1)
     fig.update_yaxes(title_text="logit units", row=2, col=1)
     fig.update_yaxes(title_text="layer output units", row=3, col=1)
-    fig.update_xaxes(title_text=f"ε ({'L∞, [0,1] pixel units' if norm == 'Linf' else norm + ' budget'})",
-                     row=3, col=1)
+    fig.update_xaxes(tickvals=eps, ticktext=[_eps_tick(e, eps[-1], norm) for e in eps], tickangle=0)
+    fig.update_xaxes(title_text=f"ε ({'L∞, [0,1] pixel units' if norm == 'Linf' else norm + ' budget'}; "
+                                "one tick per computed strength)", row=3, col=1)
     return fig

@@ -140,6 +140,8 @@ class StrengthSweep:
         confidence, margin: variant (adversarial/defended) → the reference class's softmax confidence
             and margin (its logit minus the largest other) per ε.
         flip: variant → index of the smallest ε whose prediction is not the reference class (None: never).
+        defense_change: per ε, the largest pixel change the defense made (L∞ of defended − adversarial;
+            0 where it passed the input through).
     """
 
     model_name: str
@@ -170,6 +172,7 @@ class StrengthSweep:
     confidence: dict[str, list[float]] = field(default_factory=dict)
     margin: dict[str, list[float]] = field(default_factory=dict)
     flip: dict[str, int | None] = field(default_factory=dict)
+    defense_change: list[float] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -222,7 +225,7 @@ class StrengthSweep:
             "eps": self.eps, "chosen_eps": self.chosen_eps, "step_ratio": self.step_ratio,
             "predictions": {v: [names[c] for c in self.predictions(v)] for v in SWEPT},
             "confidence": self.confidence, "margin": self.margin, "group_means": self.group_means,
-            "flip_eps": {v: self.flip_eps(v) for v in SWEPT},
+            "flip_eps": {v: self.flip_eps(v) for v in SWEPT}, "defense_change": self.defense_change,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
 
@@ -314,6 +317,8 @@ def strength_sweep(model: LoadedModel, image: torch.Tensor, label: int | None = 
         sweep.confidence[v] = [float(c) for c in lg.softmax(1)[:, ref]]
         sweep.margin[v] = [float(c) for c in margins(lg, ref)]
         sweep.flip[v] = next((i for i, c in enumerate(sweep.predictions(v)) if c != ref), None)
+    sweep.defense_change = [float(d) for d in (sweep.images["defended"] - sweep.images["adversarial"]).abs()
+                            .flatten(1).amax(1)]
     secs["total"] = time.perf_counter() - t_all
     sweep.seconds = secs
     say(1.0, "done")

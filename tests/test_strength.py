@@ -114,6 +114,9 @@ def test_predictions_confidence_margin_and_flips_agree(lenet, fgsm_nip, pgd_jpeg
             wrong = [i for i, c in enumerate(preds) if c != ref]
             assert s.flip[v] == (wrong[0] if wrong else None)
             assert s.flip_eps(v) == (s.eps[wrong[0]] if wrong else None)
+        change = (s.images["defended"] - s.images["adversarial"]).abs().amax((1, 2, 3))
+        assert s.defense_change == pytest.approx(change.tolist(), abs=0)
+    assert max(pgd_jpeg.defense_change) > 0 and fgsm_nip.defense_change[0] == 0     # nip passes the benign digit
     # FGSM at twice its default ε fools the undefended LeNet on this digit, and not at ε = 0
     assert fgsm_nip.flip["adversarial"] not in (None, 0)
 
@@ -192,6 +195,7 @@ def test_response_chart_marks_the_flips_and_the_slider(fgsm_nip, pgd_jpeg) -> No
         title = fig.layout.title.text
         for v, label in (("adversarial", "no defense"), ("defended", f"defended ({s.defense})")):
             assert (f"{label}: flips at ε" in title) == (s.flip[v] is not None)
+            assert (f"{label}: never flips" in title) == (s.flip[v] is None)
     assert F.eps_text(8 / 255) == "0.03137 (8/255)" and F.eps_text(1.5, "L2") == "1.5" and F.eps_text(0) == "0"
 
 

@@ -131,6 +131,9 @@ def show(request: tuple) -> None:
                f"({F.eps_text(sweep.chosen_eps, sweep.norm)}), where the numbers equal the view above. "
                f"Everything is measured toward class {ref} ({ref_name}). Computed in "
                f"{sweep.seconds['total']:.2f} s.")
+    if not any(sweep.defense_change):
+        st.info(f"`{sweep.defense}` left every one of these inputs unchanged, so its dashed lines lie on the solid "
+                "ones.")
     sk = eps_key(model_name)
     pending = st.session_state.pop(PENDING, None)
     if pending is not None:
