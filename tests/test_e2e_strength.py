@@ -8,6 +8,7 @@ scripts/measure_app_speed.py --strength.
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import parse_qs, urlparse
 
 from tests.test_e2e_browser import (ARTIFACTS, launch, no_exceptions, open_explore, screenshot, streamlit_server,
@@ -52,6 +53,20 @@ def link_eps(url: str) -> str | None:
     return parse_qs(urlparse(url).query).get("strength_eps", [None])[0]
 
 
+def same_eps(link: str | None, heading: str) -> bool:
+    """The link's ε (6 significant digits) is the heading's (4)."""
+    return link is not None and abs(float(link) - eps_of(heading)) <= 1e-3 * max(eps_of(heading), 1e-9)
+
+
+def wait_link(page, heading: str, timeout_ms: int = 30_000) -> None:
+    """Until the page's link holds the ε of ``heading`` (the panel rewrites it in place: no navigation)."""
+    deadline = time.time() + timeout_ms / 1000
+    while not same_eps(link_eps(page.url), heading):
+        if time.time() > deadline:
+            raise AssertionError(f"the link {page.url} did not take the slider's ε ({heading})")
+        page.wait_for_timeout(50)
+
+
 def slider(page):
     return page.get_by_role("slider", name=SLIDER)
 
@@ -92,11 +107,11 @@ def test_strength_panel_on_every_builtin_model() -> None:
                 open_panel(page)
                 no_exceptions(page)
                 start = at_eps(page)
-                assert link_eps(page.url) == f"{eps_of(start):.6g}"                # the run's ε
+                wait_link(page, start)                                            # the run's ε
                 assert slider(page).count() == 1
                 moved = step_slider(page)
                 assert eps_of(moved) > eps_of(start)
-                page.wait_for_url(lambda u: link_eps(u) == f"{eps_of(moved):.6g}", timeout=30_000)
+                wait_link(page, moved)
                 back = step_slider(page, "ArrowLeft")
                 assert back == start
                 moved = step_slider(page)
@@ -110,6 +125,6 @@ def test_strength_panel_on_every_builtin_model() -> None:
             wait_response(student, eps_of(moved), timeout_ms=240_000)
             wait_idle(student)
             no_exceptions(student)
-            assert at_eps(student) == moved and link_eps(student.url) == link_eps(link)
+            assert at_eps(student) == moved and link_eps(student.url) == link_eps(link) and same_eps(link_eps(link), moved)
         finally:
             browser.close()

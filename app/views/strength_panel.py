@@ -123,13 +123,13 @@ def show(request: tuple) -> None:
     if LINK_ERROR in st.session_state:
         show_error(InputError(st.session_state.pop(LINK_ERROR)), "strength link")
     ref = sweep.reference_class
-    ref_name = sweep.class_names[ref]
+    ref_text = class_text(ref, sweep.class_names[ref])
     step = "" if sweep.step_ratio is None else f", its step scaled to keep step/ε = {sweep.step_ratio:.3g}"
     st.caption(f"`{sweep.attack}` on the model at {len(sweep.eps) - 1} budgets ε from 0 to "
                f"{F.eps_text(sweep.eps[-1], sweep.norm)}{step}, seed {sweep.seed}; each adversarial then goes "
                f"through `{sweep.defense}`. ε = 0 is the benign image; the dashed line is this run's ε "
                f"({F.eps_text(sweep.chosen_eps, sweep.norm)}), where the numbers equal the view above. "
-               f"Everything is measured toward class {ref} ({ref_name}). Computed in "
+               f"Everything is measured toward {ref_text}. Computed in "
                f"{sweep.seconds['total']:.2f} s.")
     if not any(sweep.defense_change):
         st.info(f"`{sweep.defense}` left every one of these inputs unchanged, so its dashed lines lie on the solid "
@@ -147,17 +147,19 @@ def show(request: tuple) -> None:
     st.plotly_chart(F.strength_response(sweep, i), key=P + "fig.response", width="stretch")
     view = sweep.at(i)
     st.markdown(f"**At ε = {F.eps_text(eps, sweep.norm)}**")
-    cols = st.columns([1, 1, 1, 3])
-    titles = {"benign": "benign", "adversarial": "adversarial (no defense)", "defended": f"defended ({sweep.defense})"}
-    for v, col in zip(F.VARIANTS, cols):
+    for v, col in zip(F.VARIANTS, st.columns(3)):
         with col:
             c, name, p = view.top(v, 1)[0]
-            st.markdown(f"**{titles[v]}**")
+            st.markdown(f"**{v}**")
             st.image(tensor_to_png_bytes(view.images[v]), width=120)
-            colour = "green" if c == ref else "red"
-            conf = sweep.reference_confidence(v, i)
-            st.markdown(f"predicts **{name}**  \n:{colour}[{p * 100:.1f}% · class {ref}: {conf * 100:.1f}%]")
-    with cols[3]:
-        st.plotly_chart(F.group_chart(view, "activations"), key=P + "fig.groups", width="stretch",
-                        config={"staticPlot": True})
+            verdict = (":green[the reference class]" if c == ref else
+                       f":red[{ref_text}: {sweep.reference_confidence(v, i) * 100:.1f}%]")
+            st.markdown(f"predicts **{name}** ({p * 100:.1f}%)  \n{verdict}")
+    st.plotly_chart(F.group_chart(view, "activations"), key=P + "fig.groups", width="stretch",
+                    config={"staticPlot": True})
     st.plotly_chart(F.influence_heatmaps(view, "activations"), key=P + "fig.heatmaps", width="stretch")
+
+
+def class_text(c: int, name: str) -> str:
+    """``class 0`` (MNIST's names are the digits), ``class 285 (Egyptian cat)``."""
+    return f"class {c}" if name == str(c) else f"class {c} ({name})"
