@@ -259,3 +259,19 @@ def build_request(model_name: str, image_key: str, image_bytes: bytes | None, la
         dp.update(layer=layer, method=method, k=float(k))
     return (model_name, image_key, image_bytes, label, attack, tuple(sorted(ap.items())),
             defense, tuple(sorted(dp.items())), layer, method, float(k), int(seed))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def strength_view(request: tuple, n: int, _progress: Callable[[float, str], None] | None = None):
+    """``nip_core.strength.strength_sweep`` of an Explore view's request at ``n`` strengths: a
+    ``StrengthSweep``, kept (shared, never mutated) so that scrubbing its grid copies nothing."""
+    from nip_core.strength import strength_sweep
+
+    (model_name, image_key, image_bytes, label, attack, attack_params, defense, defense_params, layer, method, k,
+     seed) = request
+    with queued(_progress):
+        image, gallery_label = _image(model_name, image_key, image_bytes)
+        label = gallery_label if label is None else label
+        return strength_sweep(get_model(model_name), image, label, attack=attack, attack_params=dict(attack_params),
+                              defense=defense, defense_params=dict(defense_params), layer=layer, method=method,
+                              k=k, seed=seed, n=n, progress=_progress)

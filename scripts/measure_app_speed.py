@@ -40,11 +40,21 @@ cached wrapper and progress bar). Each further run types a new seed, runs the vi
 button again (a search not computed before). Target: EfficientNet-Lite0 ≤ 30 s. The results go
 under the key ``fragility`` of the ``--out`` file; its other keys are kept.
 
+With ``--strength`` it measures the attack-strength panel instead (issue 20 §1). On a fresh server,
+each timed run opens a link with a new seed (panel closed), waits until the view is drawn and the
+server idle, then switches the panel on: ``sweep_seconds`` is the time from the switch's click to the
+response chart drawn, and ``engine_seconds`` the sweep's own time (the panel's "Computed in" caption).
+Then ``--moves`` slider moves (keyboard, one strength each): seconds from the key press to the
+scrubbed view showing the new ε with nothing stale and the response chart's band on it. Targets:
+warm sweep ≤ 2 s on LeNet (FGSM, the default nip), ≤ 20 s for PGD-10 on EfficientNet-Lite0;
+a move ≤ 0.3 s. The results go under the key ``strength`` of the ``--out`` file.
+
 The machine's load (``uptime``) is recorded before and after: on a shared machine the numbers
 are only comparable at similar load.
 
 Usage:  python scripts/measure_app_speed.py --runs 3 --out docs/results/app_speed.json
         python scripts/measure_app_speed.py --surgery --runs 5 --out docs/results/app_speed.json
+        python scripts/measure_app_speed.py --strength --runs 3 --moves 8 --out docs/results/app_speed.json
         python scripts/measure_app_speed.py --layers --runs 5 --out docs/results/app_speed.json
         python scripts/measure_app_speed.py --fragility --runs 3 --out docs/results/app_speed.json
 """
@@ -103,6 +113,14 @@ LAYERS_CONFIGS = {
     "efficientnet-lite0": {"query": "?model=efficientnet-lite0&image=chelsea&attack=fgsm&defense=nip&seed=0",
                            "target_s": 8.0},
 }
+
+
+STRENGTH_CONFIGS = {
+    "lenet-mnist-fgsm": {"query": "?model=lenet-mnist&image=mnist-test-21&attack=fgsm&defense=nip", "target_s": 2.0},
+    "efficientnet-lite0-pgd10": {"query": "?model=efficientnet-lite0&image=chelsea&attack=pgd&ap=max_iter%3D10"
+                                          "&defense=nip", "target_s": 20.0},
+}
+STRENGTH_MOVE_TARGET_S = 0.3
 
 
 FRAGILITY_CONFIGS = {
@@ -403,6 +421,79 @@ def main_fragility(args) -> None:
     print(f"wrote {path} (key 'fragility')")
 
 
+def measure_strength(browser, name: str, runs: int, moves: int) -> dict:
+    """On a fresh server: ``runs`` sweeps (each on a new seed, the server warm), then ``moves`` slider moves."""
+    from tests.test_e2e_strength import at_eps, eps_of, open_panel, step_slider
+
+    cfg = STRENGTH_CONFIGS[name]
+    log = Path(tempfile.gettempdir()) / f"nip_measure_strength_{name}.log"
+    with fresh_server(log) as (url, pid):
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        sweeps, engine, idle = [], [], []
+        for i in range(runs):
+            page.goto(f"{url}/{cfg['query']}&seed={300 + i}")
+            wait_heatmaps(page, 2, timeout_ms=900_000)
+            wait_idle(page, timeout_ms=900_000)
+            idle.append(wait_server_idle(pid))
+            t0 = time.perf_counter()
+            open_panel(page, timeout_ms=900_000)
+            sweeps.append(time.perf_counter() - t0)
+            text = page.locator('[data-testid="stCaptionContainer"]', has_text="Computed in").last.inner_text()
+            engine.append(float(re.search(r"Computed in ([0-9.]+) s", text).group(1)))
+        idle.append(wait_server_idle(pid))
+        times, seen = [], []
+        start = eps_of(at_eps(page))
+        for j in range(moves):
+            key = "ArrowRight" if (j // 3) % 2 == 0 else "ArrowLeft"     # three up, three down, …
+            page.wait_for_timeout(300)
+            t0 = time.perf_counter()
+            now = step_slider(page, key, polling=10)
+            times.append(time.perf_counter() - t0)
+            seen.append(now)
+        page.close()
+    med, move_med = statistics.median(sweeps), statistics.median(times) if times else None
+    return {"config": name, "query": cfg["query"], "waited_for_idle_server_seconds": idle,
+            "sweep_seconds": sweeps, "median_sweep_seconds": med, "engine_seconds": engine,
+            "median_engine_seconds": statistics.median(engine), "target_seconds": cfg["target_s"],
+            "meets_target": med <= cfg["target_s"], "start_eps": start, "moves": seen, "move_seconds": times,
+            "median_move_seconds": move_med, "move_target_seconds": STRENGTH_MOVE_TARGET_S,
+            "move_meets_target": move_med is not None and move_med <= STRENGTH_MOVE_TARGET_S}
+
+
+def main_strength(args) -> None:
+    """``--strength``: warm sweep times and slider moves per configuration, under the key ``strength`` of ``--out``."""
+    from playwright.sync_api import sync_playwright
+
+    names = args.configs.split(",") if args.configs else list(STRENGTH_CONFIGS)
+    before = {"uptime": uptime(), "load_avg": os.getloadavg()}
+    results = []
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            for name in names:
+                r = measure_strength(browser, name, args.runs, args.moves)
+                print(f"strength {name}: sweep median {r['median_sweep_seconds']:.2f} s in the browser "
+                      f"(engine {r['median_engine_seconds']:.2f} s; runs {', '.join(f'{t:.2f}' for t in r['sweep_seconds'])}; "
+                      f"target {r['target_seconds']} s); slider move median {r['median_move_seconds']:.3f} s "
+                      f"(moves {', '.join(f'{t:.3f}' for t in r['move_seconds'])}; target {STRENGTH_MOVE_TARGET_S} s)",
+                      flush=True)
+                results.append(r)
+        finally:
+            browser.close()
+    path = Path(args.out)
+    out = json.loads(path.read_text()) if path.exists() else {}
+    out["strength"] = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "moves": args.moves,
+        "cpus": os.cpu_count(),
+        "what": "sweep: seconds from switching Explore's attack-strength panel on (a new seed each run, the server "
+                "warm) to its response chart drawn; engine: the sweep's own seconds; move: seconds from a slider "
+                "key press to the scrubbed view showing the new ε (the panel is a fragment; no engine call)",
+        "browser": "Debian Chromium, headless, on the same machine as the server",
+        "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path} (key 'strength')")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
@@ -421,6 +512,10 @@ def main() -> None:
     ap.add_argument("--fragility", action="store_true",
                     help=f"measure the fragility panel ({', '.join(FRAGILITY_CONFIGS)}; default efficientnet-lite0) "
                          "into the key 'fragility' of --out, keeping its other keys")
+    ap.add_argument("--strength", action="store_true",
+                    help=f"measure the attack-strength panel ({', '.join(STRENGTH_CONFIGS)}) into the key 'strength' "
+                         "of --out, keeping its other keys")
+    ap.add_argument("--moves", type=int, default=8, help="with --strength: slider moves timed")
     args = ap.parse_args()
     if not 1 <= args.first_views <= 20 or not 1 <= args.runs <= 20:
         ap.error("--first-views and --runs must be between 1 and 20")
@@ -429,6 +524,11 @@ def main() -> None:
         return
     if args.fragility:
         main_fragility(args)
+        return
+    if args.strength:
+        if not 1 <= args.moves <= 40:
+            ap.error("--moves must be between 1 and 40")
+        main_strength(args)
         return
     if args.surgery:
         if args.runs > len(SURGERY_CHANGES):

@@ -12,7 +12,7 @@ from app.loaders import (BYOM_KEY, calibration_hint, gallery_entries, get_model,
                          load_upload, visible_models)
 from app.notes import aware_note, label_free_note
 from app.progress import page_turn, run_with_progress
-from app.views import compare_panel, fragility_panel, layers_panel, surgery_panel
+from app.views import compare_panel, fragility_panel, layers_panel, strength_panel, surgery_panel
 from app.widgets import (byom_panel, guarded, init_state, model_picker, param_input, params_text, parse_params_text,
                          query_signature, show_error)
 from nip_core import figures as F
@@ -117,6 +117,7 @@ def load_query_params() -> None:
     compare_panel.from_query(qp)
     layers_panel.from_query(qp)
     fragility_panel.from_query(qp, model)
+    strength_panel.from_query(qp, model)
     if problems:
         st.session_state[P + "query_warning"] = ("Some settings in the link were ignored (defaults used): "
                                                  + "; ".join(problems) + ".")
@@ -383,6 +384,7 @@ def show_results(request: tuple, expl) -> None:
         show_neuron(request, expl)
     surgery_panel.section(request, expl)
     fragility_panel.section(request, expl)
+    strength_panel.section(request, expl)
     secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
     st.caption(f"Time: {secs}.")
     st.download_button("Download summary (JSON)", json.dumps(expl.summary(), indent=2, default=float),

@@ -1,0 +1,165 @@
+"""Explore's attack-strength panel: the run's attack at a dozen budgets ε, each through the run's defense,
+and a slider that scrubs them (``nip_core.strength``; issue 20 §1).
+
+Opened on request under a run (closed by default: the first view stays light). Opening it computes the
+sweep once (``app.compute.strength_view``, with a progress bar and, on the switch, the expected time);
+the slider then only reads the cached sweep: the panel is a fragment, so a move re-runs the panel alone
+and makes no engine call. For gallery images the slider's ε rides in the share link (``strength_eps``)
+and a link with it reopens the panel there. Attacks without a budget get one line saying why.
+"""
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from app.compute import strength_view
+from app.progress import run_with_progress
+from app.widgets import guarded, init_state, query_signature, show_error
+from nip_core import figures as F
+from nip_core.errors import InputError
+from nip_core.images import tensor_to_png_bytes
+from nip_core.strength import DEFAULT_N, estimate_seconds, no_sweep_reason
+
+P = "explore.strength."
+SEEN = "explore.query_seen"          # Explore's record of the link it last read or wrote
+LINK = "strength_eps"
+LINK_ERROR = P + "link_error"
+PENDING = P + "pending_eps"
+N = DEFAULT_N                        # strengths above 0 (the grid also has ε = 0)
+
+
+def key(model_name: str, *parts: str) -> str:
+    return P + ".".join((model_name,) + parts)
+
+
+def open_key(model_name: str) -> str:
+    return key(model_name, "open")
+
+
+def eps_key(model_name: str) -> str:
+    return key(model_name, "eps")
+
+
+# ----------------------------------------------------------------------------- the share link
+
+def from_query(qp, model_name: str) -> None:
+    """A link with ``strength_eps`` opens the panel at the grid point nearest that ε; one without closes it.
+    A value that is not a number ≥ 0 is reported once by the panel, which then opens at the run's ε."""
+    st.session_state.pop(LINK_ERROR, None)
+    st.session_state.pop(PENDING, None)
+    if LINK not in qp:
+        st.session_state[open_key(model_name)] = False
+        return
+    st.session_state[open_key(model_name)] = True
+    text = qp[LINK]
+    try:
+        eps = float(text)
+        if not math.isfinite(eps) or eps < 0:
+            raise ValueError
+        st.session_state[PENDING] = eps
+    except ValueError:
+        st.session_state[LINK_ERROR] = (f"The link's strength_eps must be a number ≥ 0; got {text!r}. "
+                                        "The slider starts at the run's ε.")
+
+
+def write_link(request: tuple, eps: float) -> None:
+    """Put the slider's ε in the page's link (gallery images only: an upload's link cannot reopen it)."""
+    if request[2] is not None:
+        return
+    text = f"{eps:.6g}"
+    if st.query_params.get(LINK) != text:
+        st.query_params[LINK] = text
+        st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+
+
+def drop_link() -> None:
+    if LINK in st.query_params:
+        st.query_params.pop(LINK, None)
+        st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+
+
+# ----------------------------------------------------------------------------- the panel
+
+def seconds_text(s: float) -> str:
+    return "under a second" if s < 1 else f"about {s:.0f} s"
+
+
+def section(request: tuple, expl) -> None:
+    """The panel's heading and its switch (off until asked for); the sweep is computed when it is on."""
+    model_name = request[0]
+    st.subheader("Attack strength: sweep ε")
+    reason = no_sweep_reason(expl.attack)
+    if reason is not None:
+        st.caption(f"No strength slider for `{expl.attack}`. {reason}")
+        drop_link()
+        return
+    est = estimate_seconds(model_name, expl.attack, expl.attack_params, N, measured=expl.seconds)
+    when = "" if est is None else f" ({seconds_text(est)})"
+    if not st.toggle(f"Run {expl.attack} at {N} strengths from 0 to twice its ε, each through {expl.defense}, "
+                     f"and scrub them with a slider{when}", key=init_state(open_key(model_name), False),
+                     help="Computed once when switched on (the estimate is scaled from this run's own attack "
+                          "and defense times); the slider then only shows what was computed."):
+        drop_link()
+        return
+    try:
+        run_with_progress(f"Sweeping ε{when}", strength_view, request, N)
+    except Exception as exc:     # a strength out of the attack's range: one message, the run above stays
+        show_error(exc, "strength sweep")
+        return
+    panel(request)
+
+
+@st.fragment
+def panel(request: tuple) -> None:
+    """The response chart, the slider and the scrubbed view; a slider move re-runs only this."""
+    with guarded("strength panel"):     # a fragment re-run has no page around it to catch errors
+        show(request)
+
+
+def show(request: tuple) -> None:
+    model_name = request[0]
+    sweep = strength_view(request, N)               # cached when the section computed it: no engine call
+    if LINK_ERROR in st.session_state:
+        show_error(InputError(st.session_state.pop(LINK_ERROR)), "strength link")
+    ref = sweep.reference_class
+    ref_text = class_text(ref, sweep.class_names[ref])
+    step = "" if sweep.step_ratio is None else f", its step scaled to keep step/ε = {sweep.step_ratio:.3g}"
+    st.caption(f"`{sweep.attack}` on the model at {len(sweep.eps) - 1} budgets ε from 0 to "
+               f"{F.eps_text(sweep.eps[-1], sweep.norm)}{step}, seed {sweep.seed}; each adversarial then goes "
+               f"through `{sweep.defense}`. ε = 0 is the benign image; the dashed line is this run's ε "
+               f"({F.eps_text(sweep.chosen_eps, sweep.norm)}), where the numbers equal the view above. "
+               f"Everything is measured toward {ref_text}. Computed in "
+               f"{sweep.seconds['total']:.2f} s.")
+    if not any(sweep.defense_change):
+        st.info(f"`{sweep.defense}` left every one of these inputs unchanged, so its dashed lines lie on the solid "
+                "ones.")
+    sk = eps_key(model_name)
+    pending = st.session_state.pop(PENDING, None)
+    if pending is not None:
+        st.session_state[sk] = sweep.eps[sweep.index(pending)]
+    elif st.session_state.get(sk) not in sweep.eps:      # a new sweep: start at the run's ε
+        st.session_state[sk] = sweep.chosen_eps
+    eps = st.select_slider("ε: drag through the computed strengths (nothing is recomputed)", options=sweep.eps,
+                           key=sk, format_func=lambda e: F.eps_text(e, sweep.norm))
+    i = sweep.eps.index(eps)
+    write_link(request, eps)
+    st.plotly_chart(F.strength_response(sweep, i), key=P + "fig.response", width="stretch")
+    view = sweep.at(i)
+    st.markdown(f"**At ε = {F.eps_text(eps, sweep.norm)}**")
+    for v, col in zip(F.VARIANTS, st.columns(3)):
+        with col:
+            c, name, p = view.top(v, 1)[0]
+            st.markdown(f"**{v}**")
+            st.image(tensor_to_png_bytes(view.images[v]), width=120)
+            verdict = (":green[the reference class]" if c == ref else
+                       f":red[{ref_text}: {sweep.reference_confidence(v, i) * 100:.1f}%]")
+            st.markdown(f"predicts **{name}** ({p * 100:.1f}%)  \n{verdict}")
+    st.plotly_chart(F.group_chart(view, "activations"), key=P + "fig.groups", width="stretch",
+                    config={"staticPlot": True})
+    st.plotly_chart(F.influence_heatmaps(view, "activations"), key=P + "fig.heatmaps", width="stretch")
+
+
+def class_text(c: int, name: str) -> str:
+    """``class 0`` (MNIST's names are the digits), ``class 285 (Egyptian cat)``."""
+    return f"class {c}" if name == str(c) else f"class {c} ({name})"
