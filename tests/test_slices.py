@@ -231,3 +231,27 @@ def test_link_reproduces_seeded_rows_of_the_mnist_report(report, defense) -> Non
 
 def test_link_reproduces_random_sign_on_a_small_grid(small) -> None:
     _check_row(small, "fgsm[eps=0.2]", "random-sign[steps=20;step_size=0.03;budget=0.3]", [0, 17, 39])
+
+
+def test_the_shard_matters_an_image_run_alone_would_not_reproduce_a_random_defense(report) -> None:
+    """The random-sign control draws its noise for the whole shard: run alone with the shard's seed,
+    some images of shard 64–127 get another outcome than the file's; through the link (the shard
+    re-run) they get the file's."""
+    from nip_core.attacks import run_attack
+    from nip_core.defenses import apply_defense
+    from nip_core.models import load_model
+
+    attack, defense = "fgsm[eps=0.2]", "random-sign[steps=20;step_size=0.03;budget=0.3]"
+    m = load_model("lenet-mnist")
+    x, y = S.split_images(m, "report")
+    ims = S.row_images(report, attack, defense)
+    dp = report["defense_params"][defense]
+    alone_differs = []
+    for i in range(64, 128):
+        seed = int(S.explore_link(report, attack, defense, i)["seed"])
+        adv = run_attack(m, "fgsm", x[i:i + 1], y[i:i + 1], {"eps": 0.2}, seed=seed).x_adv
+        pred = int(m.predict(apply_defense(m, "random-sign", adv, dp, y=y[i:i + 1], seed=seed).x_def)[0])
+        if (pred == ims[i]["label"]) != ims[i]["correct"]:
+            alone_differs.append(i)
+    assert alone_differs
+    _check_row(report, attack, defense, alone_differs[:3])
