@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 import app.warmup
 from nip_core import slices as S
+from nip_core.figures import bare_names
 
 app.warmup.ENABLED = False   # no background warm-up thread inside the test process
 
@@ -60,12 +61,13 @@ def _links(at: AppTest) -> list[dict[str, str]]:
 def test_benchmark_facets_a_table_by_true_class(report) -> None:
     at = _opened(report)
     sb = at.selectbox(key=K + "inputs")
-    assert sb.options[:len(S.attacks(report))] == S.attacks(report)
+    assert sb.options == bare_names(S.facets(report), 40)               # the attacks, then the other inputs
     for inputs in (S.attacks(report)[3], S.BENIGN, S.ADAPTIVE):          # pgd, benign, the BPDA column
         sb.set_value(inputs).run()
         _ok(at)
         table = S.per_class_accuracy(report, inputs)
-        shown = at.dataframe(key=K + "table").value
+        [shown] = [d.value for d in at.dataframe
+                   if list(d.value.columns) == ["defense"] + [str(c) for c in table["classes"]]]
         assert list(shown["defense"]) == table["defenses"]
         fig = json.loads(at.get("plotly_chart")[-1].proto.spec)          # the panel's heatmap, last on the page
         assert [c.split(" (n=")[0] for c in fig["data"][0]["x"]] == [str(c) for c in table["classes"]]
@@ -93,12 +95,12 @@ def test_benchmark_lists_a_rows_images_forty_to_a_page_with_explore_links(report
     at.selectbox(key=K + "defense").set_value(defense).run()
     _ok(at)
     row = S.row_images(report, attack, defense)
-    assert len(at.get("imgs")) == 40 and len(_links(at)) == 40               # page 1 of all 350
+    assert len(at.get("image")) == 40 and len(_links(at)) == 40               # page 1 of all 350
     assert _links(at)[7] == S.explore_link(report, attack, defense, 7)
     at.radio(key=K + "filter").set_value("wrong").run()
     wrong = [im for im in row if not im["correct"]]
     assert 0 < len(wrong) < 350
-    assert len(at.get("imgs")) == min(40, len(wrong))
+    assert len(at.get("image")) == min(40, len(wrong))
     assert [ln["image"].split("@")[0] for ln in _links(at)] == [f"report:{im['index']}" for im in wrong[:40]]
     assert all(f"#{im['index']} · true {im['label']}" in md.value
                for im, md in zip(wrong, [m for m in at.markdown if m.value.startswith("#")]))
@@ -107,7 +109,7 @@ def test_benchmark_lists_a_rows_images_forty_to_a_page_with_explore_links(report
     pages = (len(right) + 39) // 40
     at.number_input(key=K + "page").set_value(pages).run()
     _ok(at)
-    assert len(at.get("imgs")) == len(right) - 40 * (pages - 1)
+    assert len(at.get("image")) == len(right) - 40 * (pages - 1)
     assert _links(at)[-1]["image"].startswith(f"report:{right[-1]['index']}@")
 
 

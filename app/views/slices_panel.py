@@ -44,8 +44,9 @@ def panel(result: dict, k: str) -> None:
 def facet(result: dict, k: str, names: list[str] | None) -> None:
     """Per-class accuracy of every defense on one set of inputs, as a heatmap and a table."""
     options = S.facets(result)
+    short = dict(zip(options, bare_names(options, 40)))
     inputs = st.selectbox("Facet by true class: inputs", options, key=init_state(k + "inputs", options[0]),
-                          format_func=lambda o: bare_names([o], 60)[0])
+                          format_func=short.get)
     table = S.per_class_accuracy(result, inputs)
     st.plotly_chart(S.per_class_figure(table, names), key=k + "fig", width="stretch")
     cols = [S.class_label(c, names) for c in table["classes"]]
@@ -63,9 +64,9 @@ def images(result: dict, k: str, names: list[str] | None) -> None:
     st.markdown("**The images behind a row**")
     attacks, defenses = S.attacks(result), S.defenses(result)
     c = st.columns([2, 2, 2])
+    short = dict(zip(defenses, bare_names(defenses, 40)))
     attack = c[0].selectbox("Attack", attacks, key=init_state(k + "attack", attacks[0]))
-    defense = c[1].selectbox("Defense", defenses, key=init_state(k + "defense", defenses[-1]),
-                             format_func=lambda d: bare_names([d], 40)[0])
+    defense = c[1].selectbox("Defense", defenses, key=init_state(k + "defense", defenses[-1]), format_func=short.get)
     which = c[2].radio("Show", list(FILTERS), format_func=FILTERS.get, horizontal=True,
                        key=init_state(k + "filter", "all"))
     listed = [im for im in S.row_images(result, attack, defense)
@@ -80,7 +81,7 @@ def images(result: dict, k: str, names: list[str] | None) -> None:
         st.session_state[pk] = 1
     page = int(st.number_input(f"Page (of {pages})", 1, pages, step=1, key=pk))
     shown = listed[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
-    st.caption(f"{len(listed)} images ({wrong} of {result['n_images']} wrong after `{bare_names([defense])[0]}`); "
+    st.caption(f"{len(listed)} images ({wrong} of {result['n_images']} wrong after `{short[defense]}`); "
                f"showing {(page - 1) * PAGE_SIZE + 1}–{(page - 1) * PAGE_SIZE + len(shown)}. Per image: its index "
                "in the split, true class, the adversarial's prediction with no defense, and after the defense.")
     if (result.get("data") or {}).get("source", "heldout") != "heldout":
