@@ -104,5 +104,5 @@ def images(result: dict, k: str, names: list[str] | None) -> None:
                             f"adv {S.class_label(im['adv_pred'], names)} → {S.class_label(im['pred'], names)} "
                             f"{mark}")
                 if linked:
-                    st.page_link(EXPLORE_PAGE, label="open in Explore", icon=":material/open_in_new:",
+                    st.page_link(EXPLORE_PAGE, label="open in Explore",
                                  query_params=S.explore_link(result, attack, defense, im["position"]))
