@@ -165,31 +165,10 @@ def class_label(c: int, class_names: Sequence[str] | None) -> str:
     return str(c) if name is None or name == str(c) else f"{c} {name}"
 
 
-def per_class_figure(table: dict[str, Any], class_names: Sequence[str] | None = None, title: str = ""):
-    """:func:`per_class_accuracy` as a heatmap: defenses × true classes, each cell the accuracy
-    with its count (``right/images``); the column labels give each class's number of images."""
-    import plotly.graph_objects as go
-
-    from nip_core.figures import bare_names
-
-    cols = [f"{class_label(c, class_names)} (n={n})" for c, n in zip(table["classes"], table["n"])]
-    z = [[100 * a for a in row] for row in table["accuracy"]]
-    text = [[f"{a:.0f}%<br>{k}/{n * table['repeats']}" for a, k, n in zip(zr, kr, table["n"])]
-            for zr, kr in zip(z, table["correct"])]
-    fig = go.Figure(go.Heatmap(z=z, x=cols, y=bare_names(table["defenses"]), text=text, texttemplate="%{text}",
-                               colorscale="Viridis", zmin=0, zmax=100,
-                               colorbar=dict(title=dict(text="accuracy (%)", side="right")),
-                               hovertemplate="defense %{y}<br>true class %{x}<br>%{text}<extra></extra>"))
-    fig.update_layout(title=dict(text=title or f"Accuracy per true class — {table['inputs']}", x=0.0),
-                      xaxis=dict(title="true class", type="category"),
-                      yaxis=dict(title="defense", autorange="reversed", type="category"),
-                      margin=dict(l=50, r=20, t=60, b=60), height=max(300, 90 + 32 * len(table["defenses"])))
-    return fig
-
-
 def row_images(result: dict[str, Any], attack: str, defense: str) -> list[dict[str, Any]]:
     """The images of the (``attack``, ``defense``) row: per image its position in the result
-    (``position``, what :func:`explore_link` takes) and in the split (``index``), true ``label``, the undefended adversarial's prediction (``adv_pred``), the
+    (``position``, what :func:`explore_link` takes) and in the split (``index``), true ``label``,
+    the undefended adversarial's prediction (``adv_pred``), the
     defended prediction (``pred``) and whether it is right (``correct``, the row's bit)."""
     block = _require(result)
     row = _row(result, attack, defense)
@@ -260,7 +239,8 @@ def explore_link(result: dict[str, Any], attack: str, defense: str, position: in
     if unit.family == "nip":
         layer = shared.pop("layer", "default")
         link |= {"layer": model.spec.default_layer if layer == "default" else str(layer),
-                 "method": str(shared.pop("method", defaults["method"])), "k": repr(float(shared.pop("k", defaults["k"])))}
+                 "method": str(shared.pop("method", defaults["method"])),
+                 "k": repr(float(shared.pop("k", defaults["k"])))}
     changed = [k for k, v in shared.items() if defaults.get(k) != v]
     if changed:
         raise InputError(f"Explore keeps {', '.join(changed)} of {defense!r} at the default; this row used "

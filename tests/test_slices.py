@@ -85,7 +85,9 @@ def test_per_class_counts_sum_to_n_and_rebuild_each_accuracy(small) -> None:
     j = t["defenses"].index("none")
     mean = sum(r["defended_adv_accuracy"] for r in small["rows"] if r["defense"] == "none") / 2
     assert sum(a * n for a, n in zip(t["accuracy"][j], t["n"])) / 40 == pytest.approx(mean)
-    fig = S.per_class_figure(t, [str(c) for c in range(10)])
+    from nip_core.figures import per_class_figure
+
+    fig = per_class_figure(t, [str(c) for c in range(10)])
     assert len(fig.data[0].x) == len(t["classes"]) and list(fig.data[0].y) == ["none", "jpeg", "random-sign"]
 
 

@@ -12,6 +12,7 @@ import streamlit as st
 from app.loaders import class_names_of, split_thumbnails
 from app.widgets import guarded, init_state
 from nip_core import slices as S
+from nip_core import figures as F
 from nip_core.figures import bare_names
 
 P = "benchmark.slices."
@@ -48,7 +49,7 @@ def facet(result: dict, k: str, names: list[str] | None) -> None:
     inputs = st.selectbox("Facet by true class: inputs", options, key=init_state(k + "inputs", options[0]),
                           format_func=short.get)
     table = S.per_class_accuracy(result, inputs)
-    st.plotly_chart(S.per_class_figure(table, names), key=k + "fig", width="stretch")
+    st.plotly_chart(F.per_class_figure(table, names), key=k + "fig", width="stretch")
     cols = [S.class_label(c, names) for c in table["classes"]]
     rows = [{"defense": d} | dict(zip(cols, acc)) for d, acc in zip(table["defenses"], table["accuracy"])]
     st.dataframe(rows, hide_index=True, width="stretch", key=k + "table",
