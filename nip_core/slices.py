@@ -85,6 +85,12 @@ def split_name(result: dict[str, Any]) -> str:
     return str(_require(result)["split"])
 
 
+def images_owner(result: dict[str, Any]) -> str:
+    """The model whose split images the result ran on: its own, or another model's when it was run
+    with ``evaluate --images-of`` (the ``data`` block's ``images_of``)."""
+    return str((result.get("data") or {}).get("images_of") or result.get("images_of") or result["model"])
+
+
 def attacks(result: dict[str, Any]) -> list[str]:
     """The attack labels of the rows, in order."""
     return list(dict.fromkeys(r["attack"] for r in result["rows"]))
@@ -217,8 +223,8 @@ def explore_link(result: dict[str, Any], attack: str, defense: str, position: in
     row = _row(result, attack, defense)
     start, stop = shard_of(result, position)
     index = block.get("index") or list(range(n))
-    owner = result.get("images_of")
-    image = (f"{owner}/" if owner and owner != result["model"] else "") + \
+    owner = images_owner(result)
+    image = (f"{owner}/" if owner != result["model"] else "") + \
         f"{block['split']}:{index[position]}@{index[start]}:{index[stop - 1] + 1}"
     full = dict(zip(attacks(result), result.get("attacks") or attacks(result)))
     ap = dict((result.get("attack_params") or {}).get(full[attack], {}))

@@ -133,6 +133,11 @@ def test_the_link_names_the_shard_and_its_seed(small) -> None:
     assert S.parse_image_key("seven") is None and S.parse_image_key("report:x") is None
     with pytest.raises(InputError, match="position"):
         S.explore_link(small, "fgsm[eps=0.2]", "none", 40)
+    # a run on another model's images (evaluate --images-of) names whose split the image is
+    other = copy.deepcopy(small)
+    other["data"]["images_of"] = "lenet-mnist-other"
+    assert S.images_owner(other) == "lenet-mnist-other" and S.images_owner(small) == "lenet-mnist"
+    assert S.explore_link(other, "fgsm[eps=0.2]", "none", 3)["image"] == "lenet-mnist-other/report:3@0:16"
 
 
 @pytest.mark.parametrize("model_name", ["lenet-mnist", "lenet-fashion"])
@@ -166,6 +171,9 @@ def test_split_image_keys_and_their_errors(lenet) -> None:
         S.split_image(lenet, "report:5@64:128")
     with pytest.raises(InputError, match="not a split image"):
         S.split_image(lenet, "seven")
+    assert torch.equal(S.split_image(lenet, "lenet-mnist/report:5")[0], x[5])          # the owner named
+    with pytest.raises(InputError, match="from fashion, not lenet-mnist's dataset"):
+        S.split_image(lenet, "lenet-fashion/report:5")
 
 
 def test_cli_writes_the_split_file(tmp_path, lenet) -> None:

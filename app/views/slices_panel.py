@@ -89,7 +89,7 @@ def images(result: dict, k: str, names: list[str] | None) -> None:
         st.info("This result was measured on uploaded data: its images are not kept, so they cannot be shown or "
                 "opened in Explore; the per-class table above still applies.")
         return
-    pngs = split_thumbnails(result.get("images_of") or result["model"], S.split_name(result))
+    pngs = split_thumbnails(S.images_owner(result), S.split_name(result))
     try:
         S.explore_link(result, attack, defense, shown[0]["position"])
         linked = True
