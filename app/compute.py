@@ -24,11 +24,16 @@ COMPARE_DEFENSES = ("none", "jpeg", "bitdepth", "median", "gaussian", "random-si
 
 
 def _image(model_name: str, image_key: str, image_bytes: bytes | None):
-    """The request's image and its gallery label: the uploaded bytes (no label) or a gallery entry."""
+    """The request's image and its gallery label: the uploaded bytes (no label), a split image
+    (``report:123``, with its true label; ``nip_core.slices``) or a gallery entry."""
     from nip_core.data import gallery
+    from nip_core.slices import parse_image_key, split_image
 
     if image_bytes is not None:
         return load_upload(model_name, image_bytes), None
+    if parse_image_key(image_key) is not None:
+        image, label, _ = split_image(get_model(model_name), image_key)
+        return image, label
     for it in gallery(get_model(model_name).spec.gallery):
         if it.key == image_key:
             return it.image, it.label
@@ -41,13 +46,16 @@ def explanation(model_name: str, image_key: str, image_bytes: bytes | None, labe
                 k: float, seed: int, _progress: Callable[[float, str], None] | None = None):
     """``nip_core.explain.explain`` for one request; every argument is a plain value."""
     from nip_core.explain import explain
+    from nip_core.slices import parse_image_key, split_image
 
     with queued(_progress):
         image, gallery_label = _image(model_name, image_key, image_bytes)
         label = gallery_label if label is None else label
+        # a split image named with its shard (report:123@64:128) re-runs the shard as evaluate did
+        batch = split_image(get_model(model_name), image_key)[2] if parse_image_key(image_key) else None
         return explain(get_model(model_name), image, label, attack=attack, attack_params=dict(attack_params),
                        defense=defense, defense_params=dict(defense_params), layer=layer, method=method, k=k,
-                       seed=seed, progress=_progress)
+                       seed=seed, progress=_progress, batch=batch)
 
 
 @st.cache_data(show_spinner=False, max_entries=48)

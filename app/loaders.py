@@ -38,6 +38,69 @@ def gallery_entries(model_name: str) -> list[dict[str, Any]]:
              "png": tensor_to_png_bytes(it.image)} for it in gallery(model.spec.gallery)]
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def split_thumbnails(model_name: str, split: str) -> list[bytes]:
+    """The images of the model's ``split`` as PNG bytes, in split order (``nip_core.slices``: the
+    shipped ``assets/splits`` file, else the data loaders)."""
+    from nip_core.images import tensor_to_png_bytes
+    from nip_core.slices import split_images
+
+    x, _ = split_images(get_model(model_name), split)
+    return [tensor_to_png_bytes(im) for im in x]
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def split_entry(model_name: str, image_key: str) -> dict[str, Any]:
+    """A split image (``report:123``) as a gallery entry: key, label, label_name, source, png."""
+    from nip_core.images import tensor_to_png_bytes
+    from nip_core.slices import parse_image_key, split_image
+
+    model = get_model(model_name)
+    image, label, batch = split_image(model, image_key)
+    k = parse_image_key(image_key)
+    shard = f", run in its evaluation shard (images {k.shard[0]}–{k.shard[1] - 1})" if batch is not None else ""
+    return {"key": image_key, "label": label, "label_name": model.class_names[label],
+            "source": f"{k.owner or model_name} {k.split} split, image {k.index}{shard}",
+            "png": tensor_to_png_bytes(image)}
+
+
+def split_image_problem(model_name: str, image_key: str, problems: list[str]) -> str | None:
+    """Why a link's image cannot be opened as a split image (also appended to ``problems``), or None
+    when it can (``report:123``, optionally with its shard: ``report:123@64:128``)."""
+    from nip_core.slices import parse_image_key
+
+    if parse_image_key(image_key) is None:
+        why = f"unknown example image {image_key!r}"
+    else:
+        try:
+            split_entry(model_name, image_key)
+            return None
+        except InputError as exc:
+            why = str(exc).rstrip(".")
+    problems.append(why)
+    return why
+
+
+def with_split_image(model_name: str, entries: list[dict[str, Any]], image_key: str | None) -> list[dict[str, Any]]:
+    """The gallery entries, led by the split image ``image_key`` names when it is one (a link from the
+    Benchmark page opened it)."""
+    from nip_core.slices import parse_image_key
+
+    if image_key is None or parse_image_key(image_key) is None:
+        return entries
+    try:
+        return [split_entry(model_name, image_key)] + entries
+    except InputError:
+        return entries
+
+
+def class_names_of(model_name: str) -> list[str] | None:
+    """The class names of a registered model (None for a model this server does not know)."""
+    from nip_core.models import MODELS
+
+    return list(get_model(model_name).class_names) if model_name in MODELS else None
+
+
 BYOM_KEY = "byom.models"   # session state: names of the custom models this session loaded
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m nip_core list|evaluate|explain|surgery|fragility|train|robustness|profile|calibrate|bench``.
+"""Command line: ``python -m nip_core list|evaluate|explain|surgery|fragility|train|robustness|profile|calibrate|split-images|bench``.
 
 Bad arguments or inputs exit with status 2 and one readable line on stderr.
 """
@@ -428,6 +428,20 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_split_images(args) -> int:
+    from nip_core.models import load_model
+    from nip_core.slices import split_asset_path, write_split_asset
+
+    names = [m.strip() for m in args.model.split(",") if m.strip()]
+    if args.out is not None and len(names) != 1:
+        raise _input_error("--out takes one model; leave it out to write assets/splits/<model>-<split>.npz each.")
+    for name in names:
+        model = load_model(name)
+        out = write_split_asset(model, args.split, args.out or split_asset_path(name, args.split))
+        print(f"{name}: {args.split} split → {out} ({out.stat().st_size / 1024:.0f} KiB)")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from nip_core.bench import run_bench
     from nip_core.models import MODELS
@@ -605,6 +619,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ship", action="store_true", help="write the built-in calibration into assets/calibration")
     s.add_argument("--forget", action="store_true", help="drop the user calibration of this model")
     s.set_defaults(fn=cmd_calibrate)
+
+    s = sub.add_parser("split-images", help="write a split's images as a uint8 .npz (the shipped assets/splits "
+                                            "files Explore opens as report:<index>)")
+    s.add_argument("--model", required=True, help="a model, or several separated by commas")
+    s.add_argument("--split", default="report", choices=["tune", "report", "calib", "all"])
+    s.add_argument("--out", help="the .npz path (default: assets/splits/<model>-<split>.npz, the shipped file)")
+    s.set_defaults(fn=cmd_split_images)
 
     s = sub.add_parser("bench", help="performance against the compute floor")
     s.add_argument("--quick", action="store_true")

@@ -52,6 +52,7 @@ from nip_core.mediation import MEDIATION_DEFENSES, mediation_from_parts, mediati
 from nip_core.models import load_model
 from nip_core.params import unit_label
 from nip_core.shards import Shard, shard_seed
+from nip_core.slices import PER_IMAGE_FORMAT, encode_classes
 from nip_core.stats import wilson_interval
 
 # One ART batch (attacks run with batch_size=64): larger shards gain no vectorisation.
@@ -301,15 +302,17 @@ def evaluate_shard(ctx: EvalContext, shard: Shard) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for (d, dp), dl in zip(ctx.def_units, ctx.defense_labels):
             dr = apply_defense(model, d, x, dp, y=y, seed=seed, x_benign=x)
-            out[dl] = {"correct": _bits(model.predict(dr.x_def) == y), "seconds": dr.seconds}
+            pred = model.predict(dr.x_def)
+            out[dl] = {"correct": _bits(pred == y), "pred": pred.tolist(), "seconds": dr.seconds}
         return {"defenses": out}
     if shard.kind == "attack":
         a, ap = ctx.att_units[shard.unit]
         ar = run_attack(model, a, x, y, ap, seed=seed)
-        fooled = model.predict(ar.x_adv) != y
+        adv_pred = model.predict(ar.x_adv)
+        fooled = adv_pred != y
         delta = (ar.x_adv - x).flatten(1)
         res: dict[str, Any] = {
-            "attack_seconds": ar.seconds, "adv_correct": _bits(~fooled & clean),
+            "attack_seconds": ar.seconds, "adv_correct": _bits(~fooled & clean), "adv_pred": adv_pred.tolist(),
             "linf_sum": float(delta.abs().amax(1).double().sum()), "l2_sum": float(delta.norm(dim=1).double().sum()),
             "observation": {lay: suppression_sums(model, x, ar.x_adv, y, lay, seed=seed) for lay in ctx.layers},
             "defenses": {}}
@@ -317,8 +320,9 @@ def evaluate_shard(ctx: EvalContext, shard: Shard) -> dict[str, Any]:
         for (d, dp), dl in zip(ctx.def_units, ctx.defense_labels):
             dr = apply_defense(model, d, ar.x_adv, dp, y=y, seed=seed, x_benign=x)
             defended.setdefault(d, dr.x_def)
+            pred = model.predict(dr.x_def)
             res["defenses"][dl] = {
-                "correct": _bits((model.predict(dr.x_def) == y) & clean), "seconds": dr.seconds,
+                "correct": _bits((pred == y) & clean), "pred": pred.tolist(), "seconds": dr.seconds,
                 "defense_linf_sum": float((dr.x_def - ar.x_adv).flatten(1).abs().amax(1).double().sum())}
         if ctx.mediation:
             t0 = time.perf_counter()
@@ -379,7 +383,7 @@ def merge_shards(ctx: EvalContext, results: dict[Shard, dict[str, Any]], adaptiv
         cells = [p["defenses"][dl] for p in parts("benign", 0)]
         bits = "".join(c["correct"] for c in cells)
         benign[dl] = {"accuracy": ratio(bits.count("1"), n), "seconds_per_image": sum(c["seconds"] for c in cells) / n,
-                      "correct": bits}
+                      "correct": bits, "pred": encode_classes(_joined(cells, "pred"), ctx.model.num_classes)}
 
     rows: list[dict[str, Any]] = []
     observation: dict[str, Any] = {}
@@ -413,7 +417,7 @@ def merge_shards(ctx: EvalContext, results: dict[Shard, dict[str, Any]], adaptiv
                 "defense_linf_mean": sum(c["defense_linf_sum"] for c in cells) / n,
                 "attack_seconds_per_image": sum(p["attack_seconds"] for p in ps) / n,
                 "defense_seconds_per_image": sum(c["seconds"] for c in cells) / n,
-                "correct": bits,
+                "correct": bits, "pred": encode_classes(_joined(cells, "pred"), ctx.model.num_classes),
             })
 
     adaptive_out: dict[str, dict[str, Any]] = {}
@@ -445,6 +449,24 @@ def merge_shards(ctx: EvalContext, results: dict[Shard, dict[str, Any]], adaptiv
                     "n": len(bbits), "seconds_per_image": sum(b["seconds"] for b in bb) / len(bbits),
                     "correct": bbits}
     return rows, benign, adaptive_out, observation, mediation
+
+
+def _joined(cells: list[dict[str, Any]], key: str) -> list[int]:
+    return [v for c in cells for v in c[key]]
+
+
+def per_image_block(ctx: EvalContext, results: dict[Shard, dict[str, Any]], shard_size: int) -> dict[str, Any]:
+    """The per-image records of a result (``nip_core.slices``): each image's position in the split,
+    its true label, and each attack's adversarial prediction (the rows hold the defended ones);
+    classes as a string of digits when the model has at most 10 classes, else a list of ints.
+    ``shard_size`` with the result's ``seed`` gives the seed each image's shard used."""
+    shards = sorted(results, key=lambda s: s.order)
+    k = ctx.model.num_classes
+    adv = {label: encode_classes(_joined([results[s] for s in shards if s.kind == "attack" and s.unit == i],
+                                         "adv_pred"), k)
+           for i, label in enumerate(ctx.attack_labels)}
+    return {"format": PER_IMAGE_FORMAT, "split": ctx.job.split, "index": list(range(len(ctx.y))),
+            "labels": encode_classes(ctx.y.tolist(), k), "shard_size": shard_size, "adv_pred": adv}
 
 
 def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 100, seed: int = 0,
@@ -584,6 +606,7 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
         "defenses": def_labels, "defense_params": {unit_label(d, p): p for d, p in def_units},
         "heldout_clean_accuracy": _acc(model, x_test, y_test),
         "rows": rows, "benign": benign, "adaptive": adaptive_out, "summary": summary, "observation": observation,
+        "per_image": per_image_block(ctx, results, shard_size),
         **({"mediation": {"layers": ctx.mediation, "k": MEDIATION_K, "groups": list(MEDIATION_GROUPS),
                           "defenses": list(MEDIATION_DEFENSES), "by_attack": mediation}} if ctx.mediation else {}),
         **({"elasticity": elasticity_block(ctx.sweeps, job.eps_grid, ctx.attack_labels, rows, def_labels,

@@ -142,7 +142,8 @@ class Explanation:
 def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *, attack: str = "fgsm",
             attack_params: dict | None = None, defense: str = "nip", defense_params: dict | None = None,
             layer: str | None = None, method: str = "conductance", k: float = 0.2, n_steps: int = 16,
-            seed: int = 0, progress: Progress | None = None) -> Explanation:
+            seed: int = 0, progress: Progress | None = None,
+            batch: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> Explanation:
     """Attack one image, defend the adversarial, and measure neuron influence on all three.
 
     Args:
@@ -150,6 +151,10 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
         label: the true class when known; otherwise the benign prediction stands in for it
             (and the attack aims away from it).
         layer, method, k: where and how neuron influence is measured and grouped.
+        batch: ``(images, labels, position)`` of the evaluation shard the image belongs to
+            (``nip_core.slices.split_image``): the attack and the defense then run on the whole
+            shard with ``seed``, as ``evaluate`` ran them (random starts and random defenses draw
+            their noise per shard), and the image at ``position`` is kept.
     """
     say = progress or (lambda f, m: None)
     if image.dim() != 3 or image.shape[0] != model.spec.input_channels:
@@ -178,16 +183,23 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
     ref = int(label) if label is not None else int(logits_b.argmax())
     y = torch.tensor([ref])
 
-    say(0.2, f"running attack {attack}")
-    ar = run_attack(model, attack, x, y, attack_params, seed=seed)
+    xs, ys, pos = x, y, 0
+    if batch is not None:
+        xs, ys, pos = batch[0].float(), batch[1].long(), int(batch[2])
+        if not (0 <= pos < len(xs) and torch.equal(xs[pos], x[0]) and (label is None or int(ys[pos]) == int(label))):
+            raise InputError("the image is not at its position in the batch it is said to come from.")
+        y = ys[pos:pos + 1]
+    say(0.2, f"running attack {attack}" + (f" on its shard of {len(xs)} images" if batch is not None else ""))
+    ar = run_attack(model, attack, xs, ys, attack_params, seed=seed)
     secs["attack"] = ar.seconds
-    x_adv = ar.x_adv
+    x_adv = ar.x_adv[pos:pos + 1]
 
     say(0.5, f"applying defense {defense}")
-    dr = apply_defense(model, defense, x_adv, defense_params, y=y if dunit.needs_labels else None, seed=seed,
-                       x_benign=x)
+    # On a shard, exactly as evaluate_shard: every defense gets the labels (the label-free ones ignore them).
+    dr = apply_defense(model, defense, ar.x_adv, defense_params,
+                       y=ys if dunit.needs_labels or batch is not None else None, seed=seed, x_benign=xs)
     secs["defense"] = dr.seconds
-    x_def = dr.x_def
+    x_def = dr.x_def[pos:pos + 1]
     decision = None
     if dunit.explain_decision is not None:
         with model.lock:

@@ -631,6 +631,26 @@ def evaluation_heatmap(result: dict, metric: str = "defended_adv_accuracy", adap
                         "defense", "attack", height=max(300, 90 + 45 * len(ylabels)), bottom=60)
 
 
+def per_class_figure(table: dict[str, Any], class_names: Sequence[str] | None = None, title: str = "") -> go.Figure:
+    """:func:`nip_core.slices.per_class_accuracy` as a heatmap: defenses × true classes, each cell the accuracy
+    with its count (``right/images``); the column labels give each class's number of images."""
+    from nip_core.slices import class_label
+
+    cols = [f"{class_label(c, class_names)} (n={n})" for c, n in zip(table["classes"], table["n"])]
+    z = [[100 * a for a in row] for row in table["accuracy"]]
+    text = [[f"{a:.0f}%<br>{k}/{n * table['repeats']}" for a, k, n in zip(zr, kr, table["n"])]
+            for zr, kr in zip(z, table["correct"])]
+    fig = go.Figure(go.Heatmap(z=z, x=cols, y=bare_names(table["defenses"]), text=text, texttemplate="%{text}",
+                               colorscale="Viridis", zmin=0, zmax=100,
+                               colorbar=dict(title=dict(text="accuracy (%)", side="right")),
+                               hovertemplate="defense %{y}<br>true class %{x}<br>%{text}<extra></extra>"))
+    fig.update_layout(title=dict(text=title or f"Accuracy per true class — {table['inputs']}", x=0.0),
+                      xaxis=dict(title="true class", type="category"),
+                      yaxis=dict(title="defense", autorange="reversed", type="category"),
+                      margin=dict(l=50, r=20, t=60, b=60), height=max(300, 90 + 32 * len(table["defenses"])))
+    return fig
+
+
 def _grid_layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int, bottom: int) -> go.Figure:
     """Layout shared by the labelled-grid heatmaps: left title, categorical y axis read top-down."""
     fig.update_layout(

@@ -215,6 +215,12 @@ def read_result(data: bytes, name: str = "the file") -> dict[str, Any]:
     if not isinstance(summary, dict) or not all(isinstance(summary.get(k), dict)
                                                 for k in ("mean_adv_accuracy", "benign_accuracy")):
         raise InputError(f"{name}: {how}; its 'summary' lacks mean_adv_accuracy and benign_accuracy.")
+    block = r.get("per_image")   # per-image records (nip_core.slices); files written before them have none
+    if block is not None:
+        n = r.get("n_images", len(rows[0].get("correct") or ""))
+        if not isinstance(block, dict) or not isinstance(block.get("labels"), (str, list)) \
+                or len(block["labels"]) != n:
+            raise InputError(f"{name}: its per-image records ('per_image') do not cover its {n} images.")
     r.setdefault("attacks", list(dict.fromkeys(row["attack"] for row in rows)))
     r.setdefault("defenses", list(dict.fromkeys(row["defense"] for row in rows)))
     r.setdefault("adaptive", {})

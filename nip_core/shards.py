@@ -27,7 +27,7 @@ from nip_core.runtime import cache_dir
 
 KINDS = ("benign", "attack", "adaptive")
 # Bump when the content of a shard result changes meaning: old cache entries are then ignored.
-SHARD_FORMAT = 1
+SHARD_FORMAT = 2   # 2: shards also hold predictions (per-image records, nip_core.slices)
 
 
 @dataclass(frozen=True)

@@ -346,8 +346,9 @@ def test_every_command_that_draws_at_random_takes_seed():
     # train: test_train_twice_…; fragility: tests/test_fragility.py (the same seed gives the same ε; its
     # flip ε often does not move with the seed, so "another seed, another output" is not a property of it)
     assert {c for c in subcommands() if has_seed(c)} == set(SEEDED) | {"train", "fragility"}
-    # list and bench draw nothing at random: bench times the held-out images in order
-    assert set(subcommands()) - set(SEEDED) - {"train", "fragility"} == {"list", "bench"}
+    # list and bench draw nothing at random: bench times the held-out images in order; split-images
+    # writes the split as the loaders give it
+    assert set(subcommands()) - set(SEEDED) - {"train", "fragility"} == {"list", "bench", "split-images"}
 
 
 @pytest.mark.parametrize("command", SEEDED)
@@ -380,6 +381,9 @@ BAD_INPUT = {
                     "--attack", "cw-l2", "--out", "{tmp}/f"], "cw-l2")],
     "calibrate": [(["calibrate", "--model", "resnet8-cifar10"], "--data"),
                   (["calibrate", "--model", "lenet-mnist", "--data", "{tmp}/missing"], "missing")],
+    "split-images": [(["split-images", "--model", "nope", "--out", "{tmp}/s.npz"], "nope"),
+                     (["split-images", "--model", "lenet-mnist,lenet-fashion", "--out", "{tmp}/s.npz"],
+                      "--out takes one model")],
     "bench": [(["bench", "--models", "nope", "--out", "{tmp}/b.json"], "unknown model 'nope'"),
               (["bench", "--out", "{tmp}"], "is a folder")],
 }

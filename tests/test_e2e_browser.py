@@ -552,3 +552,58 @@ def test_fragility_panel_on_every_built_in_model_in_chromium(tmp_path: Path) -> 
                 page.close()
         finally:
             browser.close()
+
+
+# ----------------------------------------------------------------------------- slices (issue 21)
+
+def test_benchmark_thumbnails_open_an_image_in_explore_in_chromium() -> None:
+    """A results JSON with per-image records opened on the Benchmark page: the slices panel lists a
+    row's images as thumbnails, and a thumbnail's link opens that image in Explore, re-run."""
+    from urllib.parse import unquote
+
+    from playwright.sync_api import sync_playwright
+
+    from nip_core import slices as S
+    from nip_core.results import RESULTS_DIR, shipped_result
+
+    name = "paper-mnist-report.json"
+    if not S.has_per_image(shipped_result(name)):
+        name = "round7/paper-mnist-report-rerun.json"      # see tests/test_slices.py
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(ARTIFACTS / "streamlit_slices.log") as url, sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(f"{url}/benchmark")
+            page.get_by_text("Open a results JSON", exact=True).click(timeout=180_000)
+            (page.locator('[data-testid="stFileUploader"]').filter(has_text="Results JSON")
+             .locator('input[type="file"]').set_input_files(str(RESULTS_DIR / name)))
+            page.get_by_text("Facet by true class and list a row's images").click(timeout=120_000)
+            thumbs = page.locator('[data-testid="stImage"] img')
+            page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 40",
+                                   timeout=120_000, polling=100)
+            wait_idle(page)
+            no_exceptions(page)
+            assert thumbs.count() == 40
+            for i in (0, 39):                              # drawn, not broken (they load when scrolled to)
+                thumbs.nth(i).scroll_into_view_if_needed()
+                page.wait_for_function("(i) => { const im = document.querySelectorAll('[data-testid=\"stImage\"] "
+                                       "img')[i]; return im.complete && im.naturalWidth > 0; }", arg=i,
+                                       timeout=30_000, polling=100)
+            links = page.get_by_role("link", name="open in Explore")
+            assert links.count() == 40
+            screenshot(page, ARTIFACTS / "benchmark_slices.png")
+            links.nth(3).click()
+            page.wait_for_url(lambda u: "image=report:3@0:64" in unquote(u), timeout=120_000)
+            wait_heatmaps(page, 2)
+            wait_idle(page)
+            no_exceptions(page)
+            assert "seed=" in page.url and "attack=" in page.url
+            # the panel's first row (first attack, last defense): image 3's predictions as the file has them
+            report = shipped_result(name)
+            im = S.row_images(report, S.attacks(report)[0], S.defenses(report)[-1])[3]
+            values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+            assert values[1:3] == [str(im["adv_pred"]), str(im["pred"])], values
+            screenshot(page, ARTIFACTS / "explore_from_slice.png")
+        finally:
+            browser.close()

@@ -10,6 +10,7 @@ from app.compute import evaluate_takes_data, evaluation
 from app.loaders import DATA_MAX_IMAGES, DATA_UPLOAD_MAX_MB, user_data
 from app.notes import aware_note
 from app.progress import run_with_progress
+from app.views import slices_panel
 from app.widgets import guarded, init_state, model_picker, show_error
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
@@ -237,6 +238,7 @@ def show(result: dict, where: str) -> None:
                    "p-value. With a few dozen images, a lead of a few images is a tie (large p).")
     else:
         st.caption("No image-by-image comparison: this result has no per-image records for `nip`.")
+    slices_panel.section(result, where)
     with st.expander("Every row (one per attack × defense)"):
         keep = ["attack", "defense", "deployable", "adv_accuracy", "defended_adv_accuracy", "benign_accuracy",
                 "defense_success_rate", "linf_mean", "l2_mean", "attack_seconds_per_image",

@@ -9,6 +9,7 @@ import streamlit as st
 from app import tour as T
 from app.compute import build_request, defense_comparison, explanation, is_conv_layer, neuron_maps
 from app.loaders import (BYOM_KEY, calibration_hint, gallery_entries, get_model, get_profile, has_calibration,
+                         split_image_problem, with_split_image,
                          load_upload, visible_models)
 from app.notes import aware_note, label_free_note
 from app.progress import page_turn, run_with_progress
@@ -86,10 +87,8 @@ def load_query_params() -> None:
         return
     image = qp.get("image")
     if image is not None:
-        if image in keys:
+        if image in keys or split_image_problem(model, image, problems) is None:
             st.session_state[key(model, "image")] = image
-        else:
-            problems.append(f"unknown example image {image!r}")
     usable = {a: u for a, u in ATTACKS.items() if u.applies_to(m)}
     unit_from_query(qp, m, model, "attack", usable, DEFAULT_ATTACK, "ap", lambda a: ("a", a), problems)
     unit_from_query(qp, m, model, "defense", DEFENSES, DEFAULT_DEFENSE, "dp", lambda d: ("d", defense_group(d)),
@@ -200,7 +199,7 @@ def show_tour_step() -> None:
 
 def choose_image(model_name: str, num_classes: int, class_names: list[str]):
     """Gallery thumbnails or an upload; returns (image_key, image_bytes, label) or None."""
-    entries = gallery_entries(model_name)
+    entries = with_split_image(model_name, gallery_entries(model_name), st.session_state.get(key(model_name, "image")))
     source = st.radio("Image", ["Example gallery", "Upload an image"], horizontal=True,
                       key=init_state(P + "source", "Example gallery"))
     if source == "Example gallery":
