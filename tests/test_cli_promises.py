@@ -383,6 +383,8 @@ BAD_INPUT = {
                     "--attack", "cw-l2", "--out", "{tmp}/f"], "cw-l2")],
     "calibrate": [(["calibrate", "--model", "resnet8-cifar10"], "--data"),
                   (["calibrate", "--model", "lenet-mnist", "--data", "{tmp}/missing"], "missing")],
+    "robustness": [(["robustness", "--model", "nope", "--out", "{tmp}/r.json"], "unknown model"),
+                   (["robustness", "--model", "lenet-fashion", "--pgd-n", "0", "--out", "{tmp}/r.json"], "pgd_n must be")],
     "split-images": [(["split-images", "--model", "nope", "--out", "{tmp}/s.npz"], "nope"),
                      (["split-images", "--model", "lenet-mnist,lenet-fashion", "--out", "{tmp}/s.npz"],
                       "--out takes one model")],

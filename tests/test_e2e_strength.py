@@ -103,6 +103,7 @@ def test_strength_panel_on_every_builtin_model() -> None:
                 open_explore(page, url, f"?model={model}&attack=fgsm&defense=nip&seed=0")
                 wait_heatmaps(page, 2)
                 wait_idle(page)
+                page.get_by_text(TOGGLE_TEXT).wait_for(timeout=120_000)   # the page's last panels may still stream in
                 assert page.get_by_text(TOGGLE_TEXT).count() == 1 and link_eps(page.url) is None   # closed
                 open_panel(page)
                 no_exceptions(page)

@@ -215,7 +215,7 @@ def show_comparison(expl_a, expl_b) -> None:
     st.table(pd.DataFrame(cmp.stats_rows()).set_index("statistic"))
     st.caption("✓ correct: the prediction is the reference class. Mean activation changes are shares of the run's own benign "
                "front mean, so they compare across models. Defense recovery: how much of the front mean's fall the "
-               "defense undid (0% none, 100% all).")
+               "defense undid.")
     if cmp.fell is None:        # the verdict above said why neurons are not matched
         st.caption("Everything below the comparison is run B (this run) in full.")
         return
