@@ -18,7 +18,6 @@ app.warmup.ENABLED = False   # no background warm-up thread inside the test proc
 ENTRY = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 TIMEOUT = 300
 K = "benchmark.slices.open."
-RERUN = "round7/paper-mnist-report-rerun.json"   # see tests/test_slices.py
 
 
 def _app(query: dict | None = None) -> AppTest:
@@ -38,7 +37,8 @@ def report() -> dict:
     from nip_core.results import shipped_result
 
     shipped = shipped_result("paper-mnist-report.json")
-    return shipped if S.has_per_image(shipped) else shipped_result(RERUN)
+    assert S.has_per_image(shipped), "the shipped MNIST report carries per-image records (research round 8)"
+    return shipped
 
 
 def _opened(report: dict) -> AppTest:

@@ -567,8 +567,7 @@ def test_benchmark_thumbnails_open_an_image_in_explore_in_chromium() -> None:
     from nip_core.results import RESULTS_DIR, shipped_result
 
     name = "paper-mnist-report.json"
-    if not S.has_per_image(shipped_result(name)):
-        name = "round7/paper-mnist-report-rerun.json"      # see tests/test_slices.py
+    assert S.has_per_image(shipped_result(name))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with streamlit_server(ARTIFACTS / "streamlit_slices.log") as url, sync_playwright() as p:
         browser = launch(p)

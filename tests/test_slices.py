@@ -24,10 +24,7 @@ def small():
                     adaptive=False, observe=False, shard_size=16)
 
 
-# The MNIST report with per-image records: the shipped file once it carries them; until then the
-# re-run of round 7 (docs/nip-research.md), which the current engine reproduces exactly but which
-# differs from the shipped file in a few numbers and so is not shipped.
-RERUN = "round7/paper-mnist-report-rerun.json"
+# The shipped MNIST report carries per-image records (research round 8, docs/nip-research.md).
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +32,8 @@ def report():
     from nip_core.results import shipped_result
 
     shipped = shipped_result("paper-mnist-report.json")
-    return shipped if S.has_per_image(shipped) else shipped_result(RERUN)
+    assert S.has_per_image(shipped), "the shipped MNIST report carries per-image records (research round 8)"
+    return shipped
 
 
 def test_classes_round_trip_as_digits_or_lists() -> None:
