@@ -438,6 +438,10 @@ def test_layer_strip_on_every_built_in_model_in_chromium() -> None:
                 page.goto(f"{url}/{link}")
                 wait_heatmaps(page, 2)
                 wait_idle(page)
+                # the page's last section: everything above it has been sent (elements stream in order)
+                page.get_by_text("Compare at a glance: every defense on this adversarial").wait_for(timeout=120_000)
+                page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 8",
+                                       timeout=120_000, polling=100)                  # and every chart drawn
                 no_exceptions(page)
                 assert page.locator(".js-plotly-plot").count() == 8      # the strip is off until asked for
                 open_strip(page)
