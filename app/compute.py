@@ -25,9 +25,9 @@ COMPARE_DEFENSES = ("none", "jpeg", "bitdepth", "median", "gaussian", "random-si
 
 def _image(model_name: str, image_key: str, image_bytes: bytes | None):
     """The request's image and its gallery label: the uploaded bytes (no label), a split image
-    (``report:123``, with its true label; ``nip_core.slices``) or a gallery entry."""
+    (``report:123``, with its true label; ``nip_core.evaluation.slices``) or a gallery entry."""
     from nip_core.data import gallery
-    from nip_core.slices import parse_image_key, split_image
+    from nip_core.evaluation.slices import parse_image_key, split_image
 
     if image_bytes is not None:
         return load_upload(model_name, image_bytes), None
@@ -44,9 +44,9 @@ def _image(model_name: str, image_key: str, image_bytes: bytes | None):
 def explanation(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None, attack: str,
                 attack_params: ParamsKey, defense: str, defense_params: ParamsKey, layer: str, method: str,
                 k: float, seed: int, _progress: Callable[[float, str], None] | None = None):
-    """``nip_core.explain.explain`` for one request; every argument is a plain value."""
-    from nip_core.explain import explain
-    from nip_core.slices import parse_image_key, split_image
+    """``nip_core.analyses.explain.explain`` for one request; every argument is a plain value."""
+    from nip_core.analyses.explain import explain
+    from nip_core.evaluation.slices import parse_image_key, split_image
 
     with queued(_progress):
         image, gallery_label = _image(model_name, image_key, image_bytes)
@@ -72,10 +72,10 @@ def neuron_maps(request: tuple, neuron: int):
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def surgery_sources(request: tuple, layer: str):
-    """``nip_core.surgery.source_activations`` of a view's benign, adversarial and defended images at
+    """``nip_core.analyses.surgery.source_activations`` of a view's benign, adversarial and defended images at
     ``layer``: one unpatched pass each, kept (shared, never mutated) so that every surgery of the view
     at this layer costs one patched forward pass."""
-    from nip_core.surgery import source_activations
+    from nip_core.analyses.surgery import source_activations
 
     expl = explanation(*request)
     model = get_model(expl.model_name)
@@ -86,9 +86,9 @@ def surgery_sources(request: tuple, layer: str):
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def surgery_view(request: tuple, layer: str, selection: str, value: str, seed: int):
-    """``nip_core.surgery.surgery`` on a view's images: ``selection`` of ``layer`` set to ``value``
+    """``nip_core.analyses.surgery.surgery`` on a view's images: ``selection`` of ``layer`` set to ``value``
     (texts as the CLI takes them), the reference class the view's; a ``SurgeryResult``."""
-    from nip_core.surgery import parse_selection, surgery
+    from nip_core.analyses.surgery import parse_selection, surgery
 
     expl = explanation(*request)
     model = get_model(expl.model_name)
@@ -102,9 +102,9 @@ def surgery_view(request: tuple, layer: str, selection: str, value: str, seed: i
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def layer_strip(request: tuple, top: int = 3, _progress: Callable[[float, str], None] | None = None):
-    """``nip_core.pathway.layer_strip`` of a view's benign, adversarial and defended images at every
+    """``nip_core.analyses.pathway.layer_strip`` of a view's benign, adversarial and defended images at every
     layer, with the view's reference class, influence method and k; a ``LayerStrip``."""
-    from nip_core.pathway import layer_strip as strip
+    from nip_core.analyses.pathway import layer_strip as strip
 
     expl = explanation(*request)
     with queued(_progress):
@@ -117,12 +117,12 @@ def layer_strip(request: tuple, top: int = 3, _progress: Callable[[float, str], 
 def fragility_check(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None,
                     defenses: tuple[tuple[str, ParamsKey], ...], seed: int,
                     _progress: Callable[[float, str], None] | None = None):
-    """``nip_core.fragility.fragility`` of a view's image (PGD at the model's defaults, as the shipped
+    """``nip_core.analyses.fragility.fragility`` of a view's image (PGD at the model's defaults, as the shipped
     distributions): per defense ``(name, params)``, the smallest budget that flips it; a ``Fragility``.
 
     ``label``: the true class; None takes a gallery example's label on a built-in model (the gallery's
     labels are not a user's model's classes: there the benign prediction is the reference)."""
-    from nip_core.fragility import fragility
+    from nip_core.analyses.fragility import fragility
 
     model = get_model(model_name)
     with queued(_progress):
@@ -194,12 +194,12 @@ def _defense_comparison(request: tuple, nip_params: ParamsKey,
 def evaluation(model_name: str, attacks: tuple, defenses: tuple, n: int, seed: int, adaptive: bool,
                split: str = "all", upload: tuple[str, bytes] | None = None,
                _progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
-    """``nip_core.evaluate.evaluate`` keyed on plain values (attacks/defenses: (name, params) tuples).
+    """``nip_core.evaluation.evaluate.evaluate`` keyed on plain values (attacks/defenses: (name, params) tuples).
 
     ``upload``: (file name, bytes) of the user's labelled data (see :func:`user_data`); ``split``
     then applies to it (the engine's seeded 30/40/30 split, ``data_seed`` 0 as in the CLI).
     """
-    from nip_core.evaluate import evaluate
+    from nip_core.evaluation.evaluate import evaluate
 
     units = ([(a, dict(p)) for a, p in attacks], [(d, dict(p)) for d, p in defenses])
     with queued(_progress):
@@ -207,7 +207,7 @@ def evaluation(model_name: str, attacks: tuple, defenses: tuple, n: int, seed: i
             return evaluate(model_name, *units, n=n, seed=seed, split=split, adaptive=adaptive, progress=_progress)
         if not evaluate_takes_data():
             raise InputError("this version of the engine cannot evaluate on uploaded data yet "
-                             "(nip_core.evaluate.evaluate has no data= argument); use the built-in images.")
+                             "(nip_core.evaluation.evaluate.evaluate has no data= argument); use the built-in images.")
         user_data(model_name, *upload)             # refuse an unusable file before any work, with its reason
         with upload_on_disk(*upload) as path:      # evaluate reads it (safe_extract_zip for a .zip)
             result = evaluate(model_name, *units, n=n, seed=seed, split=split, adaptive=adaptive,
@@ -223,15 +223,15 @@ def evaluate_takes_data() -> bool:
     """Whether the engine's ``evaluate`` accepts ``data=LabelledData`` (the user's own images)."""
     import inspect
 
-    from nip_core.evaluate import evaluate
+    from nip_core.evaluation.evaluate import evaluate
     return "data" in inspect.signature(evaluate).parameters
 
 
 @st.cache_data(show_spinner=False)
 def demo_image(model_name: str, attack: str = "fgsm", restore: tuple[str, ...] = ("nip-oracle",),
                defeat: tuple[str, ...] = ()) -> str:
-    """A gallery image that shows a step of the guided tour (``nip_core.explain.demo_image``)."""
-    from nip_core.explain import demo_image as pick
+    """A gallery image that shows a step of the guided tour (``nip_core.analyses.explain.demo_image``)."""
+    from nip_core.analyses.explain import demo_image as pick
 
     with queued(None):
         return pick(get_model(model_name), attack=attack, restore=restore, defeat=defeat)
@@ -239,8 +239,8 @@ def demo_image(model_name: str, attack: str = "fgsm", restore: tuple[str, ...] =
 
 @st.cache_data(show_spinner=False)
 def contrast_image(model_a: str, model_b: str, attack: str = "fgsm") -> str:
-    """A gallery image that ``attack`` fools on ``model_a`` and not on ``model_b`` (``nip_core.compare``)."""
-    from nip_core.compare import contrast_image as pick
+    """A gallery image that ``attack`` fools on ``model_a`` and not on ``model_b`` (``nip_core.analyses.compare``)."""
+    from nip_core.analyses.compare import contrast_image as pick
 
     with queued(None):
         return pick(get_model(model_a), get_model(model_b), attack=attack)
@@ -271,9 +271,9 @@ def build_request(model_name: str, image_key: str, image_bytes: bytes | None, la
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def strength_view(request: tuple, n: int, _progress: Callable[[float, str], None] | None = None):
-    """``nip_core.strength.strength_sweep`` of an Explore view's request at ``n`` strengths: a
+    """``nip_core.analyses.strength.strength_sweep`` of an Explore view's request at ``n`` strengths: a
     ``StrengthSweep``, kept (shared, never mutated) so that scrubbing its grid copies nothing."""
-    from nip_core.strength import strength_sweep
+    from nip_core.analyses.strength import strength_sweep
 
     (model_name, image_key, image_bytes, label, attack, attack_params, defense, defense_params, layer, method, k,
      seed) = request

@@ -40,10 +40,10 @@ def gallery_entries(model_name: str) -> list[dict[str, Any]]:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def split_thumbnails(model_name: str, split: str) -> list[bytes]:
-    """The images of the model's ``split`` as PNG bytes, in split order (``nip_core.slices``: the
+    """The images of the model's ``split`` as PNG bytes, in split order (``nip_core.evaluation.slices``: the
     shipped ``assets/splits`` file, else the data loaders)."""
     from nip_core.images import tensor_to_png_bytes
-    from nip_core.slices import split_images
+    from nip_core.evaluation.slices import split_images
 
     x, _ = split_images(get_model(model_name), split)
     return [tensor_to_png_bytes(im) for im in x]
@@ -53,7 +53,7 @@ def split_thumbnails(model_name: str, split: str) -> list[bytes]:
 def split_entry(model_name: str, image_key: str) -> dict[str, Any]:
     """A split image (``report:123``) as a gallery entry: key, label, label_name, source, png."""
     from nip_core.images import tensor_to_png_bytes
-    from nip_core.slices import parse_image_key, split_image
+    from nip_core.evaluation.slices import parse_image_key, split_image
 
     model = get_model(model_name)
     image, label, batch = split_image(model, image_key)
@@ -67,7 +67,7 @@ def split_entry(model_name: str, image_key: str) -> dict[str, Any]:
 def split_image_problem(model_name: str, image_key: str, problems: list[str]) -> str | None:
     """Why a link's image cannot be opened as a split image (also appended to ``problems``), or None
     when it can (``report:123``, optionally with its shard: ``report:123@64:128``)."""
-    from nip_core.slices import parse_image_key
+    from nip_core.evaluation.slices import parse_image_key
 
     if parse_image_key(image_key) is None:
         why = f"unknown example image {image_key!r}"
@@ -84,7 +84,7 @@ def split_image_problem(model_name: str, image_key: str, problems: list[str]) ->
 def with_split_image(model_name: str, entries: list[dict[str, Any]], image_key: str | None) -> list[dict[str, Any]]:
     """The gallery entries, led by the split image ``image_key`` names when it is one (a link from the
     Benchmark page opened it)."""
-    from nip_core.slices import parse_image_key
+    from nip_core.evaluation.slices import parse_image_key
 
     if image_key is None or parse_image_key(image_key) is None:
         return entries

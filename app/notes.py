@@ -1,10 +1,10 @@
-"""Prose the pages share, with its numbers read from the shipped reports (``nip_core.results``)."""
+"""Prose the pages share, with its numbers read from the shipped reports (``nip_core.evaluation.results``)."""
 from __future__ import annotations
 
 
 def label_free_note() -> str:
-    """Why label-free NIP is hard, with the numbers of the shipped MNIST report (``nip_core.results``)."""
-    from nip_core.results import headline
+    """Why label-free NIP is hard, with the numbers of the shipped MNIST report (``nip_core.evaluation.results``)."""
+    from nip_core.evaluation.results import headline
 
     h = headline("paper-mnist", "nip")
     return (
@@ -29,7 +29,7 @@ def label_free_note() -> str:
 
 def aware_note() -> str:
     """How often ``nip`` wins against the attack that knows it, from the shipped MNIST report."""
-    from nip_core.results import headline
+    from nip_core.evaluation.results import headline
 
     h = headline("paper-mnist", "nip")
     return f"on the MNIST {h.split} split `nip` still wins {h.pct('aware_accuracy')} of the time against it"

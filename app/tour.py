@@ -2,7 +2,7 @@
 
 A step is data (attack, defense, what it needs, one sentence); :func:`step_query` turns it into
 Explore's share-link query parameters for a model. The image of every step is the model's demo
-image (``nip_core.explain.demo_image``: one its default attack fools and NIP restores), so the
+image (``nip_core.analyses.explain.demo_image``: one its default attack fools and NIP restores), so the
 story holds on each built-in model. Steps that do not apply to a model (no calibration for the
 label-free ``nip``; ``nip-aware`` needs one too) say why instead of offering a link.
 """

@@ -11,11 +11,11 @@ torch, ART and plotly are imported only when a function needs them. A worked exa
     model = api.load("lenet-mnist")
     image, label = api.gallery_image(model, 0)
     e = api.explain_image(model, image, label, attack="fgsm", defense="nip")
-    e.influence_heatmaps().show()          # the Explore view's figures are methods of the result
+    api.explore_figures(e)["influence_heatmaps"].show()   # the Explore view's figures
     result = api.run_evaluation(model, "fgsm", "none,jpeg,nip", n=20)
 
 Names are verbs on things (``explain_image``, ``run_evaluation``) so they never shadow the engine's
-modules ``nip_core.explain`` and ``nip_core.evaluate``. Units (attacks, defenses) are given as the
+modules ``nip_core.analyses.explain`` and ``nip_core.evaluation.evaluate``. Units (attacks, defenses) are given as the
 CLI writes them, ``"pgd[eps=0.1;max_iter=20]"``, or as ``(name, params)`` pairs.
 
 Neuron surgery is ``run_surgery`` (the CLI's ``surgery``); how fragile one image is, ``run_fragility``
@@ -32,12 +32,12 @@ if TYPE_CHECKING:
     import torch
 
     from nip_core.calibration import Calibration
-    from nip_core.explain import Explanation
+    from nip_core.analyses.explain import Explanation
     from nip_core.models.base import LoadedModel
-    from nip_core.surgery import Selection, SurgeryResult, Value
+    from nip_core.analyses.surgery import Selection, SurgeryResult, Value
 
 __all__ = ["models", "attacks", "defenses", "load", "load_image", "gallery_image", "explain_image",
-           "run_surgery", "surgery_figure", "run_fragility", "run_evaluation", "evaluation_figure",
+           "explore_figures", "run_surgery", "surgery_figure", "run_fragility", "run_evaluation", "evaluation_figure",
            "calibrate_model"]
 
 ModelLike = Union[str, "LoadedModel"]
@@ -130,7 +130,7 @@ def gallery_image(model: ModelLike, which: int | str = 0) -> tuple[torch.Tensor,
 
 
 def _unit(text: str, registry) -> tuple[str, dict[str, Any]]:
-    from nip_core.evaluate import parse_units
+    from nip_core.evaluation.evaluate import parse_units
 
     units = parse_units(text, registry)
     if len(units) != 1:
@@ -143,7 +143,7 @@ def run_fragility(model: ModelLike, image: torch.Tensor | str | os.PathLike, lab
                   attack: str = "pgd", attack_params: dict[str, Any] | None = None,
                   defenses: Units = "none,jpeg,nip", seed: int = 0):
     """The smallest attack budget that flips each defense on one image (the CLI's ``fragility``):
-    :func:`nip_core.fragility.fragility`, with its percentile over the model's shipped report split
+    :func:`nip_core.analyses.fragility.fragility`, with its percentile over the model's shipped report split
     where a distribution ships (``docs/results/fragility-<model>.json``).
 
     Args:
@@ -153,11 +153,11 @@ def run_fragility(model: ModelLike, image: torch.Tensor | str | os.PathLike, lab
         defenses: as in :func:`run_evaluation` (``"none,jpeg,nip"`` or ``[("jpeg", {"quality": 75})]``).
 
     Returns:
-        A :class:`~nip_core.fragility.Fragility`: ``result["defenses"][name]["flip_eps"]`` (None: held
+        A :class:`~nip_core.analyses.fragility.Fragility`: ``result["defenses"][name]["flip_eps"]`` (None: held
         to the grid's maximum) and ``percentile``; ``figures.fragility_figure(result, image)`` draws it.
     """
     from nip_core.defenses import DEFENSES
-    from nip_core.fragility import fragility
+    from nip_core.analyses.fragility import fragility
 
     m = _model(model)
     if not hasattr(image, "dim"):
@@ -183,13 +183,13 @@ def explain_image(model: ModelLike, image: torch.Tensor | str | os.PathLike, lab
         seed: seeds every random draw (the same seed gives the same explanation).
 
     Returns:
-        The :class:`~nip_core.explain.Explanation` the app lays out; its figures are its methods
-        (``influence_heatmaps()``, ``difference_heatmaps()``, ``group_chart()``,
-        ``prediction_bars(variant)``, ``perturbation_figure()``, ``figures()``).
+        The :class:`~nip_core.analyses.explain.Explanation` the app lays out; :func:`explore_figures`
+        draws it (each figure alone: ``nip_core.figures.influence_heatmaps(e)`` and the others of
+        :mod:`nip_core.figures.explore`).
     """
     from nip_core.attacks import ATTACKS
     from nip_core.defenses import DEFENSES
-    from nip_core.explain import explain
+    from nip_core.analyses.explain import explain
 
     m = _model(model)
     if not hasattr(image, "dim"):
@@ -207,7 +207,7 @@ def run_surgery(model: ModelLike, image: torch.Tensor | str | os.PathLike, label
                 select: str | Selection | Sequence[int] = "front:0.2", value: str | Value = "benign",
                 seed: int = 0) -> SurgeryResult:
     """Attack one image, set chosen neurons of a layer in the adversarial pass, and re-run it:
-    ``surgery`` of the CLI (:func:`nip_core.surgery.surgery` after the attack, and the defense).
+    ``surgery`` of the CLI (:func:`nip_core.analyses.surgery.surgery` after the attack, and the defense).
 
     Args:
         model: a model name or a loaded model (your own too).
@@ -224,7 +224,7 @@ def run_surgery(model: ModelLike, image: torch.Tensor | str | os.PathLike, label
         seed: seeds the attack, the defense and ``random:N``.
 
     Returns:
-        The :class:`~nip_core.surgery.SurgeryResult`: benign, adversarial and patched passes, the
+        The :class:`~nip_core.analyses.surgery.SurgeryResult`: benign, adversarial and patched passes, the
         patched neurons (``selected()``), the recovery share (``recovery()``) and ``to_json()``;
         ``surgery_figure(result)`` draws it. Its ``seconds`` also hold the attack's (and the
         defense's) time.
@@ -237,7 +237,7 @@ def run_surgery(model: ModelLike, image: torch.Tensor | str | os.PathLike, label
     from nip_core.attacks import ATTACKS, run_attack
     from nip_core.defenses import DEFENSES, apply_defense
     from nip_core.errors import InputError
-    from nip_core.surgery import check_selection, layer_output_and_logits, parse_selection, parse_value, surgery
+    from nip_core.analyses.surgery import check_selection, layer_output_and_logits, parse_selection, parse_value, surgery
 
     m = _model(model)
     if not hasattr(image, "dim"):
@@ -279,6 +279,13 @@ def run_surgery(model: ModelLike, image: torch.Tensor | str | os.PathLike, label
     return result
 
 
+def explore_figures(e: Explanation) -> dict[str, go.Figure]:
+    """The Explore view's figures of an explanation (``explain_image``), by the file stem the CLI's
+    ``explain`` writes them under: influence, difference and group charts, one prediction chart per variant."""
+    from nip_core.figures import explanation_figures
+    return explanation_figures(e)
+
+
 def surgery_figure(result: SurgeryResult, image: int = 0, n: int = 3) -> go.Figure:
     """The prediction bars of a surgery (``run_surgery``): benign, adversarial and patched side by
     side, each variant's top-``n`` classes, the recovery share in the title (``surgery.html`` of the CLI)."""
@@ -287,7 +294,7 @@ def surgery_figure(result: SurgeryResult, image: int = 0, n: int = 3) -> go.Figu
 
 
 def _units(units: Units, registry) -> list[tuple[str, dict[str, Any]]]:
-    from nip_core.evaluate import parse_units
+    from nip_core.evaluation.evaluate import parse_units
 
     if isinstance(units, str):
         return parse_units(units, registry)
@@ -325,7 +332,7 @@ def run_evaluation(model: ModelLike, attacks: Units, defenses: Units, n: int = 1
     """
     from nip_core.attacks import ATTACKS
     from nip_core.defenses import DEFENSES
-    from nip_core.evaluate import evaluate
+    from nip_core.evaluation.evaluate import evaluate
 
     m = _model(model)
     return evaluate(m.name, _units(attacks, ATTACKS), _units(defenses, DEFENSES), n=n, seed=seed, split=split,

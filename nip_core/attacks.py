@@ -43,7 +43,7 @@ class Attack:
     run: Callable[..., torch.Tensor] | None = field(default=None, repr=False)
     applies: Callable[[LoadedModel], bool] | None = field(default=None, repr=False)
     # Its strength is its budget ``eps``, and its step ``eps_step`` (if it has one) is a share of it
-    # that a sweep over ε keeps (``nip_core.elasticity``): the gradient attacks with a budget.
+    # that a sweep over ε keeps (``nip_core.analyses.elasticity``): the gradient attacks with a budget.
     eps_sweep: bool = False
 
     @property

@@ -73,8 +73,8 @@ def cmd_list(args) -> int:
 def cmd_evaluate(args) -> int:
     from nip_core.attacks import ATTACKS
     from nip_core.defenses import DEFENSES
-    from nip_core.elasticity import parse_eps_grid
-    from nip_core.evaluate import SHARD_SIZE, SUITES, evaluate, parse_units, write_result
+    from nip_core.analyses.elasticity import parse_eps_grid
+    from nip_core.evaluation.evaluate import SHARD_SIZE, SUITES, evaluate, parse_units, write_result
     from nip_core.models.base import get_spec
     from nip_core.byom import resolve_model
 
@@ -186,7 +186,7 @@ def _print_summary(result: dict) -> None:
 
 
 def cmd_explain(args) -> int:
-    from nip_core.explain import explain
+    from nip_core.analyses.explain import explain
     from nip_core.images import load_image_file, tensor_to_png_bytes
     from nip_core.models import load_model
     from nip_core.byom import resolve_model
@@ -209,7 +209,9 @@ def cmd_explain(args) -> int:
     np.savez(out / "influence.npz", **{f"influence_{v}": e.influence[v].numpy() for v in e.influence},
              **{f"activation_{v}": e.activations[v].numpy() for v in e.activations},
              front=e.front.numpy(), tail=e.tail.numpy(), dead=e.dead.numpy())
-    for name, fig in e.figures().items():
+    from nip_core.figures import explanation_figures
+
+    for name, fig in explanation_figures(e).items():
         fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
     summary = e.summary() | {"image": str(args.image), "seed": args.seed,
                              "files": sorted(p.name for p in out.iterdir())}
@@ -243,9 +245,9 @@ def cmd_surgery(args) -> int:
 def cmd_fragility(args) -> int:
     from nip_core.byom import resolve_model
     from nip_core.defenses import DEFENSES
-    from nip_core.evaluate import parse_units
-    from nip_core.fragility import (DEFAULT_DEFENSES, DISTRIBUTION_DEFENSES, fragility, fragility_distribution,
-                                    fragility_report)
+    from nip_core.evaluation.evaluate import parse_units
+    from nip_core.analyses.fragility import DEFAULT_DEFENSES, DISTRIBUTION_DEFENSES, fragility, fragility_distribution
+    from nip_core.reports.fragility import fragility_report
     from nip_core.images import load_image_file
     from nip_core.models import load_model
 
@@ -332,7 +334,7 @@ def cmd_train(args) -> int:
 
 def cmd_robustness(args) -> int:
     from nip_core.models import load_model
-    from nip_core.robustness import check_card, official_test_set, robust_accuracy, robustness_command, write_card
+    from nip_core.evaluation.robustness import check_card, official_test_set, robust_accuracy, robustness_command, write_card
 
     model = load_model(args.model)
     official_test_set(model)            # a model without one is refused before any work
@@ -430,7 +432,7 @@ def cmd_calibrate(args) -> int:
 
 def cmd_split_images(args) -> int:
     from nip_core.models import load_model
-    from nip_core.slices import split_asset_path, write_split_asset
+    from nip_core.evaluation.slices import split_asset_path, write_split_asset
 
     names = [m.strip() for m in args.model.split(",") if m.strip()]
     if args.out is not None and len(names) != 1:
@@ -443,7 +445,7 @@ def cmd_split_images(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from nip_core.bench import run_bench
+    from nip_core.evaluation.bench import run_bench
     from nip_core.models import MODELS
 
     models = None

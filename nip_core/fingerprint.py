@@ -26,10 +26,17 @@ from nip_core.runtime import ASSETS, REPO_ROOT
 
 ENGINE_ROOT = REPO_ROOT / "nip_core"
 SHIPPED_ROOT = ASSETS
-# Engine files that never change a cached number: editing them keeps every cache valid (fragility and
-# pathway compute only what they return; nothing they compute is cached or read by evaluate).
-NOT_NUMERIC = frozenset({"cli.py", "figures.py", "bench.py", "__main__.py", "distributed.py", "shards.py",
-                         "fingerprint.py", "api.py", "fragility.py", "pathway.py"})
+# Engine files that never change a cached number (paths under nip_core/; a folder ends in "/"): editing
+# them keeps every cache valid (fragility and pathway compute only what they return; nothing they
+# compute is cached or read by evaluate; figures and reports only draw).
+NOT_NUMERIC = frozenset({"cli.py", "__main__.py", "api.py", "fingerprint.py", "evaluation/bench.py",
+                         "evaluation/distributed.py", "evaluation/shards.py", "analyses/fragility.py",
+                         "analyses/pathway.py", "figures/", "reports/"})
+
+
+def is_numeric(relative: str) -> bool:
+    """Whether the engine file at ``relative`` (a posix path under ``nip_core/``) can change a cached number."""
+    return relative not in NOT_NUMERIC and not any(relative.startswith(d) for d in NOT_NUMERIC if d.endswith("/"))
 # The shipped files numbers are read from: weights, influence profiles, calibration banks.
 SHIPPED_PATTERNS = ("models/*.safetensors", "profiles/*.safetensors", "calibration/*.npz")
 
@@ -78,7 +85,7 @@ def _code_fingerprint(root: Path) -> str:
     used: dict[str, str] = {}
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        if path.name in NOT_NUMERIC:
+        if not is_numeric(path.relative_to(root).as_posix()):
             continue
         raw = hashlib.sha256(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes()).hexdigest()
         used[raw] = memo.get(raw) or source_digest(path, root).hex()

@@ -5,12 +5,14 @@ import os
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = REPO_ROOT / "assets"
+RESULTS_DIR = REPO_ROOT / "docs" / "results"     # the shipped result files
 
 
 def get_device() -> torch.device:
@@ -19,6 +21,18 @@ def get_device() -> torch.device:
     if forced:
         return torch.device(forced)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def environment() -> dict[str, Any]:
+    """The software and machine a result was computed with (written into every result file)."""
+    import platform
+
+    import art
+    import captum
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "captum": captum.__version__,
+            "art": art.__version__, "device": str(get_device()),
+            "machine": platform.machine(), "cpus": torch.get_num_threads()}
 
 
 # Seeding a process-wide RNG and drawing from it must not interleave across threads: hold this

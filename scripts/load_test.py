@@ -120,7 +120,7 @@ def expected_result(plan: dict[str, Any], full: bool) -> dict[str, str]:
     from nip_core.attacks import ATTACKS
     from nip_core.data import gallery
     from nip_core.defenses import DEFENSES
-    from nip_core.explain import explain
+    from nip_core.analyses.explain import explain
     from nip_core.models import load_model
 
     model = load_model(plan["model"])

@@ -347,7 +347,7 @@ def main_layers(args) -> None:
     out["layers"] = {
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "cpus": os.cpu_count(),
         "what": "warm: seconds from clicking Explore's 'every layer' switch to the strip drawn, on a view whose "
-                "explanation is cached and whose strip is not (engine: nip_core.pathway.layer_strip at every "
+                "explanation is cached and whose strip is not (engine: nip_core.analyses.pathway.layer_strip at every "
                 "layer, then the figure)",
         "browser": "Debian Chromium, headless, on the same machine as the server",
         "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}

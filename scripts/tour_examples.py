@@ -1,6 +1,6 @@
 """Pick the guided tour's slow example images once and ship them in ``assets/tour.json``.
 
-Most tour steps use an image chosen at run time (``nip_core.explain.demo_image`` with FGSM, cheap):
+Most tour steps use an image chosen at run time (``nip_core.analyses.explain.demo_image`` with FGSM, cheap):
 the same image for every such step, so the ``counter-attack`` ablation and the neuron surgery step
 show the image of the ``nip`` step.
 The step "an attack that knows the defense beats it" needs an image on which ``nip-aware`` beats
@@ -30,7 +30,7 @@ def main() -> None:
     from nip_core.attacks import ATTACKS
     from nip_core.byom import is_custom
     from nip_core.calibration import calibration_for
-    from nip_core.explain import demo_image
+    from nip_core.analyses.explain import demo_image
     from nip_core.models import MODELS, load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_import_nip_core_stays_light_and_api_loads_on_first_use():
     code = ("import sys, nip_core\n"
-            "light = not any(m in sys.modules for m in ('torch', 'nip_core.api', 'nip_core.explain'))\n"
+            "light = not any(m in sys.modules for m in ('torch', 'nip_core.api', 'nip_core.analyses.explain'))\n"
             "api = nip_core.api\n"
             "from nip_core import api as again\n"
             "print(light, api is again, 'api' in dir(nip_core), 'torch' in sys.modules)\n"
@@ -28,7 +28,7 @@ def test_import_nip_core_stays_light_and_api_loads_on_first_use():
 
 def test_explain_image_is_the_engines_explanation_with_its_figures(lenet):
     from nip_core import api, figures
-    from nip_core.explain import explain
+    from nip_core.analyses.explain import explain
 
     image, label = api.gallery_image(lenet, 3)
     e = api.explain_image("lenet-mnist", image, label, attack="pgd[eps=0.2;max_iter=3]", defense="random-sign",
@@ -38,12 +38,12 @@ def test_explain_image_is_the_engines_explanation_with_its_figures(lenet):
     assert json.dumps(e.summary() | {"seconds": 0}) == json.dumps(direct.summary() | {"seconds": 0})
     assert e.attack_params["eps"] == 0.2 and e.attack_params["max_iter"] == 3
     same = lambda a, b: a.to_json() == b.to_json()  # noqa: E731
-    assert same(e.influence_heatmaps(), figures.influence_heatmaps(e))
-    assert same(e.difference_heatmaps("activations"), figures.difference_heatmaps(e, "activations"))
-    assert same(e.group_chart(), figures.group_chart(e))
-    assert same(e.prediction_bars("defended"), figures.prediction_bars(e, "defended"))
-    assert same(e.perturbation_figure(), figures.perturbation_figure(e))
-    assert set(e.figures()) == {"influence_heatmaps", "difference_heatmaps", "group_chart", "predictions_benign",
+    figs = api.explore_figures(e)
+    assert same(figs["influence_heatmaps"], figures.influence_heatmaps(e))
+    assert same(figs["difference_heatmaps"], figures.difference_heatmaps(e))
+    assert same(figs["group_chart"], figures.group_chart(e))
+    assert same(figs["predictions_defended"], figures.prediction_bars(e, "defended"))
+    assert set(figs) == {"influence_heatmaps", "difference_heatmaps", "group_chart", "predictions_benign",
                                 "predictions_adversarial", "predictions_defended"}
     from nip_core.data import gallery
     by_key = api.gallery_image(lenet, gallery("mnist")[3].key)
@@ -52,7 +52,7 @@ def test_explain_image_is_the_engines_explanation_with_its_figures(lenet):
 
 def test_run_evaluation_reads_units_as_the_cli_does(lenet):
     from nip_core import api
-    from nip_core.evaluate import evaluate
+    from nip_core.evaluation.evaluate import evaluate
 
     grid = dict(n=3, split="tune", adaptive=False, seed=2)
     a = api.run_evaluation(lenet, "fgsm[eps=0.2],pgd[max_iter=2]", ["none", ("jpeg", {"quality": "30"})], **grid)
@@ -69,7 +69,7 @@ def test_run_surgery_is_the_engines_surgery_after_the_attack_and_defense(lenet, 
     from nip_core.attacks import ATTACKS, run_attack
     from nip_core.defenses import DEFENSES, apply_defense
     from nip_core.images import tensor_to_png_bytes
-    from nip_core.surgery import surgery
+    from nip_core.analyses.surgery import surgery
 
     image, label = api.gallery_image(lenet, 2)
     r = api.run_surgery("lenet-mnist", image, label, attack="pgd[eps=0.2]", attack_params={"max_iter": 3},
@@ -146,7 +146,7 @@ def test_every_name_in_all_exists_and_fragility_is_not_pretended():
 
 def test_run_fragility_is_the_engines_fragility(lenet):
     from nip_core import api
-    from nip_core.fragility import fragility
+    from nip_core.analyses.fragility import fragility
 
     image, label = api.gallery_image(lenet, 1)
     f = api.run_fragility("lenet-mnist", image, label, attack="fgsm", defenses="none,jpeg[quality=75]", seed=2)

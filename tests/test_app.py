@@ -480,7 +480,7 @@ def test_form_shows_only_the_parameters_that_apply() -> None:
 
 
 def test_benchmark_shows_the_shipped_tables_on_arrival() -> None:
-    from nip_core.results import shipped_result, shipped_suites
+    from nip_core.evaluation.results import shipped_result, shipped_suites
 
     at = _app()
     at.switch_page("views/benchmark.py").run()
@@ -502,8 +502,8 @@ def test_benchmark_shows_the_shipped_tables_on_arrival() -> None:
 
 
 def test_benchmark_draws_the_shipped_mediation_on_request() -> None:
-    from nip_core.mediation import mediation_table
-    from nip_core.results import shipped_mediation, shipped_result
+    from nip_core.analyses.mediation import mediation_table
+    from nip_core.evaluation.results import shipped_mediation, shipped_result
 
     at = _app()
     at.switch_page("views/benchmark.py").run()
@@ -525,7 +525,7 @@ def test_benchmark_draws_the_shipped_mediation_on_request() -> None:
 
 
 def test_benchmark_draws_the_shipped_elasticity_on_request() -> None:
-    from nip_core.results import shipped_elastic, shipped_result
+    from nip_core.evaluation.results import shipped_elastic, shipped_result
 
     at = _app()
     at.switch_page("views/benchmark.py").run()
@@ -547,7 +547,7 @@ def test_benchmark_draws_the_shipped_elasticity_on_request() -> None:
 
 
 def test_benchmark_opens_a_results_json_and_refuses_bad_files() -> None:
-    from nip_core.results import RESULTS_DIR
+    from nip_core.evaluation.results import RESULTS_DIR
 
     at = _app()
     at.switch_page("views/benchmark.py").run()
@@ -791,8 +791,8 @@ def test_tour_on_fashion_mnist_offers_every_step():
 
 
 def test_benchmark_shows_the_adversarial_training_comparison_on_the_same_images() -> None:
-    from nip_core.results import adversarial_training_comparison, shipped_adversarial_training, shipped_result
-    from nip_core.robustness import card_robustness
+    from nip_core.evaluation.results import adversarial_training_comparison, shipped_adversarial_training, shipped_result
+    from nip_core.evaluation.robustness import card_robustness
 
     at = _app()
     at.switch_page("views/benchmark.py").run()

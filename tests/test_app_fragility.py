@@ -8,7 +8,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import nip_core.fragility as fr
+import nip_core.analyses.fragility as fr
 from tests.test_app import VIEW_CHARTS, _app, _load_own_model, _lenet_safetensors, _ok, _png_digit, _submit
 
 M = "lenet-mnist"

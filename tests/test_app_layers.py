@@ -15,7 +15,7 @@ S = f"explore.surgery.{M}."
 
 def _count_strips(monkeypatch) -> list:
     """Count the engine's layer_strip calls where the app looks it up (and call through)."""
-    import nip_core.pathway as pathway
+    import nip_core.analyses.pathway as pathway
 
     calls: list = []
     real = pathway.layer_strip
@@ -107,7 +107,7 @@ def test_a_link_with_layers_opens_the_strip() -> None:
 
 
 def test_a_failing_strip_is_one_message_and_the_run_stays(monkeypatch) -> None:
-    import nip_core.pathway as pathway
+    import nip_core.analyses.pathway as pathway
     from nip_core.errors import InputError
 
     def broken(*a, **kw):

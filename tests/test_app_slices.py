@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import app.warmup
-from nip_core import slices as S
+from nip_core.evaluation import slices as S
 from nip_core.figures import bare_names
 
 app.warmup.ENABLED = False   # no background warm-up thread inside the test process
@@ -34,7 +34,7 @@ def _ok(at: AppTest) -> None:
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    from nip_core.results import shipped_result
+    from nip_core.evaluation.results import shipped_result
 
     shipped = shipped_result("paper-mnist-report.json")
     assert S.has_per_image(shipped), "the shipped MNIST report carries per-image records (research round 8)"
@@ -114,7 +114,7 @@ def test_benchmark_lists_a_rows_images_forty_to_a_page_with_explore_links(report
 
 
 def test_a_result_without_records_says_slicing_needs_a_rerun() -> None:
-    from nip_core.results import shipped_result
+    from nip_core.evaluation.results import shipped_result
 
     old = shipped_result("paper-imagenet.json")
     assert not S.has_per_image(old)

@@ -14,11 +14,11 @@ K = f"explore.strength.{M}."
 STRENGTH_CHARTS = 3     # the response chart, the group chart and the activation heatmaps at the slider's ε
 BASE = {"model": M, "image": "mnist-test-21", "attack": "fgsm", "defense": "nip"}
 # Every heavy step of the engine, where the app (or the engine) looks it up.
-HEAVY = ["nip_core.strength.strength_sweep", "nip_core.strength.run_attack", "nip_core.strength.apply_defense",
-         "nip_core.strength.neuron_activations", "nip_core.strength.influence_profile",
-         "nip_core.explain.explain", "nip_core.explain.run_attack", "nip_core.explain.apply_defense",
-         "nip_core.explain.neuron_influence", "nip_core.explain.neuron_activations",
-         "nip_core.explain.influence_profile", "nip_core.attacks.run_attack", "nip_core.defenses.apply_defense",
+HEAVY = ["nip_core.analyses.strength.strength_sweep", "nip_core.analyses.strength.run_attack", "nip_core.analyses.strength.apply_defense",
+         "nip_core.analyses.strength.neuron_activations", "nip_core.analyses.strength.influence_profile",
+         "nip_core.analyses.explain.explain", "nip_core.analyses.explain.run_attack", "nip_core.analyses.explain.apply_defense",
+         "nip_core.analyses.explain.neuron_influence", "nip_core.analyses.explain.neuron_activations",
+         "nip_core.analyses.explain.influence_profile", "nip_core.attacks.run_attack", "nip_core.defenses.apply_defense",
          "nip_core.influence.influence_profile", "nip_core.influence.neuron_influence",
          "nip_core.influence.neuron_activations"]
 
@@ -82,9 +82,9 @@ def test_opening_computes_once_and_the_slider_costs_no_engine_call(monkeypatch) 
     toggle.set_value(True).run()
     _ok(at)
     made = _made(calls)
-    assert made["nip_core.strength.strength_sweep"] == 1
-    assert made["nip_core.strength.run_attack"] == 12 and made["nip_core.strength.apply_defense"] == 13, made
-    assert "nip_core.explain.explain" not in made                          # the run above is not recomputed
+    assert made["nip_core.analyses.strength.strength_sweep"] == 1
+    assert made["nip_core.analyses.strength.run_attack"] == 12 and made["nip_core.analyses.strength.apply_defense"] == 13, made
+    assert "nip_core.analyses.explain.explain" not in made                          # the run above is not recomputed
     assert len(at.get("plotly_chart")) == VIEW_CHARTS + STRENGTH_CHARTS
     slider = _slider(at)
     grid = list(slider.options)

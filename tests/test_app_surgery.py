@@ -37,10 +37,10 @@ def _metrics(at: AppTest) -> dict[str, str]:
 
 def _counters(monkeypatch) -> dict[str, list]:
     """Count calls of the engine's heavy steps where the app looks them up (and call through)."""
-    targets = ["nip_core.explain.explain", "nip_core.explain.run_attack", "nip_core.explain.apply_defense",
-               "nip_core.explain.neuron_influence", "nip_core.attacks.run_attack", "nip_core.defenses.apply_defense",
-               "nip_core.influence.influence_profile", "nip_core.surgery.source_activations",
-               "nip_core.surgery.surgery", "nip_core.surgery.patch"]
+    targets = ["nip_core.analyses.explain.explain", "nip_core.analyses.explain.run_attack", "nip_core.analyses.explain.apply_defense",
+               "nip_core.analyses.explain.neuron_influence", "nip_core.attacks.run_attack", "nip_core.defenses.apply_defense",
+               "nip_core.influence.influence_profile", "nip_core.analyses.surgery.source_activations",
+               "nip_core.analyses.surgery.surgery", "nip_core.analyses.surgery.patch"]
     calls: dict[str, list] = {}
     for target in targets:
         mod_name, attr = target.rsplit(".", 1)
@@ -56,7 +56,7 @@ def _counters(monkeypatch) -> dict[str, list]:
 
 def _made(calls: dict[str, list]) -> dict[str, int]:
     """Calls made since the last reset (then reset)."""
-    out = {t.rsplit(".", 1)[1] if t.startswith("nip_core.surgery") else t: len(c) for t, c in calls.items() if c}
+    out = {t.rsplit(".", 1)[1] if t.startswith("nip_core.analyses.surgery") else t: len(c) for t, c in calls.items() if c}
     for c in calls.values():
         c.clear()
     return out

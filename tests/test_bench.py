@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from nip_core.bench import run_bench
+from nip_core.evaluation.bench import run_bench
 
 
 def test_tiny_bench_writes_the_schema(tmp_path):
@@ -43,7 +43,7 @@ def test_fast_conductance_matches_captum(lenet, digits):
 
 
 def test_paired_times_one_call_against_every_floor(monkeypatch):
-    import nip_core.bench as B
+    import nip_core.evaluation.bench as B
 
     calls = {"op": 0, "full": 0, "layer": 0}
 

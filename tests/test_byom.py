@@ -72,7 +72,7 @@ def test_explain_on_custom_resnet_with_gallery_image(resnet_small):
     """A user's 3-class model explained on an ImageNet gallery photo: the gallery's labels (e.g. 285)
     are not its classes, so its references are labelled with its own predictions (engine request A)."""
     from nip_core.data import benign_reference, gallery
-    from nip_core.explain import explain
+    from nip_core.analyses.explain import explain
     from nip_core.images import to_model_input, tensor_to_pil
     from nip_core.influence import influence_profile
 

@@ -17,7 +17,7 @@ import nip_core.calibration as calibration
 import nip_core.fingerprint as fingerprint
 import nip_core.label_free as label_free
 from nip_core.fingerprint import code_fingerprint, shipped_fingerprint, stripped_source
-from nip_core.shards import Shard, shard_key
+from nip_core.evaluation.shards import Shard, shard_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,8 +46,9 @@ def engine_copies(tmp_path_factory):
     first_def = text.index("\ndef ")
     nip.write_text(text[:first_def] + "\n# a new comment line\n" + text[first_def:]
                    .replace('"""', '"""An edited docstring. ', 1))
-    (comments / "figures.py").write_text((comments / "figures.py").read_text() + "\nEDITED_BUT_NOT_NUMERIC = 1\n")
-    evaluate = constant / "evaluate.py"
+    drawn = comments / "figures" / "explore.py"
+    drawn.write_text(drawn.read_text() + "\nEDITED_BUT_NOT_NUMERIC = 1\n")
+    evaluate = constant / "evaluation" / "evaluate.py"
     assert "SHARD_SIZE = 64\n" in evaluate.read_text()
     evaluate.write_text(evaluate.read_text().replace("SHARD_SIZE = 64\n", "SHARD_SIZE = 65\n"))
     return same, comments, constant
@@ -96,7 +97,7 @@ def test_shard_key_follows_the_shipped_profiles_and_calibrations(tmp_path, monke
 
 
 def test_shard_key_covers_the_shards_images_and_the_calibration(lenet, monkeypatch):
-    from nip_core.evaluate import EvalContext, EvalJob
+    from nip_core.evaluation.evaluate import EvalContext, EvalJob
 
     ctx = EvalContext(EvalJob("lenet-mnist", [("fgsm", {})], [("none", {}), ("nip", {})], 8, split="tune"))
     first, second = Shard("benign", 0, 0, 4), Shard("benign", 0, 4, 8)

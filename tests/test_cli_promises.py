@@ -66,7 +66,7 @@ def digit_png(tmp_path_factory) -> Path:
 
 def test_suite_paper_mnist_runs_every_unit_on_a_few_report_images(tmp_path, capsys):
     from nip_core.defenses import DEFENSES
-    from nip_core.evaluate import SUITES
+    from nip_core.evaluation.evaluate import SUITES
 
     out = tmp_path / "F.json"
     rc, stdout, err = cli(capsys, "evaluate", "--suite", "paper-mnist", "--split", "report", "--n", 4,
@@ -222,7 +222,7 @@ def test_profile_recomputed_matches_the_shipped_profiles(tmp_path, capsys, monke
 
 
 def test_bench_quick_writes_its_json(tmp_path, capsys):
-    from nip_core.bench import QUICK_CHANGES
+    from nip_core.evaluation.bench import QUICK_CHANGES
 
     # --models lenet-mnist: the quick configuration of one model (all four take about a minute)
     out = tmp_path / "sub" / "bench.json"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nip_core.compare import _params_text, comparable, compare_runs, overlap, run_stats
+from nip_core.analyses.compare import _params_text, comparable, compare_runs, overlap, run_stats
 from nip_core.errors import InputError
-from nip_core.explain import Explanation
+from nip_core.analyses.explain import Explanation
 from nip_core.figures import compare_heatmaps
 
 T = torch.tensor
@@ -126,7 +126,7 @@ def test_heatmaps_share_one_colour_scale_covering_both_runs() -> None:
 def test_two_attacks_on_one_digit(lenet) -> None:
     """Real runs: FGSM and a weaker PGD on one MNIST digit, same model and layer."""
     from nip_core.data import gallery
-    from nip_core.explain import explain
+    from nip_core.analyses.explain import explain
 
     it = gallery("mnist")[3]
     a = explain(lenet, it.image, it.label, attack="fgsm", defense="none")

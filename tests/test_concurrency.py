@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from nip_core.explain import explain
+from nip_core.analyses.explain import explain
 from nip_core.influence import influence_profile, neuron_activations, neuron_influence
 
 # Eight different Explore runs: images, attacks, defenses, layers, methods and k all differ.

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from nip_core.defenses import apply_defense
-from nip_core.evaluate import evaluate
-from nip_core.explain import explain
+from nip_core.evaluation.evaluate import evaluate
+from nip_core.analyses.explain import explain
 
 RUNS = [
     dict(attack="fgsm", defense="nip", seed=0),

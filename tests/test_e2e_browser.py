@@ -567,8 +567,8 @@ def test_benchmark_thumbnails_open_an_image_in_explore_in_chromium() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from nip_core import slices as S
-    from nip_core.results import RESULTS_DIR, shipped_result
+    from nip_core.evaluation import slices as S
+    from nip_core.evaluation.results import RESULTS_DIR, shipped_result
 
     name = "paper-mnist-report.json"
     assert S.has_per_image(shipped_result(name))

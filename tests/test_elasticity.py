@@ -10,10 +10,10 @@ import pytest
 
 from nip_core.attacks import ATTACKS
 from nip_core.cli import main
-from nip_core.elasticity import expand_eps_grid, parse_eps_grid, scaled_params, sweeps_eps
+from nip_core.analyses.elasticity import expand_eps_grid, parse_eps_grid, scaled_params, sweeps_eps
 from nip_core.errors import InputError
-from nip_core.evaluate import EvalContext, EvalJob, evaluate, evaluate_shard, merge_shards, wilson_interval
-from nip_core.shards import plan
+from nip_core.evaluation.evaluate import EvalContext, EvalJob, evaluate, evaluate_shard, merge_shards, wilson_interval
+from nip_core.evaluation.shards import plan
 
 # Small and fast: one attack of each kind (no step, a step), seeded units, and a second chunk of images.
 GRID = dict(attacks=[("fgsm", {"eps": "0.1"}), ("pgd", {"eps": "0.3", "eps_step": "0.03", "max_iter": "3"})],

@@ -1,7 +1,7 @@
 """Statistics that go with an evaluation table: intervals for accuracies, shown in the heatmap."""
 import pytest
 
-from nip_core.evaluate import wilson_interval
+from nip_core.evaluation.evaluate import wilson_interval
 from nip_core.figures import evaluation_heatmap
 
 
@@ -38,7 +38,7 @@ def test_heatmap_hover_shows_the_interval_from_per_image_results():
 
 
 def test_expected_attack_seconds_scales_the_shipped_bench(monkeypatch):
-    import nip_core.bench as bench
+    import nip_core.evaluation.bench as bench
 
     monkeypatch.setattr(bench, "_ATTACK_TIMES", {"m": {"pgd": {"per_image": 2.0, "params": {"max_iter": 10}},
                                                        "fgsm": {"per_image": 0.5, "params": {"eps": 0.1}}}})
@@ -51,7 +51,7 @@ def test_expected_attack_seconds_scales_the_shipped_bench(monkeypatch):
 
 
 def test_accuracy_intervals_from_bits_and_from_older_files():
-    from nip_core.evaluate import accuracy_intervals, wilson_interval
+    from nip_core.evaluation.evaluate import accuracy_intervals, wilson_interval
 
     result = {"n_images": 4, "defenses": ["none", "nip"],
               "rows": [{"attack": "fgsm", "defense": "none", "defended_adv_accuracy": 0.25, "correct": "0100"},
@@ -69,7 +69,7 @@ def test_heatmap_of_every_shipped_result_has_a_number_in_every_attack_row():
     """The shipped reports list attacks with `target=-1` that their rows leave out: rows must still match."""
     import numpy as np
 
-    from nip_core.results import shipped_result, shipped_suites
+    from nip_core.evaluation.results import shipped_result, shipped_suites
 
     for suite, file in shipped_suites().items():
         result = shipped_result(file)

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-import nip_core.fragility as fr
+import nip_core.analyses.fragility as fr
 from nip_core.attacks import run_attack
 from nip_core.cli import main
 from nip_core.data import heldout_split
-from nip_core.elasticity import scaled_params
+from nip_core.analyses.elasticity import scaled_params
 from nip_core.figures import fragility_figure
-from nip_core.fragility import (find_flip, flip_grid, fragility, fragility_distribution, grid_for, percentile)
+from nip_core.analyses.fragility import (find_flip, flip_grid, fragility, fragility_distribution, grid_for, percentile)
 from nip_core.images import tensor_to_png_bytes
 
 QUICK = {"max_iter": 3, "eps_step": 0.1}     # PGD-3, steps of ε/3: a real attack on LeNet, in milliseconds

@@ -192,7 +192,7 @@ def loaded_in_fresh_interpreter(modules: list[str]) -> dict[str, list[str]]:
 
 def test_importing_the_engine_loads_neither_streamlit_nor_the_app():
     engine = [n for n in project_modules() if _within(n, ("nip_core",)) and not n.endswith("__main__")]
-    assert {"nip_core", "nip_core.cli", "nip_core.explain", "nip_core.sources.userdata"} <= set(engine)
+    assert {"nip_core", "nip_core.cli", "nip_core.analyses.explain", "nip_core.sources.userdata"} <= set(engine)
     assert loaded_in_fresh_interpreter(engine) == {}
     # the probe sees it when a module does load them
     found = loaded_in_fresh_interpreter(["nip_core.errors", "app.widgets"])
@@ -239,3 +239,50 @@ def test_every_name_a_module_imports_from_the_project_exists(package):
     """Also imports inside functions (run only when called), which an import of the module misses."""
     sources = _sources(lambda n: _within(n, (package,)) is not None and not n.endswith("__main__"))
     assert missing_names(sources, set(project_modules())) == []
+
+
+# ----------------------------------------------------------------------------- the engine's layers (issue 27)
+
+# A module's layer is read from its path; no module imports from a layer above its own. The method
+# (the top level of nip_core and its models/ and sources/) at the bottom, the analyses built on it, the
+# evaluation machinery on those, figures and reports on all of them, and the front door (api, cli) on top.
+FRONT_DOOR = ("nip_core", "nip_core.api", "nip_core.cli", "nip_core.__main__")
+ENGINE_LAYERS = {"method": 0, "analyses": 1, "evaluation": 2, "figures": 3, "reports": 3, "front door": 4}
+TOP_LEVEL_LIMIT = 20
+
+
+def engine_layer(module: str) -> str:
+    """The layer of engine module ``module``, from its path alone."""
+    if module in FRONT_DOOR:
+        return "front door"
+    sub = module.split(".")[1]
+    return sub if sub in ENGINE_LAYERS else "method"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``a (layer) imports b (layer)`` for each engine import that runs up the layers."""
+    rank = lambda m: ENGINE_LAYERS[engine_layer(m)]  # noqa: E731
+    return [f"{a} ({engine_layer(a)}) imports {b} ({engine_layer(b)})"
+            for a in sorted(graph) if a.startswith("nip_core")
+            for b in sorted(graph[a]) if b.startswith("nip_core") and rank(b) > rank(a)]
+
+
+def test_layer_of_a_module_is_read_from_its_path():
+    assert engine_layer("nip_core.attacks") == engine_layer("nip_core.models.lenet") == "method"
+    assert engine_layer("nip_core.analyses.surgery") == "analyses"
+    assert engine_layer("nip_core.evaluation.evaluate") == "evaluation"
+    assert engine_layer("nip_core.figures.explore") == "figures"
+    assert engine_layer("nip_core.api") == "front door"
+    # the check sees an import that runs up, and lets one that runs down pass
+    assert upward_imports({"nip_core.analyses.x": {"nip_core.evaluation.y", "nip_core.attacks"}}) == [
+        "nip_core.analyses.x (analyses) imports nip_core.evaluation.y (evaluation)"]
+
+
+def test_no_engine_module_imports_from_a_layer_above_its_own():
+    offenders = upward_imports(import_graph())
+    assert not offenders, "\n".join(offenders)
+
+
+def test_top_level_of_the_engine_stays_small():
+    top = sorted(p.stem for p in (REPO_ROOT / "nip_core").glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(top) <= TOP_LEVEL_LIMIT, top

@@ -115,7 +115,7 @@ def test_neighbour_vote_only_where_a_calibration_exists(lenet):
 def test_defense_aware_attack_fools_the_vote(lenet, digits):
     """The aware attack targets the neighbour vote as well as the model: BPDA alone over-states nip."""
     from nip_core.attacks import ATTACKS
-    from nip_core.evaluate import evaluate
+    from nip_core.evaluation.evaluate import evaluate
 
     x, y = digits
     r = run_attack(lenet, "nip-aware", x, y, seed=0)
@@ -163,7 +163,7 @@ def test_aware_attack_refuses_models_where_nip_does_not_vote():
 
 
 def test_explain_reports_why_nip_acted(lenet, digits):
-    from nip_core.explain import explain
+    from nip_core.analyses.explain import explain
 
     x, y = digits
     e = explain(lenet, x[0], int(y[0]), attack="fgsm", attack_params={"eps": 0.3}, defense="nip", layer="fc1")
@@ -240,7 +240,7 @@ def test_pocket_rule_sends_minimal_adversarials_back_and_leaves_large_ones_to_th
 def test_aware_attack_targets_the_evaluated_defense_settings(lenet, digits, monkeypatch):
     """evaluate's aware column attacks nip as configured, not nip's registered defaults."""
     import nip_core.label_free as nv
-    from nip_core.evaluate import evaluate
+    from nip_core.evaluation.evaluate import evaluate
 
     seen = []
     real = nv.aware_attack
@@ -260,7 +260,7 @@ def test_aware_attack_targets_the_evaluated_defense_settings(lenet, digits, monk
 
 
 def test_tables_that_include_the_calibration_digits_carry_a_warning(lenet):
-    from nip_core.evaluate import split_warnings
+    from nip_core.evaluation.evaluate import split_warnings
 
     [w] = split_warnings(lenet, "all", 600, ["none", "jpeg", "nip"])
     assert "'nip'" in w and "500+" in w and "--split report" in w
@@ -332,7 +332,7 @@ def test_aware_attack_l2_mode_stays_in_its_ball(lenet, digits):
 
 
 def test_paired_comparisons_by_hand():
-    from nip_core.evaluate import paired_comparisons
+    from nip_core.evaluation.evaluate import paired_comparisons
 
     rows = [{"attack": "a", "defense": "nip[x]", "defense_name": "nip", "correct": "1110100"},
             {"attack": "a", "defense": "jpeg", "defense_name": "jpeg", "correct": "1001100"},

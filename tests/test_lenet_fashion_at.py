@@ -8,11 +8,11 @@ import torch
 
 from nip_core.cli import main
 from nip_core.data import heldout_split
-from nip_core.evaluate import EvalContext, EvalJob, evaluate
+from nip_core.evaluation.evaluate import EvalContext, EvalJob, evaluate
 from nip_core.models import MODELS, load_model
 from nip_core.models.base import file_sha256
 from nip_core.models.lenet import FASHION_AT_CARD, FASHION_AT_WEIGHTS, FASHION_CARD
-from nip_core.robustness import card_robustness, robust_accuracy
+from nip_core.evaluation.robustness import card_robustness, robust_accuracy
 from nip_core.sources.fashion import fashion_mnist
 
 

@@ -9,7 +9,7 @@ import torch
 
 from nip_core.cli import main
 from nip_core.influence import influence_profile
-from nip_core.mediation import (GROUPS, group_masks, layer_values, margins, mediation_from_parts, mediation_parts,
+from nip_core.analyses.mediation import (GROUPS, group_masks, layer_values, margins, mediation_from_parts, mediation_parts,
                                 patched_logits)
 from nip_core.models import load_model
 from tests.util import tiny_mlp

@@ -71,7 +71,7 @@ def test_unknown_parameter_and_target_beyond_classes(lenet):
 
 
 def test_explain_refuses_bad_k(lenet, digits):
-    from nip_core.explain import explain
+    from nip_core.analyses.explain import explain
 
     x, y = digits
     for k in (float("nan"), float("inf"), 0.0, 0.6, -0.1):

@@ -1,4 +1,4 @@
-"""Every layer at once (``nip_core.pathway``, issue 20 §3): each column holds the single-layer group
+"""Every layer at once (``nip_core.analyses.pathway``, issue 20 §3): each column holds the single-layer group
 chart's numbers, edge strengths are activation × gradient by hand, the hooks come off, bad input is
 refused in one line, and the figure carries selectable neuron markers."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from torch import nn
 
 from nip_core.errors import InputError
 from nip_core.influence import InfluenceProfile
-from nip_core.pathway import layer_strip
+from nip_core.analyses.pathway import layer_strip
 from tests.util import TinyMLP, loaded
 
 TOL = 1e-6
@@ -143,7 +143,7 @@ def test_bad_images_and_class_are_refused() -> None:
 def explained(request):
     """One gallery image explained at every layer, and the strip of the first run's images."""
     from nip_core.data import gallery
-    from nip_core.explain import explain
+    from nip_core.analyses.explain import explain
     from nip_core.models import load_model
 
     name, defense = request.param

@@ -11,8 +11,8 @@ import pytest
 import ray
 
 from nip_core.errors import InputError
-from nip_core.evaluate import EvalContext, EvalJob, evaluate, evaluate_shard, merge_shards
-from nip_core.shards import plan, shard_seed
+from nip_core.evaluation.evaluate import EvalContext, EvalJob, evaluate, evaluate_shard, merge_shards
+from nip_core.evaluation.shards import plan, shard_seed
 from tests.util import deterministic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ N_SHARDS = 3 * (1 + 2 + 3)          # 3 chunks × (benign, 2 attacks, 3 attacked
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from nip_core.distributed import init_local
+    from nip_core.evaluation.distributed import init_local
 
     if not ray.is_initialized():
         init_local(num_cpus=2)
@@ -148,7 +148,7 @@ def test_user_model_is_loaded_on_the_workers(ray_local, tmp_path):
 
 
 def test_worker_without_the_data_reports_one_line():
-    from nip_core.distributed import ShardWorker
+    from nip_core.evaluation.distributed import ShardWorker
 
     job = EvalJob("custom-lenet-missing", [("fgsm", {})], [("none", {})], 4,
                   model_source={"arch": "lenet", "weights": "/nonexistent/weights.safetensors",

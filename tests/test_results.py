@@ -1,4 +1,4 @@
-"""UI prose reads its numbers from the shipped result files (nip_core.results, issue 11)."""
+"""UI prose reads its numbers from the shipped result files (nip_core.evaluation.results, issue 11)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from nip_core import results
+from nip_core.evaluation import results
 from nip_core.errors import InputError
 
 

@@ -1,5 +1,5 @@
 """Per-image records of an evaluation, the split images that ship, and the Explore link that re-runs
-one image of a row as its shard ran it (``nip_core.slices``; issue 21)."""
+one image of a row as its shard ran it (``nip_core.evaluation.slices``; issue 21)."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nip_core import slices as S
+from nip_core.evaluation import slices as S
 from nip_core.errors import InputError
 
 
@@ -17,7 +17,7 @@ from nip_core.errors import InputError
 def small():
     """A small grid on the MNIST report split: 40 images in shards of 16 (3 shards), a deterministic
     and a random-start attack, a deterministic and a random defense."""
-    from nip_core.evaluate import evaluate
+    from nip_core.evaluation.evaluate import evaluate
 
     return evaluate("lenet-mnist", [("fgsm", {"eps": 0.2}), ("pgd", {"eps": 0.3, "max_iter": 5})],
                     [("none", {}), ("jpeg", {}), ("random-sign", {})], n=40, seed=7, split="report",
@@ -29,7 +29,7 @@ def small():
 
 @pytest.fixture(scope="module")
 def report():
-    from nip_core.results import shipped_result
+    from nip_core.evaluation.results import shipped_result
 
     shipped = shipped_result("paper-mnist-report.json")
     assert S.has_per_image(shipped), "the shipped MNIST report carries per-image records (research round 8)"
@@ -100,7 +100,7 @@ def test_row_images_list_every_image_with_its_bit(small) -> None:
 
 
 def test_a_result_without_records_still_loads_and_says_slicing_needs_a_rerun(small) -> None:
-    from nip_core.results import read_result
+    from nip_core.evaluation.results import read_result
 
     old = copy.deepcopy(small)
     del old["per_image"]
@@ -119,7 +119,7 @@ def test_a_result_without_records_still_loads_and_says_slicing_needs_a_rerun(sma
 
 
 def test_the_link_names_the_shard_and_its_seed(small) -> None:
-    from nip_core.shards import shard_seed
+    from nip_core.evaluation.shards import shard_seed
 
     link = S.explore_link(small, "pgd[eps=0.3;eps_step=0.01;max_iter=5]", "random-sign[steps=20;step_size=0.03;budget=0.3]", 21)
     assert link["image"] == "report:21@16:32" and link["model"] == "lenet-mnist"

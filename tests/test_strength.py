@@ -13,8 +13,9 @@ from nip_core.attacks import ATTACKS
 from nip_core.data import gallery
 from nip_core.defenses import apply_defense
 from nip_core.errors import InputError
-from nip_core.explain import explain
-from nip_core.strength import (DEFAULT_N, eps_grid, estimate_seconds, no_sweep_reason, strength_sweep,
+from nip_core.analyses.explain import explain
+from nip_core.evaluation.bench import estimate_sweep_seconds
+from nip_core.analyses.strength import (DEFAULT_N, eps_grid, no_sweep_reason, strength_sweep,
                                sweepable)
 
 PGD = {"eps": 0.3, "eps_step": 0.03, "max_iter": 5}
@@ -170,13 +171,13 @@ def test_bad_image_shape(lenet) -> None:
 
 def test_estimate_before_it_starts() -> None:
     # a model the bench does not know: the measured unit only (4 attacks, 5 defenses)
-    assert estimate_seconds("tiny", "fgsm", {}, 4, measured={"attack": 1.0, "defense": 0.5}) == 6.5
-    assert estimate_seconds("tiny", "fgsm", {}, 4) is None
+    assert estimate_sweep_seconds("tiny", "fgsm", {}, 4, measured={"attack": 1.0, "defense": 0.5}) == 6.5
+    assert estimate_sweep_seconds("tiny", "fgsm", {}, 4) is None
     # the bench: n attacks at its time per image, plus two forward passes of 2n + 1 images
-    fast = estimate_seconds("lenet-mnist", "fgsm", {"eps": 0.2}, 12)
-    pgd = estimate_seconds("efficientnet-lite0", "pgd", {"max_iter": 10}, 12)
+    fast = estimate_sweep_seconds("lenet-mnist", "fgsm", {"eps": 0.2}, 12)
+    pgd = estimate_sweep_seconds("efficientnet-lite0", "pgd", {"max_iter": 10}, 12)
     assert 0 < fast < 1 < pgd
-    assert estimate_seconds("efficientnet-lite0", "pgd", {"max_iter": 20}, 12) > pgd
+    assert estimate_sweep_seconds("efficientnet-lite0", "pgd", {"max_iter": 20}, 12) > pgd
 
 
 def test_response_chart_marks_the_flips_and_the_slider(fgsm_nip, pgd_jpeg) -> None:

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from nip_core.errors import InputError
 from nip_core.models.base import LoadedModel
-from nip_core.surgery import (Selection, Value, check_selection, layer_output_and_logits, margins, parse_selection,
+from nip_core.analyses.surgery import (Selection, Value, check_selection, layer_output_and_logits, margins, parse_selection,
                               parse_value, patch, random_mask, recovery_share, reference_mean, select_neurons,
                               source_activations, surgery)
 from tests.util import TinyMLP, loaded

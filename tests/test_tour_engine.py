@@ -9,7 +9,7 @@ from nip_core.attacks import run_attack
 from nip_core.calibration import calibration_for
 from nip_core.data import gallery
 from nip_core.defenses import apply_defense
-from nip_core.explain import demo_image
+from nip_core.analyses.explain import demo_image
 from nip_core.runtime import ASSETS
 
 
@@ -61,7 +61,7 @@ def test_calibration_is_made_once_per_process(lenet, monkeypatch):
 
 def test_contrast_image_falls_back_to_the_first_image_the_attack_fools(lenet):
     """One model twice: no image is fooled on A and held on B, so the first correct, fooled one wins."""
-    from nip_core.compare import contrast_image
+    from nip_core.analyses.compare import contrast_image
 
     key = contrast_image(lenet, lenet, "fgsm")
     for it in gallery("mnist"):
@@ -74,7 +74,7 @@ def test_contrast_image_falls_back_to_the_first_image_the_attack_fools(lenet):
 def test_contrast_image_needs_one_dataset(lenet):
     import pytest
 
-    from nip_core.compare import contrast_image
+    from nip_core.analyses.compare import contrast_image
     from nip_core.errors import InputError
     from nip_core.models import load_model
 
@@ -85,7 +85,7 @@ def test_contrast_image_needs_one_dataset(lenet):
 def test_robust_step_garment_fools_the_standard_model_and_not_the_robust_one():
     """The tour's robust-model step: the same garment and FGSM on lenet-fashion and lenet-fashion-at."""
     from app.tour import BY_KEY
-    from nip_core.compare import contrast_image
+    from nip_core.analyses.compare import contrast_image
     from nip_core.models import load_model
 
     step = BY_KEY["robust"]

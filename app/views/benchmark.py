@@ -46,7 +46,7 @@ def main() -> None:
 
 def shipped_view() -> None:
     """The report runs that ship with the app (``docs/results``), shown without computing anything."""
-    from nip_core.results import (shipped_adversarial_training, shipped_elastic, shipped_mediation, shipped_result,
+    from nip_core.evaluation.results import (shipped_adversarial_training, shipped_elastic, shipped_mediation, shipped_result,
                                   shipped_suites)
 
     suites = shipped_suites()
@@ -85,7 +85,7 @@ def shipped_view() -> None:
 
 def open_view() -> None:
     """A results JSON from the CLI, this page's download or a Ray run, validated, then shown."""
-    from nip_core.results import MAX_RESULT_BYTES, read_result
+    from nip_core.evaluation.results import MAX_RESULT_BYTES, read_result
 
     up = st.file_uploader(f"Results JSON (`python -m nip_core evaluate … --out FILE.json`, this page's download, "
                           f"or a Ray run; at most {MAX_RESULT_BYTES // 2**20} MB)", type=["json"],
@@ -192,7 +192,7 @@ def data_panel(model: str) -> tuple[tuple[str, bytes] | None, object | None]:
 
 def show(result: dict, where: str) -> None:
     """A result's heatmap, tables with Wilson intervals, paired tests and downloads (``where``: key prefix)."""
-    from nip_core.evaluate import accuracy_intervals, paired_rows, to_csv
+    from nip_core.evaluation.evaluate import accuracy_intervals, paired_rows, to_csv
 
     k = P + where + "."
     st.subheader(f"{result['model']}: {result['n_images']} images ({result.get('split', 'all')} split), "
@@ -265,8 +265,8 @@ def adversarial_training_section(standard: dict, robust: dict, file_name: str, k
     """The field's baseline beside the standard model: the adversarially trained model's report run on
     the standard model's report images (``evaluate --images-of``), the two side by side, and each
     model's card figures (clean, PGD-20, AutoAttack on the official test set)."""
-    from nip_core.results import adversarial_training_comparison
-    from nip_core.robustness import card_robustness
+    from nip_core.evaluation.results import adversarial_training_comparison
+    from nip_core.evaluation.robustness import card_robustness
 
     a, b, data = standard["model"], robust["model"], robust["data"]
     n, split = robust["n_images"], robust.get("split", "report")
@@ -326,7 +326,7 @@ def mediation_section(result: dict, k: str) -> None:
     """A result's ``mediation`` block (``evaluate --mediation``): per attack and layer, which neuron groups
     restore the class when put back to their benign values, and how much of each defense's margin
     recovery the front+tail neurons carry, each beside a random group of the same size."""
-    from nip_core.mediation import mediation_default_layer, mediation_table
+    from nip_core.analyses.mediation import mediation_default_layer, mediation_table
 
     block = result["mediation"]
     attacks, layers = list(block["by_attack"]), block["layers"]

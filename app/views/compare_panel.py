@@ -1,5 +1,5 @@
 """Explore's "Pin and compare" panel: keep one run (A), and show the next run (B) of the same image
-beside it (``nip_core.compare``; issue 21).
+beside it (``nip_core.analyses.compare``; issue 21).
 
 A is kept as its request tuple (``app.compute.explanation``'s arguments), so showing it again costs
 nothing (the cached explanation). B is whatever Explore runs next: another attack, ε, defense or
@@ -19,7 +19,7 @@ from app.progress import run_with_progress
 from app.widgets import guarded, init_state, params_text, parse_params_text, query_signature, show_error
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
-from nip_core.compare import comparable, compare_runs, run_title
+from nip_core.analyses.compare import comparable, compare_runs, run_title
 from nip_core.defenses import DEFENSES
 from nip_core.errors import InputError
 from nip_core.images import tensor_to_png_bytes

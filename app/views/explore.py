@@ -18,7 +18,7 @@ from app.widgets import (byom_panel, guarded, init_state, model_picker, param_in
                          query_signature, show_error)
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
-from nip_core.bench import expected_attack_seconds
+from nip_core.evaluation.bench import expected_attack_seconds
 from nip_core.defenses import DEFENSES
 from nip_core.errors import InputError
 from nip_core.images import tensor_to_png_bytes

@@ -1,5 +1,5 @@
 """Explore's fragility panel: how small an attack flips this image, with and without each defense
-(``nip_core.fragility``; issue 20 §4).
+(``nip_core.analyses.fragility``; issue 20 §4).
 
 Opened on request under a run, for the run's image (an upload or a gallery example). A button
 searches, per chosen defense, the smallest PGD budget at which the defended prediction is wrong
@@ -26,7 +26,8 @@ from nip_core import figures as F
 from nip_core.attacks import ATTACKS
 from nip_core.defenses import DEFENSES
 from nip_core.errors import InputError
-from nip_core.fragility import fragility_report, grid_for, grid_text
+from nip_core.analyses.fragility import grid_for, grid_text
+from nip_core.reports.fragility import fragility_report
 
 P = "explore.fragility."
 SEEN = "explore.query_seen"          # Explore's record of the link it last read or wrote

@@ -1,5 +1,5 @@
 """Explore's all-layers strip: the attack and the defense at every hookable layer, and the pathway of
-the neurons the attack changed most (``nip_core.pathway``; issue 20, section 3).
+the neurons the attack changed most (``nip_core.analyses.pathway``; issue 20, section 3).
 
 Opened on request under a run (the first view stays light). The panel is a fragment: it computes
 once per view (``app.compute.layer_strip``, cached on the view's plain-value key) and picking a
@@ -18,7 +18,7 @@ from app.progress import run_with_progress
 from app.views import surgery_panel
 from app.widgets import guarded, init_state, query_signature, show_error
 from nip_core import figures as F
-from nip_core.surgery import Selection
+from nip_core.analyses.surgery import Selection
 
 P = "explore.layers."
 OPEN = P + "open"

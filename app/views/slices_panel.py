@@ -1,5 +1,5 @@
 """Benchmark's slices: any table faceted by true class, and the images behind one (attack, defense)
-row as thumbnails, each opening in Explore as its shard ran it (``nip_core.slices``; issue 21).
+row as thumbnails, each opening in Explore as its shard ran it (``nip_core.evaluation.slices``; issue 21).
 
 Opened on request under a result. The panel is a fragment: choosing inputs, a row, a filter or a
 page re-runs only the panel, and nothing is computed (the records are in the result file; the
@@ -11,7 +11,7 @@ import streamlit as st
 
 from app.loaders import class_names_of, split_thumbnails
 from app.widgets import guarded, init_state
-from nip_core import slices as S
+from nip_core.evaluation import slices as S
 from nip_core import figures as F
 from nip_core.figures import bare_names
 

@@ -1,5 +1,5 @@
 """Explore's attack-strength panel: the run's attack at a dozen budgets ε, each through the run's defense,
-and a slider that scrubs them (``nip_core.strength``; issue 20 §1).
+and a slider that scrubs them (``nip_core.analyses.strength``; issue 20 §1).
 
 Opened on request under a run (closed by default: the first view stays light). Opening it computes the
 sweep once (``app.compute.strength_view``, with a progress bar and, on the switch, the expected time);
@@ -19,7 +19,8 @@ from app.widgets import guarded, init_state, query_signature, show_error
 from nip_core import figures as F
 from nip_core.errors import InputError
 from nip_core.images import tensor_to_png_bytes
-from nip_core.strength import DEFAULT_N, estimate_seconds, no_sweep_reason
+from nip_core.evaluation.bench import estimate_sweep_seconds
+from nip_core.analyses.strength import DEFAULT_N, no_sweep_reason
 
 P = "explore.strength."
 SEEN = "explore.query_seen"          # Explore's record of the link it last read or wrote
@@ -94,7 +95,7 @@ def section(request: tuple, expl) -> None:
         st.caption(f"No strength slider for `{expl.attack}`. {reason}")
         drop_link()
         return
-    est = estimate_seconds(model_name, expl.attack, expl.attack_params, N, measured=expl.seconds)
+    est = estimate_sweep_seconds(model_name, expl.attack, expl.attack_params, N, measured=expl.seconds)
     when = "" if est is None else f" ({seconds_text(est)})"
     if not st.toggle(f"Run {expl.attack} at {N} strengths from 0 to twice its ε, each through {expl.defense}, "
                      f"and scrub them with a slider{when}", key=init_state(open_key(model_name), False),

@@ -1,5 +1,5 @@
 """Explore's neuron surgery panel: set chosen neurons of one layer to chosen values in the adversarial
-pass and watch the prediction (``nip_core.surgery``; issue 19).
+pass and watch the prediction (``nip_core.analyses.surgery``; issue 19).
 
 Opened on request under a run. The panel is a fragment: a widget change re-runs only the panel and
 costs one patched forward pass (``app.compute.surgery_view``; the view's unpatched passes at the
@@ -18,7 +18,7 @@ from app.loaders import get_model, get_profile
 from app.widgets import guarded, init_state, query_signature, show_error
 from nip_core import figures as F
 from nip_core.errors import InputError
-from nip_core.surgery import SCALE_RANGE, Selection, check_selection, parse_selection, parse_value
+from nip_core.analyses.surgery import SCALE_RANGE, Selection, check_selection, parse_selection, parse_value
 
 P = "explore.surgery."
 SEEN = "explore.query_seen"          # Explore's record of the link it last read or wrote

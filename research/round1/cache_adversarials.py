@@ -13,7 +13,7 @@ import torch
 
 from nip_core.attacks import run_attack
 from nip_core.data import heldout_split
-from nip_core.evaluate import SUITES, unit_label
+from nip_core.evaluation.evaluate import SUITES, unit_label
 from nip_core.models import load_model
 from research.common import adversarials_name, cache_path
 

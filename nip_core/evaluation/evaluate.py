@@ -18,12 +18,12 @@ decision (for ``nip``: the neighbour vote), run with its default settings agains
 defense's evaluated parameters. BPDA alone can badly
 over-state such a defense.
 
-With an ε grid (``eps_grid``, ``nip_core.elasticity``) every L∞ gradient attack runs at each strength
+With an ε grid (``eps_grid``, ``nip_core.analyses.elasticity``) every L∞ gradient attack runs at each strength
 of the grid, and the result gains accuracy against ε per attack and defense (``elasticity``).
 
-The grid runs as **shards** (``nip_core.shards``): the benign pass, each attack and each adaptive
+The grid runs as **shards** (``nip_core.evaluation.shards``): the benign pass, each attack and each adaptive
 column on chunks of ``shard_size`` images. :func:`evaluate_shard` evaluates one; the serial path
-calls it in a loop and the Ray backend (``nip_core.distributed``, ``--ray``) from actors;
+calls it in a loop and the Ray backend (``nip_core.evaluation.distributed``, ``--ray``) from actors;
 :func:`merge_shards` rebuilds every number from per-image bits and sums, in shard order, so both
 give the same result. Seeds are per shard, from its content. See ``docs/cluster.md``.
 """
@@ -33,26 +33,26 @@ import csv
 import io
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from nip_core.analysis import suppression_from_sums, suppression_sums
+from nip_core.analyses.analysis import suppression_from_sums, suppression_sums
 from nip_core.attacks import ATTACKS, run_attack
 from nip_core.data import dataset_of, heldout_split
 from nip_core.defenses import DEFENSES, DefendedNet, apply_defense
-from nip_core.elasticity import Sweep, elasticity_block, expand_eps_grid, parse_eps_grid
+from nip_core.analyses.elasticity import Sweep, elasticity_block, expand_eps_grid, parse_eps_grid
 from nip_core.errors import InputError
-from nip_core.mediation import DEFAULT_K as MEDIATION_K
-from nip_core.mediation import GROUPS as MEDIATION_GROUPS
-from nip_core.mediation import MEDIATION_DEFENSES, mediation_from_parts, mediation_layers, mediation_parts
+from nip_core.analyses.mediation import DEFAULT_K as MEDIATION_K
+from nip_core.analyses.mediation import GROUPS as MEDIATION_GROUPS
+from nip_core.analyses.mediation import MEDIATION_DEFENSES, mediation_from_parts, mediation_layers, mediation_parts
 from nip_core.models import load_model
+from nip_core.runtime import environment, get_device
 from nip_core.params import unit_label
-from nip_core.shards import Shard, shard_seed
-from nip_core.slices import PER_IMAGE_FORMAT, encode_classes
+from nip_core.evaluation.shards import Shard, shard_seed
+from nip_core.evaluation.slices import PER_IMAGE_FORMAT, encode_classes
 from nip_core.stats import wilson_interval
 
 # One ART batch (attacks run with batch_size=64): larger shards gain no vectorisation.
@@ -163,9 +163,9 @@ class EvalJob:
     data_seed: int = 0
     # The black-box column: Square attack through model ∘ defense on the first ``n`` images.
     blackbox: dict[str, Any] | None = None
-    # Neuron mediation (``nip_core.mediation``) at these layers (empty: every hookable layer); None: off.
+    # Neuron mediation (``nip_core.analyses.mediation``) at these layers (empty: every hookable layer); None: off.
     mediation: list[str] | None = None
-    # Strengths at which every L∞ gradient attack runs (``nip_core.elasticity``); None: as given.
+    # Strengths at which every L∞ gradient attack runs (``nip_core.analyses.elasticity``); None: as given.
     eps_grid: list[float] | None = None
     # Run on this other model's split images (same dataset), counting unconditionally; None: the model's own.
     images_of: str | None = None
@@ -256,8 +256,8 @@ class EvalContext:
         return self._calibration_key
 
     def key_fields(self, shard: Shard, device: str) -> dict[str, Any]:
-        """What determines ``shard``'s numbers, for its cache key (``nip_core.shards.shard_key``)."""
-        from nip_core.shards import data_key
+        """What determines ``shard``'s numbers, for its cache key (``nip_core.evaluation.shards.shard_key``)."""
+        from nip_core.evaluation.shards import data_key
 
         import hashlib
 
@@ -287,10 +287,10 @@ class EvalContext:
 
 
 def evaluate_shard(ctx: EvalContext, shard: Shard) -> dict[str, Any]:
-    """Evaluate one shard (see :class:`nip_core.shards.Shard`); a JSON-able dict of per-image
+    """Evaluate one shard (see :class:`nip_core.evaluation.shards.Shard`); a JSON-able dict of per-image
     bits ("1" = right) and sums, which :func:`merge_shards` combines exactly.
 
-    The seed is the shard's own (:func:`nip_core.shards.shard_seed`), so the result is the same
+    The seed is the shard's own (:func:`nip_core.evaluation.shards.shard_seed`), so the result is the same
     whichever process runs it, and the function is idempotent: a retried shard gives the same dict.
     """
     model = ctx.model
@@ -456,7 +456,7 @@ def _joined(cells: list[dict[str, Any]], key: str) -> list[int]:
 
 
 def per_image_block(ctx: EvalContext, results: dict[Shard, dict[str, Any]], shard_size: int) -> dict[str, Any]:
-    """The per-image records of a result (``nip_core.slices``): each image's position in the split,
+    """The per-image records of a result (``nip_core.evaluation.slices``): each image's position in the split,
     its true label, and each attack's adversarial prediction (the rows hold the defended ones);
     classes as a string of digits when the model has at most 10 classes, else a list of ints.
     ``shard_size`` with the result's ``seed`` gives the seed each image's shard used."""
@@ -485,11 +485,11 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
     compares it image by image with every other defense (``paired_comparisons``).
 
     With ``observe``, also measures per attack how front/tail neurons change (``observation``,
-    see ``nip_core.analysis``) at the model's fully connected / head layers.
+    see ``nip_core.analyses.analysis``) at the model's fully connected / head layers.
 
-    The grid runs as shards (``nip_core.shards``) of ``shard_size`` images, in this process or,
+    The grid runs as shards (``nip_core.evaluation.shards``) of ``shard_size`` images, in this process or,
     with ``ray_address`` (``"local"`` or a cluster address), on ``workers`` Ray actors with
-    ``threads_per_worker`` torch threads each (``nip_core.distributed``). Every deterministic
+    ``threads_per_worker`` torch threads each (``nip_core.evaluation.distributed``). Every deterministic
     field is the same either way. ``cache``: a folder of finished shards (None: no cache);
     ``fresh`` recomputes and overwrites them. ``on_shard`` (tests, tools) is called with a dict
     after each computed shard has been stored.
@@ -500,19 +500,19 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
     ``blackbox``: ``{"eps", "max_iter", "n"}`` adds the black-box column: ART's Square attack,
     scored by the defended outputs, against every deployable defense on the first ``n`` images.
     ``mediation``: layers (``[]``: every hookable layer) at which each attack's successful
-    adversarials are patched with benign and defended neuron values (``nip_core.mediation``);
+    adversarials are patched with benign and defended neuron values (``nip_core.analyses.mediation``);
     the JSON's ``mediation`` block holds the results per attack and layer.
     ``eps_grid``: strengths in (0, 1] at which every L∞ gradient attack runs instead of its own ε
     (one unit per strength, labelled ``pgd[eps=0.05;eps_step=…;…]``, the step scaled to keep
     ``eps_step/eps``); the JSON's ``elasticity`` block holds accuracy against ε per attack and
-    defense, with Wilson bands (``nip_core.elasticity``). The adaptive columns keep the main ε.
+    defense, with Wilson bands (``nip_core.analyses.elasticity``). The adaptive columns keep the main ε.
     ``images_of``: another registered model of the same dataset whose ``split`` images (its held-out
     images it classifies correctly, cut by position) this model is run on, so two models compare on
     the same images. They are not filtered to the images this model gets right: every attacked
     number counts an image it misclassifies when clean as wrong (unconditional), and the JSON's
     ``data`` block says so (``images_of``, ``clean_accuracy``).
     """
-    from nip_core.shards import ShardCache, plan, shard_key
+    from nip_core.evaluation.shards import ShardCache, plan, shard_key
 
     say = progress or (lambda f, m: None)
     if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
@@ -531,10 +531,10 @@ def evaluate(model_name: str, attacks: UnitList, defenses: UnitList, n: int = 10
     results: dict[Shard, dict[str, Any]] = {}
     pool = None
     if ray_address is not None:
-        from nip_core.distributed import RayPool
+        from nip_core.evaluation.distributed import RayPool
         pool = RayPool(ray_address, job, ctx.fingerprint(), workers=workers, threads=threads_per_worker)
     try:
-        device = pool.device if pool is not None else _device().split(":")[0]
+        device = pool.device if pool is not None else str(get_device()).split(":")[0]
         keys = {s: shard_key(ctx.key_fields(s, device), s) for s in shards} if store is not None else {}
         for s in shards:
             hit = store.get(keys[s]) if store is not None else None
@@ -785,20 +785,6 @@ def _observed_layers(model) -> list[str]:
 
 def _mean(v: list[float]) -> float | None:
     return sum(v) / len(v) if v else None
-
-
-def environment() -> dict[str, Any]:
-    import captum
-    import art
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "captum": captum.__version__,
-            "art": art.__version__, "device": _device(),
-            "machine": platform.machine(), "cpus": torch.get_num_threads()}
-
-
-def _device() -> str:
-    from nip_core.runtime import get_device
-    return str(get_device())
 
 
 CSV_FIELDS = ["attack", "defense", "deployable", "n", "adv_accuracy", "defended_adv_accuracy", "benign_accuracy",

@@ -25,6 +25,7 @@ forward passes alone) say how much is left.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -323,7 +324,7 @@ def _bench_defenses(model, cfg: dict, names: list[str] | None, device: torch.dev
 
 def _bench_evaluation(model_name: str, ecfg: dict) -> dict[str, Any]:
     """Wall time of ``evaluate`` against the sum of the attack and defense times it reports."""
-    from nip_core.evaluate import evaluate
+    from nip_core.evaluation.evaluate import evaluate
 
     t0 = time.perf_counter()
     res = evaluate(model_name, ecfg["attacks"], ecfg["defenses"], n=ecfg["n"], adaptive=ecfg["adaptive"])
@@ -514,3 +515,40 @@ def expected_attack_seconds(model_name: str, attack: str, params: dict[str, Any]
         seconds *= wanted / ran
     return seconds
 
+
+def estimate_sweep_seconds(model_name: str, attack: str, attack_params: dict[str, Any], n: int | None = None,
+                     measured: dict[str, float] | None = None) -> float | None:
+    """Seconds a :func:`nip_core.analyses.strength.strength_sweep` of ``n`` strengths is expected to take, before it starts.
+
+    A sweep is ``n`` attacks, ``n + 1`` defenses and two forward passes over ``2n + 1`` images.
+    ``measured``: one attack and one defense of this image timed already (Explore's run,
+    ``Explanation.seconds`` with keys ``attack`` and ``defense``). Without it, the shipped bench's attack
+    time per image (``docs/bench.json``, a 2-core CPU; :func:`expected_attack_seconds`),
+    the defense not counted. The forward passes use the bench's time per image in a batch of 64 (0 for a
+    model it has not measured). None where no attack time is known.
+    """
+    from nip_core.analyses.strength import DEFAULT_N, _check_n
+
+    n = DEFAULT_N if n is None else n
+    _check_n(n)
+    if measured is not None and "attack" in measured:
+        attack_s, defense_s = float(measured["attack"]), float(measured.get("defense", 0.0))
+    else:
+        attack_s, defense_s = expected_attack_seconds(model_name, attack, attack_params), 0.0
+    if attack_s is None:
+        return None
+    return n * attack_s + (n + 1) * defense_s + 2 * (2 * n + 1) * _forward_per_image(model_name)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_per_image(model_name: str) -> float:
+    """The shipped bench's forward time per image in a batch of 64 (0 where it has none)."""
+    import json
+
+    from nip_core.runtime import REPO_ROOT
+
+    try:
+        models = json.loads((REPO_ROOT / SHIPPED_BENCH).read_text())["models"]
+        return float(models[model_name]["batch_64"]["forward_per_image"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0

@@ -10,7 +10,7 @@ We report the means of these changes and the share of images where Δa_F < 0 and
 ("front down, tail up"). The **control** is a random group R of the same size as F (seeded):
 drawn from the live neurons like F; its Δa_R and the share where Δa_R < 0 say how often *any* group of that size goes down, so the
 front group's share reads against it rather than against zero. (The causal test, which puts
-neurons back and watches the prediction, is ``nip_core.mediation``.)
+neurons back and watches the prediction, is ``nip_core.analyses.mediation``.)
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from nip_core.influence import influence_profile, neuron_activations, neuron_influence
-from nip_core.surgery import random_mask
+from nip_core.analyses.surgery import random_mask
 from nip_core.models.base import LoadedModel
 
 

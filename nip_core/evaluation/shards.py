@@ -1,10 +1,10 @@
 """Shards of an evaluation: the unit of work, its seed, and the on-disk cache that makes runs resumable.
 
-An evaluation (``nip_core.evaluate``) is split into shards whose structure depends only on the
+An evaluation (``nip_core.evaluation.evaluate``) is split into shards whose structure depends only on the
 grid and ``shard_size``, never on how many workers run them: the benign pass, each attack, and
 each adaptive column, each on one chunk of ``shard_size`` images. One function evaluates one
-shard (``nip_core.evaluate.evaluate_shard``); the serial path calls it in a loop and the Ray
-backend (``nip_core.distributed``) from actors, and the merge sorts by shard, so the result does
+shard (``nip_core.evaluation.evaluate.evaluate_shard``); the serial path calls it in a loop and the Ray
+backend (``nip_core.evaluation.distributed``) from actors, and the merge sorts by shard, so the result does
 not depend on which worker finished first.
 
 Finished shards are written to a :class:`ShardCache` keyed by everything that determines their
@@ -27,7 +27,7 @@ from nip_core.runtime import cache_dir
 
 KINDS = ("benign", "attack", "adaptive")
 # Bump when the content of a shard result changes meaning: old cache entries are then ignored.
-SHARD_FORMAT = 2   # 2: shards also hold predictions (per-image records, nip_core.slices)
+SHARD_FORMAT = 2   # 2: shards also hold predictions (per-image records, nip_core.evaluation.slices)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def data_key(split: str, data_sha256: str | None = None, data_seed: int = 0) -> 
 
 def shard_key(fields: dict[str, Any], shard: Shard) -> str:
     """The cache key of ``shard``: sha256 over ``fields`` (what the evaluation declares, see
-    ``nip_core.evaluate``), the shard itself, the engine code as it runs (comments and docstrings
+    ``nip_core.evaluation.evaluate``), the shard itself, the engine code as it runs (comments and docstrings
     stripped), the contents of the shipped weights, profiles and calibrations, and library versions."""
     payload = {"format": SHARD_FORMAT, "code": code_fingerprint(), "shipped": shipped_fingerprint(),
                "versions": library_versions(), "shard": asdict(shard), **fields}

@@ -1,7 +1,7 @@
 """Two runs on one image, side by side: which front neurons the attack suppressed in each, and how
 each run's neuron groups moved (issue 21, Explore's "Pin and compare").
 
-A run is an :class:`~nip_core.explain.Explanation`. :func:`compare_runs` answers two questions:
+A run is an :class:`~nip_core.analyses.explain.Explanation`. :func:`compare_runs` answers two questions:
 
 * **Same model and layer** (another attack, ε, defense or seed): the neurons are the same units,
   so the front neurons whose activation *fell* under attack (adversarial below benign) are compared
@@ -108,7 +108,7 @@ class RunStats:
 
 
 def run_stats(expl) -> RunStats:
-    """:class:`RunStats` of one :class:`~nip_core.explain.Explanation`."""
+    """:class:`RunStats` of one :class:`~nip_core.analyses.explain.Explanation`."""
     act = {v: expl.activations[v].float() for v in VARIANTS}
     front, tail = expl.front.long(), expl.tail.long()
     g = {v: (_mean(act[v], front), _mean(act[v], tail)) for v in VARIANTS}
@@ -273,7 +273,7 @@ class RunComparison:
 
 
 def compare_runs(a, b) -> RunComparison:
-    """Compare two :class:`~nip_core.explain.Explanation` of one image (see the module's docstring).
+    """Compare two :class:`~nip_core.analyses.explain.Explanation` of one image (see the module's docstring).
 
     Raises:
         InputError: the runs show different images (:func:`comparable`).

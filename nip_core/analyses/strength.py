@@ -8,16 +8,16 @@ Bluff's precomputed strengths). It returns a :class:`StrengthSweep` of plain ten
 attack's largest ε)``, with the chosen ε itself exactly on it (below ε the spacing is ε/a, above it
 (top − ε)/b, ``a + b = n``; with the default ``n = 12`` and no clipping both are ε/6), and ε = 0:
 the benign image itself, not attacked. At each strength the step size ``eps_step`` (where the
-attack has one) is scaled to keep the chosen step/ε ratio (:func:`nip_core.elasticity.scaled_params`);
+attack has one) is scaled to keep the chosen step/ε ratio (:func:`nip_core.analyses.elasticity.scaled_params`);
 at the chosen ε the chosen parameters are used as they are, so that point is exactly Explore's run
-(:func:`nip_core.explain.explain` with the same settings and seed).
+(:func:`nip_core.analyses.explain.explain` with the same settings and seed).
 
 **At each strength**: the adversarial (the attack on the model, seeded by ``seed`` as in
 ``explain``), the defended input (the defense on it, same seed), their logits and the layer's
 per-neuron activations, the front/middle/tail group means of those activations (groups from the
 layer's influence profile toward the reference class with share ``k``, the same groups and the
 same means as ``explain``'s group chart: :meth:`StrengthSweep.at` is an
-:class:`~nip_core.explain.Explanation` and its ``group_means`` computes them), and the reference
+:class:`~nip_core.analyses.explain.Explanation` and its ``group_means`` computes them), and the reference
 class's softmax confidence and margin (its logit minus the largest other). The **flip point** of
 the undefended (``adversarial``) and the ``defended`` prediction is the smallest grid ε at which
 it is not the reference class (None: it never leaves it on the grid; 0: already wrong unattacked).
@@ -27,7 +27,6 @@ Same inputs and seed: the same numbers (every unit is seeded).
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,12 +36,12 @@ import torch
 
 from nip_core.attacks import ATTACKS, run_attack
 from nip_core.defenses import DEFENSES, apply_defense
-from nip_core.elasticity import scaled_params, step_ratio
+from nip_core.analyses.elasticity import scaled_params, step_ratio
 from nip_core.errors import InputError
-from nip_core.explain import Explanation
+from nip_core.analyses.explain import Explanation
 from nip_core.influence import influence_profile, neuron_activations
 from nip_core.models.base import LoadedModel
-from nip_core.surgery import margins
+from nip_core.analyses.surgery import margins
 
 Progress = Callable[[float, str], None]
 DEFAULT_N = 12          # strengths above 0 (the grid has one more point: ε = 0)
@@ -199,7 +198,7 @@ class StrengthSweep:
         return min(range(len(self.eps)), key=lambda i: (abs(self.eps[i] - eps), i))
 
     def at(self, i: int) -> Explanation:
-        """Grid point ``i`` as an :class:`~nip_core.explain.Explanation` (benign / adversarial at ε / defended
+        """Grid point ``i`` as an :class:`~nip_core.analyses.explain.Explanation` (benign / adversarial at ε / defended
         at ε), for the Explore figures of activations (``influence_heatmaps(e, "activations")``, ``group_chart``,
         ``prediction_bars``). Influence is not measured per ε: its dict is empty."""
         if not 0 <= i < len(self.eps):
@@ -238,7 +237,7 @@ def strength_sweep(model: LoadedModel, image: torch.Tensor, label: int | None = 
 
     Args:
         image: ``[C,H,W]`` in [0,1]; label: the true class when known, else the benign prediction stands in
-            (as in :func:`~nip_core.explain.explain`, whose arguments these are).
+            (as in :func:`~nip_core.analyses.explain.explain`, whose arguments these are).
         attack, attack_params: an attack with a budget (:func:`no_sweep_reason` says why others have none);
             its ``eps`` is the chosen strength, its step/ε ratio is kept at every strength.
         n: strengths above 0 (:data:`DEFAULT_N`; the grid has ``n + 1`` points, see :func:`eps_grid`).
@@ -323,41 +322,3 @@ def strength_sweep(model: LoadedModel, image: torch.Tensor, label: int | None = 
     sweep.seconds = secs
     say(1.0, "done")
     return sweep
-
-
-def estimate_seconds(model_name: str, attack: str, attack_params: dict[str, Any], n: int = DEFAULT_N,
-                     measured: dict[str, float] | None = None) -> float | None:
-    """Seconds a :func:`strength_sweep` of ``n`` strengths is expected to take, before it starts.
-
-    A sweep is ``n`` attacks, ``n + 1`` defenses and two forward passes over ``2n + 1`` images.
-    ``measured``: one attack and one defense of this image timed already (Explore's run,
-    ``Explanation.seconds`` with keys ``attack`` and ``defense``). Without it, the shipped bench's attack
-    time per image (``docs/bench.json``, a 2-core CPU; :func:`nip_core.bench.expected_attack_seconds`),
-    the defense not counted. The forward passes use the bench's time per image in a batch of 64 (0 for a
-    model it has not measured). None where no attack time is known.
-    """
-    _check_n(n)
-    from nip_core.bench import expected_attack_seconds
-
-    if measured is not None and "attack" in measured:
-        attack_s, defense_s = float(measured["attack"]), float(measured.get("defense", 0.0))
-    else:
-        attack_s, defense_s = expected_attack_seconds(model_name, attack, attack_params), 0.0
-    if attack_s is None:
-        return None
-    return n * attack_s + (n + 1) * defense_s + 2 * (2 * n + 1) * _forward_per_image(model_name)
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_per_image(model_name: str) -> float:
-    """The shipped bench's forward time per image in a batch of 64 (0 where it has none)."""
-    import json
-
-    from nip_core.bench import SHIPPED_BENCH
-    from nip_core.runtime import REPO_ROOT
-
-    try:
-        models = json.loads((REPO_ROOT / SHIPPED_BENCH).read_text())["models"]
-        return float(models[model_name]["batch_64"]["forward_per_image"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.0

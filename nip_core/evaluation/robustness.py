@@ -14,7 +14,7 @@ images; MNIST here: the 1,000 held-out digits),
 Robust accuracy is counted **unconditionally**, as published adversarial-training results count it: an
 image is robust only if the model classifies it correctly when clean *and* the attack fails, so robust
 accuracy never exceeds clean accuracy. The attacks run in chunks of :data:`CHUNK` images, each seeded
-from the run's seed and the chunk's first image (``nip_core.shards.shard_seed``): the same seed gives the
+from the run's seed and the chunk's first image (``nip_core.evaluation.shards.shard_seed``): the same seed gives the
 same numbers. ``python -m nip_core robustness --write-card`` stores the result in the model's card.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _attacked(model, attack: str, params: dict[str, Any], x: torch.Tensor, y: to
               say: Progress, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Per image: clean right, and right under ``attack``; and the attack's wall time."""
     from nip_core.attacks import run_attack
-    from nip_core.shards import shard_seed
+    from nip_core.evaluation.shards import shard_seed
 
     label = unit_label(attack, params)
     clean, adv, seconds = [], [], 0.0

@@ -1,6 +1,6 @@
 """Mediation: do attacks and defenses work through the neurons that influence names?
 
-The paper's observation (``nip_core.analysis``) is correlational: on successful adversarials the
+The paper's observation (``nip_core.analyses.analysis``) is correlational: on successful adversarials the
 true class's high-influence ("front") neurons go down. But the top contributors to a logit that an
 attack lowers will go down almost by construction. An intervention answers the causal question:
 put some neurons back and see whether the prediction returns.
@@ -41,7 +41,7 @@ import torch
 
 from nip_core.influence import influence_profile, layer_output
 from nip_core.models.base import LoadedModel
-from nip_core.surgery import layer_output_and_logits, margins, patch, random_mask
+from nip_core.analyses.surgery import layer_output_and_logits, margins, patch, random_mask
 
 # The defenses whose mechanism is tested (issue 19): NIP and its ablation, each label-free and
 # oracle, the random control and the strongest simple image-space baseline.
@@ -62,7 +62,7 @@ def layer_values(model: LoadedModel, x: torch.Tensor, layer: str, batch_size: in
 def patched_logits(model: LoadedModel, x: torch.Tensor, layer: str, mask: torch.Tensor, source: torch.Tensor
                    ) -> torch.Tensor:
     """Logits of ``x`` with neuron ``j`` of sample ``i`` at ``layer`` set to ``source[i, j]`` wherever
-    ``mask[i, j]`` (:func:`nip_core.surgery.patch`, a forward hook; the model is never copied)."""
+    ``mask[i, j]`` (:func:`nip_core.analyses.surgery.patch`, a forward hook; the model is never copied)."""
     return patch(model, x, layer, mask, "benign", source=source).logits
 
 

@@ -81,45 +81,6 @@ class Explanation:
             "defense_tail_down": g["defended"]["tail"] < g["adversarial"]["tail"],
         }
 
-    # Figures: the Plotly figures of ``nip_core.figures`` that the app and the CLI show for this
-    # explanation (plotly is imported on first use).
-
-    def influence_heatmaps(self, quantity: str = "influence"):
-        """Side-by-side neuron heatmaps of ``quantity`` ("influence" or "activations") per variant."""
-        from nip_core import figures
-        return figures.influence_heatmaps(self, quantity)
-
-    def difference_heatmaps(self, quantity: str = "influence"):
-        """Adversarial − benign and defended − benign heatmaps of ``quantity``."""
-        from nip_core import figures
-        return figures.difference_heatmaps(self, quantity)
-
-    def group_chart(self, quantity: str = "activations"):
-        """Mean ``quantity`` of the front / middle / tail neurons per variant."""
-        from nip_core import figures
-        return figures.group_chart(self, quantity)
-
-    def prediction_bars(self, variant: str, n: int = 5):
-        """The top-``n`` class probabilities of ``variant``."""
-        from nip_core import figures
-        return figures.prediction_bars(self, variant, n)
-
-    def perturbation_figure(self, variant: str = "adversarial"):
-        """What ``variant`` adds to the benign image, on a diverging scale."""
-        from nip_core import figures
-        return figures.perturbation_figure(self, variant)
-
-    def image_figure(self, variant: str):
-        """The ``variant`` input image."""
-        from nip_core import figures
-        return figures.image_figure(self.images[variant], title=variant)
-
-    def figures(self) -> dict[str, Any]:
-        """Every figure the CLI's ``explain`` writes, by file stem: the influence, difference and
-        group charts and one prediction chart per variant."""
-        return {"influence_heatmaps": self.influence_heatmaps(), "difference_heatmaps": self.difference_heatmaps(),
-                "group_chart": self.group_chart(), **{f"predictions_{v}": self.prediction_bars(v) for v in VARIANTS}}
-
     def summary(self) -> dict[str, Any]:
         return {
             "model": self.model_name, "layer": self.layer, "influence_method": self.method, "k": self.k,
@@ -152,7 +113,7 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
             (and the attack aims away from it).
         layer, method, k: where and how neuron influence is measured and grouped.
         batch: ``(images, labels, position)`` of the evaluation shard the image belongs to
-            (``nip_core.slices.split_image``): the attack and the defense then run on the whole
+            (``nip_core.evaluation.slices.split_image``): the attack and the defense then run on the whole
             shard with ``seed``, as ``evaluate`` ran them (random starts and random defenses draw
             their noise per shard), and the image at ``position`` is kept.
     """

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from nip_core.errors import InputError
-from nip_core.runtime import REPO_ROOT
+from nip_core.runtime import RESULTS_DIR
 
-RESULTS_DIR = REPO_ROOT / "docs" / "results"
 
 # Suite → the file its report run ships as (the tables the app shows on arrival). A suite is
 # shipped when its file exists: re-running a suite's report adds it to the app without a code change.
@@ -215,7 +214,7 @@ def read_result(data: bytes, name: str = "the file") -> dict[str, Any]:
     if not isinstance(summary, dict) or not all(isinstance(summary.get(k), dict)
                                                 for k in ("mean_adv_accuracy", "benign_accuracy")):
         raise InputError(f"{name}: {how}; its 'summary' lacks mean_adv_accuracy and benign_accuracy.")
-    block = r.get("per_image")   # per-image records (nip_core.slices); files written before them have none
+    block = r.get("per_image")   # per-image records (nip_core.evaluation.slices); files written before them have none
     if block is not None:
         n = r.get("n_images", len(rows[0].get("correct") or ""))
         if not isinstance(block, dict) or not isinstance(block.get("labels"), (str, list)) \

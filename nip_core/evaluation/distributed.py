@@ -1,12 +1,12 @@
-"""Ray backend for ``nip_core.evaluate``: shards run on actors that each load the model once.
+"""Ray backend for ``nip_core.evaluation.evaluate``: shards run on actors that each load the model once.
 
 Follows Ray's batch-inference pattern: an actor class loads the model in ``__init__`` and maps
-work items (here :class:`nip_core.shards.Shard`) in a method; resources are declared
+work items (here :class:`nip_core.evaluation.shards.Shard`) in a method; resources are declared
 (``num_gpus`` when the cluster has GPUs, else ``num_cpus`` = torch threads per worker); actor
 restarts (``max_restarts``) and task retries (``max_task_retries``) re-run the shard of a worker
 that died, and since a shard is idempotent (its seed comes from its content) the result is the
 same. The driver keeps one shard in flight per actor and hands the next one to whichever actor
-finishes first; ``nip_core.evaluate`` merges by shard, not by arrival.
+finishes first; ``nip_core.evaluation.evaluate`` merges by shard, not by arrival.
 
 ``"local"`` starts a Ray runtime in this process's machine (``ray.init(num_cpus=…)``, no
 dashboard); any other address is passed to ``ray.init(address=…)`` after a quick reachability
@@ -90,7 +90,7 @@ class ShardWorker:
     """The actor: one evaluation context (model, units, images) per process, shards on demand.
 
     Args:
-        job: the ``nip_core.evaluate.EvalJob`` (plain values).
+        job: the ``nip_core.evaluation.evaluate.EvalJob`` (plain values).
         threads: torch threads in this worker, so workers sharing a node do not oversubscribe it.
     """
 
@@ -110,7 +110,7 @@ class ShardWorker:
                 "fingerprint": self.ctx.fingerprint() if self.ctx is not None else None}
 
     def run(self, shard) -> dict[str, Any]:
-        """``{"result": …}`` of ``nip_core.evaluate.evaluate_shard``, or ``{"error": …}`` for bad input."""
+        """``{"result": …}`` of ``nip_core.evaluation.evaluate.evaluate_shard``, or ``{"error": …}`` for bad input."""
         try:
             return {"result": self.ctx.run(shard)}
         except InputError as e:
@@ -122,7 +122,7 @@ class RayPool:
 
     Args:
         address: ``"local"`` (start Ray on this machine) or a cluster address for ``ray.init``.
-        job: the evaluation (``nip_core.evaluate.EvalJob``); fingerprint: the driver's
+        job: the evaluation (``nip_core.evaluation.evaluate.EvalJob``); fingerprint: the driver's
             ``EvalContext.fingerprint()``, which every worker must reproduce.
         workers: actors (default: one per GPU, else one per ``threads`` CPUs).
         threads: torch threads per actor (default: CPUs / workers).

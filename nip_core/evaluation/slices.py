@@ -1,7 +1,7 @@
 """Slices of an evaluation result: the images behind a Benchmark number.
 
 ``evaluate`` stores per-image records beside each row's ``correct`` bits (the JSON's ``per_image``
-block and each row's ``pred``; :func:`nip_core.evaluate.per_image_block`): each image's position in
+block and each row's ``pred``; :func:`nip_core.evaluation.evaluate.per_image_block`): each image's position in
 its split, its true label, each attack's adversarial prediction and, per row, the defended one.
 Classes are written as a string of digits when the model has at most 10 classes (``"7210…"``), else
 as a list of ints. From them this module answers:
@@ -20,7 +20,7 @@ Debian Fashion-MNIST package nor a pass of the model over the held-out set; with
 images come from the data loaders (:func:`nip_core.data.heldout_split`).
 
 **The same computation.** ``evaluate`` attacks and defends a shard of up to ``shard_size`` images at
-once, seeded by :func:`nip_core.shards.shard_seed`; PGD's random start and the random defenses draw
+once, seeded by :func:`nip_core.evaluation.shards.shard_seed`; PGD's random start and the random defenses draw
 their noise for the whole shard. An image run alone with that seed would draw other numbers, so the
 link names the shard too: ``report:123@64:128`` runs the attack and the defense on split images 64 to
 127 with the shard's seed, exactly as ``evaluate`` did, and shows image 123 (``explain(batch=…)``).
@@ -212,7 +212,7 @@ def explore_link(result: dict[str, Any], attack: str, defense: str, position: in
     from nip_core.attacks import ATTACKS
     from nip_core.defenses import DEFENSES
     from nip_core.models import MODELS, load_model
-    from nip_core.shards import shard_seed
+    from nip_core.evaluation.shards import shard_seed
 
     block = _require(result)
     if (result.get("data") or {}).get("source", "heldout") != "heldout":

@@ -6,7 +6,7 @@ forward order) plus the :class:`Edge` s between neighbouring columns:
 
 * **group means**, per layer: the mean activation of the layer's front / middle / tail neurons on
   each input, the groups taken from that layer's benign influence profile toward the reference
-  class exactly as :func:`nip_core.explain.explain` takes them for one layer (so a column holds
+  class exactly as :func:`nip_core.analyses.explain.explain` takes them for one layer (so a column holds
   the numbers of the single-layer group chart, ``figures.group_chart``, for that layer). From them:
   the attack's change ``adversarial − benign`` of the front and the tail mean (the paper expects
   the front to drop and the tail to rise) and the defense's change ``defended − adversarial`` (its
@@ -237,7 +237,7 @@ def layer_strip(model: LoadedModel, benign: torch.Tensor, adversarial: torch.Ten
         reference_class: the class whose benign influence profile gives each layer's front and tail
             (the true label when known, else the benign prediction: ``Explanation.reference_class``).
         method, k, n_steps: the influence profiles' method and steps, and the front/tail share of
-            live neurons (as for :func:`~nip_core.explain.explain`).
+            live neurons (as for :func:`~nip_core.analyses.explain.explain`).
         top: most-changed neurons per layer, in [1, 10] (at most the layer's width).
         layers: influence layers to show (default: all of ``model.spec.layers``), put in forward order.
         profiles: layer → its influence profile (default: :func:`~nip_core.influence.influence_profile`
