@@ -31,14 +31,26 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
     import torch
 
-    from nip_core.calibration import Calibration
     from nip_core.analyses.explain import Explanation
-    from nip_core.models.base import LoadedModel
     from nip_core.analyses.surgery import Selection, SurgeryResult, Value
+    from nip_core.models.base import LoadedModel
+    from nip_core.run import Run
 
-__all__ = ["models", "attacks", "defenses", "load", "load_image", "gallery_image", "explain_image",
-           "explore_figures", "run_surgery", "surgery_figure", "run_fragility", "run_evaluation", "evaluation_figure",
-           "calibrate_model"]
+__all__ = [
+    # what is there
+    "models", "attacks", "defenses", "catalogue",
+    # models, images, runs
+    "load", "load_image", "gallery_image", "make_run", "run_image", "png_bytes",
+    # one image: explore, its figures, and the analyses on it
+    "explore", "explain_image", "explore_figures", "run_pathway", "run_strength", "compare", "contrast_image",
+    "run_surgery", "surgery_figure", "run_fragility", "fragility_report",
+    # a split: evaluation, elasticity, mediation, slices, fragility's distribution
+    "run_evaluation", "suite_blackbox_eps", "write_evaluation", "evaluation_figure", "elasticity", "mediation",
+    "per_class_accuracy", "row_images", "explore_link", "run_fragility_distribution",
+    # models' data: calibration, profiles, training, robustness, split images, bench
+    "calibrate_model", "forget_calibration", "labelled_data", "compute_profiles", "train_model", "run_robustness",
+    "write_split_images", "run_bench",
+]
 
 ModelLike = Union[str, "LoadedModel"]
 Units = Union[str, Sequence[Union[str, tuple[str, dict[str, Any]]]]]
@@ -111,21 +123,24 @@ def load_image(path: str | os.PathLike | bytes, model: ModelLike) -> torch.Tenso
     return load_image_file(path, **geometry)
 
 
-def gallery_image(model: ModelLike, which: int | str = 0) -> tuple[torch.Tensor, int]:
-    """``(image [C,H,W], true label)`` of the model's gallery: by position or by key."""
+def _gallery_item(m: LoadedModel, which: int | str):
     from nip_core.data import gallery
     from nip_core.errors import InputError
 
-    items = gallery(_model(model).spec.gallery)
+    items = gallery(m.spec.gallery)
     if isinstance(which, str):
         found = [it for it in items if it.key == which]
         if not found:
             raise InputError(f"no gallery image {which!r}; choose one of: {', '.join(it.key for it in items)}.")
-        item = found[0]
-    else:
-        if not -len(items) <= which < len(items):
-            raise InputError(f"gallery position {which} is out of range; the gallery has {len(items)} images.")
-        item = items[which]
+        return found[0]
+    if not -len(items) <= which < len(items):
+        raise InputError(f"gallery position {which} is out of range; the gallery has {len(items)} images.")
+    return items[which]
+
+
+def gallery_image(model: ModelLike, which: int | str = 0) -> tuple[torch.Tensor, int]:
+    """``(image [C,H,W], true label)`` of the model's gallery: by position or by key."""
+    item = _gallery_item(_model(model), which)
     return item.image, item.label
 
 
@@ -141,7 +156,7 @@ def _unit(text: str, registry) -> tuple[str, dict[str, Any]]:
 
 def run_fragility(model: ModelLike, image: torch.Tensor | str | os.PathLike, label: int | None = None, *,
                   attack: str = "pgd", attack_params: dict[str, Any] | None = None,
-                  defenses: Units = "none,jpeg,nip", seed: int = 0):
+                  defenses: Units | None = None, seed: int = 0, progress: Progress | None = None):
     """The smallest attack budget that flips each defense on one image (the CLI's ``fragility``):
     :func:`nip_core.analyses.fragility.fragility`, with its percentile over the model's shipped report split
     where a distribution ships (``docs/results/fragility-<model>.json``).
@@ -150,20 +165,22 @@ def run_fragility(model: ModelLike, image: torch.Tensor | str | os.PathLike, lab
         model: a model name or a loaded model; image: ``[C,H,W]`` in [0,1] or an image file path.
         label: the true class, when known (else the benign prediction is the reference).
         attack, attack_params: an L∞ gradient attack (``fgsm``, ``bim``, ``pgd``, ``mifgsm``, ``apgd``).
-        defenses: as in :func:`run_evaluation` (``"none,jpeg,nip"`` or ``[("jpeg", {"quality": 75})]``).
+        defenses: as in :func:`run_evaluation` (``"none,jpeg,nip"`` or ``[("jpeg", {"quality": 75})]``);
+            None for ``nip_core.analyses.fragility.DEFAULT_DEFENSES``.
 
     Returns:
         A :class:`~nip_core.analyses.fragility.Fragility`: ``result["defenses"][name]["flip_eps"]`` (None: held
         to the grid's maximum) and ``percentile``; ``figures.fragility_figure(result, image)`` draws it.
     """
+    from nip_core.analyses.fragility import DEFAULT_DEFENSES, fragility
     from nip_core.defenses import DEFENSES
-    from nip_core.analyses.fragility import fragility
 
     m = _model(model)
     if not hasattr(image, "dim"):
         image = load_image(image, m)
-    return fragility(m, image, label, attack=attack, attack_params=attack_params,
-                     defenses=_units(defenses, DEFENSES), seed=seed)
+    units = list(DEFAULT_DEFENSES) if defenses is None else _units(defenses, DEFENSES)
+    return fragility(m, image, label, attack=attack, attack_params=attack_params, defenses=units, seed=seed,
+                     progress=progress)
 
 
 def explain_image(model: ModelLike, image: torch.Tensor | str | os.PathLike, label: int | None = None, *,
@@ -308,36 +325,91 @@ def _units(units: Units, registry) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def run_evaluation(model: ModelLike, attacks: Units, defenses: Units, n: int = 100, *, seed: int = 0,
-                   split: str = "all", adaptive: bool = True, data: str | os.PathLike | None = None,
-                   data_seed: int = 0, blackbox: dict[str, Any] | None = None,
-                   cache: str | os.PathLike | None = None, fresh: bool = False,
-                   progress: Progress | None = None) -> dict[str, Any]:
+def run_evaluation(model: ModelLike | None = None, attacks: Units | None = None, defenses: Units | None = None,
+                   n: int | None = None, *, suite: str | None = None, seed: int = 0, split: str = "all",
+                   adaptive: bool = True, data: str | os.PathLike | None = None, data_seed: int = 0,
+                   blackbox: dict[str, Any] | None = None, mediation: Sequence[str] | None = None,
+                   eps_grid: str | Sequence[float] | None = None, images_of: str | None = None,
+                   ray: str | None = None, workers: int | None = None, threads: int | None = None,
+                   shard_size: int | None = None, cache: str | os.PathLike | None = None, fresh: bool = False,
+                   model_source: dict[str, Any] | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """The model × attacks × defenses grid on held-out images (or ``data``): ``evaluate`` of the CLI.
 
     Args:
-        model: a model name or a loaded model (your own too).
+        model: a model name or a loaded model (your own too); with ``suite``, None for the suite's model.
         attacks, defenses: ``"fgsm[eps=0.1],pgd"`` as on the command line, or a list of such
-            strings or ``(name, params)`` pairs.
-        n: images; split: ``"all"``, ``"tune"`` or ``"report"``; seed: the base seed.
+            strings or ``(name, params)`` pairs; with ``suite``, None for the suite's.
+        n: images (default 100; with ``suite``, 10,000, i.e. the whole split); split: ``"all"``,
+            ``"tune"`` or ``"report"``; seed: the base seed.
+        suite: a named grid (``paper-mnist``, ``paper-fashion``, …; ``nip_core.evaluation.evaluate.SUITES``).
         adaptive: add the adaptive columns (BPDA PGD through each deployable defense, and the
             defense-aware attack where one is registered).
         data, data_seed: your labelled images (ImageFolder, .zip or .npz) and their split's seed.
         blackbox: ``{"eps", "max_iter", "n"}`` adds the black-box (Square) column.
+        mediation: layers of the causal mediation test (``[]``: every hookable layer; None: none).
+        eps_grid: elasticity, every L∞ gradient attack at each ε (``"0.02,0.05,0.1"`` or numbers).
+        images_of: measure on another model's report images (same dataset).
+        ray, workers, threads, shard_size: distributed evaluation (``docs/cluster.md``).
         cache: a folder of finished shards to reuse and fill (default: none); fresh: recompute them.
 
     Returns:
         The JSON-able result the CLI writes (``rows``, ``benign``, ``adaptive``, ``summary`` …);
         ``evaluation_figure(result)`` draws it.
+
+    Raises:
+        InputError: an unknown suite, model, unit or option combination, before any work.
     """
+    from nip_core.analyses.elasticity import parse_eps_grid
     from nip_core.attacks import ATTACKS
     from nip_core.defenses import DEFENSES
-    from nip_core.evaluation.evaluate import evaluate
+    from nip_core.errors import InputError
+    from nip_core.evaluation.evaluate import SHARD_SIZE, SUITES, evaluate
+    from nip_core.models.base import get_spec
 
-    m = _model(model)
-    return evaluate(m.name, _units(attacks, ATTACKS), _units(defenses, DEFENSES), n=n, seed=seed, split=split,
-                    adaptive=adaptive, progress=progress, data=data, data_seed=data_seed, blackbox=blackbox,
-                    cache=cache, fresh=fresh)
+    name = None if model is None else (model if isinstance(model, str) else model.name)
+    if suite is not None:
+        if suite not in SUITES:
+            raise InputError(f"unknown suite {suite!r}; choose one of: {', '.join(SUITES)}.")
+        spec = SUITES[suite]
+        name = name or spec["model"]
+        other = get_spec(name)
+        if name != spec["model"] and (other.gallery != get_spec(spec["model"]).gallery
+                                      or not getattr(other, "gallery_labels", True)):
+            raise InputError(f"suite {suite!r} is for {get_spec(spec['model']).gallery} models such as "
+                             f"{spec['model']!r}, not {name!r}.")
+        att = spec["attacks"] if attacks is None else _units(attacks, ATTACKS)
+        dfs = spec["defenses"] if defenses is None else _units(defenses, DEFENSES)
+        n = 10_000 if n is None else n
+    else:
+        if name is None or attacks is None or defenses is None:
+            raise InputError("evaluate needs a model, attacks and defenses (or a suite).")
+        get_spec(name)
+        att, dfs = _units(attacks, ATTACKS), _units(defenses, DEFENSES)
+        n = 100 if n is None else n
+    get_spec(name)
+    if ray is None and workers is not None:
+        raise InputError("workers need ray (local, or a cluster address).")
+    grid = None if eps_grid is None else parse_eps_grid(eps_grid)
+    result = evaluate(name, att, dfs, n=n, seed=seed, split=split, adaptive=adaptive, progress=progress,
+                      ray_address=ray, workers=workers, threads_per_worker=threads,
+                      shard_size=SHARD_SIZE if shard_size is None else shard_size, cache=cache, fresh=fresh,
+                      model_source=model_source, data=data, data_seed=data_seed, blackbox=blackbox,
+                      mediation=None if mediation is None else list(mediation), eps_grid=grid, images_of=images_of)
+    if suite is not None:
+        result["suite"] = suite
+    return result
+
+
+def suite_blackbox_eps(suite: str) -> float | None:
+    """The black-box column's ε that a suite asks for (None: it has none, or no such suite)."""
+    from nip_core.evaluation.evaluate import SUITES
+    return SUITES.get(suite, {}).get("blackbox_eps")
+
+
+def write_evaluation(result: dict[str, Any], path: str | os.PathLike) -> tuple[str, str]:
+    """Write an evaluation result as JSON at ``path`` and CSV beside it; returns both paths."""
+    from nip_core.evaluation.evaluate import write_result
+    return write_result(result, path)
 
 
 def evaluation_figure(result: dict[str, Any], metric: str = "defended_adv_accuracy", adaptive: bool = True) -> go.Figure:
@@ -346,23 +418,332 @@ def evaluation_figure(result: dict[str, Any], metric: str = "defended_adv_accura
     return evaluation_heatmap(result, metric, adaptive)
 
 
-def calibrate_model(model: ModelLike, data: str | os.PathLike | None = None, *, seed: int = 0) -> Calibration:
+def calibrate_model(model: ModelLike, data: str | os.PathLike | None = None, *, seed: int = 0, ship: bool = False,
+                    return_path: bool = False):
     """Give the label-free ``nip`` a calibration for ``model`` (``calibrate --data`` of the CLI).
 
     Args:
         data: labelled benign images in the model's classes (ImageFolder, .zip or .npz); None for
             the model's own dataset (MNIST, Fashion-MNIST).
         seed: the seed of the data's split (its ``calib`` part is used).
+        ship: write it into ``assets/calibration`` (the shipped models' own data only).
+        return_path: return ``(calibration, where it is stored, the data read or None)``.
 
     The calibration is cached on disk and used by ``nip`` from then on, in this process and later
-    ones; ``nip_core.calibration.forget_user_calibration(model)`` goes back to the built-in one.
+    ones; ``forget_calibration(model)`` goes back to the built-in one.
     """
     from nip_core.calibration import calibrate
 
     m = _model(model)
-    labelled = None
+    labelled = None if data is None else labelled_data(m, data)[0]
+    cal, path = calibrate(m, labelled, seed=seed, ship=ship)
+    return (cal, path, labelled) if return_path else cal
+
+
+# ----------------------------------------------------------------------------- one run (nip_core.run.Run)
+
+def make_run(model: ModelLike, image: str | int = 0, label: int | None = None, *, image_bytes: bytes | None = None,
+             attack: str = "fgsm", attack_params: dict[str, Any] | None = None, defense: str = "none",
+             defense_params: dict[str, Any] | None = None, layer: str | None = None, method: str = "conductance",
+             k: float = 0.2, seed: int = 0) -> Run:
+    """The :class:`~nip_core.run.Run` of Explore's settings, validated: the request every function below
+    that takes a ``run`` understands, hashable (a cache key) and the same value however it was made.
+
+    Args:
+        image: a gallery key or position, a report-split image ``"report:12"``, or a name for
+            ``image_bytes`` (an upload's file bytes).
+        attack, defense: names, optionally with parameters in brackets (``"pgd[eps=0.1]"``);
+            ``attack_params`` / ``defense_params`` add to or override them.
+    """
+    from nip_core.attacks import ATTACKS
+    from nip_core.defenses import DEFENSES
+    from nip_core.run import Run
+
+    m = _model(model)
+    if isinstance(image, int):
+        image = _gallery_item(m, image).key
+    a, ap = _unit(attack, ATTACKS)
+    d, dp = _unit(defense, DEFENSES)
+    return Run.build(m, image, image_bytes=image_bytes, label=label, attack=a, attack_params=ap | dict(attack_params or {}),
+                     defense=d, defense_params=dp | dict(defense_params or {}), layer=layer, method=method, k=k,
+                     seed=seed)
+
+
+def run_image(run: Run) -> tuple[torch.Tensor, int | None]:
+    """``(image [C,H,W], label)`` of a run: its upload, gallery image or report-split image; the label is
+    the run's, else the gallery's (None for an upload without one)."""
+    from nip_core.errors import InputError
+    from nip_core.evaluation.slices import parse_image_key, split_image
+
+    m = load(run.model)
+    if run.image_bytes is not None:
+        return load_image(run.image_bytes, m), run.label
+    if parse_image_key(run.image_key):
+        x, y, _ = split_image(m, run.image_key)
+        return x, y if run.label is None else run.label
+    try:
+        x, y = gallery_image(m, run.image_key)
+    except InputError:
+        raise InputError(f"no image {run.image_key!r} for {run.model}: give a gallery key, a position or "
+                         "report:<index>.") from None
+    return x, y if run.label is None else run.label
+
+
+def explore(run: Run, *, n_steps: int = 16, progress: Progress | None = None) -> Explanation:
+    """The Explore view's result of ``run``: attack, defense and neuron influence on all three images.
+    ``explore_figures`` draws it. A report-split image named with its shard (``report:123@64:128``)
+    re-runs the shard as ``evaluate`` ran it."""
+    from nip_core.analyses.explain import explain
+    from nip_core.evaluation.slices import parse_image_key, split_image
+
+    m = load(run.model)
+    image, label = run_image(run)
+    batch = split_image(m, run.image_key)[2] if run.image_bytes is None and parse_image_key(run.image_key) else None
+    return explain(m, image, label, attack=run.attack, attack_params=run.attack_kwargs, defense=run.defense,
+                   defense_params=run.defense_kwargs, layer=run.layer, method=run.method, k=run.k, n_steps=n_steps,
+                   seed=run.seed, progress=progress, batch=batch)
+
+
+def run_pathway(e: Explanation, *, top: int = 3, layers: Sequence[str] | None = None,
+                progress: Progress | None = None):
+    """Every hookable layer of one explored run at once (Explore's layer strip): each layer's front,
+    middle and tail changes under the attack and the defense, and the ``top`` neurons the attack moved
+    most, joined by activation × gradient. Returns a :class:`~nip_core.analyses.pathway.LayerStrip`."""
+    from nip_core.analyses.pathway import layer_strip
+
+    return layer_strip(load(e.model_name), e.images["benign"], e.images["adversarial"], e.images["defended"],
+                       e.reference_class, method=e.method, k=e.k, top=top, layers=layers, progress=progress)
+
+
+def run_strength(run: Run, n: int | None = None, *, progress: Progress | None = None):
+    """The run's attack at ``n`` strengths from 0 to twice its ε, each defended (Explore's strength
+    slider); a :class:`~nip_core.analyses.strength.StrengthSweep`. Attacks without a budget are refused
+    with the reason (``nip_core.analyses.strength.no_sweep_reason``)."""
+    from nip_core.analyses.strength import DEFAULT_N, strength_sweep
+
+    image, label = run_image(run)
+    return strength_sweep(load(run.model), image, label, attack=run.attack, attack_params=run.attack_kwargs,
+                          defense=run.defense, defense_params=run.defense_kwargs, layer=run.layer, method=run.method,
+                          k=run.k, seed=run.seed, n=DEFAULT_N if n is None else n, progress=progress)
+
+
+def compare(a: Explanation, b: Explanation):
+    """Two explored runs of one image side by side (Explore's pin and compare): which front neurons fell
+    in each, or between two models their groups' statistics; a
+    :class:`~nip_core.analyses.compare.RunComparison`. Raises InputError for runs of different images."""
+    from nip_core.analyses.compare import compare_runs
+    return compare_runs(a, b)
+
+
+def contrast_image(model_a: ModelLike, model_b: ModelLike, attack: str = "fgsm", seed: int = 0) -> str:
+    """The gallery key of the image that shows two models of one dataset apart best (``attack`` fools
+    ``model_a`` and not ``model_b``; both right when clean)."""
+    from nip_core.analyses.compare import contrast_image as pick
+    return pick(_model(model_a), _model(model_b), attack=attack, seed=seed)
+
+
+# ----------------------------------------------------------------------------- fragility, elasticity, mediation, slices
+
+def run_fragility_distribution(model: ModelLike, *, split: str = "report", n: int | None = None, attack: str = "pgd",
+                               attack_params: dict[str, Any] | None = None, defenses: Units | None = None,
+                               seed: int = 0, progress: Progress | None = None) -> dict[str, Any]:
+    """The flip ε of every image of a report split, per defense (``fragility --distribution``): the
+    distribution that ``run_fragility`` places one image in."""
+    from nip_core.analyses.fragility import DISTRIBUTION_DEFENSES, fragility_distribution
+    from nip_core.defenses import DEFENSES
+
+    units = list(DISTRIBUTION_DEFENSES) if defenses is None else _units(defenses, DEFENSES)
+    return fragility_distribution(_model(model), split=split, n=n, attack=attack, attack_params=attack_params,
+                                  defenses=units, seed=seed, progress=progress)
+
+
+def fragility_report(frag, settings: dict[str, Any] | None = None) -> str:
+    """A fragility (``run_fragility``) as a self-contained HTML page: verdicts, figure, images, settings."""
+    from nip_core.reports.fragility import fragility_report as page
+    return page(frag, settings)
+
+
+def elasticity(result: dict[str, Any]) -> dict[str, Any]:
+    """The accuracy-against-ε curves (with Wilson bands) of an evaluation run with ``eps_grid``;
+    ``nip_core.figures.elasticity_figure(block, attack)`` draws one attack's."""
+    from nip_core.errors import InputError
+
+    block = result.get("elasticity")
+    if not block:
+        raise InputError("this result has no elasticity block: evaluate with eps_grid (--eps-grid).")
+    return block
+
+
+def mediation(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The causal mediation table of an evaluation run with ``mediation``: per attack × layer, the share of
+    successful adversarials each neuron group restores, and each defense's carried share beside its
+    random control."""
+    from nip_core.analyses.mediation import mediation_table
+    return mediation_table(result)
+
+
+def per_class_accuracy(result: dict[str, Any], inputs: str = "defended_adv") -> dict[str, Any]:
+    """A result's accuracy per true class (the Benchmark's facet), for ``inputs``
+    (``nip_core.evaluation.slices.facets(result)`` lists them)."""
+    from nip_core.evaluation.slices import per_class_accuracy as table
+    return table(result, inputs)
+
+
+def row_images(result: dict[str, Any], attack: str, defense: str) -> list[dict[str, Any]]:
+    """The images of one (attack, defense) row of a result with per-image records: each one's
+    position, label and whether the defended prediction was right."""
+    from nip_core.evaluation.slices import row_images as images
+    return images(result, attack, defense)
+
+
+def explore_link(result: dict[str, Any], attack: str, defense: str, position: int) -> dict[str, str]:
+    """Explore's query parameters that re-run one image of a row as ``evaluate`` ran it."""
+    from nip_core.evaluation.slices import explore_link as link
+    return link(result, attack, defense, position)
+
+
+# ----------------------------------------------------------------------------- models, profiles, calibration
+
+def catalogue(what: str) -> list[dict[str, Any]]:
+    """The registry of ``"models"``, ``"attacks"`` or ``"defenses"`` as JSON-able dicts (``list --json``)."""
+    from nip_core.attacks import ATTACKS
+    from nip_core.defenses import DEFENSES
+    from nip_core.errors import InputError
+    from nip_core.models import MODELS
+
+    tables = {"models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES}
+    if what not in tables:
+        raise InputError(f"list what? choose one of: {', '.join(tables)}; got {what!r}.")
+    return [u.to_json() for u in tables[what].values()]
+
+
+def forget_calibration(model: ModelLike) -> None:
+    """Back to the model's built-in calibration (if any), forgetting one made with ``calibrate_model(data=…)``."""
+    from nip_core.calibration import forget_user_calibration
+    forget_user_calibration(_model(model))
+
+
+def labelled_data(model: ModelLike, path: str | os.PathLike, split: str = "all", seed: int = 0):
+    """Your labelled images (ImageFolder, .zip or .npz) read in the model's classes and geometry:
+    ``(LabelledData, x, y)`` of ``split`` (``all``, ``tune``, ``calib`` or ``report``, by ``seed``)."""
+    import torch
+
+    from nip_core.sources.userdata import load_labelled_data, split_indices
+
+    m = _model(model)
+    data = load_labelled_data(Path(path), class_names=m.class_names, channels=m.spec.input_channels,
+                              size=m.spec.input_size, preprocess=m.spec.preprocess)
+    idx = torch.from_numpy(split_indices(len(data.y), split, seed).copy())
+    return data, data.x[idx], data.y[idx]
+
+
+def compute_profiles(model: ModelLike, layer: str | None = None, *, method: str = "conductance", n_steps: int = 16,
+                     data: str | os.PathLike | tuple | None = None, split: str = "all", seed: int = 0, fresh: bool = False,
+                     ship: bool = False, out: str | os.PathLike | None = None) -> list[tuple[Any, Path | None]]:
+    """Influence profiles of ``model`` at ``layer`` (``"all"``: every hookable layer; None: the default
+    one), on its own benign references or on ``data``; ``ship`` writes them into ``assets/profiles``,
+    ``out`` into a folder. Returns ``(profile, written path or None)`` per layer."""
+    from nip_core.errors import InputError
+    from nip_core.influence import influence_profile, save_profile_to_assets, write_profile
+
+    m = _model(model)
+    layers = list(m.spec.layers) if layer == "all" else [layer or m.spec.default_layer]
+    for name in layers:
+        m.layer(name)                       # an unknown layer is refused before any work
+    own = None
     if data is not None:
-        from nip_core.sources.userdata import load_labelled_data
-        labelled = load_labelled_data(Path(data), class_names=m.class_names, channels=m.spec.input_channels,
-                                      size=m.spec.input_size, preprocess=m.spec.preprocess)
-    return calibrate(m, labelled, seed=seed)[0]
+        if ship:
+            raise InputError("ship writes the shipped profiles of the model's own data; not with your data.")
+        d, x, y = data if isinstance(data, tuple) else labelled_data(m, data, split, seed)
+        own = (x, y, f"{d.data_sha256}-{split}-{seed}")
+    out_list = []
+    for name in layers:
+        prof = influence_profile(m, name, method, n_steps, data=own, use_cache=not fresh)
+        if ship:
+            save_profile_to_assets(prof, m)
+        path = write_profile(prof, m, out, data=own[2] if own else None) if out else None
+        out_list.append((prof, path))
+    return out_list
+
+
+TRAINABLE = ("lenet-mnist", "lenet-fashion", "lenet-fashion-at")
+
+
+def train_model(name: str, *, seed: int = 0, epochs: int | None = None, out: str | os.PathLike | None = None,
+                ship: bool = False) -> dict[str, Any]:
+    """Retrain a shipped LeNet reproducibly: its weights and card into folder ``out``, or over the shipped
+    files with ``ship``. Returns the card's training record."""
+    from nip_core.errors import InputError
+    from nip_core import train
+
+    trainers = {"lenet-mnist": train.train_lenet, "lenet-fashion": train.train_lenet_fashion,
+                "lenet-fashion-at": train.train_lenet_fashion_at}
+    if name not in trainers:
+        raise InputError(f"only {', '.join(TRAINABLE)} can be trained here; got {name!r}.")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise InputError(f"epochs must be at least 1; got {epochs}.")
+    if out is None and not ship:
+        raise InputError(f"give out (a folder) for the new weights and card, or ship to overwrite the shipped {name}.")
+    kw: dict[str, Any] = {} if epochs is None else {"epochs": epochs}
+    if out is not None:
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"out {str(out)!r} is a file; give a folder for the weights and their card.")
+        folder.mkdir(parents=True, exist_ok=True)
+        kw |= {"out": folder / f"{name}.safetensors", "card": folder / f"{name}.json"}
+    return trainers[name](seed=seed, **kw)
+
+
+def run_robustness(model: ModelLike, *, pgd_n: int = 10_000, autoattack_n: int = 1_000, seed: int = 0,
+                   write_card: bool = False, progress: Progress | None = None) -> tuple[dict[str, Any], str, Path | None]:
+    """A card's robust figures: clean accuracy, PGD-20 and AutoAttack on the official test images
+    (``robustness`` of the CLI). Returns ``(result, the command that reproduces it, the card written or None)``."""
+    from nip_core.evaluation import robustness as R
+
+    m = _model(model)
+    R.official_test_set(m)              # a model without one is refused before any work
+    if write_card:
+        R.check_card(m)
+    result = R.robust_accuracy(m, pgd_n=pgd_n, autoattack_n=autoattack_n, seed=seed, progress=progress)
+    command = R.robustness_command(m.name, pgd_n, autoattack_n, seed)
+    return result, command, (R.write_card(m, result, command) if write_card else None)
+
+
+def write_split_images(models: str | Sequence[str], split: str = "report",
+                       out: str | os.PathLike | None = None) -> list[Path]:
+    """Write each model's report-split images as a small uint8 ``.npz`` (``assets/splits/``, or ``out`` for
+    one model), which Explore opens as ``image=report:<index>``."""
+    from nip_core.errors import InputError
+    from nip_core.evaluation.slices import split_asset_path, write_split_asset
+
+    names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
+    names = [n for n in names if n]
+    if out is not None and len(names) != 1:
+        raise InputError("out takes one model; leave it out to write assets/splits/<model>-<split>.npz each.")
+    return [write_split_asset(load(n), split, out or split_asset_path(n, split)) for n in names]
+
+
+def run_bench(out: str | os.PathLike, *, quick: bool = False, models: Sequence[str] | None = None) -> dict[str, Any]:
+    """Time the engine (forward, influence, NIP, attacks) per model and write ``out`` (JSON)."""
+    from nip_core.errors import InputError
+    from nip_core.evaluation.bench import run_bench as bench
+    from nip_core.models import MODELS
+
+    if models is not None:
+        models = [m for m in models if m]
+        if not models:
+            raise InputError("models is empty; give model names.")
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            raise InputError(f"unknown model {unknown[0]!r}; choose one of: {', '.join(MODELS)}.")
+    path = Path(out)
+    if path.is_dir():
+        raise InputError(f"out {str(out)!r} is a folder; give a JSON file path.")
+    path.parent.mkdir(parents=True, exist_ok=True)      # refuse an unwritable place before minutes of timing
+    return bench(quick=quick, out=path, models=models)
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """An image ``[C,H,W]`` in [0,1] as PNG bytes."""
+    from nip_core.images import tensor_to_png_bytes
+    return tensor_to_png_bytes(image)

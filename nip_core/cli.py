@@ -12,6 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from nip_core import api
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
@@ -52,16 +54,7 @@ def _params(text: str | None) -> dict[str, str]:
 
 
 def cmd_list(args) -> int:
-    from nip_core.attacks import ATTACKS
-    from nip_core.defenses import DEFENSES
-    from nip_core.models import MODELS
-
-    table: dict[str, list[dict[str, Any]]] = {
-        "models": [s.to_json() for s in MODELS.values()],
-        "attacks": [a.to_json() for a in ATTACKS.values()],
-        "defenses": [d.to_json() for d in DEFENSES.values()],
-    }
-    items = table[args.what]
+    items = api.catalogue(args.what)
     if args.json:
         print(json.dumps(items, indent=2, default=str))
     else:
@@ -71,56 +64,21 @@ def cmd_list(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from nip_core.attacks import ATTACKS
-    from nip_core.defenses import DEFENSES
-    from nip_core.analyses.elasticity import parse_eps_grid
-    from nip_core.evaluation.evaluate import SHARD_SIZE, SUITES, evaluate, parse_units, write_result
-    from nip_core.models.base import get_spec
-    from nip_core.byom import resolve_model
-
-    args.model = resolve_model(args, required=False)
-    if args.suite:
-        if args.suite not in SUITES:
-            raise _input_error(f"unknown suite {args.suite!r}; choose one of: {', '.join(SUITES)}.")
-        suite = SUITES[args.suite]
-        model = args.model or suite["model"]
-        other = get_spec(model)
-        if model != suite["model"] and (other.gallery != get_spec(suite["model"]).gallery
-                                        or not getattr(other, "gallery_labels", True)):
-            raise _input_error(f"suite {args.suite!r} is for {get_spec(suite['model']).gallery} models such as "
-                               f"{suite['model']!r}, not {model!r}.")
-        attacks, defenses = suite["attacks"], suite["defenses"]
-        if args.attacks:
-            attacks = parse_units(args.attacks, ATTACKS)
-        if args.defenses:
-            defenses = parse_units(args.defenses, DEFENSES)
-        n = args.n if args.n is not None else 10_000
-        if args.blackbox_eps is None and not args.no_blackbox:
-            args.blackbox_eps = suite.get("blackbox_eps")
-    else:
-        if not (args.model and args.attacks and args.defenses):
-            raise _input_error("evaluate needs --model, --attacks and --defenses (or --suite).")
-        model, n = args.model, (args.n if args.n is not None else 100)
-        get_spec(model)
-        attacks, defenses = parse_units(args.attacks, ATTACKS), parse_units(args.defenses, DEFENSES)
-    get_spec(model)
-    eps_grid = None if args.eps_grid is None else parse_eps_grid(args.eps_grid)
-    if args.ray is None and (args.workers is not None):
-        raise _input_error("--workers needs --ray (local, or a cluster address).")
-    bar = _LazyBar(f"evaluate {model}", eta=True)
+    model = _model_arg(args, required=False)
+    if args.suite and args.blackbox_eps is None and not args.no_blackbox:
+        args.blackbox_eps = api.suite_blackbox_eps(args.suite)
+    bar = _LazyBar(f"evaluate {model or args.suite}", eta=True)
     try:
-        result = evaluate(model, attacks, defenses, n=n, seed=args.seed, split=args.split,
-                          adaptive=not args.no_adaptive, progress=bar.update, ray_address=args.ray,
-                          workers=args.workers, threads_per_worker=args.threads, shard_size=SHARD_SIZE if args.shard_size is None else args.shard_size,
-                          cache=None if args.no_cache else (args.cache or _default_shard_cache()),
-                          fresh=args.fresh, model_source=_model_source(args), data=args.data,
-                          data_seed=args.data_seed, blackbox=_blackbox(args), mediation=_mediation(args),
-                          eps_grid=eps_grid, images_of=args.images_of)
+        result = api.run_evaluation(model, args.attacks, args.defenses, args.n, suite=args.suite, seed=args.seed,
+                                    split=args.split, adaptive=not args.no_adaptive, data=args.data,
+                                    data_seed=args.data_seed, blackbox=_blackbox(args), mediation=_mediation(args),
+                                    eps_grid=args.eps_grid, images_of=args.images_of, ray=args.ray,
+                                    workers=args.workers, threads=args.threads, shard_size=args.shard_size,
+                                    cache=None if args.no_cache else (args.cache or _default_shard_cache()),
+                                    fresh=args.fresh, model_source=_model_source(args), progress=bar.update)
     finally:
         bar.close()
-    if args.suite:
-        result["suite"] = args.suite
-    paths = write_result(result, args.out)
+    paths = api.write_evaluation(result, args.out)
     _print_summary(result)
     if result["data"].get("source") != "heldout":
         print(f"data: {result['data']['summary']}", file=sys.stderr)
@@ -131,6 +89,12 @@ def cmd_evaluate(args) -> int:
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
     return 0
+
+
+def _model_arg(args, *, required: bool = True) -> str | None:
+    """``--model``, or your own model (``--arch/--weights/--classes``) registered and named."""
+    from nip_core.byom import resolve_model
+    return resolve_model(args, required=required)
 
 
 def _blackbox(args) -> dict[str, Any] | None:
@@ -186,32 +150,25 @@ def _print_summary(result: dict) -> None:
 
 
 def cmd_explain(args) -> int:
-    from nip_core.analyses.explain import explain
-    from nip_core.images import load_image_file, tensor_to_png_bytes
-    from nip_core.models import load_model
-    from nip_core.byom import resolve_model
+    import numpy as np
 
-    model = load_model(resolve_model(args))
-    img = load_image_file(args.image, channels=model.spec.input_channels, size=model.spec.input_size,
-                          preprocess=model.spec.preprocess)
+    model = api.load(_model_arg(args))
+    img = api.load_image(args.image, model)
     bar, update = _progress_bar("explain")
     try:
-        e = explain(model, img, args.label, attack=args.attack, attack_params=_params(args.attack_params),
-                    defense=args.defense, defense_params=_params(args.defense_params), layer=args.layer,
-                    method=args.method, k=args.k, seed=args.seed, progress=update)
+        e = api.explain_image(model, img, args.label, attack=args.attack, attack_params=_params(args.attack_params),
+                              defense=args.defense, defense_params=_params(args.defense_params), layer=args.layer,
+                              method=args.method, k=args.k, seed=args.seed, progress=update)
     finally:
         bar.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    import numpy as np
     for v in e.images:
-        (out / f"{v}.png").write_bytes(tensor_to_png_bytes(e.images[v]))
+        (out / f"{v}.png").write_bytes(api.png_bytes(e.images[v]))
     np.savez(out / "influence.npz", **{f"influence_{v}": e.influence[v].numpy() for v in e.influence},
              **{f"activation_{v}": e.activations[v].numpy() for v in e.activations},
              front=e.front.numpy(), tail=e.tail.numpy(), dead=e.dead.numpy())
-    from nip_core.figures import explanation_figures
-
-    for name, fig in explanation_figures(e).items():
+    for name, fig in api.explore_figures(e).items():
         fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
     summary = e.summary() | {"image": str(args.image), "seed": args.seed,
                              "files": sorted(p.name for p in out.iterdir())}
@@ -223,18 +180,14 @@ def cmd_explain(args) -> int:
 
 
 def cmd_surgery(args) -> int:
-    from nip_core import figures
-    from nip_core.api import run_surgery
-    from nip_core.byom import resolve_model
-
-    result = run_surgery(resolve_model(args), args.image, args.label, attack=args.attack, defense=args.defense,
-                         layer=args.layer, select=args.select, value=args.value, seed=args.seed)
+    result = api.run_surgery(_model_arg(args), args.image, args.label, attack=args.attack, defense=args.defense,
+                             layer=args.layer, select=args.select, value=args.value, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = result.to_json()
     data["settings"]["image"] = str(args.image)
     (out / "surgery.json").write_text(json.dumps(data, indent=2) + "\n")
-    figures.surgery_bars(result).write_html(out / "surgery.html", include_plotlyjs=True)
+    api.surgery_figure(result).write_html(out / "surgery.html", include_plotlyjs=True)
     names = [data[v]["prediction_names"][0] for v in ("benign", "adversarial", "patched")]
     r = result.recovery(0)
     print(f"benign: {names[0]}  adversarial: {names[1]}  patched: {names[2]}  recovery share: "
@@ -243,14 +196,6 @@ def cmd_surgery(args) -> int:
 
 
 def cmd_fragility(args) -> int:
-    from nip_core.byom import resolve_model
-    from nip_core.defenses import DEFENSES
-    from nip_core.evaluation.evaluate import parse_units
-    from nip_core.analyses.fragility import DEFAULT_DEFENSES, DISTRIBUTION_DEFENSES, fragility, fragility_distribution
-    from nip_core.reports.fragility import fragility_report
-    from nip_core.images import load_image_file
-    from nip_core.models import load_model
-
     if args.distribution:
         for opt in ("image", "label"):
             if getattr(args, opt) is not None:
@@ -261,15 +206,13 @@ def cmd_fragility(args) -> int:
         for opt in ("split", "n"):
             if getattr(args, opt) is not None:
                 raise _input_error(f"--{opt} only applies with --distribution.")
-    model = load_model(resolve_model(args))
-    defenses = (parse_units(args.defenses, DEFENSES) if args.defenses is not None else
-                list(DISTRIBUTION_DEFENSES if args.distribution else DEFAULT_DEFENSES))
+    model = api.load(_model_arg(args))
     bar = _LazyBar("fragility", eta=args.distribution)
     if args.distribution:
         try:
-            dist = fragility_distribution(model, split=args.split or "report", n=args.n, attack=args.attack,
-                                          attack_params=_params(args.attack_params), defenses=defenses,
-                                          seed=args.seed, progress=bar.update)
+            dist = api.run_fragility_distribution(model, split=args.split or "report", n=args.n, attack=args.attack,
+                                                  attack_params=_params(args.attack_params), defenses=args.defenses,
+                                                  seed=args.seed, progress=bar.update)
         finally:
             bar.close()
         out = Path(args.out)
@@ -281,19 +224,17 @@ def cmd_fragility(args) -> int:
             print(f"{d:30s} flipped {len(flips)}/{dist['n_images']}  median flip ε among them {med}")
         print(f"wrote {out}", file=sys.stderr)
         return 0
-    img = load_image_file(args.image, channels=model.spec.input_channels, size=model.spec.input_size,
-                          preprocess=model.spec.preprocess)
+    img = api.load_image(args.image, model)
     try:
-        frag = fragility(model, img, args.label, attack=args.attack, attack_params=_params(args.attack_params),
-                         defenses=defenses, seed=args.seed, progress=bar.update)
+        frag = api.run_fragility(model, img, args.label, attack=args.attack, attack_params=_params(args.attack_params),
+                                 defenses=args.defenses, seed=args.seed, progress=bar.update)
     finally:
         bar.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     r = frag.result | {"image": str(args.image)}
     (out / "fragility.json").write_text(json.dumps(r, indent=2) + "\n")
-    page = fragility_report(frag, {"image": str(args.image)})
-    (out / "fragility.html").write_text(page, encoding="utf-8")
+    (out / "fragility.html").write_text(api.fragility_report(frag, {"image": str(args.image)}), encoding="utf-8")
     if r["status"] == "misclassified":
         print(r["message"])
     note = r.get("distribution", {}).get("note", "")
@@ -309,35 +250,13 @@ def cmd_fragility(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from nip_core.train import train_lenet, train_lenet_fashion, train_lenet_fashion_at
-
-    trainers = {"lenet-mnist": train_lenet, "lenet-fashion": train_lenet_fashion,
-                "lenet-fashion-at": train_lenet_fashion_at}
-    if args.model not in trainers:
-        raise _input_error(f"only {', '.join(trainers)} can be trained here; got {args.model!r}.")
-    if args.epochs is not None and args.epochs < 1:
-        raise _input_error(f"--epochs must be at least 1; got {args.epochs}.")
-    if args.out is None and not args.ship:
-        raise _input_error("give --out DIR for the new weights and card, or --ship to overwrite the shipped "
-                           f"{args.model} in assets/models.")
-    kw: dict[str, Any] = {} if args.epochs is None else {"epochs": args.epochs}
-    if args.out is not None:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise _input_error(f"--out {args.out!r} is a file; give a folder for the weights and their card.")
-        out.mkdir(parents=True, exist_ok=True)
-        kw |= {"out": out / f"{args.model}.safetensors", "card": out / f"{args.model}.json"}
-    info = trainers[args.model](seed=args.seed, **kw)
+    info = api.train_model(args.model, seed=args.seed, epochs=args.epochs, out=args.out, ship=args.ship)
     print(json.dumps(info, indent=2))
     return 0
 
 
 def cmd_robustness(args) -> int:
-    from nip_core.models import load_model
-    from nip_core.evaluation.robustness import check_card, official_test_set, robust_accuracy, robustness_command, write_card
-
-    model = load_model(args.model)
-    official_test_set(model)            # a model without one is refused before any work
+    model = api.load(args.model)
     if args.out is None and not args.write_card:
         raise _input_error("give --out FILE.json for the figures, or --write-card to store them in the model's card.")
     out = Path(args.out) if args.out else None
@@ -345,20 +264,17 @@ def cmd_robustness(args) -> int:
         if out.is_dir():
             raise _input_error(f"--out {args.out!r} is a folder; give a JSON file path.")
         out.parent.mkdir(parents=True, exist_ok=True)
-    if args.write_card:
-        check_card(model)
     bar = _LazyBar(f"robustness {model.name}", eta=True)
     try:
-        result = robust_accuracy(model, pgd_n=args.pgd_n, autoattack_n=args.autoattack_n, seed=args.seed,
-                                 progress=bar.update)
+        result, command, card = api.run_robustness(model, pgd_n=args.pgd_n, autoattack_n=args.autoattack_n,
+                                                   seed=args.seed, write_card=args.write_card, progress=bar.update)
     finally:
         bar.close()
-    command = robustness_command(model.name, args.pgd_n, args.autoattack_n, args.seed)
     if out is not None:
         out.write_text(json.dumps(result | {"command": command}, indent=2) + "\n")
         print(f"wrote {out}", file=sys.stderr)
-    if args.write_card:
-        print(f"wrote the robustness block of {write_card(model, result, command)}", file=sys.stderr)
+    if card is not None:
+        print(f"wrote the robustness block of {card}", file=sys.stderr)
     for what in ("clean", "pgd", "autoattack"):
         if what in result:
             r = result[what]
@@ -367,60 +283,32 @@ def cmd_robustness(args) -> int:
     return 0
 
 
-def load_data_arg(path: str, model, split: str = "all", seed: int = 0):
-    """``--data PATH`` read in the model's classes and geometry, cut to ``split``; prints one
-    summary line (read / skipped) on stderr. Returns (LabelledData, x, y) of the split."""
-    import torch
-
-    from nip_core.sources.userdata import load_labelled_data, split_indices
-
-    data = load_labelled_data(path, class_names=model.class_names, channels=model.spec.input_channels,
-                              size=model.spec.input_size, preprocess=model.spec.preprocess)
-    print(data.summary_line(), file=sys.stderr)
-    idx = torch.from_numpy(split_indices(len(data.y), split, seed).copy())
-    return data, data.x[idx], data.y[idx]
-
-
 def cmd_profile(args) -> int:
-    from nip_core.influence import influence_profile, save_profile_to_assets, write_profile
-    from nip_core.models import load_model
-
-    model = load_model(args.model)
-    layers = model.spec.layers if args.layer == "all" else [args.layer or model.spec.default_layer]
-    for layer in layers:
-        model.layer(layer)          # an unknown layer is refused before any work
+    model = api.load(args.model)
     data = None
     if args.data:
         if args.ship:
             raise _input_error("--ship writes the shipped profiles of the model's own data; drop it with --data.")
-        d, x, y = load_data_arg(args.data, model, args.split, args.seed)
-        data = (x, y, f"{d.data_sha256}-{args.split}-{args.seed}")
-    for layer in layers:
-        prof = influence_profile(model, layer, args.method, args.n_steps, data=data, use_cache=not args.fresh)
-        if args.ship:
-            save_profile_to_assets(prof, model)
-        where = ""
-        if args.out:
-            where = f" → {write_profile(prof, model, args.out, data=data[2] if data else None)}"
-        print(f"{model.name} {layer} {args.method}: {prof.n_neurons} neurons, {int(prof.dead.sum())} dead, "
+        data = api.labelled_data(model, args.data, args.split, args.seed)
+        print(data[0].summary_line(), file=sys.stderr)
+    for prof, path in api.compute_profiles(model, args.layer, method=args.method, n_steps=args.n_steps, data=data,
+                                           split=args.split, seed=args.seed, fresh=args.fresh, ship=args.ship,
+                                           out=args.out):
+        where = f" → {path}" if path else ""
+        print(f"{model.name} {prof.layer} {args.method}: {prof.n_neurons} neurons, {int(prof.dead.sum())} dead, "
               f"{len(prof.per_class)} class profiles" + (f" from {args.data} ({args.split})" if data else "") + where)
     return 0
 
 
 def cmd_calibrate(args) -> int:
-    from nip_core.byom import resolve_model
-    from nip_core.calibration import calibrate, forget_user_calibration
-    from nip_core.models import load_model
-
-    model = load_model(resolve_model(args))
+    model = api.load(_model_arg(args))
     if args.forget:
-        forget_user_calibration(model)
+        api.forget_calibration(model)
         print(f"{model.name}: back to its built-in calibration (if any)", file=sys.stderr)
         return 0
-    data = None
-    if args.data:
-        data, _, _ = load_data_arg(args.data, model)
-    cal, path = calibrate(model, data, seed=args.seed, ship=args.ship)
+    cal, path, data = api.calibrate_model(model, args.data, seed=args.seed, ship=args.ship, return_path=True)
+    if data is not None:
+        print(data.summary_line(), file=sys.stderr)
     info = cal.to_json() | {"path": str(path)}
     if data is not None:
         info["skipped"] = data.skipped
@@ -431,36 +319,15 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_split_images(args) -> int:
-    from nip_core.models import load_model
-    from nip_core.evaluation.slices import split_asset_path, write_split_asset
-
     names = [m.strip() for m in args.model.split(",") if m.strip()]
-    if args.out is not None and len(names) != 1:
-        raise _input_error("--out takes one model; leave it out to write assets/splits/<model>-<split>.npz each.")
-    for name in names:
-        model = load_model(name)
-        out = write_split_asset(model, args.split, args.out or split_asset_path(name, args.split))
+    for name, out in zip(names, api.write_split_images(names, args.split, args.out)):
         print(f"{name}: {args.split} split → {out} ({out.stat().st_size / 1024:.0f} KiB)")
     return 0
 
 
 def cmd_bench(args) -> int:
-    from nip_core.evaluation.bench import run_bench
-    from nip_core.models import MODELS
-
-    models = None
-    if args.models is not None:
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        if not models:
-            raise _input_error("--models is empty; give model names separated by commas.")
-        unknown = [m for m in models if m not in MODELS]
-        if unknown:
-            raise _input_error(f"unknown model {unknown[0]!r}; choose one of: {', '.join(MODELS)}.")
-    out = Path(args.out)
-    if out.is_dir():
-        raise _input_error(f"--out {args.out!r} is a folder; give a JSON file path.")
-    out.parent.mkdir(parents=True, exist_ok=True)      # refuse an unwritable place before minutes of timing
-    result = run_bench(quick=args.quick, out=out, models=models)
+    models = None if args.models is None else [m.strip() for m in args.models.split(",")]
+    result = api.run_bench(args.out, quick=args.quick, models=models)
     print(json.dumps(result.get("summary", {}), indent=2))
     return 0
 

@@ -371,7 +371,7 @@ BAD_INPUT = {
     "explain": [(["explain", "--model", "lenet-mnist", "--image", str(ROOT / "README.md"), "--out", "{tmp}/o"],
                  "image")],
     "train": [(["train", "efficientnet-lite0", "--out", "{tmp}/t"], "can be trained"),
-              (["train", "lenet-mnist", "--epochs", "0", "--out", "{tmp}/t"], "--epochs")],
+              (["train", "lenet-mnist", "--epochs", "0", "--out", "{tmp}/t"], "epochs must be at least 1")],
     "profile": [(["profile", "--model", "lenet-mnist", "--layer", "conv9"], "no layer 'conv9'"),
                 (["profile", "--model", "lenet-mnist", "--data", "/nonexistent/d.npz"], "/nonexistent/d.npz")],
     "surgery": [(["surgery", "--model", "lenet-mnist", "--image", str(ROOT / "README.md"), "--out", "{tmp}/s"],
@@ -387,7 +387,7 @@ BAD_INPUT = {
                    (["robustness", "--model", "lenet-fashion", "--pgd-n", "0", "--out", "{tmp}/r.json"], "pgd_n must be")],
     "split-images": [(["split-images", "--model", "nope", "--out", "{tmp}/s.npz"], "nope"),
                      (["split-images", "--model", "lenet-mnist,lenet-fashion", "--out", "{tmp}/s.npz"],
-                      "--out takes one model")],
+                      "out takes one model")],
     "bench": [(["bench", "--models", "nope", "--out", "{tmp}/b.json"], "unknown model 'nope'"),
               (["bench", "--out", "{tmp}"], "is a folder")],
 }
