@@ -20,6 +20,7 @@ from nip_core.defense_registry import (DEFENSES, NIP_IMAGENET, NIP_PARAMS, Defen
                                        register)
 from nip_core.label_free import register_label_free
 from nip_core.errors import InputError
+from nip_core.hooks import capture_hook, hooked, neuron_means
 from nip_core.models.base import LoadedModel
 from nip_core.nip import logit_perturbation, nip_defend
 from nip_core.params import Param
@@ -98,24 +99,21 @@ def _nip_authors(model, x, p, y, seed, x_benign=None):
     module = model.layer(layer)
     xb = x_benign.to(model.device)
     box: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda m, i, o: box.append(o))
-    try:
+    with hooked(module, capture_hook(box, stop=False)):
         with torch.enable_grad():
             xg = xb.clone().requires_grad_(True)
             logits = model.net(xg)
             pred = logits.argmax(1)
             act = box[0]
-            acts = act.flatten(2).mean(2) if act.dim() > 2 else act
+            acts = neuron_means(act)
             (g_act,) = torch.autograd.grad(logits.gather(1, pred.view(-1, 1)).sum(), act, retain_graph=True)
-            g = g_act.flatten(2).mean(2) if g_act.dim() > 2 else g_act
+            g = neuron_means(g_act)
             score = (g * acts).detach()
             nf, nt = min(p["front"], score.shape[1]), min(p["tail"], score.shape[1])
             front = score.topk(nf, dim=1).indices
             tail = (-score).topk(nt, dim=1).indices
             objective = acts.gather(1, front).sum() - acts.gather(1, tail).sum()
             (grad,) = torch.autograd.grad(objective, xg)
-    finally:
-        handle.remove()
     rms = grad.flatten(1).pow(2).mean(1).sqrt().view(-1, *([1] * (grad.dim() - 1)))
     step = p["eta"] * grad / (rms + 1e-5)
     xa = x.to(model.device)

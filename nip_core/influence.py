@@ -28,6 +28,7 @@ from captum.attr import LayerGradientXActivation
 from safetensors.torch import load_file, save_file
 
 from nip_core.errors import InputError
+from nip_core.hooks import StopForward, capture_hook, hooked, leaf_hook, neuron_means, neuron_sums
 from nip_core.models.base import LoadedModel
 from nip_core.runtime import ASSETS, cache_dir
 
@@ -40,10 +41,6 @@ def _check_method(method: str) -> None:
     if method not in METHODS:
         raise InputError(f"unknown influence method {method!r}; choose one of: {', '.join(METHODS)}.")
 
-
-def _per_neuron(t: torch.Tensor) -> torch.Tensor:
-    """[N, C, H, W] → [N, C] by summing positions; [N, F] unchanged."""
-    return t.flatten(2).sum(2) if t.dim() > 2 else t
 
 
 def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor | int, layer: str | None = None,
@@ -78,7 +75,7 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(model.device)
             a = algo.attribute(xb, target=target_t[i:i + batch_size].to(model.device))
-            outs.append(_per_neuron(a.detach()).float().cpu())
+            outs.append(neuron_sums(a.detach()).float().cpu())
     return torch.cat(outs)
 
 
@@ -120,13 +117,12 @@ def _conductance(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, t
     logits to the layer.
     """
     box: list[torch.Tensor] = []
-    hook = _leaf_hook(box)
+    hook = leaf_hook(box)
     alphas = torch.linspace(0, 1, n_steps + 1).tolist()
     chunk = conductance_chunk(x, n_steps, batch_size)
     outs = []
     with model.lock:
-        handle = module.register_forward_hook(hook)
-        try:
+        with hooked(module, hook):
             with torch.enable_grad():
                 for i in range(0, len(x), chunk):
                     xb = x[i:i + chunk].to(model.device)
@@ -141,28 +137,11 @@ def _conductance(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, t
                         (g,) = torch.autograd.grad(logits.gather(1, tg).sum(), acts,
                                                    retain_graph=j < len(targets) - 1)
                         c = (diff * g[:-b]).view(n_steps, b, *acts.shape[1:]).sum(0)
-                        res.append(_per_neuron(c).float().cpu())
+                        res.append(neuron_sums(c).float().cpu())
                     outs.append(torch.stack(res))
                     del logits, acts, diff
-        finally:
-            handle.remove()
     return torch.cat(outs, dim=1)
 
-
-def _leaf_hook(box: list[torch.Tensor]):
-    """A forward hook that restarts the graph at the layer: its output becomes a fresh leaf.
-
-    Only the registering thread's forwards are captured (a cached model is shared by sessions).
-    """
-    owner = threading.get_ident()
-
-    def hook(_m, _inp, out):
-        if threading.get_ident() != owner:
-            return None
-        leaf = out.detach().requires_grad_(True)
-        box.append(leaf)
-        return leaf.clone()  # downstream in-place ops must not touch the leaf
-    return hook
 
 
 def _grad_x_act(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
@@ -175,8 +154,7 @@ def _grad_x_act(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, ta
     box: list[torch.Tensor] = []
     outs = []
     with model.lock:
-        handle = module.register_forward_hook(_leaf_hook(box))
-        try:
+        with hooked(module, leaf_hook(box)):
             with torch.enable_grad():
                 for i in range(0, len(x), batch_size):
                     box.clear()
@@ -187,30 +165,12 @@ def _grad_x_act(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, ta
                         tg = tg[i:i + batch_size].to(model.device).view(-1, 1)
                         (g,) = torch.autograd.grad(logits.gather(1, tg).sum(), acts,
                                                    retain_graph=j < len(targets) - 1)
-                        res.append(_per_neuron(g * acts.detach()).float().cpu())
+                        res.append(neuron_sums(g * acts.detach()).float().cpu())
                     outs.append(torch.stack(res))
                     del logits, acts
-        finally:
-            handle.remove()
     return torch.cat(outs, dim=1)
 
 
-class _StopForward(Exception):
-    pass
-
-
-def capture_hook(box: list[torch.Tensor], stop: bool = True):
-    """A forward hook that appends the layer's output to ``box``, in the calling thread only
-    (other sessions' passes through the shared model are left alone), and with ``stop`` ends the
-    forward pass there (the caller catches ``_StopForward``)."""
-    owner = threading.get_ident()
-
-    def hook(_m, _inp, out):
-        if threading.get_ident() == owner:
-            box.append(out)
-            if stop:
-                raise _StopForward
-    return hook
 
 
 def layer_output(model: LoadedModel, x: torch.Tensor, layer: str | None = None, *, grad: bool = False,
@@ -224,15 +184,12 @@ def layer_output(model: LoadedModel, x: torch.Tensor, layer: str | None = None, 
     module = model.layer(layer)
     box: list[torch.Tensor] = []
     with model.lock:
-        handle = module.register_forward_hook(capture_hook(box, stop))
-        try:
+        with hooked(module, capture_hook(box, stop)):
             with torch.set_grad_enabled(grad):
                 try:
                     model.net(x)
-                except _StopForward:
+                except StopForward:
                     pass
-        finally:
-            handle.remove()
     return box[0]
 
 
@@ -242,7 +199,7 @@ def neuron_activations(model: LoadedModel, x: torch.Tensor, layer: str | None = 
     outs = []
     for i in range(0, len(x), batch_size):
         out = layer_output(model, x[i:i + batch_size].to(model.device), layer)
-        outs.append((out.flatten(2).mean(2) if out.dim() > 2 else out).float().cpu())
+        outs.append(neuron_means(out).float().cpu())
     return torch.cat(outs)
 
 

@@ -56,7 +56,8 @@ from nip_core.calibration import Calibration, calibration_for, how_to_calibrate
 from nip_core.defense_registry import DEFENSES, NIP_IMAGENET, NIP_PARAMS, nip_profile, register
 from nip_core.errors import InputError
 from nip_core.fingerprint import code_fingerprint
-from nip_core.influence import InfluenceProfile, capture_hook
+from nip_core.hooks import capture_hook, hooked_all
+from nip_core.influence import InfluenceProfile
 from nip_core.models.base import LoadedModel
 from nip_core.nip import inverse_perturbation, logit_perturbation, selection_scores
 from nip_core.params import Param
@@ -73,19 +74,11 @@ def layer_outputs(model: LoadedModel, x: torch.Tensor, layers: list[str], *, gra
     Caller holds ``model.lock`` (hooks must not leak into other sessions' passes).
     """
     boxes: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    handles = [model.layer(name).register_forward_hook(capture_hook(boxes[name], stop=False)) for name in layers]
-    try:
+    with hooked_all((model.layer(name), capture_hook(boxes[name], stop=False)) for name in layers):
         with torch.set_grad_enabled(grad):
             logits = model.net(x)
-    finally:
-        for h in handles:
-            h.remove()
     return {name: box[-1] for name, box in boxes.items()}, logits
 
-
-def neuron_means(out: torch.Tensor) -> torch.Tensor:
-    """``[N, C, h, w]`` → ``[N, C]`` channel means; ``[N, F]`` unchanged."""
-    return out.flatten(2).mean(2) if out.dim() > 2 else out
 
 
 def binarise(x: torch.Tensor, threshold: float, surrogate: float = 0.0) -> torch.Tensor:

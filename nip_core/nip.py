@@ -26,14 +26,12 @@ from __future__ import annotations
 import torch
 
 from nip_core.errors import InputError
-from nip_core.influence import InfluenceProfile, _StopForward, capture_hook
+from nip_core.hooks import StopForward, capture_hook, hooked, neuron_means
+from nip_core.influence import InfluenceProfile
 from nip_core.models.base import LoadedModel
 
 NIP_VALUES = 1 << 23  # input values per NIP pass: ≤ 55 ImageNet images, 10,699 MNIST digits
 
-
-def _neuron_means(out: torch.Tensor) -> torch.Tensor:
-    return out.flatten(2).mean(2) if out.dim() > 2 else out
 
 
 def inverse_perturbation(model: LoadedModel, x: torch.Tensor, front: torch.Tensor, tail: torch.Tensor,
@@ -61,8 +59,7 @@ def inverse_perturbation(model: LoadedModel, x: torch.Tensor, front: torch.Tenso
     with model.lock, torch.enable_grad():
         # One hook for all steps and chunks (not one per step); chunks bound the autograd
         # graph held at once, and every image's steps are independent of the other images.
-        handle = module.register_forward_hook(hook)
-        try:
+        with hooked(module, hook):
             for sl in _chunks(x0):
                 xc, wc = x0[sl], w[sl]
                 delta = torch.zeros_like(xc)
@@ -71,16 +68,14 @@ def inverse_perturbation(model: LoadedModel, x: torch.Tensor, front: torch.Tenso
                     box.clear()
                     try:
                         model.net(xd)
-                    except _StopForward:
+                    except StopForward:
                         pass
-                    objective = (_neuron_means(box[0]) * wc).sum()
+                    objective = (neuron_means(box[0]) * wc).sum()
                     (g,) = torch.autograd.grad(objective, xd)
                     delta = (delta + step_size * g.sign()).clamp(-budget, budget)
                     delta = (xc + delta).clamp(0, 1) - xc
                 box.clear()
                 outs.append((xc + delta).detach().cpu())
-        finally:
-            handle.remove()
     return torch.cat(outs) if outs else x0.detach().cpu()
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nip_core.hooks import neuron_means
 from nip_core.influence import influence_profile, layer_output
 from nip_core.models.base import LoadedModel
 from nip_core.analyses.surgery import layer_output_and_logits, margins, patch, random_mask
@@ -65,10 +66,6 @@ def patched_logits(model: LoadedModel, x: torch.Tensor, layer: str, mask: torch.
     ``mask[i, j]`` (:func:`nip_core.analyses.surgery.patch`, a forward hook; the model is never copied)."""
     return patch(model, x, layer, mask, "benign", source=source).logits
 
-
-def per_neuron(values: torch.Tensor) -> torch.Tensor:
-    """Per-neuron value ``[N, n_neurons]`` (a conv channel's mean over positions)."""
-    return values.flatten(2).mean(2) if values.dim() > 2 else values
 
 
 def group_masks(model: LoadedModel, layer: str, classes: torch.Tensor, act_benign: torch.Tensor,
@@ -117,7 +114,7 @@ def mediation_parts(model: LoadedModel, x: torch.Tensor, x_adv: torch.Tensor, y:
     xb, xa, yy = x[ok], x_adv[ok], y[ok]
     mb, ma = margins(lb[ok], yy), margins(la[ok], yy)
     vb, va = layer_values(model, xb, layer), layer_values(model, xa, layer)
-    masks = group_masks(model, layer, yy, per_neuron(vb), per_neuron(va), k, seed)
+    masks = group_masks(model, layer, yy, neuron_means(vb), neuron_means(va), k, seed)
     out["group_size"] = {g: float(m.sum(1).double().mean()) for g, m in masks.items()}
     for g, m in masks.items():
         lp = patched_logits(model, xa, layer, m, vb)

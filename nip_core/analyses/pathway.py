@@ -44,7 +44,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from nip_core.errors import InputError
-from nip_core.influence import InfluenceProfile, _check_method, _StopForward, capture_hook, influence_profile
+from nip_core.hooks import StopForward, capture_hook, hooked_all, neuron_means
+from nip_core.influence import InfluenceProfile, _check_method, influence_profile
 from nip_core.models.base import LoadedModel
 
 VARIANTS = ("benign", "adversarial", "defended")
@@ -192,28 +193,17 @@ def _batch(model: LoadedModel, images: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _layer_outputs(model: LoadedModel, x: torch.Tensor, layers: list[str], grad: bool) -> dict[str, torch.Tensor]:
     """Raw outputs of ``layers`` (forward order) in one pass that ends after the last of them,
-    with :func:`~nip_core.influence.capture_hook` on each (removed in ``finally``); with ``grad``
+    with :func:`~nip_core.hooks.capture_hook` on each (:func:`~nip_core.hooks.hooked_all`); with ``grad``
     the outputs stay on the autograd graph. The caller holds ``model.lock``."""
     boxes: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    handles = []
-    try:
-        for name in layers:
-            handles.append(model.layer(name).register_forward_hook(
-                capture_hook(boxes[name], stop=name == layers[-1])))
+    with hooked_all((model.layer(name), capture_hook(boxes[name], stop=name == layers[-1])) for name in layers):
         with torch.set_grad_enabled(grad):
             try:
                 model.net(x)
-            except _StopForward:
+            except StopForward:
                 pass
-    finally:
-        for h in handles:
-            h.remove()
     return {name: box[0] for name, box in boxes.items()}
 
-
-def _per_neuron(out: torch.Tensor) -> torch.Tensor:
-    """[N, C, h, w] → [N, C] channel means; [N, F] unchanged (``neuron_activations``' reduction)."""
-    return out.flatten(2).mean(2) if out.dim() > 2 else out
 
 
 def _group_names(n: int, front, middle, tail, dead: torch.Tensor) -> list[str]:
@@ -278,7 +268,7 @@ def layer_strip(model: LoadedModel, benign: torch.Tensor, adversarial: torch.Ten
     with model.lock:
         # The three inputs in one batch, as explain measures them: the group means match its chart.
         outs = _layer_outputs(model, batch.to(model.device), names, grad=False)
-        acts = {name: _per_neuron(o).float().cpu() for name, o in outs.items()}
+        acts = {name: neuron_means(o).float().cpu() for name, o in outs.items()}
         columns = []
         for name in names:
             (front, middle, tail), dead = groups[name]
@@ -314,7 +304,7 @@ def _edges(model: LoadedModel, x_adv: torch.Tensor, columns: list[LayerColumn]) 
         edges = []
         for up, down in zip(columns, columns[1:]):
             a_up = outs[up.layer]
-            a_down = _per_neuron(outs[down.layer])[0]
+            a_down = neuron_means(outs[down.layer])[0]
             src = torch.tensor(up.top, device=a_up.device)
             for d in down.top:
                 (g,) = torch.autograd.grad(a_down[d], a_up, retain_graph=True, allow_unused=True)

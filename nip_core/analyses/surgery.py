@@ -40,7 +40,8 @@ from typing import Any, Sequence
 import torch
 
 from nip_core.errors import InputError
-from nip_core.influence import InfluenceProfile, capture_hook, influence_profile
+from nip_core.hooks import capture_hook, hooked, neuron_means
+from nip_core.influence import InfluenceProfile, influence_profile
 from nip_core.models.base import LoadedModel
 
 SCALE_RANGE = (-10.0, 10.0)
@@ -248,7 +249,7 @@ def recovery_share(m_patched, m_adv, m_benign):
 
 def _per_neuron_mean(out: torch.Tensor) -> torch.Tensor:
     """The reduction of :func:`~nip_core.influence.neuron_activations`: channels averaged over positions."""
-    return (out.flatten(2).mean(2) if out.dim() > 2 else out).float().cpu()
+    return neuron_means(out).float().cpu()
 
 
 @torch.no_grad()
@@ -263,11 +264,8 @@ def layer_output_and_logits(model: LoadedModel, x: torch.Tensor, layer: str | No
     with model.lock:
         for i in range(0, len(x), batch_size):
             box: list[torch.Tensor] = []
-            handle = module.register_forward_hook(capture_hook(box, stop=False))
-            try:
+            with hooked(module, capture_hook(box, stop=False)):
                 logits.append(model.net(x[i:i + batch_size].to(model.device)).float().cpu())
-            finally:
-                handle.remove()
             acts.append(box[0].detach().float().cpu())
     return torch.cat(acts), torch.cat(logits)
 
@@ -369,15 +367,12 @@ def patch(model: LoadedModel, x: torch.Tensor, layer: str | None,
     state = _Patch(select, len(x))
     outs = []
     with model.lock:
-        handle = module.register_forward_hook(_replace_hook(val, state, layer))
-        try:
+        with hooked(module, _replace_hook(val, state, layer)):
             for i in range(0, len(x), batch_size):
                 state.rows = slice(i, i + batch_size)
                 if val.needs_source:
                     state.source = (source if len(source) == 1 else source[state.rows]).to(model.device)
                 outs.append(model.net(x[state.rows].to(model.device)).float().cpu())
-        finally:
-            handle.remove()
     logits = torch.cat(outs) if outs else torch.empty(0, model.num_classes)
     return ForwardResult.from_logits(logits, reference_class)
 

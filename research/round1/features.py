@@ -19,7 +19,8 @@ import torch
 from nip_core.data import benign_reference
 from nip_core.influence import influence_profile
 from nip_core.models import load_model
-from nip_core.label_free import layer_outputs, neuron_means
+from nip_core.hooks import neuron_means
+from nip_core.label_free import layer_outputs
 from research.common import cache_path, load_adversarials
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
