@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -332,3 +332,18 @@ register_dataset(Dataset(
     _cifar10_classes, lambda model: _gallery_tensors("cifar10", flips=False),
     lambda per_class: _gallery_tensors("cifar10", flips=True), splits=dict(SMALL_SPLITS),
     defaults_from="imagenet", adaptive={"eps": 8 / 255, "eps_step": 2 / 255, "max_iter": 10}))
+
+
+def least_short(items: Sequence, shortfall: Callable[[Any], int]) -> str:
+    """The key of the first gallery item whose ``shortfall`` (0: it shows everything wished for) is
+    smallest; stops at the first 0. The tour's image searches share it."""
+    best = None
+    for it in items:
+        score = shortfall(it)
+        if best is None or score < best[0]:
+            best = (score, it.key)
+        if score == 0:
+            break
+    if best is None:
+        raise InputError("no gallery images to search.")
+    return best[1]

@@ -214,17 +214,22 @@ def _resize_centre_crop(rgb: Image.Image, short_side: int, size: int) -> torch.T
     return torch.from_numpy(crop.copy()).permute(2, 0, 1).float().div(255)
 
 
+def _stretch(grey: np.ndarray, background: float) -> tuple[np.ndarray, np.ndarray]:
+    """``grey`` with ``background`` removed and the brightest pixel stretched to 1 (when there is a
+    contrast of more than 0.1 to stretch), and the mask of pixels above 0.1 (the ink, or the object)."""
+    span = float(grey.max()) - background
+    if span > 0.1:
+        grey = np.clip((grey - background) / span, 0.0, 1.0)
+    return grey, grey > 0.1
+
+
 def _mnist_digit(rgb: Image.Image, size: int) -> torch.Tensor:
     """MNIST-style normalisation: white digit on black, fitted in the inner box, centred by mass."""
     grey = np.asarray(rgb.convert("L"), dtype=np.float32) / 255.0
     if grey.mean() > 0.5:
         grey = 1.0 - grey
     # A photo of paper is not pure white: remove the background level and stretch the ink to 1.
-    background = float(np.median(grey))
-    span = float(grey.max()) - background
-    if span > 0.1:
-        grey = np.clip((grey - background) / span, 0.0, 1.0)
-    ink = grey > 0.1
+    grey, ink = _stretch(grey, float(np.median(grey)))
     if not ink.any():
         return _resize(torch.from_numpy(grey)[None], size, size)
 
@@ -262,11 +267,7 @@ def _fashion_item(rgb: Image.Image, size: int) -> torch.Tensor:
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if border.mean() > 0.5:  # product photos sit on a white background
         grey, border = 1.0 - grey, 1.0 - border
-    background = float(np.median(border))
-    span = float(grey.max()) - background
-    if span > 0.1:
-        grey = np.clip((grey - background) / span, 0.0, 1.0)
-    item = grey > 0.1
+    grey, item = _stretch(grey, float(np.median(border)))
     if not item.any():
         return _resize(torch.from_numpy(grey)[None], size, size)
     rows, cols = np.flatnonzero(item.any(axis=1)), np.flatnonzero(item.any(axis=0))

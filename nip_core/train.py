@@ -136,26 +136,8 @@ def _train_fashion(seed: int, epochs: int, n_val: int, out: Path, card: Path, pr
             print(f"epoch {epoch + 1}/{epochs} validation accuracy {val_acc:.4f} "
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     seconds = time.perf_counter() - start
-    xte, yte = fashion_mnist("test")
-    acc = _accuracy(net, xte, yte)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
-    info = {
-        "model": "lenet-fashion", "architecture": "LeNet5(conv6-conv16-fc120-fc84-fc10)",
-        "data": "Fashion-MNIST (Zalando Research), Debian package dataset-fashion-mnist "
-                "(/usr/share/datasets/fashion-mnist/*-idx*-ubyte.gz)",
-        "licence": "MIT (Expat), Copyright 2017 Zalando SE",
-        "normalize": {"mean": list(FASHION_MEAN), "std": list(FASHION_STD)},
-        "n_train": n_train, "n_val": n_val, "n_test": int(len(yte)),
-        "train_seed": seed, "epochs": epochs, "threads": torch.get_num_threads(),
-        "optimizer": "Adam lr=2e-3, cosine, batch 128, random horizontal flips and ±2px shifts (zero fill)",
-        "val_accuracy": round(val_acc, 4) if n_val else None,
-        "test_accuracy": round(acc, 4), "train_seconds": round(seconds),
-        "sha256": file_sha256(out), "class_names": list(FASHION_CLASSES),
-        "torch": torch.__version__,
-    }
-    card.write_text(json.dumps(info, indent=2) + "\n")
-    return info
+    return _ship_fashion(net, "lenet-fashion", out, card, n_train=n_train, n_val=n_val, seed=seed, epochs=epochs,
+                         seconds=seconds, validation={"val_accuracy": round(val_acc, 4) if n_val else None})
 
 
 # ----------------------------------------------------------------------------- adversarial training
@@ -247,12 +229,28 @@ def _train_fashion_at(seed: int, epochs: int, n_val: int, eps: float, steps: int
                   f"{val['pgd']:.4f} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     seconds = time.perf_counter() - start
     net.eval()
+    return _ship_fashion(
+        net, "lenet-fashion-at", out, card, n_train=n_train, n_val=n_val, seed=seed, epochs=epochs, seconds=seconds,
+        training={"adversarial_training": {"method": "PGD adversarial training (Madry et al. 2018): every batch "
+                                                    "replaced by its PGD adversarial against the current weights",
+                                           "norm": "Linf", "eps": eps, "steps": steps, "step_size": step_size,
+                                           "random_start": True}},
+        validation={"val_accuracy": round(val["clean"], 4) if n_val else None,
+                    "val_pgd_accuracy_1000": round(val["pgd"], 4) if n_val else None},
+        command=f"python -m nip_core train lenet-fashion-at --seed {seed} --epochs {epochs} --ship")
+
+
+def _ship_fashion(net: nn.Module, name: str, out: Path, card: Path, *, n_train: int, n_val: int, seed: int,
+                  epochs: int, seconds: float, validation: dict, training: dict | None = None,
+                  command: str | None = None) -> dict:
+    """Test a trained Fashion-MNIST LeNet on the 10,000 official test images, write its weights (safetensors)
+    and its card (the two Fashion cards' common fields, in one order); returns the card."""
     xte, yte = fashion_mnist("test")
     acc = _accuracy(net, xte, yte)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
     info = {
-        "model": "lenet-fashion-at", "architecture": "LeNet5(conv6-conv16-fc120-fc84-fc10)",
+        "model": name, "architecture": "LeNet5(conv6-conv16-fc120-fc84-fc10)",
         "data": "Fashion-MNIST (Zalando Research), Debian package dataset-fashion-mnist "
                 "(/usr/share/datasets/fashion-mnist/*-idx*-ubyte.gz)",
         "licence": "MIT (Expat), Copyright 2017 Zalando SE",
@@ -260,14 +258,9 @@ def _train_fashion_at(seed: int, epochs: int, n_val: int, eps: float, steps: int
         "n_train": n_train, "n_val": n_val, "n_test": int(len(yte)),
         "train_seed": seed, "epochs": epochs, "threads": torch.get_num_threads(),
         "optimizer": "Adam lr=2e-3, cosine, batch 128, random horizontal flips and ±2px shifts (zero fill)",
-        "adversarial_training": {"method": "PGD adversarial training (Madry et al. 2018): every batch replaced by "
-                                           "its PGD adversarial against the current weights",
-                                 "norm": "Linf", "eps": eps, "steps": steps, "step_size": step_size,
-                                 "random_start": True},
-        "val_accuracy": round(val["clean"], 4) if n_val else None,
-        "val_pgd_accuracy_1000": round(val["pgd"], 4) if n_val else None,
+        **(training or {}), **validation,
         "test_accuracy": round(acc, 4), "train_seconds": round(seconds),
-        "command": f"python -m nip_core train lenet-fashion-at --seed {seed} --epochs {epochs} --ship",
+        **({"command": command} if command else {}),
         "sha256": file_sha256(out), "class_names": list(FASHION_CLASSES),
         "torch": torch.__version__,
     }

@@ -31,7 +31,7 @@ def test_nip_defenses_act_at_the_runs_layer_method_and_k(lenet):
 
 @pytest.mark.parametrize("kw, message", [
     ({"attack": "nope"}, "unknown attack 'nope'"), ({"defense": "nope"}, "unknown defense 'nope'"),
-    ({"layer": "fc9"}, "no layer 'fc9'"), ({"k": 0.7}, "k must be in"), ({"seed": -1}, "seed must be"),
+    ({"layer": "fc9"}, "no layer 'fc9'"), ({"k": 0.7}, "must be float in"), ({"seed": -1}, "seed must be"),
     ({"attack": "pgd", "attack_params": {"eps": -3}}, "eps"),
 ])
 def test_bad_settings_raise_one_input_error(lenet, kw, message):

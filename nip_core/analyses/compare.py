@@ -313,7 +313,7 @@ def contrast_image(model_a, model_b, attack: str = "fgsm", seed: int = 0) -> str
         InputError: the models do not share a gallery (dataset), or it is empty.
     """
     from nip_core.attacks import run_attack
-    from nip_core.data import gallery
+    from nip_core.data import gallery, least_short
 
     if model_a.spec.gallery != model_b.spec.gallery:
         raise InputError(f"models {model_a.name!r} and {model_b.name!r} have different example images "
@@ -330,11 +330,4 @@ def contrast_image(model_a, model_b, attack: str = "fgsm", seed: int = 0) -> str
         held_b = int(model_b.predict(run_attack(model_b, attack, x, y, seed=seed).x_adv)[0]) == it.label
         return 2 * (not fooled_a) + (not held_b)
 
-    best = (5, items[0].key)
-    for it in items:
-        score = shortfall(it)
-        if score < best[0]:
-            best = (score, it.key)
-        if score == 0:
-            break
-    return best[1]
+    return least_short(items, shortfall)

@@ -100,6 +100,26 @@ class Explanation:
         }
 
 
+def check_run(model: LoadedModel, image: torch.Tensor, label: int | None, attack: str, attack_params: dict | None,
+              defense: str, defense_params: dict | None, layer: str | None, k: float) -> tuple[str, dict, dict]:
+    """Refuse a bad image, label, k, layer, unit or parameter with one :class:`InputError`, before any
+    work; returns the layer (the model's default for None) and the attack's and defense's full parameters."""
+    if image.dim() != 3 or image.shape[0] != model.spec.input_channels:
+        raise InputError(f"image must have shape [{model.spec.input_channels}, H, W]; got {list(image.shape)}.")
+    if label is not None and not 0 <= int(label) < model.num_classes:
+        raise InputError(f"label must be a class in [0, {model.num_classes - 1}]; got {label}.")
+    if not 0 < k <= 0.5:
+        raise InputError(f"parameter 'k' must be float in (0, 0.5]; got {k!r}.")
+    layer = layer or model.spec.default_layer
+    model.layer(layer)
+    attack_params = ATTACKS.get_unit(attack).params_for(model, attack_params)
+    dunit = DEFENSES.get_unit(defense)
+    defense_params = dunit.params_for(model, defense_params)
+    if dunit.needs_labels and label is None:
+        raise InputError(f"defense '{defense}' needs the true label; pick a gallery image or give a label.")
+    return layer, attack_params, defense_params
+
+
 def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *, attack: str = "fgsm",
             attack_params: dict | None = None, defense: str = "nip", defense_params: dict | None = None,
             layer: str | None = None, method: str = "conductance", k: float = 0.2, n_steps: int = 16,
@@ -118,20 +138,10 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
             their noise per shard), and the image at ``position`` is kept.
     """
     say = progress or (lambda f, m: None)
-    if image.dim() != 3 or image.shape[0] != model.spec.input_channels:
-        raise InputError(f"image must have shape [{model.spec.input_channels}, H, W]; got {list(image.shape)}.")
-    if label is not None and not 0 <= int(label) < model.num_classes:
-        raise InputError(f"label must be a class in [0, {model.num_classes - 1}]; got {label}.")
-    if not 0 < k <= 0.5:
-        raise InputError(f"parameter 'k' must be float in (0, 0.5]; got {k!r}.")
-    layer = layer or model.spec.default_layer
-    model.layer(layer)
     # Refuse every bad value before any work (a cold profile costs minutes on ImageNet).
-    attack_params = ATTACKS.get_unit(attack).params_for(model, attack_params)
+    layer, attack_params, defense_params = check_run(model, image, label, attack, attack_params, defense,
+                                                     defense_params, layer, k)
     dunit = DEFENSES.get_unit(defense)
-    defense_params = dunit.params_for(model, defense_params)
-    if dunit.needs_labels and label is None:
-        raise InputError(f"defense '{defense}' needs the true label; pick a gallery image or give a label.")
     secs: dict[str, float] = {}
     x = image.unsqueeze(0).float()
 
@@ -201,7 +211,7 @@ def demo_image(model: LoadedModel, attack: str = "fgsm", restore: tuple[str, ...
         model: a built-in model (its gallery labels are its classes).
         attack: the attack's name; restore, defeat: defense names; seed: their seed.
     """
-    from nip_core.data import gallery
+    from nip_core.data import gallery, least_short
 
     items = gallery(model.spec.gallery)
     if not items:
@@ -224,11 +234,4 @@ def demo_image(model: LoadedModel, attack: str = "fgsm", restore: tuple[str, ...
                 miss += 2 ** (len(wishes) - 1 - i)
         return miss
 
-    best = (worst + 1, items[0].key)
-    for it in items:
-        score = shortfall(it)
-        if score < best[0]:
-            best = (score, it.key)
-        if score == 0:
-            break
-    return best[1]
+    return least_short(items, shortfall)

@@ -38,7 +38,7 @@ from nip_core.attacks import ATTACKS, run_attack
 from nip_core.defenses import DEFENSES, apply_defense
 from nip_core.analyses.elasticity import scaled_params, step_ratio
 from nip_core.errors import InputError
-from nip_core.analyses.explain import Explanation
+from nip_core.analyses.explain import Explanation, check_run
 from nip_core.influence import influence_profile, neuron_activations
 from nip_core.models.base import LoadedModel
 from nip_core.analyses.surgery import margins
@@ -250,19 +250,8 @@ def strength_sweep(model: LoadedModel, image: torch.Tensor, label: int | None = 
     if reason is not None:
         raise InputError(reason)
     _check_n(n)
-    if image.dim() != 3 or image.shape[0] != model.spec.input_channels:
-        raise InputError(f"image must have shape [{model.spec.input_channels}, H, W]; got {list(image.shape)}.")
-    if label is not None and not 0 <= int(label) < model.num_classes:
-        raise InputError(f"label must be a class in [0, {model.num_classes - 1}]; got {label}.")
-    if not 0 < k <= 0.5:
-        raise InputError(f"parameter 'k' must be float in (0, 0.5]; got {k!r}.")
-    layer = layer or model.spec.default_layer
-    model.layer(layer)
-    chosen = ATTACKS.get_unit(attack).params_for(model, attack_params)
-    dunit = DEFENSES.get_unit(defense)
-    defense_params = dunit.params_for(model, defense_params)
-    if dunit.needs_labels and label is None:
-        raise InputError(f"defense '{defense}' needs the true label; pick a gallery image or give a label.")
+    layer, chosen, defense_params = check_run(model, image, label, attack, attack_params, defense, defense_params,
+                                              layer, k)
     grid = eps_grid(chosen["eps"], _budget_high(attack), n)
     at = grid.index(chosen["eps"])
     # Every strength's parameters are checked before any work; the chosen ε runs as Explore ran it.
@@ -279,7 +268,7 @@ def strength_sweep(model: LoadedModel, image: torch.Tensor, label: int | None = 
     x = image.unsqueeze(0).float()
     ref = int(label) if label is not None else int(model.logits(x).argmax())
     y = torch.tensor([ref])
-    y_def = y if dunit.needs_labels else None
+    y_def = y if DEFENSES.get_unit(defense).needs_labels else None
     adv, dfd = [x], []
     for i, (e, p) in enumerate(zip(grid, params)):
         say(0.05 + 0.9 * i / len(grid), f"ε = {e:.4g} ({i + 1} of {len(grid)})")

@@ -84,22 +84,19 @@ SPEC = register_model(ModelSpec(
     factory=_loader("lenet-mnist", WEIGHTS, CARD, MNIST_MEAN, MNIST_STD), affine_layers=("fc2",), card=CARD,
 ))
 
-FASHION_SPEC = register_model(ModelSpec(
-    name="lenet-fashion",
-    summary="LeNet-5 CNN trained on Fashion-MNIST clothing images (28×28 gray, 10 classes)",
-    input_channels=1, input_size=28, preprocess="fashion", gallery="fashion",
-    layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1",
-    factory=_loader("lenet-fashion", FASHION_WEIGHTS, FASHION_CARD, FASHION_MEAN, FASHION_STD),
-    affine_layers=("fc2",), card=FASHION_CARD,
-))
+def _fashion_spec(name: str, summary: str, weights, card) -> ModelSpec:
+    """A Fashion-MNIST LeNet: the same geometry, layers and normalisation, its own weights and card."""
+    return register_model(ModelSpec(
+        name=name, summary=summary, input_channels=1, input_size=28, preprocess="fashion", gallery="fashion",
+        layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1",
+        factory=_loader(name, weights, card, FASHION_MEAN, FASHION_STD), affine_layers=("fc2",), card=card))
 
+
+FASHION_SPEC = _fashion_spec("lenet-fashion",
+                             "LeNet-5 CNN trained on Fashion-MNIST clothing images (28×28 gray, 10 classes)",
+                             FASHION_WEIGHTS, FASHION_CARD)
 # The field's baseline defense (RobustBench ranks models by it): the same architecture, data,
 # augmentation and optimiser as lenet-fashion, trained on PGD adversarials (nip_core.train).
-FASHION_AT_SPEC = register_model(ModelSpec(
-    name="lenet-fashion-at",
-    summary="LeNet-5 CNN on Fashion-MNIST, PGD adversarially trained (L∞ ε 0.1; Madry et al. 2018)",
-    input_channels=1, input_size=28, preprocess="fashion", gallery="fashion",
-    layers=("conv1", "conv2", "fc1", "fc2"), default_layer="fc1",
-    factory=_loader("lenet-fashion-at", FASHION_AT_WEIGHTS, FASHION_AT_CARD, FASHION_MEAN, FASHION_STD),
-    affine_layers=("fc2",), card=FASHION_AT_CARD,
-))
+FASHION_AT_SPEC = _fashion_spec("lenet-fashion-at",
+                                "LeNet-5 CNN on Fashion-MNIST, PGD adversarially trained (L∞ ε 0.1; Madry et al. 2018)",
+                                FASHION_AT_WEIGHTS, FASHION_AT_CARD)
