@@ -46,7 +46,7 @@ __all__ = [
     "run_surgery", "surgery_figure", "run_fragility", "fragility_report",
     # a split: evaluation, elasticity, mediation, slices, fragility's distribution
     "run_evaluation", "suite_blackbox_eps", "write_evaluation", "evaluation_figure", "elasticity", "mediation",
-    "per_class_accuracy", "row_images", "explore_link", "run_fragility_distribution",
+    "shipped_result", "facets", "per_class_accuracy", "row_images", "explore_link", "run_fragility_distribution",
     # models' data: calibration, profiles, training, robustness, split images, bench
     "calibrate_model", "forget_calibration", "labelled_data", "compute_profiles", "train_model", "run_robustness",
     "write_split_images", "run_bench",
@@ -582,11 +582,23 @@ def mediation(result: dict[str, Any]) -> list[dict[str, Any]]:
     return mediation_table(result)
 
 
-def per_class_accuracy(result: dict[str, Any], inputs: str = "defended_adv") -> dict[str, Any]:
-    """A result's accuracy per true class (the Benchmark's facet), for ``inputs``
-    (``nip_core.evaluation.slices.facets(result)`` lists them)."""
+def per_class_accuracy(result: dict[str, Any], inputs: str) -> dict[str, Any]:
+    """A result's accuracy per true class and defense (the Benchmark's facet) on ``inputs``: the benign
+    images or one attack's adversarials (``facets(result)`` lists them)."""
     from nip_core.evaluation.slices import per_class_accuracy as table
     return table(result, inputs)
+
+
+def facets(result: dict[str, Any]) -> list[str]:
+    """The inputs a result with per-image records can be faceted on by class: benign, then each attack."""
+    from nip_core.evaluation.slices import facets as of
+    return of(result)
+
+
+def shipped_result(file_name: str) -> dict[str, Any]:
+    """A shipped result file (``docs/results/<file_name>``: the Benchmark's tables) as a dict."""
+    from nip_core.evaluation.results import shipped_result as read
+    return read(file_name)
 
 
 def row_images(result: dict[str, Any], attack: str, defense: str) -> list[dict[str, Any]]:
@@ -723,8 +735,10 @@ def write_split_images(models: str | Sequence[str], split: str = "report",
     return [write_split_asset(load(n), split, out or split_asset_path(n, split)) for n in names]
 
 
-def run_bench(out: str | os.PathLike, *, quick: bool = False, models: Sequence[str] | None = None) -> dict[str, Any]:
-    """Time the engine (forward, influence, NIP, attacks) per model and write ``out`` (JSON)."""
+def run_bench(out: str | os.PathLike, *, quick: bool = False, models: Sequence[str] | None = None,
+              tiny: bool = False) -> dict[str, Any]:
+    """Time the engine (forward, influence, NIP, attacks) per model against its compute floors and write
+    ``out`` (JSON); ``quick`` finishes in about a minute on 2 cores, ``tiny`` in seconds (for tests)."""
     from nip_core.errors import InputError
     from nip_core.evaluation.bench import run_bench as bench
     from nip_core.models import MODELS
@@ -740,7 +754,7 @@ def run_bench(out: str | os.PathLike, *, quick: bool = False, models: Sequence[s
     if path.is_dir():
         raise InputError(f"out {str(out)!r} is a folder; give a JSON file path.")
     path.parent.mkdir(parents=True, exist_ok=True)      # refuse an unwritable place before minutes of timing
-    return bench(quick=quick, out=path, models=models)
+    return bench(quick=quick, out=path, models=models, tiny=tiny)
 
 
 def png_bytes(image: torch.Tensor) -> bytes:

@@ -69,7 +69,18 @@ class Run:
                    tuple(sorted(dp.items())), layer, method, float(k), int(seed))
 
     def with_(self, **changes: Any) -> Run:
-        """A copy with ``changes`` (field names); not re-validated: use :meth:`build` for user input."""
+        """A copy with ``changes`` (field names). A new attack or defense without its own parameters
+        starts from its defaults (a NIP-family defense at the run's layer, method and k); the values are
+        not re-validated: use :meth:`build` for a user's input."""
+        from nip_core.defenses import DEFENSES
+
+        if "attack" in changes and "attack_params" not in changes and changes["attack"] != self.attack:
+            changes["attack_params"] = ()
+        if "defense" in changes and "defense_params" not in changes and changes["defense"] != self.defense:
+            nip = DEFENSES.get_unit(changes["defense"]).family == "nip"
+            where = {"layer": changes.get("layer", self.layer), "method": changes.get("method", self.method),
+                     "k": float(changes.get("k", self.k))}
+            changes["defense_params"] = tuple(sorted(where.items())) if nip else ()
         return replace(self, **changes)
 
     @property

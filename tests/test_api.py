@@ -173,3 +173,11 @@ def test_docs_api_page_runs(tmp_path, monkeypatch, capsys):
     assert "recovery share" in namespace["bars"].layout.title.text
     assert (tmp_path / "my_digits.npz").exists()
     assert printed.count(" flips at ") == 2 and namespace["f"].result["defenses"]["none"]["percentile"] is None
+
+
+def test_docs_api_page_shows_every_api_function_in_a_block_that_runs():
+    from nip_core import api
+
+    code = "\n".join(python_blocks((ROOT / "docs" / "api.md").read_text()))
+    missing = [n for n in api.__all__ if f"api.{n}(" not in code]
+    assert not missing, f"docs/api.md has no worked example of: {', '.join(missing)}"

@@ -44,3 +44,10 @@ def test_differences_name_what_changed_first(lenet):
     b = a.with_(model="lenet-fashion", attack="fgsm")
     assert a.differences(b) == ["model lenet-mnist → lenet-fashion", "attack pgd → fgsm"]
     assert a.differences(a) == []
+
+
+def test_a_new_unit_in_with_starts_from_its_defaults(lenet):
+    r = Run.build(lenet, "0", attack="pgd", attack_params={"max_iter": 5}, defense="nip-oracle", layer="fc1")
+    assert r.with_(defense="none").defense_params == ()
+    assert r.with_(defense="jpeg").with_(defense="nip-oracle").defense_kwargs == r.defense_kwargs
+    assert r.with_(attack="fgsm").attack_params == () and r.with_(seed=3).attack_params == r.attack_params
