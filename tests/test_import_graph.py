@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -243,20 +244,15 @@ def test_every_name_a_module_imports_from_the_project_exists(package):
 
 # ----------------------------------------------------------------------------- the engine's layers (issue 27)
 
-# A module's layer is read from its path; no module imports from a layer above its own. The method
-# (the top level of nip_core and its models/ and sources/) at the bottom, the analyses built on it, the
-# evaluation machinery on those, figures and reports on all of them, and the front door (api, cli) on top.
-FRONT_DOOR = ("nip_core", "nip_core.api", "nip_core.cli", "nip_core.__main__")
-ENGINE_LAYERS = {"method": 0, "analyses": 1, "evaluation": 2, "figures": 3, "reports": 3, "front door": 4}
+# A module's layer is read from its path (scripts/layers_diagram.py holds the rule and draws the README's
+# picture from it); no module imports from a layer above its own. The method (the top level of nip_core
+# and its models/ and sources/) at the bottom, the analyses built on it, the evaluation machinery on those,
+# figures and reports on all of them, and the front door (api, cli) on top.
+_spec = importlib.util.spec_from_file_location("layers_diagram", REPO_ROOT / "scripts" / "layers_diagram.py")
+layers_diagram = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(layers_diagram)
+ENGINE_LAYERS, engine_layer = layers_diagram.ENGINE_LAYERS, layers_diagram.engine_layer
 TOP_LEVEL_LIMIT = 20
-
-
-def engine_layer(module: str) -> str:
-    """The layer of engine module ``module``, from its path alone."""
-    if module in FRONT_DOOR:
-        return "front door"
-    sub = module.split(".")[1]
-    return sub if sub in ENGINE_LAYERS else "method"
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
@@ -286,3 +282,13 @@ def test_no_engine_module_imports_from_a_layer_above_its_own():
 def test_top_level_of_the_engine_stays_small():
     top = sorted(p.stem for p in (REPO_ROOT / "nip_core").glob("*.py") if p.stem not in ("__init__", "__main__"))
     assert len(top) <= TOP_LEVEL_LIMIT, top
+
+
+def test_readme_shows_the_layers_as_the_code_has_them():
+    """The README's picture is the one scripts/layers_diagram.py draws from today's modules."""
+    text = (REPO_ROOT / "README.md").read_text()
+    block = layers_diagram.readme_block(text)
+    assert block is not None, "README.md lost its layers picture"
+    assert block == layers_diagram.render(), "run: python scripts/layers_diagram.py --write"
+    for module in layers_diagram.engine_modules():
+        assert layers_diagram.short(module) in block, module

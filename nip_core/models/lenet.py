@@ -84,6 +84,7 @@ SPEC = register_model(ModelSpec(
     factory=_loader("lenet-mnist", WEIGHTS, CARD, MNIST_MEAN, MNIST_STD), affine_layers=("fc2",), card=CARD,
 ))
 
+
 def _fashion_spec(name: str, summary: str, weights, card) -> ModelSpec:
     """A Fashion-MNIST LeNet: the same geometry, layers and normalisation, its own weights and card."""
     return register_model(ModelSpec(
