@@ -337,6 +337,18 @@ def _input_error(msg: str):
     return InputError(msg)
 
 
+def _model_arguments(s: argparse.ArgumentParser, image_required: bool | None = None,
+                     label_help: str = "true class, if known (else the benign prediction is the reference)") -> None:
+    """``--model`` or your own model's flags; with ``image_required`` given, ``--image`` and ``--label`` too."""
+    from nip_core.byom import add_byom_arguments
+
+    s.add_argument("--model", help="a registered model, or bring your own with --arch/--weights/--classes")
+    add_byom_arguments(s)
+    if image_required is not None:
+        s.add_argument("--image", required=image_required, help=None if image_required else "the image (PNG, JPEG, …)")
+        s.add_argument("--label", type=int, help=label_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nip_core.byom import add_byom_arguments
 
@@ -392,10 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("explain", help="one image: predictions, influence and figures")
-    s.add_argument("--model", help="a registered model, or bring your own with --arch/--weights/--classes")
-    add_byom_arguments(s)
-    s.add_argument("--image", required=True)
-    s.add_argument("--label", type=int, help="true class, if known")
+    _model_arguments(s, image_required=True, label_help="true class, if known")
     s.add_argument("--attack", default="fgsm")
     s.add_argument("--attack-params", help="e.g. eps=0.1")
     s.add_argument("--defense", default="nip")
@@ -408,10 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_explain)
 
     s = sub.add_parser("surgery", help="one image: set chosen neurons of a layer and re-run the prediction")
-    s.add_argument("--model", help="a registered model, or bring your own with --arch/--weights/--classes")
-    add_byom_arguments(s)
-    s.add_argument("--image", required=True)
-    s.add_argument("--label", type=int, help="true class, if known (else the benign prediction is the reference)")
+    _model_arguments(s, image_required=True)
     s.add_argument("--attack", default="fgsm", help='one attack, e.g. "pgd[eps=0.1;max_iter=20]"')
     s.add_argument("--defense", help='a defense whose input the value "defended" copies, e.g. "nip[steps=10]"')
     s.add_argument("--layer", help="an influence layer of the model (default: its default layer)")
@@ -424,10 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("fragility", help="one image: the smallest attack budget that flips each defense "
                                          "(docs/elasticity.md)")
-    s.add_argument("--model", help="a registered model, or bring your own with --arch/--weights/--classes")
-    add_byom_arguments(s)
-    s.add_argument("--image", help="the image (PNG, JPEG, …)")
-    s.add_argument("--label", type=int, help="true class, if known (else the benign prediction is the reference)")
+    _model_arguments(s, image_required=False)
     s.add_argument("--attack", default="pgd", help="an L∞ gradient attack: fgsm, bim, pgd, mifgsm or apgd")
     s.add_argument("--attack-params", dest="attack_params",
                    help="e.g. max_iter=10; their eps_step/eps is kept at every budget tried")
@@ -480,8 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_profile)
 
     s = sub.add_parser("calibrate", help="build the benign bank the label-free nip needs (cached on disk)")
-    s.add_argument("--model", help="a registered model, or bring your own with --arch/--weights/--classes")
-    add_byom_arguments(s)
+    _model_arguments(s)
     s.add_argument("--data", help="labelled benign images in the model's classes: an ImageFolder, a .zip of one, "
                                   "or an .npz with x and y (default: the model's own training data)")
     s.add_argument("--seed", type=int, default=0, help="seed of the data's split (its calib part is used)")
