@@ -380,7 +380,7 @@ def load_data_arg(path: str, model, split: str = "all", seed: int = 0):
 
 
 def cmd_profile(args) -> int:
-    from nip_core.influence import influence_profile, save_profile_to_assets, write_profile
+    from nip_core.influence import gallery_candidate_classes, influence_profile, save_profile_to_assets, write_profile
     from nip_core.models import load_model
 
     model = load_model(args.model)
@@ -396,6 +396,8 @@ def cmd_profile(args) -> int:
     for layer in layers:
         prof = influence_profile(model, layer, args.method, args.n_steps, data=data, use_cache=not args.fresh)
         if args.ship:
+            if prof._fill is not None:  # classes filled on demand (CIFAR-10, ImageNet): ship the gallery's
+                prof.prefill(gallery_candidate_classes(model))   # as ship_profiles does
             save_profile_to_assets(prof, model)
         where = ""
         if args.out:
