@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    – create .venv if missing, install requirements, start the app on :8501
-#   make test   – the same set-up (plus Debian's Chromium for the browser test and Debian's
-#                 Fashion-MNIST for the lenet-fashion tests), then the tests
+#   make test   – the same set-up (plus Debian's Chromium for the browser test, Debian's
+#                 Fashion-MNIST for the lenet-fashion tests and Debian's HAProxy for the proxy test), then the tests
+# A class on one machine: make serve-class REPLICAS=2 PROXY_PORT=8080 (Ctrl-C or make stop-class stops it).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,8 +10,10 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 PORT ?= 8501
+REPLICAS ?= 2
+PROXY_PORT ?= 8080
 
-.PHONY: run test venv chromium fashion-data bench evaluate-paper evaluate-fashion evaluate-cifar10 evaluate-imagenet \
+.PHONY: run test venv chromium fashion-data haproxy serve-class stop-class gpu-check bench evaluate-paper evaluate-fashion evaluate-cifar10 evaluate-imagenet \
   evaluate-elastic fragility-distributions train-fashion-at robustness-fashion evaluate-fashion-at
 
 venv: $(STAMP)
@@ -32,6 +35,13 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
 
+# Debian's HAProxy, for replicas behind one address (make serve-class, tests/test_proxy.py).
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || { \
+	  echo "installing Debian haproxy for the replicas behind a proxy"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q haproxy; }
+
 # Fashion-MNIST's idx files (MIT), for the lenet-fashion tests and `python -m nip_core train
 # lenet-fashion`; the app needs none of it (weights, gallery and calibration bank ship in assets/).
 FASHION_FILES := $(addprefix /usr/share/datasets/fashion-mnist/,train-images-idx3-ubyte.gz \
@@ -45,8 +55,21 @@ fashion-data:
 run: $(STAMP)
 	$(PY) -m app.serve --server.port=$(PORT) --server.headless=true --server.fileWatcherType=none
 
-test: $(STAMP) $(CONVERT_STAMP) chromium fashion-data
+test: $(STAMP) $(CONVERT_STAMP) chromium fashion-data haproxy
 	$(PY) -m pytest -q tests
+
+# REPLICAS app processes on ports 8501, 8502, … (loopback) behind HAProxy on PROXY_PORT (all interfaces),
+# with cookie affinity (docs/cluster.md, "Serving a class"); Ctrl-C, or make stop-class from another shell, stops them.
+serve-class: $(STAMP) haproxy
+	$(PY) scripts/serve_replicas.py --replicas $(REPLICAS) --first-port $(PORT) --bind '*:$(PROXY_PORT)'
+
+stop-class: $(STAMP)
+	$(PY) scripts/serve_replicas.py stop
+
+# Explain, surgery and a small evaluation on every built-in model, on the GPU and on the CPU: agreement and
+# timings (docs/performance.md). Without CUDA it says so in one line and succeeds.
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py $(if $(OUT),--out $(OUT))
 
 bench: $(STAMP)
 	$(PY) -m nip_core bench --out docs/bench.json

@@ -656,7 +656,7 @@ def compute_profiles(model: ModelLike, layer: str | None = None, *, method: str 
     one), on its own benign references or on ``data``; ``ship`` writes them into ``assets/profiles``,
     ``out`` into a folder. Returns ``(profile, written path or None)`` per layer."""
     from nip_core.errors import InputError
-    from nip_core.influence import influence_profile, save_profile_to_assets, write_profile
+    from nip_core.influence import gallery_candidate_classes, influence_profile, save_profile_to_assets, write_profile
 
     m = _model(model)
     layers = list(m.spec.layers) if layer == "all" else [layer or m.spec.default_layer]
@@ -672,6 +672,8 @@ def compute_profiles(model: ModelLike, layer: str | None = None, *, method: str 
     for name in layers:
         prof = influence_profile(m, name, method, n_steps, data=own, use_cache=not fresh)
         if ship:
+            if prof._fill is not None:   # classes filled on demand (CIFAR-10, ImageNet): ship the gallery's
+                prof.prefill(gallery_candidate_classes(m))
             save_profile_to_assets(prof, m)
         path = write_profile(prof, m, out, data=own[2] if own else None) if out else None
         out_list.append((prof, path))

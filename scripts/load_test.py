@@ -122,7 +122,11 @@ def expected_result(plan: dict[str, Any], full: bool) -> dict[str, str]:
     from nip_core.defenses import DEFENSES
     from nip_core.analyses.explain import explain
     from nip_core.models import load_model
+    from nip_core.runtime import set_torch_threads
 
+    # The server's torch threads (app/runqueue.py sets them the same way): with another count the float sums
+    # run in another order, and on EfficientNet that alone flipped 3 of 20 attack or defense outcomes.
+    set_torch_threads()
     model = load_model(plan["model"])
     image = next(it.image for it in gallery(model.spec.gallery) if it.key == plan["image"])
     out = {"benign": model.class_names[int(model.predict(image[None])[0])]}
@@ -275,6 +279,7 @@ async def run_protocol_session(url: str, plan: dict[str, Any], timeout: float, s
         async with asyncio.timeout(timeout):
             ws_url = url.replace("http://", "ws://", 1) + "/_stcore/stream"
             async with websockets.connect(ws_url, subprotocols=["streamlit"], max_size=None) as ws:
+                res["cookies"] = handshake_cookies(ws.response.headers.get_all("Set-Cookie"))
                 msg = BackMsg()
                 msg.rerun_script.query_string = plan_query(plan)
                 msg.rerun_script.page_script_hash = ""
@@ -312,6 +317,20 @@ async def run_protocol_session(url: str, plan: dict[str, Any], timeout: float, s
     except Exception as exc:  # connection failure: one line in the report
         res["errors"].append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
     return res
+
+
+def handshake_cookies(set_cookie: list[str]) -> dict[str, str]:
+    """The cookies set on a session's websocket handshake: Streamlit sets none there, so these are a
+    proxy's (its session-affinity cookie names the replica that holds the session)."""
+    from http.cookies import CookieError, SimpleCookie
+
+    jar: SimpleCookie = SimpleCookie()
+    for header in set_cookie:
+        try:
+            jar.load(header)
+        except CookieError:
+            continue
+    return {k: m.value for k, m in jar.items()}
 
 
 async def drive_protocol(url: str, plans: list[dict[str, Any]], timeout: float, start_gap: float,
@@ -449,13 +468,16 @@ def main(argv: list[str] | None = None) -> int:
         "before": load_before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()},
         "queue_ahead_max": max((r.get("queue_ahead_max", 0) for r in results), default=0),
         "client": args.client,
+        # protocol sessions through a proxy: how many sessions each affinity cookie (replica) got
+        "handshake_cookies": {f"{k}={v}": sum(r.get("cookies", {}).get(k) == v for r in results)
+                              for k, v in sorted({kv for r in results for kv in r.get("cookies", {}).items()})},
         "browsers": ("the same machine (one headless Chromium, one context per session)" if args.client == "browser"
                      else "none: Streamlit's websocket protocol from this process (as if the browsers were elsewhere)"),
         "results": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in results],
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("sessions", "ok", "errors", "wrong_results", "wall_s",
-                                             "first_result_s", "complete_s", "queue_ahead_max", "before")}))
+    print(json.dumps({k: report[k] for k in ("sessions", "ok", "errors", "wrong_results", "wall_s", "first_result_s",
+                                             "complete_s", "queue_ahead_max", "handshake_cookies", "before")}))
     for r in results:
         if not r["ok"]:
             print(f"session {r['plan']['session']} ({r['plan']['attack']}/{r['plan']['defense']}): "

@@ -130,3 +130,32 @@ def test_conductance_at_affine_layers_equals_the_full_integral(model_name, layer
     full = _conductance(model, model.layer(layer), x, targets, 16)
     fast = torch.stack([neuron_influence(model, x, t, layer, "conductance", 16, exact_affine=True) for t in targets])
     assert torch.allclose(fast, full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["lenet-mnist", "lenet-fashion", "lenet-fashion-at", "resnet8-cifar10"])
+def test_every_layer_profile_of_the_small_models_ships_with_every_class(name, tmp_path, monkeypatch):
+    """A fresh clone's first layer strip (every layer, any class as reference) reads the shipped
+    profiles: nothing is computed, no class is filled on demand, and the files stay small."""
+    from nip_core import influence
+    from nip_core.models import load_model
+
+    def no_computing(*a, **k):
+        raise AssertionError(f"{name}: a profile was computed instead of read from assets/profiles")
+
+    read = []
+    real_read = influence._read
+    monkeypatch.setenv("NIP_CACHE_DIR", str(tmp_path))          # an empty user cache: a fresh clone
+    monkeypatch.setattr(influence, "_PROFILES", {})
+    monkeypatch.setattr(influence, "neuron_influence", no_computing)
+    monkeypatch.setattr(influence, "_conductance", no_computing)
+    monkeypatch.setattr(influence, "_grad_x_act", no_computing)
+    monkeypatch.setattr(influence, "_read", lambda path, *a: read.append(path) or real_read(path, *a))
+    model = load_model(name)
+    for layer in model.spec.layers:
+        prof = influence_profile(model, layer)
+        for c in range(model.num_classes):
+            prof.groups(c, 0.2)
+        assert sorted(prof.per_class) == list(range(model.num_classes)), layer
+    assert [p.parent for p in read] == [influence.shipped_profile_dir()] * len(model.spec.layers)
+    assert all(p.stat().st_size < 16_384 for p in read), [(p.name, p.stat().st_size) for p in read]
+    assert not list(tmp_path.rglob("*.safetensors"))             # and nothing was written to the cache
