@@ -270,6 +270,15 @@ def build_request(model_name: str, image_key: str, image_bytes: bytes | None, la
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
+def strength_frames(request: tuple, n: int):
+    """``nip_core.figures.strength_frames`` of :func:`strength_view`: every grid point's images, figures and
+    maps, built once when the panel opens (shared, never mutated), so a slider move only shows them."""
+    from nip_core.figures.strength import strength_frames as frames
+
+    return frames(strength_view(request, n))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
 def strength_view(request: tuple, n: int, _progress: Callable[[float, str], None] | None = None):
     """``nip_core.analyses.strength.strength_sweep`` of an Explore view's request at ``n`` strengths: a
     ``StrengthSweep``, kept (shared, never mutated) so that scrubbing its grid copies nothing."""
