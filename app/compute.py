@@ -16,6 +16,7 @@ import streamlit as st
 from app.loaders import get_model, get_profile, load_upload, upload_on_disk, user_data
 from app.runqueue import queued
 from nip_core.errors import InputError
+from nip_core.images import DRAWING_PREFIX
 
 ParamsKey = tuple[tuple[str, Any], ...]
 INFLUENCE_GROUPS = ("front", "tail", "front+tail")   # surgery selections read from the layer's profile
@@ -24,13 +25,18 @@ COMPARE_DEFENSES = ("none", "jpeg", "bitdepth", "median", "gaussian", "random-si
 
 
 def _image(model_name: str, image_key: str, image_bytes: bytes | None):
-    """The request's image and its gallery label: the uploaded bytes (no label), a split image
+    """The request's image and its gallery label: the uploaded bytes (no label), a drawing
+    (``draw:<token>``, no label), a split image
     (``report:123``, with its true label; ``nip_core.evaluation.slices``) or a gallery entry."""
     from nip_core.data import gallery
     from nip_core.evaluation.slices import parse_image_key, split_image
 
     if image_bytes is not None:
         return load_upload(model_name, image_bytes), None
+    if image_key.startswith(DRAWING_PREFIX):       # a drawing (Explore's canvas): the 28×28 image itself
+        from nip_core.images import decode_drawing, drawing_to_tensor
+        return drawing_to_tensor(decode_drawing(image_key[len(DRAWING_PREFIX):]),
+                                 get_model(model_name).spec.input_channels), None
     if parse_image_key(image_key) is not None:
         image, label, _ = split_image(get_model(model_name), image_key)
         return image, label
@@ -56,6 +62,24 @@ def explanation(model_name: str, image_key: str, image_bytes: bytes | None, labe
         return explain(get_model(model_name), image, label, attack=attack, attack_params=dict(attack_params),
                        defense=defense, defense_params=dict(defense_params), layer=layer, method=method, k=k,
                        seed=seed, progress=_progress, batch=batch)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def drawing_preview(model_name: str, token: str, layer: str, method: str) -> dict[str, Any]:
+    """What Explore's canvas shows beside a drawing (``nip_core.analyses.preview``, no attack): ``png``, the
+    28×28 image; ``top``, the three likeliest (class, name, confidence); ``grid``, the layer's neuron
+    influence toward the prediction as one image."""
+    from nip_core.analyses.preview import preview
+    from nip_core.figures import neuron_grids_png
+    from nip_core.images import decode_drawing, drawing_to_tensor, tensor_to_png_bytes
+
+    model = get_model(model_name)
+    x = drawing_to_tensor(decode_drawing(token), model.spec.input_channels)
+    with queued(None):
+        view = preview(model, x, layer, method)
+    name = model.class_names[view.prediction]
+    return {"png": tensor_to_png_bytes(x), "top": view.top(model.class_names, 3),
+            "grid": neuron_grids_png([(f"toward {name}", view.influence)], unit="influence", panel_px=220)}
 
 
 @st.cache_data(show_spinner=False, max_entries=48)
@@ -267,6 +291,15 @@ def build_request(model_name: str, image_key: str, image_bytes: bytes | None, la
         dp.update(layer=layer, method=method, k=float(k))
     return (model_name, image_key, image_bytes, label, attack, tuple(sorted(ap.items())),
             defense, tuple(sorted(dp.items())), layer, method, float(k), int(seed))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def strength_frames(request: tuple, n: int):
+    """``nip_core.figures.strength_frames`` of :func:`strength_view`: every grid point's images, figures and
+    maps, built once when the panel opens (shared, never mutated), so a slider move only shows them."""
+    from nip_core.figures.strength import strength_frames as frames
+
+    return frames(strength_view(request, n))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -340,3 +340,98 @@ def tensor_to_png_bytes(x: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     tensor_to_pil(x).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- drawings (Explore's canvas)
+# A drawing is a 28×28 uint8 grey image (white ink on black, MNIST's convention) after the model's own
+# preprocessing; it travels in share links as ``zlib`` + URL-safe base64 (no padding): a digit is
+# typically 150–300 characters.
+
+DRAWING_SIZE = 28
+DRAWING_PREFIX = "draw:"                 # an Explore image key naming a drawing: "draw:<token>"
+MAX_DRAWING_TOKEN = 1500                 # characters; zlib of 784 bytes is at most ~800 bytes (~1070 characters)
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def encode_drawing(drawing: np.ndarray) -> str:
+    """A 28×28 uint8 drawing as a short URL-safe text (zlib, then base64 without padding)."""
+    import base64
+    import zlib
+
+    arr = np.asarray(drawing)
+    if arr.shape != (DRAWING_SIZE, DRAWING_SIZE) or arr.dtype != np.uint8:
+        raise InputError(f"A drawing is a {DRAWING_SIZE}×{DRAWING_SIZE} uint8 image; got shape "
+                         f"{tuple(arr.shape)} of {arr.dtype}.")
+    packed = zlib.compress(np.ascontiguousarray(arr).tobytes(), 9)
+    return base64.urlsafe_b64encode(packed).decode("ascii").rstrip("=")
+
+
+def decode_drawing(token: object) -> np.ndarray:
+    """The inverse of :func:`encode_drawing`: a ``[28, 28]`` uint8 array, or :class:`InputError` with one
+    sentence for anything else (wrong type, too long, characters outside URL-safe base64, not zlib data,
+    a decompression bomb, the wrong number of pixels)."""
+    import base64
+    import binascii
+    import zlib
+
+    bad = "The drawing in the link is damaged ({}); draw it again."
+    if not isinstance(token, str):
+        raise InputError(bad.format(f"expected text, got {type(token).__name__}"))
+    if not token:
+        raise InputError(bad.format("it is empty"))
+    if len(token) > MAX_DRAWING_TOKEN:
+        raise InputError(bad.format(f"{len(token)} characters, over the {MAX_DRAWING_TOKEN} a drawing takes"))
+    if not set(token) <= _TOKEN_CHARS:
+        raise InputError(bad.format("it has characters that URL-safe base64 does not use"))
+    try:
+        packed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise InputError(bad.format("not base64")) from None
+    want = DRAWING_SIZE * DRAWING_SIZE
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(packed, want + 1)     # never more than one byte past a drawing: no zlib bomb
+    except zlib.error:
+        raise InputError(bad.format("not compressed drawing data")) from None
+    if len(raw) != want or not d.eof or d.unused_data:
+        raise InputError(bad.format(f"it does not hold exactly {DRAWING_SIZE}×{DRAWING_SIZE} pixels"))
+    return np.frombuffer(raw, dtype=np.uint8).reshape(DRAWING_SIZE, DRAWING_SIZE).copy()
+
+
+def drawing_from_canvas(rgba: object, preprocess: str = "mnist") -> np.ndarray | None:
+    """A canvas's pixels (``[H, W, 4]`` RGBA, light ink on a dark or transparent background) as a 28×28 uint8
+    drawing, prepared as :func:`to_model_input` prepares an image for a 28×28 grey model (``"mnist"``:
+    cropped to the ink, fitted in 20×20, centred by mass; ``"fashion"``: trimmed, longest side 28).
+
+    Returns None when nothing is drawn (no pixel brighter than a tenth of full ink).
+    Raises InputError (one sentence) when ``rgba`` is not an RGBA image of a sane size.
+    """
+    arr = np.asarray(rgba) if isinstance(rgba, np.ndarray) else None
+    if arr is None or arr.ndim != 3 or arr.shape[2] != 4 or not 8 <= arr.shape[0] <= 4096 \
+            or not 8 <= arr.shape[1] <= 4096:
+        got = tuple(arr.shape) if arr is not None else type(rgba).__name__
+        raise InputError(f"The canvas sent no usable image (expected RGBA pixels, got {got}); clear it and draw again.")
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+            raise InputError("The canvas sent no usable image (its pixels are not numbers); clear it and draw again.")
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if preprocess not in ("mnist", "fashion"):
+        raise InputError(f"Drawings are for the 28×28 grey models (preprocessing mnist or fashion), not {preprocess!r}.")
+    rgb, alpha = arr[..., :3].astype(np.float32), arr[..., 3].astype(np.float32) / 255.0
+    ink = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]) * alpha    # transparent = black
+    if not (ink > 25.5).any():
+        return None
+    grey = Image.fromarray(np.clip(np.rint(ink), 0, 255).astype(np.uint8), mode="L")
+    x = to_model_input(grey, channels=1, size=DRAWING_SIZE, preprocess=preprocess)
+    return (x[0].clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
+
+
+def drawing_to_tensor(drawing: np.ndarray, channels: int = 1) -> torch.Tensor:
+    """A 28×28 uint8 drawing as a model input ``[channels, 28, 28]`` in [0,1]."""
+    arr = np.asarray(drawing)
+    if arr.shape != (DRAWING_SIZE, DRAWING_SIZE) or arr.dtype != np.uint8:
+        raise InputError(f"A drawing is a {DRAWING_SIZE}×{DRAWING_SIZE} uint8 image; got shape {tuple(arr.shape)}.")
+    if channels not in (1, 3):
+        raise InputError(f"channels must be 1 or 3, got {channels!r}.")
+    x = torch.from_numpy(arr.astype(np.float32) / 255.0)[None]
+    return x.expand(channels, DRAWING_SIZE, DRAWING_SIZE).contiguous()

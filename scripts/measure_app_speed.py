@@ -21,7 +21,7 @@ layer's unpatched passes and profile are cached), each timed run changes the sel
 value) in the panel to a setting not computed before, so the panel re-runs and makes one patched
 forward pass: seconds from the option's click to the patched bars showing the new setting. One
 more change back to a setting already computed is recorded as ``revisit_seconds`` (no engine
-call). Targets: LeNet ≤ 0.3 s, EfficientNet-Lite0 ≤ 1.5 s. The results go under the key
+call). Targets: LeNet ≤ 0.2 s (issue 28; 0.3 s in issue 19), EfficientNet-Lite0 ≤ 1.5 s. The results go under the key
 ``surgery`` of the ``--out`` file; its other keys are kept.
 
 With ``--layers`` it measures Explore's all-layers strip (issue 20 §3): on a fresh server a view is
@@ -45,12 +45,15 @@ each timed run opens a link with a new seed (panel closed), waits until the view
 server idle, then switches the panel on: ``sweep_seconds`` is the time from the switch's click to the
 response chart drawn, and ``engine_seconds`` the sweep's own time (the panel's "Computed in" caption).
 Then ``--moves`` slider moves (keyboard, one strength each): seconds from the key press to the
-scrubbed view showing the new ε with nothing stale and the response chart's band on it. Targets:
+scrubbed view showing the new ε with nothing stale (the response chart is drawn once per sweep, outside
+the slider's fragment, since issue 28). Targets:
 warm sweep ≤ 2 s on LeNet (FGSM, the default nip), ≤ 20 s for PGD-10 on EfficientNet-Lite0;
 a move ≤ 0.3 s. The results go under the key ``strength`` of the ``--out`` file.
 
-The machine's load (``uptime``) is recorded before and after: on a shared machine the numbers
-are only comparable at similar load.
+Every mode is an entry of ``ENTRIES`` run by one runner (:func:`run_entry`): its configurations, how one
+is measured, its printed line and its key of ``--out`` (the other keys are kept). The machine's load
+(``uptime``) is recorded before and after: on a shared machine the numbers are only comparable at
+similar load.
 
 Usage:  python scripts/measure_app_speed.py --runs 3 --out docs/results/app_speed.json
         python scripts/measure_app_speed.py --surgery --runs 5 --out docs/results/app_speed.json
@@ -70,8 +73,9 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -90,7 +94,7 @@ CONFIGS = {
 SURGERY_LINK = "&surgery=front%3A0.2&surgery_value=benign"
 SURGERY_CONFIGS = {
     "lenet-mnist": {"query": "?model=lenet-mnist&image=mnist-test-21&attack=fgsm&defense=nip&seed=0" + SURGERY_LINK,
-                    "target_s": 0.3},
+                    "target_s": 0.2},
     "efficientnet-lite0": {"query": "?model=efficientnet-lite0&image=chelsea&attack=fgsm&defense=nip&seed=0"
                                     + SURGERY_LINK, "target_s": 1.5},
 }
@@ -255,37 +259,6 @@ def measure_surgery(browser, name: str, runs: int) -> dict:
             "revisit_seconds": revisit}
 
 
-def main_surgery(args) -> None:
-    """``--surgery``: the panel's warm latency per model, under the key ``surgery`` of ``--out``."""
-    from playwright.sync_api import sync_playwright
-
-    names = args.configs.split(",") if args.configs else list(SURGERY_CONFIGS)
-    before = {"uptime": uptime(), "load_avg": os.getloadavg()}
-    results = []
-    with sync_playwright() as p:
-        browser = launch(p)
-        try:
-            for name in names:
-                r = measure_surgery(browser, name, args.runs)
-                print(f"surgery {name}: warm median {r['median_seconds']:.3f} s (runs "
-                      f"{', '.join(f'{t:.3f}' for t in r['runs_seconds'])}; target {r['target_seconds']} s; "
-                      f"revisit {r['revisit_seconds'] if r['revisit_seconds'] is None else round(r['revisit_seconds'], 3)} s)",
-                      flush=True)
-                results.append(r)
-        finally:
-            browser.close()
-    path = Path(args.out)
-    out = json.loads(path.read_text()) if path.exists() else {}
-    out["surgery"] = {
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "cpus": os.cpu_count(),
-        "what": "warm: seconds from choosing another selection (or value) in Explore's neuron surgery panel to its "
-                "patched bars showing it (one patched forward pass; the panel is a fragment)",
-        "browser": "Debian Chromium, headless, on the same machine as the server",
-        "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path} (key 'surgery')")
-
-
 def timed_strip_open(page) -> float:
     """Click the strip's switch; seconds until the strip is drawn."""
     page.get_by_text(STRIP_SWITCH).scroll_into_view_if_needed()
@@ -324,37 +297,6 @@ def measure_layers(browser, name: str, runs: int) -> dict:
             "target_seconds": cfg["target_s"], "meets_target": med <= cfg["target_s"]}
 
 
-def main_layers(args) -> None:
-    """``--layers``: the strip's warm latency per model, under the key ``layers`` of ``--out``."""
-    from playwright.sync_api import sync_playwright
-
-    names = args.configs.split(",") if args.configs else list(LAYERS_CONFIGS)
-    before = {"uptime": uptime(), "load_avg": os.getloadavg()}
-    results = []
-    with sync_playwright() as p:
-        browser = launch(p)
-        try:
-            for name in names:
-                r = measure_layers(browser, name, args.runs)
-                print(f"layers {name}: warm median {r['median_seconds']:.3f} s (runs "
-                      f"{', '.join(f'{t:.3f}' for t in r['runs_seconds'])}; target {r['target_seconds']} s; "
-                      f"first open {r['first_open_seconds']:.3f} s)", flush=True)
-                results.append(r)
-        finally:
-            browser.close()
-    path = Path(args.out)
-    out = json.loads(path.read_text()) if path.exists() else {}
-    out["layers"] = {
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "cpus": os.cpu_count(),
-        "what": "warm: seconds from clicking Explore's 'every layer' switch to the strip drawn, on a view whose "
-                "explanation is cached and whose strip is not (engine: nip_core.analyses.pathway.layer_strip at every "
-                "layer, then the figure)",
-        "browser": "Debian Chromium, headless, on the same machine as the server",
-        "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path} (key 'layers')")
-
-
 def measure_fragility(browser, name: str, runs: int) -> dict:
     """On a fresh server: open the view, wait until warm, then time ``runs`` presses of the panel's button
     (each on a view with a new seed, so each is a search not computed before)."""
@@ -389,36 +331,6 @@ def measure_fragility(browser, name: str, runs: int) -> dict:
     return {"config": name, "query": cfg["query"], "defenses": ["none", "jpeg"],
             "waited_for_idle_server_seconds": idle_wait, "runs_seconds": times, "median_seconds": med,
             "target_seconds": cfg["target_s"], "meets_target": med <= cfg["target_s"], "tables": tables}
-
-
-def main_fragility(args) -> None:
-    """``--fragility``: the panel's warm search time, under the key ``fragility`` of ``--out``."""
-    from playwright.sync_api import sync_playwright
-
-    names = args.configs.split(",") if args.configs else ["efficientnet-lite0"]
-    before = {"uptime": uptime(), "load_avg": os.getloadavg()}
-    results = []
-    with sync_playwright() as p:
-        browser = launch(p)
-        try:
-            for name in names:
-                r = measure_fragility(browser, name, args.runs)
-                print(f"fragility {name}: warm median {r['median_seconds']:.2f} s (runs "
-                      f"{', '.join(f'{t:.2f}' for t in r['runs_seconds'])}; target {r['target_seconds']} s)",
-                      flush=True)
-                results.append(r)
-        finally:
-            browser.close()
-    path = Path(args.out)
-    out = json.loads(path.read_text()) if path.exists() else {}
-    out["fragility"] = {
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "cpus": os.cpu_count(),
-        "what": "warm: seconds from pressing 'How fragile is this image?' in Explore's fragility panel (defenses "
-                "none and jpeg, PGD at the model's defaults, a seed not searched before) to its figure drawn",
-        "browser": "Debian Chromium, headless, on the same machine as the server",
-        "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path} (key 'fragility')")
 
 
 def measure_strength(browser, name: str, runs: int, moves: int) -> dict:
@@ -460,38 +372,101 @@ def measure_strength(browser, name: str, runs: int, moves: int) -> dict:
             "move_meets_target": move_med is not None and move_med <= STRENGTH_MOVE_TARGET_S}
 
 
-def main_strength(args) -> None:
-    """``--strength``: warm sweep times and slider moves per configuration, under the key ``strength`` of ``--out``."""
+# ----------------------------------------------------------------------------- one runner, one entry per panel
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing this script measures: its configurations, how one is measured, its printed line and where
+    its results go (``key`` of ``--out``; None: the file's top level, as the views have always been)."""
+
+    flag: str | None                                  # the command-line switch (None: the default, the views)
+    key: str | None
+    configs: dict
+    measure: Callable[..., dict]                      # (browser, config name, args) → result
+    line: Callable[[dict], str]
+    what: str
+    default: tuple[str, ...] | None = None            # configurations measured without --configs (None: all)
+    settings: Callable[[argparse.Namespace], dict] = lambda args: {}
+
+
+ENTRIES = {
+    "views": Entry(
+        None, None, CONFIGS, lambda b, n, a: measure(b, n, a.runs, a.first_views),
+        lambda r: (f"{r['config']}: first view {r['first_view_seconds']:.2f} s "
+                   f"({', '.join(f'{t:.2f}' for t in r['first_views_seconds'])}; target "
+                   f"{r['first_view_target_seconds']} s); warm median {r['median_seconds']:.2f} s (runs "
+                   f"{', '.join(f'{t:.2f}' for t in r['runs_seconds'])}; target {r['target_seconds']} s)"),
+        "first view: seconds from opening a share link on a fresh server to its heatmaps drawn; warm: seconds "
+        "from Run (a new seed) to the new heatmaps drawn",
+        settings=lambda a: {"first_views": a.first_views}),
+    "surgery": Entry(
+        "--surgery", "surgery", SURGERY_CONFIGS, lambda b, n, a: measure_surgery(b, n, a.runs),
+        lambda r: (f"surgery {r['config']}: warm median {r['median_seconds']:.3f} s (runs "
+                   f"{', '.join(f'{t:.3f}' for t in r['runs_seconds'])}; target {r['target_seconds']} s; revisit "
+                   f"{r['revisit_seconds'] if r['revisit_seconds'] is None else round(r['revisit_seconds'], 3)} s)"),
+        "warm: seconds from choosing another selection (or value) in Explore's neuron surgery panel to its "
+        "patched bars showing it (one patched forward pass; the panel is a fragment)"),
+    "layers": Entry(
+        "--layers", "layers", LAYERS_CONFIGS, lambda b, n, a: measure_layers(b, n, a.runs),
+        lambda r: (f"layers {r['config']}: warm median {r['median_seconds']:.3f} s (runs "
+                   f"{', '.join(f'{t:.3f}' for t in r['runs_seconds'])}; target {r['target_seconds']} s; "
+                   f"first open {r['first_open_seconds']:.3f} s)"),
+        "warm: seconds from clicking Explore's 'every layer' switch to the strip drawn, on a view whose "
+        "explanation is cached and whose strip is not (engine: nip_core.analyses.pathway.layer_strip at every "
+        "layer, then the figure)"),
+    "fragility": Entry(
+        "--fragility", "fragility", FRAGILITY_CONFIGS, lambda b, n, a: measure_fragility(b, n, a.runs),
+        lambda r: (f"fragility {r['config']}: warm median {r['median_seconds']:.2f} s (runs "
+                   f"{', '.join(f'{t:.2f}' for t in r['runs_seconds'])}; target {r['target_seconds']} s)"),
+        "warm: seconds from pressing 'How fragile is this image?' in Explore's fragility panel (defenses "
+        "none and jpeg, PGD at the model's defaults, a seed not searched before) to its figure drawn",
+        default=("efficientnet-lite0",)),
+    "strength": Entry(
+        "--strength", "strength", STRENGTH_CONFIGS, lambda b, n, a: measure_strength(b, n, a.runs, a.moves),
+        lambda r: (f"strength {r['config']}: sweep median {r['median_sweep_seconds']:.2f} s in the browser "
+                   f"(engine {r['median_engine_seconds']:.2f} s; runs {', '.join(f'{t:.2f}' for t in r['sweep_seconds'])}; "
+                   f"target {r['target_seconds']} s); slider move median {r['median_move_seconds']:.3f} s "
+                   f"(moves {', '.join(f'{t:.3f}' for t in r['move_seconds'])}; target {STRENGTH_MOVE_TARGET_S} s)"),
+        "sweep: seconds from switching Explore's attack-strength panel on (a new seed each run, the server "
+        "warm) to its response chart drawn; engine: the sweep's own seconds; move: seconds from a slider "
+        "key press to the scrubbed view showing the new ε with nothing stale (the panel is a fragment; no "
+        "engine call)",
+        settings=lambda a: {"moves": a.moves}),
+}
+
+
+def run_entry(entry: Entry, args: argparse.Namespace) -> None:
+    """Measure ``entry``'s configurations in one Chromium, print a line each, and write them under its key of
+    ``--out`` (the file's other keys are kept), with the machine's load before and after."""
     from playwright.sync_api import sync_playwright
 
-    names = args.configs.split(",") if args.configs else list(STRENGTH_CONFIGS)
+    names = args.configs.split(",") if args.configs else list(entry.default or entry.configs)
+    unknown = [n for n in names if n not in entry.configs]
+    if unknown:
+        raise SystemExit(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(entry.configs)}")
     before = {"uptime": uptime(), "load_avg": os.getloadavg()}
     results = []
     with sync_playwright() as p:
         browser = launch(p)
         try:
             for name in names:
-                r = measure_strength(browser, name, args.runs, args.moves)
-                print(f"strength {name}: sweep median {r['median_sweep_seconds']:.2f} s in the browser "
-                      f"(engine {r['median_engine_seconds']:.2f} s; runs {', '.join(f'{t:.2f}' for t in r['sweep_seconds'])}; "
-                      f"target {r['target_seconds']} s); slider move median {r['median_move_seconds']:.3f} s "
-                      f"(moves {', '.join(f'{t:.3f}' for t in r['move_seconds'])}; target {STRENGTH_MOVE_TARGET_S} s)",
-                      flush=True)
+                r = entry.measure(browser, name, args)
+                print(entry.line(r), flush=True)
                 results.append(r)
         finally:
             browser.close()
     path = Path(args.out)
     out = json.loads(path.read_text()) if path.exists() else {}
-    out["strength"] = {
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "moves": args.moves,
-        "cpus": os.cpu_count(),
-        "what": "sweep: seconds from switching Explore's attack-strength panel on (a new seed each run, the server "
-                "warm) to its response chart drawn; engine: the sweep's own seconds; move: seconds from a slider "
-                "key press to the scrubbed view showing the new ε (the panel is a fragment; no engine call)",
-        "browser": "Debian Chromium, headless, on the same machine as the server",
-        "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}
+    block = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, **entry.settings(args),
+             "cpus": os.cpu_count(), "what": entry.what,
+             "browser": "Debian Chromium, headless, on the same machine as the server",
+             "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}
+    if entry.key is None:
+        out.update(block)
+    else:
+        out[entry.key] = block
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path} (key 'strength')")
+    print(f"wrote {path}" + ("" if entry.key is None else f" (key {entry.key!r})"))
 
 
 def main() -> None:
@@ -500,63 +475,25 @@ def main() -> None:
     ap.add_argument("--first-views", type=int, default=1,
                     help="fresh servers per configuration; first_view_seconds is their median")
     ap.add_argument("--configs", default=None,
-                    help=f"comma-separated: {', '.join(CONFIGS)} (default: all); with --surgery: "
-                         f"{', '.join(SURGERY_CONFIGS)}; with --layers: {', '.join(LAYERS_CONFIGS)}")
+                    help="comma-separated configurations (default: all of the mode's); "
+                         + "; ".join(f"{e.flag or 'views'}: {', '.join(e.configs)}" for e in ENTRIES.values()))
     ap.add_argument("--out", default="app_speed.json")
-    ap.add_argument("--surgery", action="store_true",
-                    help=f"measure the neuron surgery panel ({', '.join(SURGERY_CONFIGS)}) into the key 'surgery' "
-                         "of --out, keeping its other keys")
-    ap.add_argument("--layers", action="store_true",
-                    help=f"measure the all-layers strip ({', '.join(LAYERS_CONFIGS)}) into the key 'layers' of --out, "
-                         "keeping its other keys")
-    ap.add_argument("--fragility", action="store_true",
-                    help=f"measure the fragility panel ({', '.join(FRAGILITY_CONFIGS)}; default efficientnet-lite0) "
-                         "into the key 'fragility' of --out, keeping its other keys")
-    ap.add_argument("--strength", action="store_true",
-                    help=f"measure the attack-strength panel ({', '.join(STRENGTH_CONFIGS)}) into the key 'strength' "
-                         "of --out, keeping its other keys")
+    modes = ap.add_mutually_exclusive_group()
+    for name, e in ENTRIES.items():
+        if e.flag is not None:
+            modes.add_argument(e.flag, dest="mode", action="store_const", const=name,
+                               help=f"measure the {name} panel ({', '.join(e.configs)}) into the key {e.key!r} of "
+                                    "--out, keeping its other keys")
     ap.add_argument("--moves", type=int, default=8, help="with --strength: slider moves timed")
     args = ap.parse_args()
     if not 1 <= args.first_views <= 20 or not 1 <= args.runs <= 20:
         ap.error("--first-views and --runs must be between 1 and 20")
-    if args.layers:
-        main_layers(args)
-        return
-    if args.fragility:
-        main_fragility(args)
-        return
-    if args.strength:
-        if not 1 <= args.moves <= 40:
-            ap.error("--moves must be between 1 and 40")
-        main_strength(args)
-        return
-    if args.surgery:
-        if args.runs > len(SURGERY_CHANGES):
-            ap.error(f"--surgery takes at most {len(SURGERY_CHANGES)} runs (one new setting each)")
-        main_surgery(args)
-        return
-    from playwright.sync_api import sync_playwright
-
-    before = {"uptime": uptime(), "load_avg": os.getloadavg()}
-    results = []
-    with sync_playwright() as p:
-        browser = launch(p)
-        try:
-            for name in (args.configs or ",".join(CONFIGS)).split(","):
-                r = measure(browser, name, args.runs, args.first_views)
-                print(f"{name}: first view {r['first_view_seconds']:.2f} s "
-                      f"({', '.join(f'{t:.2f}' for t in r['first_views_seconds'])}; target {r['first_view_target_seconds']} s); "
-                      f"warm median {r['median_seconds']:.2f} s (runs {', '.join(f'{t:.2f}' for t in r['runs_seconds'])}; "
-                      f"target {r['target_seconds']} s)", flush=True)
-                results.append(r)
-        finally:
-            browser.close()
-    out = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "first_views": args.first_views,
-           "cpus": os.cpu_count(),
-           "browser": "Debian Chromium, headless, on the same machine as the server",
-           "before": before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()}, "results": results}
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    if not 1 <= args.moves <= 40:
+        ap.error("--moves must be between 1 and 40")
+    mode = args.mode or "views"
+    if mode == "surgery" and args.runs > len(SURGERY_CHANGES):
+        ap.error(f"--surgery takes at most {len(SURGERY_CHANGES)} runs (one new setting each)")
+    run_entry(ENTRIES[mode], args)
 
 
 if __name__ == "__main__":

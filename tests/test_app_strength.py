@@ -11,7 +11,7 @@ from tests.test_app import VIEW_CHARTS, _app, _ok, _submit
 
 M = "lenet-mnist"
 K = f"explore.strength.{M}."
-STRENGTH_CHARTS = 3     # the response chart, the group chart and the activation heatmaps at the slider's ε
+STRENGTH_CHARTS = 2     # the response chart and the group chart at the slider's ε (its activation grids: one image)
 BASE = {"model": M, "image": "mnist-test-21", "attack": "fgsm", "defense": "nip"}
 # Every heavy step of the engine, where the app (or the engine) looks it up.
 HEAVY = ["nip_core.analyses.strength.strength_sweep", "nip_core.analyses.strength.run_attack", "nip_core.analyses.strength.apply_defense",

@@ -202,6 +202,34 @@ def test_neurons_picked_on_the_grid_become_the_selection() -> None:
     assert "With 2 neurons of fc1" in _verdict(at) and at.query_params["surgery"] == "3,42"
 
 
+def _grid(at: AppTest):
+    [grid] = [c for c in at.get("plotly_chart")
+              if json.loads(c.proto.spec)["layout"]["title"]["text"].startswith("Pick neurons")]
+    return grid
+
+
+def test_the_grid_stays_the_same_chart_when_the_selection_changes() -> None:
+    """Streamlit names a chart by its figure: the grid must not change with the patched neurons, or the
+    browser mounts it afresh on every change. The patched neurons are listed under it instead."""
+    at = _opened()
+    _ok(at)
+    before = _grid(at).proto.id
+    patched = [m.value for m in at.markdown if m.value.startswith("**Patched now**")]
+    assert patched and patched[0].startswith("**Patched now** (15 neurons): ")
+    at.selectbox(key=K + "kind").set_value("tail").run()
+    _ok(at)
+    at.selectbox(key=K + "value").set_value("zero").run()
+    _ok(at)
+    assert at.query_params["surgery"] == "tail:0.2" and at.query_params["surgery_value"] == "zero"
+    assert _grid(at).proto.id == before
+    after = [m.value for m in at.markdown if m.value.startswith("**Patched now**")]
+    assert after and after != patched                              # the list follows the selection
+    # K names the groups in the grid's hover: a new K is a new grid
+    at.slider(key=K + "k").set_value(0.3).run()
+    _ok(at)
+    assert _grid(at).proto.id != before
+
+
 def test_uploaded_image_keeps_surgery_out_of_the_link() -> None:
     from tests.test_app import _png_digit
 

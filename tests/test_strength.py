@@ -209,3 +209,47 @@ def test_scrubbed_view_reuses_the_explore_figures(fgsm_nip) -> None:
     assert [t.name for t in bars.data] == ["benign", "adversarial", "defended"]
     with pytest.raises(InputError, match="outside the sweep"):
         fgsm_nip.at(len(fgsm_nip))
+
+
+def test_frames_hold_every_grid_point_s_view_built_once(fgsm_nip) -> None:
+    """The slider shows frames built when the panel opens: one per ε, each the grid point's own view."""
+    import io
+
+    from PIL import Image
+
+    frames = F.strength_frames(fgsm_nip)
+    assert [f.eps for f in frames] == fgsm_nip.eps
+    i = fgsm_nip.flip["adversarial"]
+    view = fgsm_nip.at(i)
+    f = frames[i]
+    assert f.top == {v: view.top(v, 1)[0] for v in F.VARIANTS}
+    assert f.top["adversarial"][0] != fgsm_nip.reference_class
+    assert f.reference_confidence["defended"] == pytest.approx(fgsm_nip.confidence["defended"][i])
+    assert [t.name for t in f.groups.data] == ["benign", "adversarial", "defended"]
+    assert [t.y for t in f.groups.data] == [t.y for t in F.group_chart(view, "activations").data]
+    assert frames[0].images["adversarial"] == frames[0].images["benign"]           # ε = 0: the benign image
+    assert f.images["adversarial"] != f.images["benign"]
+    maps = Image.open(io.BytesIO(f.maps))
+    assert maps.mode == "RGB" and maps.width > 3 * maps.height > 0
+    assert frames[0].maps != f.maps                                                # the grids follow ε
+
+
+def test_neuron_grids_png_lays_neurons_out_as_the_heatmaps_do() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from nip_core.figures.common import _diverging_lut, neuron_grids_png
+
+    # 5 neurons on a 2×3 grid (cells of 60 px with panel_px=180): +1, -1, 0, dead, +0.5; one blank cell
+    png = neuron_grids_png([("a", [1.0, -1.0, 0.0, 7.0, 0.5])], dead=[0, 0, 0, 1, 0], panel_px=180)
+    px = np.asarray(Image.open(io.BytesIO(png)))
+    cell = lambda r, c: tuple(px[20 + r * 60 + 30, c * 60 + 30])               # noqa: E731 (a cell's centre)
+    lut = _diverging_lut()
+    assert cell(0, 0) == tuple(lut[255]) and cell(0, 1) == tuple(lut[0])      # ±lim: the scale's ends
+    assert cell(0, 2) == tuple(lut[128])                                       # 0: the middle (white)
+    assert cell(1, 0) == (189, 189, 189)                                       # dead: grey, not its 7.0
+    assert cell(1, 2) == (255, 255, 255)                                       # past n: blank
+    with pytest.raises(ValueError):
+        neuron_grids_png([("a", [1.0]), ("b", [1.0, 2.0])])

@@ -13,7 +13,7 @@ from app.loaders import (BYOM_KEY, calibration_hint, gallery_entries, get_model,
                          load_upload, visible_models)
 from app.notes import aware_note, label_free_note
 from app.progress import page_turn, run_with_progress
-from app.views import compare_panel, fragility_panel, layers_panel, strength_panel, surgery_panel
+from app.views import canvas_input, compare_panel, fragility_panel, layers_panel, strength_panel, surgery_panel
 from app.widgets import (byom_panel, guarded, init_state, model_picker, param_input, params_text, parse_params_text,
                          query_signature, show_error)
 from nip_core import figures as F
@@ -89,6 +89,12 @@ def load_query_params() -> None:
     if image is not None:
         if image in keys or split_image_problem(model, image, problems) is None:
             st.session_state[key(model, "image")] = image
+    if "draw" in qp and canvas_input.applies(m) and canvas_input.from_query(qp["draw"], model, problems):
+        st.session_state[P + "source"] = canvas_input.LABEL          # the link's drawing, on the canvas
+    elif "draw" in qp and not canvas_input.applies(m):
+        problems.append(f"model {model!r} takes no drawing")
+    elif st.session_state.get(P + "source") == canvas_input.LABEL:
+        st.session_state[P + "source"] = "Example gallery"           # a link to a gallery image shows that image
     usable = {a: u for a, u in ATTACKS.items() if u.applies_to(m)}
     unit_from_query(qp, m, model, "attack", usable, DEFAULT_ATTACK, "ap", lambda a: ("a", a), problems)
     unit_from_query(qp, m, model, "defense", DEFENSES, DEFAULT_DEFENSE, "dp", lambda d: ("d", defense_group(d)),
@@ -157,11 +163,15 @@ def tour_from_query(qp) -> None:
 
 def save_query_params(request: tuple) -> None:
     model, image_key, image_bytes, _, attack, ap, defense, dp, layer, method, k, seed = request
+    drawing = canvas_input.token_of(image_key) if image_bytes is None else None
     params = {
         "model": model, "image": "upload" if image_bytes is not None else image_key,
         "attack": attack, "ap": params_text(dict(ap)), "defense": defense, "dp": params_text(dict(dp)),
         "layer": layer, "method": method, "k": f"{k:g}", "seed": str(seed),
     }
+    if drawing is not None:                 # the drawing itself rides in the link, small (draw=)
+        del params["image"]
+        params["draw"] = drawing
     tour = st.session_state.get(P + "tour")
     if tour and tour["view"] == (model, attack, defense):   # still the step's view: the link keeps its step
         params["tour"] = tour["step"]
@@ -198,10 +208,18 @@ def show_tour_step() -> None:
 # ----------------------------------------------------------------------------- setup widgets
 
 def choose_image(model_name: str, num_classes: int, class_names: list[str]):
-    """Gallery thumbnails or an upload; returns (image_key, image_bytes, label) or None."""
+    """Gallery thumbnails, an upload or (28×28 models) a drawing; returns (image_key, image_bytes, label) or None."""
     entries = with_split_image(model_name, gallery_entries(model_name), st.session_state.get(key(model_name, "image")))
-    source = st.radio("Image", ["Example gallery", "Upload an image"], horizontal=True,
-                      key=init_state(P + "source", "Example gallery"))
+    sources = ["Example gallery", "Upload an image"]
+    if canvas_input.applies(get_model(model_name)):
+        sources.append(canvas_input.LABEL)
+    if st.session_state.get(P + "source") not in (None, *sources):      # e.g. Draw, then a photo model
+        st.session_state[P + "source"] = "Example gallery"
+    source = st.radio("Image", sources, horizontal=True, key=init_state(P + "source", "Example gallery"))
+    if source == canvas_input.LABEL:
+        m = get_model(model_name)
+        return canvas_input.source(model_name, st.session_state.get(key(model_name, "layer"), m.spec.default_layer),
+                                   st.session_state.get(key(model_name, "method"), "conductance"))
     if source == "Example gallery":
         width = 52 if num_classes <= 10 else 92
         st.image([e["png"] for e in entries], caption=[e["label_name"] for e in entries], width=width)

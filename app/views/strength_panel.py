@@ -3,8 +3,9 @@ and a slider that scrubs them (``nip_core.analyses.strength``; issue 20 §1).
 
 Opened on request under a run (closed by default: the first view stays light). Opening it computes the
 sweep once (``app.compute.strength_view``, with a progress bar and, on the switch, the expected time);
-the slider then only reads the cached sweep: the panel is a fragment, so a move re-runs the panel alone
-and makes no engine call. For gallery images the slider's ε rides in the share link (``strength_eps``)
+every grid point's view (images, group chart, the three activation grids as one image) is built then
+too (``app.compute.strength_frames``), and the response chart is drawn once per sweep outside the
+slider's fragment: a move re-runs the fragment alone, makes no engine call and builds no figure. For gallery images the slider's ε rides in the share link (``strength_eps``)
 and a link with it reopens the panel there. Attacks without a budget get one line saying why.
 """
 from __future__ import annotations
@@ -13,12 +14,11 @@ import math
 
 import streamlit as st
 
-from app.compute import strength_view
+from app.compute import strength_frames, strength_view
 from app.progress import run_with_progress
 from app.widgets import guarded, init_state, query_signature, show_error
 from nip_core import figures as F
 from nip_core.errors import InputError
-from nip_core.images import tensor_to_png_bytes
 from nip_core.evaluation.bench import estimate_sweep_seconds
 from nip_core.analyses.strength import DEFAULT_N, no_sweep_reason
 
@@ -105,36 +105,48 @@ def section(request: tuple, expl) -> None:
         return
     try:
         run_with_progress(f"Sweeping ε{when}", strength_view, request, N)
+        strength_frames(request, N)     # every grid point's view, built once: a slider move only shows one
     except Exception as exc:     # a strength out of the attack's range: one message, the run above stays
         show_error(exc, "strength sweep")
         return
+    with guarded("strength panel"):
+        overview(request)
     panel(request)
 
 
-@st.fragment
-def panel(request: tuple) -> None:
-    """The response chart, the slider and the scrubbed view; a slider move re-runs only this."""
-    with guarded("strength panel"):     # a fragment re-run has no page around it to catch errors
-        show(request)
-
-
-def show(request: tuple) -> None:
-    model_name = request[0]
+def overview(request: tuple) -> None:
+    """What the sweep is and its response chart: drawn once per sweep, outside the slider's fragment."""
     sweep = strength_view(request, N)               # cached when the section computed it: no engine call
     if LINK_ERROR in st.session_state:
         show_error(InputError(st.session_state.pop(LINK_ERROR)), "strength link")
     ref = sweep.reference_class
-    ref_text = class_text(ref, sweep.class_names[ref])
     step = "" if sweep.step_ratio is None else f", its step scaled to keep step/ε = {sweep.step_ratio:.3g}"
     st.caption(f"`{sweep.attack}` on the model at {len(sweep.eps) - 1} budgets ε from 0 to "
                f"{F.eps_text(sweep.eps[-1], sweep.norm)}{step}, seed {sweep.seed}; each adversarial then goes "
                f"through `{sweep.defense}`. ε = 0 is the benign image; the dashed line is this run's ε "
                f"({F.eps_text(sweep.chosen_eps, sweep.norm)}), where the numbers equal the view above. "
-               f"Everything is measured toward {ref_text}. Computed in "
+               f"Everything is measured toward {class_text(ref, sweep.class_names[ref])}. Computed in "
                f"{sweep.seconds['total']:.2f} s.")
     if not any(sweep.defense_change):
         st.info(f"`{sweep.defense}` left every one of these inputs unchanged, so its dashed lines lie on the solid "
                 "ones.")
+    st.plotly_chart(F.strength_response(sweep), key=P + "fig.response", width="stretch")
+
+
+@st.fragment
+def panel(request: tuple) -> None:
+    """The slider and the scrubbed view; a slider move re-runs only this."""
+    with guarded("strength panel"):     # a fragment re-run has no page around it to catch errors
+        show(request)
+
+
+def show(request: tuple) -> None:
+    """The slider and the grid point it is on, from the frames built when the panel opened."""
+    model_name = request[0]
+    sweep = strength_view(request, N)               # cached: no engine call
+    frames = strength_frames(request, N)
+    ref = sweep.reference_class
+    ref_text = class_text(ref, sweep.class_names[ref])
     sk = eps_key(model_name)
     pending = st.session_state.pop(PENDING, None)
     if pending is not None:
@@ -143,22 +155,20 @@ def show(request: tuple) -> None:
         st.session_state[sk] = sweep.chosen_eps
     eps = st.select_slider("ε: drag through the computed strengths (nothing is recomputed)", options=sweep.eps,
                            key=sk, format_func=lambda e: F.eps_text(e, sweep.norm))
-    i = sweep.eps.index(eps)
+    frame = frames[sweep.eps.index(eps)]
     write_link(request, eps)
-    st.plotly_chart(F.strength_response(sweep, i), key=P + "fig.response", width="stretch")
-    view = sweep.at(i)
     st.markdown(f"**At ε = {F.eps_text(eps, sweep.norm)}**")
     for v, col in zip(F.VARIANTS, st.columns(3)):
         with col:
-            c, name, p = view.top(v, 1)[0]
+            c, name, p = frame.top[v]
             st.markdown(f"**{v}**")
-            st.image(tensor_to_png_bytes(view.images[v]), width=120)
+            st.image(frame.images[v], width=120)
             verdict = (":green[the reference class]" if c == ref else
-                       f":red[{ref_text}: {sweep.reference_confidence(v, i) * 100:.1f}%]")
+                       f":red[{ref_text}: {frame.reference_confidence[v] * 100:.1f}%]")
             st.markdown(f"predicts **{name}** ({p * 100:.1f}%)  \n{verdict}")
-    st.plotly_chart(F.group_chart(view, "activations"), key=P + "fig.groups", width="stretch",
-                    config={"staticPlot": True})
-    st.plotly_chart(F.influence_heatmaps(view, "activations"), key=P + "fig.heatmaps", width="stretch")
+    st.plotly_chart(frame.groups, key=P + "fig.groups", width="stretch", config={"staticPlot": True})
+    st.image(frame.maps, caption=f"Neuron activation at this ε — layer {sweep.layer} ({len(sweep.dead)} neurons, "
+                                 "grey = dead; one colour scale for every ε of the sweep, red = high)")
 
 
 def class_text(c: int, name: str) -> str:

@@ -40,6 +40,7 @@ VALUES = {
     "mean": "their mean over benign images",
 }
 DEFAULT_N, DEFAULT_SCALE = 10, 2.0
+MAX_LISTED = 40                      # patched neurons listed by index under the grid
 K_RANGE = (0.01, 0.5)
 
 
@@ -243,17 +244,32 @@ def show_summary(result) -> None:
 
 
 def picker(request: tuple, expl, layer: str, k: float, result) -> None:
-    """The layer's neurons on a grid; picking some types their indices into the selection."""
+    """The layer's neurons on a grid; picking some types their indices into the selection.
+
+    The grid's figure depends only on the layer, the reference class and K, never on the neurons patched
+    now: Streamlit names a chart by its figure, so a figure that changed with every selection would be a
+    new chart, mounted afresh in the browser on every change (most of a change's time). The patched
+    neurons are listed under it instead."""
     model_name = request[0]
-    profile = get_profile(model_name, layer, expl.method)
-    selected = result.selected(0) if result is not None else []
     chart = key(model_name, "picker")
-    st.plotly_chart(F.surgery_picker(profile, expl.reference_class, k, selected, expl.class_names), key=chart,
-                    width="stretch", on_select=lambda: picked(chart, model_name),
+    st.plotly_chart(surgery_grid(model_name, layer, expl.method, expl.reference_class, k, tuple(expl.class_names)),
+                    key=chart, width="stretch", on_select=lambda: picked(chart, model_name),
                     selection_mode=("points", "box", "lasso"))
+    selected = result.selected(0) if result is not None else []
+    if selected:
+        shown = ", ".join(str(j) for j in selected[:MAX_LISTED]) + (", …" if len(selected) > MAX_LISTED else "")
+        st.markdown(f"**Patched now** ({len(selected)} neuron{'s' if len(selected) != 1 else ''}): {shown}")
     st.caption("Click a neuron to patch it alone (shift+click adds more), or take the box or lasso tool at the top "
                "right of the grid. Colour: the layer's benign influence profile toward the reference class (red: "
-               "front, blue: tail). Filled markers are the neurons patched now; grey cells are dead neurons.")
+               "front, blue: tail); grey cells are dead neurons.")
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def surgery_grid(model_name: str, layer: str, method: str, reference_class: int, k: float,
+                 class_names: tuple[str, ...]):
+    """The picking grid of one layer (``nip_core.figures.surgery_picker`` with no patched markers), built
+    once per layer, class and K (shared, never mutated)."""
+    return F.surgery_picker(get_profile(model_name, layer, method), reference_class, k, (), list(class_names))
 
 
 def picked(chart: str, model_name: str) -> None:

@@ -161,3 +161,84 @@ def _grid_layout(fig: go.Figure, title: str, x_title: str, y_title: str, height:
         margin=dict(l=50, r=20, t=60, b=bottom), height=height,
     )
     return fig
+
+
+# ----------------------------------------------------------------------------- neuron grids as one image
+# A Plotly heatmap costs the browser over a second to draw (docs/STYLE: first screens); views that redraw
+# on every slider move or pen stroke show their neuron grids as one PNG instead (no hover, same layout
+# and colours as :func:`_panel_heatmaps`).
+
+_LUT: np.ndarray | None = None
+
+
+def _diverging_lut() -> np.ndarray:
+    """``[256, 3]`` uint8: the DIVERGING colour scale sampled evenly (blue = low, white = 0, red = high)."""
+    global _LUT
+    if _LUT is None:
+        from plotly.colors import sample_colorscale
+
+        cols = sample_colorscale(DIVERGING, list(np.linspace(0.0, 1.0, 256)))
+        _LUT = np.array([[float(c) for c in s[s.index("(") + 1:-1].split(",")] for s in cols]).round().astype(np.uint8)
+    return _LUT
+
+
+def neuron_grids_png(panels: Sequence[tuple[str, Any]], dead: Any | None = None, lim: float | None = None,
+                     unit: str = "", panel_px: int = 180) -> bytes:
+    """Side-by-side neuron grids (layout of :func:`to_grid`) on ONE symmetric colour scale, as PNG bytes.
+
+    Args:
+        panels: (title, ``[n]`` values) per panel, all the same ``n``.
+        dead: ``[n]`` mask of dead neurons (drawn grey), or None.
+        lim: the colour scale's half-range (``±lim``); None: the largest |value| shown.
+        unit: written after the scale's end values.
+        panel_px: about how wide each panel is drawn, in pixels.
+
+    Returns:
+        PNG bytes: a title row, the panels and a colour bar with its end values.
+    """
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    values = [_np(v).ravel() for _, v in panels]
+    n = len(values[0])
+    if n == 0 or any(len(v) != n for v in values):
+        raise ValueError("neuron_grids_png needs panels of one non-zero length")
+    mask = _np(dead).ravel().astype(bool) if dead is not None else np.zeros(n, bool)
+    rows, cols = grid_shape(n)
+    cell = max(3, panel_px // cols)
+    gap = 1 if cell >= 5 else 0
+    pw, ph = cols * cell, rows * cell
+    if lim is None:
+        shown = [v[~mask] for v in values]
+        lim = _symmetric_limit(*[s for s in shown if s.size])
+    lim = float(lim) if lim and np.isfinite(lim) and lim > 0 else 1.0
+    lut = _diverging_lut()
+    font = ImageFont.load_default(size=13)
+    top, pad, bar_w = 20, 14, 12
+    width = len(panels) * pw + (len(panels) - 1) * pad + pad + bar_w + 90
+    img = np.full((top + ph + 4, width, 3), 255, np.uint8)
+    for p, v in enumerate(values):
+        idx = np.clip(np.rint((v / lim + 1.0) * 127.5), 0, 255).astype(int)
+        colours = lut[idx]
+        colours[mask] = (189, 189, 189)
+        colours[~np.isfinite(v)] = (189, 189, 189)
+        x0 = p * (pw + pad)
+        for j in range(n):
+            r, c = divmod(j, cols)
+            y, x = top + r * cell, x0 + c * cell
+            img[y:y + cell - gap, x:x + cell - gap] = colours[j]
+    bx = len(panels) * pw + (len(panels) - 1) * pad + pad
+    ramp = lut[np.linspace(255, 0, ph).round().astype(int)]
+    img[top:top + ph, bx:bx + bar_w] = ramp[:, None, :]
+    out = Image.fromarray(img)
+    draw = ImageDraw.Draw(out)
+    for p, (title, _) in enumerate(panels):
+        draw.text((p * (pw + pad), 2), title, fill=(31, 41, 55), font=font)
+    for y, text in ((top, f"+{lim:.3g}"), (top + ph // 2 - 7, "0"), (top + ph - 14, f"-{lim:.3g}")):
+        draw.text((bx + bar_w + 4, y), text, fill=(31, 41, 55), font=font)
+    if unit:
+        draw.text((bx + bar_w + 4, top + ph // 4), unit, fill=(107, 114, 128), font=font)
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()

@@ -2,12 +2,16 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from nip_core.figures.common import VARIANT_COLOURS, GROUP_COLOURS, _class_label, _short
+from nip_core.figures.common import (VARIANTS, VARIANT_COLOURS, GROUP_COLOURS, _class_label, _np, _short,
+                                     _symmetric_limit, neuron_grids_png)
+from nip_core.figures.explore import group_chart
 
 
 STRENGTH_COLOURS = {"adversarial": VARIANT_COLOURS["adversarial"], "defended": VARIANT_COLOURS["defended"]}
@@ -120,3 +124,49 @@ def strength_response(sweep, current: int | None = None) -> go.Figure:
     fig.update_xaxes(title_text=f"ε ({'L∞, [0,1] pixel units' if norm == 'Linf' else norm + ' budget'}; "
                                 "one tick per computed strength)", row=3, col=1)
     return fig
+
+
+@dataclass(frozen=True)
+class StrengthFrame:
+    """Everything the strength slider shows at one grid point, built before the slider moves.
+
+    Attributes:
+        eps: the grid point's ε.
+        images: variant → PNG bytes of the image the model saw.
+        top: variant → (predicted class, its name, its softmax confidence).
+        reference_confidence: variant → the reference class's softmax confidence.
+        groups: :func:`~nip_core.figures.explore.group_chart` of the point's activations.
+        maps: PNG bytes of the three activation grids (benign / adversarial / defended) on the sweep's scale.
+    """
+
+    eps: float
+    images: dict[str, bytes]
+    top: dict[str, tuple[int, str, float]]
+    reference_confidence: dict[str, float]
+    groups: go.Figure
+    maps: bytes
+
+
+def strength_frames(sweep) -> list[StrengthFrame]:
+    """One :class:`StrengthFrame` per grid point of ``sweep``, so a slider move only shows what is built.
+
+    The activation grids of every point share one symmetric colour scale (the largest |activation| of
+    live neurons over the whole sweep): scrubbing changes colours only where activations change.
+    """
+    from nip_core.images import tensor_to_png_bytes
+
+    dead = _np(sweep.dead).ravel().astype(bool)
+    acts = [_np(sweep.activations[v]).reshape(-1, dead.size)[:, ~dead] for v in VARIANTS]
+    lim = _symmetric_limit(*[a for a in acts if a.size])
+    benign_png = tensor_to_png_bytes(sweep.images["benign"])
+    frames = []
+    for i, eps in enumerate(sweep.eps):
+        view = sweep.at(i)
+        images = {v: benign_png if v == "benign" else tensor_to_png_bytes(view.images[v]) for v in VARIANTS}
+        maps = neuron_grids_png([(v, view.activations[v]) for v in VARIANTS], dead=dead, lim=lim,
+                                unit="activation")
+        frames.append(StrengthFrame(
+            eps=float(eps), images=images, top={v: view.top(v, 1)[0] for v in VARIANTS},
+            reference_confidence={v: float(sweep.reference_confidence(v, i)) for v in VARIANTS},
+            groups=group_chart(view, "activations"), maps=maps))
+    return frames
