@@ -14,7 +14,11 @@ records:
   label, and the benign (and with ``--verify full``: adversarial and defended) predictions
   equal the engine's for that request, computed here in-process.
 
-and writes a JSON report (``--out``) with p50/p95/max latencies, the longest queue a session was
+With ``--client protocol`` each session also records the cookies set on its websocket handshake:
+Streamlit sets none there, so through a proxy (``make serve-class``) they name the replica that holds
+the session, and the report counts the sessions per cookie (``handshake_cookies``).
+
+It writes a JSON report (``--out``) with p50/p95/max latencies, the longest queue a session was
 told about ("your run starts after N others"), and the machine's load (``uptime``) before and
 after. Exit status 0 when every session finished with its own correct result, 1 otherwise.
 

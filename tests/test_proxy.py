@@ -67,6 +67,28 @@ def test_shipped_config_is_the_template_rendered_and_haproxy_accepts_it(tmp_path
     assert bad.returncode == 2 and "--replicas must be in" in bad.stderr.strip().splitlines()[-1]
 
 
+def test_kubernetes_manifests_parse_say_not_run_and_keep_cookie_affinity() -> None:
+    """deploy/k8s/ is written out, not run here: it parses, says so, and keeps what the proxy test shows."""
+    import yaml
+
+    docs = {}
+    for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
+        assert path.read_text().startswith("# NOT RUN HERE."), path.name
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[doc["kind"]] = doc
+    assert set(docs) == {"Deployment", "Service", "Ingress"}
+    ann = docs["Ingress"]["metadata"]["annotations"]
+    assert ann["nginx.ingress.kubernetes.io/affinity"] == "cookie"
+    assert ann["nginx.ingress.kubernetes.io/session-cookie-name"] == COOKIE
+    assert int(ann["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert docs["Service"]["spec"].get("sessionAffinity", "None") == "None"      # not ClientIP: one public IP
+    app = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert app["command"][1:3] == ["-m", "app.serve"]
+    assert app["readinessProbe"]["httpGet"]["path"] == app["livenessProbe"]["httpGet"]["path"] == "/_stcore/health"
+    labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert docs["Service"]["spec"]["selector"].items() <= labels.items()
+
+
 # ----------------------------------------------------------------------------- two replicas behind the proxy
 
 @dataclass
