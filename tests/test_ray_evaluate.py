@@ -172,7 +172,7 @@ def run_cli(*args):
 @pytest.mark.parametrize("extra, needle", [
     (["--ray", "127.0.0.1:1"], "cannot connect to the Ray cluster at 127.0.0.1:1"),
     (["--ray", "no-port-here"], "cannot read the Ray address"),
-    (["--workers", "2"], "--workers needs --ray"),
+    (["--workers", "2"], "workers need ray"),
 ])
 def test_bad_ray_arguments_are_one_line_exit_2(tmp_path, extra, needle):
     r = run_cli("evaluate", "--model", "lenet-mnist", "--attacks", "fgsm", "--defenses", "none", "--n", "2",
