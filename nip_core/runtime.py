@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -21,8 +24,11 @@ def get_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# Seeding a process-wide RNG and drawing from it must not interleave across threads: hold this
-# (after the model's lock) around every seed_everything/np.random.seed and the draws that follow.
+# NumPy's and Python's process-wide RNGs are one stream for every thread: seeding one and drawing
+# from it must not interleave across threads. Only the units that draw from them (ART attacks with a
+# random start or random search, the noise defenses: ``draws_global_rng`` in the attack and defense
+# registries) hold this lock, for their whole run; every other run computes without it
+# (:func:`global_rng`).
 RNG_LOCK = threading.RLock()
 
 
@@ -34,9 +40,76 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@contextmanager
+def global_rng(draws: bool, seed: int | None = None) -> Iterator[None]:
+    """The process-wide RNGs for a run that ``draws`` from them: held (``RNG_LOCK``) and, with
+    ``seed``, seeded for the block. A run that draws nothing neither waits nor seeds (seeding would
+    move the stream of a run that holds the lock). Torch's global RNG is seeded too, but no unit's
+    result depends on it (tests/test_concurrency.py checks both claims for every unit)."""
+    if not draws:
+        yield
+        return
+    with RNG_LOCK:
+        if seed is not None:
+            seed_everything(seed)
+        yield
+
+
+# ----------------------------------------------------------------------------- run slots and threads
+
+def cpu_count() -> int:
+    """Cores this process may use (its CPU affinity, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_WARNED: set[str] = set()
+
+
+def env_count(name: str) -> int | None:
+    """A whole number >= 1 from the environment; unset or empty: None. A bad value is named in one
+    warning line on stderr (once per process) and ignored, so the default applies."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n >= 1:
+        return n
+    if name not in _WARNED:
+        _WARNED.add(name)
+        print(f"warning: {name}={raw!r} is not a whole number >= 1; ignored (the default from the core count "
+              "applies)", file=sys.stderr)
+    return None
+
+
+def concurrency() -> tuple[int, int]:
+    """``(run slots, torch threads per run)`` for this machine.
+
+    Default: one slot per core and one torch thread per run (slots × threads = cores). A run is many
+    small ops (one image through LeNet or EfficientNet-B0) that intra-op threads barely speed up and
+    that spin-wait for cores other runs hold, while separate runs scale with the cores
+    (docs/performance.md, "Run slots"). ``NIP_RUN_SLOTS`` and ``NIP_TORCH_THREADS`` override; with
+    one of them set, the other is derived so that their product stays the core count.
+    """
+    cores = cpu_count()
+    slots, threads = env_count("NIP_RUN_SLOTS"), env_count("NIP_TORCH_THREADS")
+    if slots is None and threads is None:
+        return cores, 1
+    if slots is None:
+        return max(1, cores // threads), threads
+    if threads is None:
+        return slots, max(1, cores // slots)
+    return slots, threads
+
+
 def set_torch_threads() -> int:
-    """Torch threads per computation: ``NIP_TORCH_THREADS`` (default 1), set only if different."""
-    n = int(os.environ.get("NIP_TORCH_THREADS", "1") or 1)
+    """Torch threads per computation (:func:`concurrency`), set only if different."""
+    n = concurrency()[1]
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
