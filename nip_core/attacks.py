@@ -11,6 +11,7 @@ targeted where the attack allows it.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from nip_core.data import defaults_chain
 from nip_core.errors import InputError
 from nip_core.models.base import LoadedModel
 from nip_core.params import Param, Registry, Spec
-from nip_core.runtime import global_rng, import_art
+from nip_core.runtime import global_rng, import_art, routed, run_stream
 
 ATTACKS = Registry("attack")
 
@@ -49,6 +50,9 @@ class Attack:
     # runs hold ``RNG_LOCK`` and are seeded (``nip_core.runtime.global_rng``); the other attacks run
     # concurrently without seeding anything global.
     draws_global_rng: bool = False
+    # Its only global draws are ART's ``random_sphere`` in PGD (the random start): routed to the run's
+    # own stream (``nip_core.runtime.run_stream``), so only the draw itself holds ``RNG_LOCK``.
+    routed_draws: bool = False
 
     @property
     def name(self) -> str:
@@ -95,7 +99,16 @@ def register(name: str, summary: str, params: list[Param], build, targeted_ok: b
 def _art():
     import_art()
     from art.attacks import evasion
+    _route_art_draws()
     return evasion
+
+
+def _route_art_draws() -> None:
+    """ART's PyTorch PGD draws its random start with ``art.utils.random_sphere`` from NumPy's global
+    RNG: route that one name (in the module that calls it) to the run's own stream. Idempotent."""
+    from art.attacks.evasion.projected_gradient_descent import projected_gradient_descent_pytorch as pgd
+
+    pgd.random_sphere = routed(pgd.random_sphere)
 
 
 register("fgsm", "Fast Gradient Sign Method (Goodfellow et al. 2015), one step of size eps",
@@ -112,13 +125,13 @@ register("pgd", "Projected Gradient Descent, L∞, random start (Madry et al. 20
          lambda c, p: _art().ProjectedGradientDescent(c, norm=np.inf, eps=p["eps"], eps_step=p["eps_step"],
                                                       max_iter=p["max_iter"], num_random_init=1,
                                                       targeted=p["target"] >= 0, batch_size=64, verbose=False),
-         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}}, eps_sweep=True, draws_global_rng=True)
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}}, eps_sweep=True, routed_draws=True)
 register("pgd-l2", "Projected Gradient Descent, L2 ball (Madry et al. 2018)",
          [_eps(2.0, 100.0, help_="L2 budget"), Param("eps_step", "float", 0.2, 1e-4, 100.0), _iters(40)],
          lambda c, p: _art().ProjectedGradientDescent(c, norm=2, eps=p["eps"], eps_step=p["eps_step"],
                                                       max_iter=p["max_iter"], num_random_init=1,
                                                       targeted=p["target"] >= 0, batch_size=64, verbose=False),
-         norm="L2", dataset_defaults={IMAGENET: {"eps": 1.0, "eps_step": 0.2, "max_iter": 10}}, eps_sweep=True, draws_global_rng=True)
+         norm="L2", dataset_defaults={IMAGENET: {"eps": 1.0, "eps_step": 0.2, "max_iter": 10}}, eps_sweep=True, routed_draws=True)
 register("mifgsm", "Momentum Iterative FGSM (Dong et al. 2018)",
          [_eps(0.3), Param("eps_step", "float", 0.03, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(10),
           Param("decay", "float", 1.0, 0.0, 10.0)],
@@ -290,6 +303,16 @@ def _seeded_starts(model: LoadedModel, x: np.ndarray, labels: np.ndarray, target
     return starts
 
 
+def _rng(attack: Attack, seed: int, net: nn.Module | None) -> contextlib.AbstractContextManager:
+    """The random streams of one run: its own NumPy stream where its draws are routed, the locked
+    and seeded global RNGs where it draws from them, nothing for a deterministic attack. Through a
+    defense (``net``) a routed attack takes the global RNGs as before: a defense that draws seeds
+    and draws from the global stream between the attack's draws."""
+    if attack.routed_draws and net is None:
+        return run_stream(seed)
+    return global_rng(attack.draws_global_rng or attack.routed_draws, seed)
+
+
 @dataclass
 class AttackResult:
     x_adv: torch.Tensor
@@ -311,7 +334,7 @@ def run_attack(model: LoadedModel, name: str, x: torch.Tensor, y: torch.Tensor, 
         raise InputError(f"attack '{name}' does not apply to model '{model.name}': {attack.spec.summary}.")
     if attack.run is not None:
         t0 = time.perf_counter()
-        with model.lease(), global_rng(attack.draws_global_rng, seed):
+        with model.lease(), _rng(attack, seed, net):
             extra = {"against": against} if against is not None else {}
             x_adv = attack.run(model, x.detach().cpu().float(), torch.as_tensor(y).long().cpu(), p, seed, **extra)
         return AttackResult(x_adv.clamp(0.0, 1.0).view_as(x.cpu()), time.perf_counter() - t0, p)
@@ -320,7 +343,7 @@ def run_attack(model: LoadedModel, name: str, x: torch.Tensor, y: torch.Tensor, 
     labels = np.full(len(x_np), p["target"]) if targeted else y.cpu().numpy()
     onehot = np.eye(model.num_classes, dtype=np.float32)[labels]
     t0 = time.perf_counter()
-    with model.lease(), global_rng(attack.draws_global_rng, seed):
+    with model.lease(), _rng(attack, seed, net):
         art_attack = attack.build(art_classifier(model, net, attack.probabilities), p)
         if name in ("jsma", "deepfool", "universal", "square", "autoattack") and not targeted:
             out = art_attack.generate(x_np) if name in ("jsma", "universal") else art_attack.generate(x_np, y=onehot)

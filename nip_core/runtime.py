@@ -55,6 +55,48 @@ def global_rng(draws: bool, seed: int | None = None) -> Iterator[None]:
         yield
 
 
+_RUN_STREAM = threading.local()   # .state: the calling run's own NumPy stream (a RandomState state)
+
+
+@contextmanager
+def run_stream(seed: int) -> Iterator[None]:
+    """Give the calling thread's run its own NumPy stream for the block, seeded as
+    :func:`seed_everything` seeds the global one; the library draws wrapped by :func:`routed` take
+    from it. A run whose only global draws are routed ones needs no lock for the rest of its work
+    and gives the bits it gave when it seeded the global RNG and drew from it alone."""
+    before = getattr(_RUN_STREAM, "state", None)
+    _RUN_STREAM.state = [np.random.RandomState(seed % (2**32)).get_state()]
+    try:
+        yield
+    finally:
+        _RUN_STREAM.state = before
+
+
+def routed(draw):
+    """Wrap a library function that draws from NumPy's global RNG (ART's ``random_sphere``): inside
+    :func:`run_stream` it draws from the run's own stream (swapped into the global RNG under
+    ``RNG_LOCK`` for the draw only, then swapped out); elsewhere it is the library's own."""
+    if getattr(draw, "_nip_routed", False):
+        return draw
+
+    def wrapper(*args, **kwargs):
+        box = getattr(_RUN_STREAM, "state", None)
+        if box is None:
+            return draw(*args, **kwargs)
+        with RNG_LOCK:
+            saved = np.random.get_state()
+            np.random.set_state(box[0])
+            try:
+                return draw(*args, **kwargs)
+            finally:
+                box[0] = np.random.get_state()
+                np.random.set_state(saved)
+
+    wrapper._nip_routed = True
+    wrapper.__wrapped__ = draw
+    return wrapper
+
+
 # ----------------------------------------------------------------------------- run slots and threads
 
 def cpu_count() -> int:

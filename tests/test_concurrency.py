@@ -430,3 +430,22 @@ def test_the_run_queue_takes_its_slots_from_the_environment_and_runs_them_at_onc
             return q.held()
 
     assert _in_threads([run, run, run]) == [True, True, True]
+
+
+def test_a_routed_attack_gives_the_bits_it_gave_with_the_locked_global_stream(lenet, digits, monkeypatch):
+    """PGD's random start is drawn from the run's own NumPy stream (only the draw holds RNG_LOCK):
+    the same adversarials, bit for bit, as seeding the global RNG and drawing from it under the lock
+    for the whole run (what every seeded attack did before)."""
+    import nip_core.attacks as attacks
+    from nip_core.runtime import global_rng
+
+    x, y = digits
+    seeds = (0, 7, 2**33 + 5)
+    for name in ("pgd", "pgd-l2"):
+        assert attacks.ATTACKS[name].routed_draws and not attacks.ATTACKS[name].draws_global_rng
+        routed = [attacks.run_attack(lenet, name, x[:4], y[:4], {"max_iter": 3}, seed=s).x_adv for s in seeds]
+        with monkeypatch.context() as m:
+            m.setattr(attacks, "_rng", lambda attack, seed, net: global_rng(True, seed))
+            locked = [attacks.run_attack(lenet, name, x[:4], y[:4], {"max_iter": 3}, seed=s).x_adv for s in seeds]
+        assert all(torch.equal(a, b) for a, b in zip(routed, locked)), name
+        assert not torch.equal(routed[0], routed[1])        # the seed matters: the start is random
