@@ -8,6 +8,10 @@ sessions' wall time), p50/p95 of the time to the full page, how many sessions we
 load average before and after; per model the throughput ratio of each setting to the first.
 Exit status 0 when every session of every run returned its own, engine-verified result.
 
+``--engine-only``: no server; the first 8 plans of each model computed by the engine in this
+process (``explain``, as the verifier computes them), one by one and then by two threads at once,
+to tell the engine's own scaling from the page's (Streamlit, figures) under one GIL.
+
     flock /tmp/heavy.lock .venv/bin/python scripts/load_slots.py --sessions 20 --out docs/results/load-slots.json
 """
 from __future__ import annotations
@@ -43,9 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900, help="seconds per session")
+    ap.add_argument("--engine-only", action="store_true",
+                    help="no server: the engine's own serial versus two-thread time for each model's plans")
     ap.add_argument("--out", default="load-slots.json")
     args = ap.parse_args(argv)
     import load_test
+
+    if args.engine_only:
+        return engine_only(args.models, args.seed, args.out, argv)
 
     runs, ok = [], True
     with tempfile.TemporaryDirectory(prefix="load-slots-") as tmp:
@@ -99,6 +108,42 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(summary, indent=1))
     return 0 if ok else 1
+
+
+def engine_only(models: list[str], seed: int, out: str, argv: list[str] | None) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import load_test
+    from nip_core.runtime import set_torch_threads
+
+    os.environ.setdefault("NIP_DEVICE", "cpu")
+    threads = set_torch_threads()
+    report = {"what": "the engine alone (nip_core.explain, the load test's first 8 plans per model), one by one "
+                      "versus two threads at once, after one warm-up pass; no Streamlit",
+              "command": "flock /tmp/heavy.lock .venv/bin/python scripts/load_slots.py "
+                         + " ".join(argv or sys.argv[1:]),
+              "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpus": os.cpu_count(),
+              "torch_threads": threads, "models": {}}
+    for model in models:
+        plans = load_test.session_plans(model, 8, seed)
+        first = [load_test.expected_result(p, True) for p in plans]      # warm: profiles, calibrations
+        load_before = os.getloadavg()
+        t, c = time.perf_counter(), time.process_time()
+        serial = [load_test.expected_result(p, True) for p in plans]
+        serial_s, serial_cpu = time.perf_counter() - t, time.process_time() - c
+        t, c = time.perf_counter(), time.process_time()
+        with ThreadPoolExecutor(2) as pool:
+            two = list(pool.map(lambda p: load_test.expected_result(p, True), plans))
+        two_s, two_cpu = time.perf_counter() - t, time.process_time() - c
+        report["models"][model] = {
+            "serial_s": round(serial_s, 3), "two_threads_s": round(two_s, 3), "ratio": round(serial_s / two_s, 3),
+            "cores_busy_serial": round(serial_cpu / serial_s, 2), "cores_busy_two_threads": round(two_cpu / two_s, 2),
+            "same_results": first == serial == two, "load_avg_before": [round(v, 2) for v in load_before],
+            "load_avg_after": [round(v, 2) for v in os.getloadavg()]}
+        print(model, json.dumps(report["models"][model]), flush=True)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if all(m["same_results"] for m in report["models"].values()) else 1
 
 
 if __name__ == "__main__":
