@@ -67,6 +67,9 @@ def test_eight_explain_sessions_in_threads_match_one_by_one(lenet, digits):
             assert_same_explanation(a, b)
         except AssertionError as exc:
             raise AssertionError(f"case {c}: {exc}") from None
+    # Every replica the sessions used is back, with no hook left on it (a replica with one is retired).
+    assert lenet._replicas == len(lenet._free) and all(r.clean() for r in lenet._free)
+    assert not any(m._forward_hooks for m in lenet.shared_net.modules())
 
 
 def test_plain_logits_thread_alongside_captum_threads(lenet, digits):
