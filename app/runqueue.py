@@ -1,8 +1,13 @@
 """The run queue: who computes now, who waits, and when the server's warm-up may take a turn.
 
-Every session's heavy computation takes a turn of :data:`RUNS` (first come, first served, one at a
-time on a small machine); :data:`ACTIVITY` counts the page runs in progress so the warm-up can wait
-for a pause; :func:`configure_torch` gives each run its torch threads. Pure threading, no Streamlit:
+Every session's heavy computation takes a turn of :data:`RUNS` (first come, first served; as many
+runs at once as the machine has run slots, by default one per core, ``NIP_RUN_SLOTS`` overrides);
+:data:`ACTIVITY` counts the page runs in progress so the warm-up can wait for a pause;
+:func:`configure_torch` gives each run its torch threads (slots × threads = cores by default).
+Runs in different slots compute at once, on one model or on several: each holds its own replica of
+the model's module tree for its hooks (``LoadedModel.lease``), and only the attacks and defenses
+that draw from NumPy's global RNG wait for one another (``nip_core.runtime.global_rng``).
+Pure threading, no Streamlit:
 ``app.warmup`` imports it before the server has started, and the pages show a run's place in the
 queue through ``app.progress``.
 """
@@ -18,12 +23,13 @@ from typing import Callable, Iterator
 # ----------------------------------------------------------------------------- torch threads
 
 def configure_torch() -> int:
-    """One torch thread per computation (``NIP_TORCH_THREADS``, default 1), set once per process.
+    """Torch threads per run, set once per process: ``NIP_TORCH_THREADS``, else the cores divided
+    by the run slots (default: one thread per run, one slot per core; ``nip_core.runtime.concurrency``).
 
-    The server shares a small machine with its visitors' browsers: with two OpenMP threads per op,
-    every op spin-waits for a core the browsers hold, and a LeNet Explore run was about seventy
-    times slower on a loaded 2-core machine (docs/performance.md). One thread is also what the run
-    queue gives each run.
+    The server shares its machine with its visitors' runs (and on a small machine, their browsers):
+    with more OpenMP threads than free cores, every op spin-waits for a core another run holds, and
+    a LeNet Explore run was about seventy times slower on a loaded 2-core machine with two threads
+    per op (docs/performance.md).
     """
     from nip_core.runtime import set_torch_threads
 
@@ -32,22 +38,37 @@ def configure_torch() -> int:
 
 # ----------------------------------------------------------------------------- the run queue
 
+def default_slots() -> int:
+    """Run slots for this server: ``NIP_RUN_SLOTS``, else derived from the cores
+    (``nip_core.runtime.concurrency``; docs/performance.md, "Run slots"). Imported when first
+    needed: this module stays importable before the engine (and torch) are."""
+    from nip_core.runtime import concurrency
+
+    return concurrency()[0]
+
+
 class RunQueue:
     """First come, first served admission for the heavy computations of every session.
 
-    ``slots`` runs at a time get the CPU; the others wait their turn and are told their place
-    ("your run starts after 3 others") instead of many threads fighting over one model lock on a
-    small machine. Re-entrant per thread: a run that needs another cached computation does not
-    queue behind itself.
+    ``slots`` runs at a time get the CPU (each its share of the cores); the others wait their turn
+    and are told their place ("your run starts after 3 others") instead of more runs than cores
+    fighting over the CPU. Re-entrant per thread: a run that needs another cached computation does
+    not queue behind itself.
     """
 
-    def __init__(self, slots: int = 1) -> None:
-        self.slots = slots
+    def __init__(self, slots: int | None = None) -> None:
+        self._slots = slots                # None: the machine's default, read at the first turn
         self._cond = threading.Condition()
         self._tickets: deque[object] = deque()
         self._running = 0
         self._local = threading.local()
         self._last_visit = float("-inf")   # monotonic time a visitor's run last ended
+
+    @property
+    def slots(self) -> int:
+        if self._slots is None:
+            self._slots = default_slots()
+        return self._slots
 
     def waiting(self) -> int:
         """Runs waiting for a slot now."""
@@ -143,7 +164,7 @@ class RunQueue:
                 self._cond.notify_all()
 
 
-RUNS = RunQueue(slots=1)
+RUNS = RunQueue()   # slots: NIP_RUN_SLOTS, else one per core (default_slots)
 
 
 class Activity:

@@ -11,6 +11,7 @@ targeted where the attack allows it.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from nip_core.data import defaults_chain
 from nip_core.errors import InputError
 from nip_core.models.base import LoadedModel
 from nip_core.params import Param, Registry, Spec
-from nip_core.runtime import RNG_LOCK, import_art, seed_everything
+from nip_core.runtime import global_rng, import_art, routed, run_stream
 
 ATTACKS = Registry("attack")
 
@@ -45,6 +46,13 @@ class Attack:
     # Its strength is its budget ``eps``, and its step ``eps_step`` (if it has one) is a share of it
     # that a sweep over ε keeps (``nip_core.analyses.elasticity``): the gradient attacks with a budget.
     eps_sweep: bool = False
+    # Draws from NumPy's or Python's process-wide RNG (ART's random starts and random searches): its
+    # runs hold ``RNG_LOCK`` and are seeded (``nip_core.runtime.global_rng``); the other attacks run
+    # concurrently without seeding anything global.
+    draws_global_rng: bool = False
+    # Its only global draws are ART's ``random_sphere`` in PGD (the random start): routed to the run's
+    # own stream (``nip_core.runtime.run_stream``), so only the draw itself holds ``RNG_LOCK``.
+    routed_draws: bool = False
 
     @property
     def name(self) -> str:
@@ -91,7 +99,16 @@ def register(name: str, summary: str, params: list[Param], build, targeted_ok: b
 def _art():
     import_art()
     from art.attacks import evasion
+    _route_art_draws()
     return evasion
+
+
+def _route_art_draws() -> None:
+    """ART's PyTorch PGD draws its random start with ``art.utils.random_sphere`` from NumPy's global
+    RNG: route that one name (in the module that calls it) to the run's own stream. Idempotent."""
+    from art.attacks.evasion.projected_gradient_descent import projected_gradient_descent_pytorch as pgd
+
+    pgd.random_sphere = routed(pgd.random_sphere)
 
 
 register("fgsm", "Fast Gradient Sign Method (Goodfellow et al. 2015), one step of size eps",
@@ -108,13 +125,13 @@ register("pgd", "Projected Gradient Descent, L∞, random start (Madry et al. 20
          lambda c, p: _art().ProjectedGradientDescent(c, norm=np.inf, eps=p["eps"], eps_step=p["eps_step"],
                                                       max_iter=p["max_iter"], num_random_init=1,
                                                       targeted=p["target"] >= 0, batch_size=64, verbose=False),
-         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}}, eps_sweep=True)
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 10}}, eps_sweep=True, routed_draws=True)
 register("pgd-l2", "Projected Gradient Descent, L2 ball (Madry et al. 2018)",
          [_eps(2.0, 100.0, help_="L2 budget"), Param("eps_step", "float", 0.2, 1e-4, 100.0), _iters(40)],
          lambda c, p: _art().ProjectedGradientDescent(c, norm=2, eps=p["eps"], eps_step=p["eps_step"],
                                                       max_iter=p["max_iter"], num_random_init=1,
                                                       targeted=p["target"] >= 0, batch_size=64, verbose=False),
-         norm="L2", dataset_defaults={IMAGENET: {"eps": 1.0, "eps_step": 0.2, "max_iter": 10}}, eps_sweep=True)
+         norm="L2", dataset_defaults={IMAGENET: {"eps": 1.0, "eps_step": 0.2, "max_iter": 10}}, eps_sweep=True, routed_draws=True)
 register("mifgsm", "Momentum Iterative FGSM (Dong et al. 2018)",
          [_eps(0.3), Param("eps_step", "float", 0.03, 1e-4, 1.0, step=1 / 255, unit="[0,1] pixel"), _iters(10),
           Param("decay", "float", 1.0, 0.0, 10.0)],
@@ -128,7 +145,7 @@ register("apgd", "Auto-PGD, L∞, cross-entropy (Croce & Hein 2020)",
                                                           max_iter=p["max_iter"], nb_random_init=p["restarts"],
                                                           targeted=p["target"] >= 0, loss_type="cross_entropy",
                                                           batch_size=64, verbose=False),
-         dataset_defaults={IMAGENET: {"eps": 4 / 255, "max_iter": 10}}, eps_sweep=True)
+         dataset_defaults={IMAGENET: {"eps": 4 / 255, "max_iter": 10}}, eps_sweep=True, draws_global_rng=True)
 register("cw-l2", "Carlini & Wagner L2 (2017), minimal-norm",
          [Param("confidence", "float", 0.0, 0.0, 100.0), Param("learning_rate", "float", 0.05, 1e-4, 1.0),
           Param("binary_search_steps", "int", 5, 1, 20), _iters(20), Param("initial_const", "float", 1.0, 1e-4, 100.0)],
@@ -145,7 +162,7 @@ register("deepfool", "DeepFool (Moosavi-Dezfooli et al. 2016), minimal L2 step t
 register("jsma", "Jacobian Saliency Map Attack (Papernot et al. 2016); untargeted picks a random target",
          [Param("theta", "float", 0.1, 0.0, 1.0), Param("gamma", "float", 0.1, 0.0, 1.0, help="max share of features changed")],
          lambda c, p: _art().SaliencyMapMethod(c, theta=p["theta"], gamma=p["gamma"], batch_size=64, verbose=False),
-         norm="L0")
+         norm="L0", draws_global_rng=True)
 register("ead", "Elastic-net attack EAD (Chen et al. 2018), L1+L2",
          [Param("confidence", "float", 0.0, 0.0, 100.0), Param("beta", "float", 1e-3, 0.0, 1.0),
           Param("binary_search_steps", "int", 3, 1, 20), _iters(20), Param("initial_const", "float", 1.0, 1e-4, 100.0)],
@@ -157,7 +174,7 @@ register("square", "Square Attack (Andriushchenko et al. 2020), score-based blac
          [_eps(0.3), _iters(100, 10000), Param("p_init", "float", 0.3, 0.01, 1.0)],
          lambda c, p: _art().SquareAttack(c, norm=np.inf, eps=p["eps"], max_iter=p["max_iter"], p_init=p["p_init"],
                                           nb_restarts=1, batch_size=64, verbose=False),
-         access="black-box", targeted_ok=False, dataset_defaults={IMAGENET: {"eps": 4 / 255}})
+         access="black-box", targeted_ok=False, dataset_defaults={IMAGENET: {"eps": 4 / 255}}, draws_global_rng=True)
 def _autoattack(c, p):
     """ART's AutoAttack with the field's ensemble: APGD (cross-entropy), APGD (DLR), DeepFool and
     Square, each untargeted; the worst case per image is kept. ``restarts`` and ``square_queries``
@@ -181,29 +198,29 @@ register("autoattack", "AutoAttack (Croce & Hein 2020): APGD-CE, APGD-DLR, DeepF
           Param("square_queries", "int", 1000, 10, 10000, help="Square attack queries (standard: 5,000)")],
          _autoattack, targeted_ok=False,
          dataset_defaults={IMAGENET: {"eps": 4 / 255, "eps_step": 1 / 255, "max_iter": 20},
-                           FASHION: {"eps": 0.1, "eps_step": 0.03}})
+                           FASHION: {"eps": 0.1, "eps_step": 0.03}}, draws_global_rng=True)
 
 register("hsj", "HopSkipJump (Chen et al. 2020), decision-based black-box, L2",
          [_iters(10, 200), Param("max_eval", "int", 200, 10, 10000), Param("init_eval", "int", 20, 1, 1000)],
          lambda c, p: _art().HopSkipJump(c, max_iter=p["max_iter"], max_eval=p["max_eval"], init_eval=p["init_eval"],
                                          targeted=p["target"] >= 0, batch_size=64, verbose=False),
-         access="black-box", norm="L2")
+         access="black-box", norm="L2", draws_global_rng=True)
 register("pixel", "Pixel attack (Su et al. 2019, one-pixel family), differential evolution, black-box",
          [Param("pixels", "int", 3, 1, 100, help="pixels changed"), _iters(10, 1000)],
          lambda c, p: _art().PixelAttack(c, th=p["pixels"], es=1, max_iter=p["max_iter"], targeted=p["target"] >= 0,
                                          verbose=False),
-         access="black-box", norm="L0", probabilities=True)
+         access="black-box", norm="L0", probabilities=True, draws_global_rng=True)
 register("simba", "SimBA-DCT (Guo et al. 2019), simple score-based black-box",
          [Param("epsilon", "float", 0.2, 1e-3, 1.0, unit="[0,1] pixel"), _iters(300, 20000)],
          lambda c, p: _art().SimBA(c, attack="dct", epsilon=p["epsilon"], max_iter=p["max_iter"],
                                    targeted=p["target"] >= 0, verbose=False),
-         access="black-box", norm="L2", probabilities=True, dataset_defaults={IMAGENET: {"epsilon": 0.05}})
+         access="black-box", norm="L2", probabilities=True, dataset_defaults={IMAGENET: {"epsilon": 0.05}}, draws_global_rng=True)
 register("universal", "Universal adversarial perturbation (Moosavi-Dezfooli et al. 2017), one δ for the batch",
          [_eps(0.3), Param("delta", "float", 0.2, 0.0, 1.0, help="target fooling-rate gap"), _iters(5, 100)],
          lambda c, p: _art().UniversalPerturbation(c, attacker="deepfool", attacker_params={"max_iter": 20, "epsilon": 0.02, "verbose": False},
                                                    delta=p["delta"], max_iter=p["max_iter"], eps=p["eps"],
                                                    norm=np.inf, batch_size=64, verbose=False),
-         targeted_ok=False, dataset_defaults={IMAGENET: {"eps": 8 / 255}})
+         targeted_ok=False, dataset_defaults={IMAGENET: {"eps": 8 / 255}}, draws_global_rng=True)
 
 
 def _nip_aware(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, seed: int,
@@ -286,6 +303,16 @@ def _seeded_starts(model: LoadedModel, x: np.ndarray, labels: np.ndarray, target
     return starts
 
 
+def _rng(attack: Attack, seed: int, net: nn.Module | None) -> contextlib.AbstractContextManager:
+    """The random streams of one run: its own NumPy stream where its draws are routed, the locked
+    and seeded global RNGs where it draws from them, nothing for a deterministic attack. Through a
+    defense (``net``) a routed attack takes the global RNGs as before: a defense that draws seeds
+    and draws from the global stream between the attack's draws."""
+    if attack.routed_draws and net is None:
+        return run_stream(seed)
+    return global_rng(attack.draws_global_rng or attack.routed_draws, seed)
+
+
 @dataclass
 class AttackResult:
     x_adv: torch.Tensor
@@ -307,8 +334,7 @@ def run_attack(model: LoadedModel, name: str, x: torch.Tensor, y: torch.Tensor, 
         raise InputError(f"attack '{name}' does not apply to model '{model.name}': {attack.spec.summary}.")
     if attack.run is not None:
         t0 = time.perf_counter()
-        with model.lock, RNG_LOCK:
-            seed_everything(seed)
+        with model.lease(), _rng(attack, seed, net):
             extra = {"against": against} if against is not None else {}
             x_adv = attack.run(model, x.detach().cpu().float(), torch.as_tensor(y).long().cpu(), p, seed, **extra)
         return AttackResult(x_adv.clamp(0.0, 1.0).view_as(x.cpu()), time.perf_counter() - t0, p)
@@ -317,8 +343,7 @@ def run_attack(model: LoadedModel, name: str, x: torch.Tensor, y: torch.Tensor, 
     labels = np.full(len(x_np), p["target"]) if targeted else y.cpu().numpy()
     onehot = np.eye(model.num_classes, dtype=np.float32)[labels]
     t0 = time.perf_counter()
-    with model.lock, RNG_LOCK:
-        seed_everything(seed)
+    with model.lease(), _rng(attack, seed, net):
         art_attack = attack.build(art_classifier(model, net, attack.probabilities), p)
         if name in ("jsma", "deepfool", "universal", "square", "autoattack") and not targeted:
             out = art_attack.generate(x_np) if name in ("jsma", "universal") else art_attack.generate(x_np, y=onehot)

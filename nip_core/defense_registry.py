@@ -59,6 +59,9 @@ class Defense:
     calibration_split: str | None = None
     # Needs the benign image too (the authors' oracle protocol): ``transform(..., x_benign=...)``.
     needs_benign: bool = False
+    # Draws from NumPy's or Python's process-wide RNG (an ART preprocessor's noise): its runs hold
+    # ``RNG_LOCK`` (``nip_core.runtime.global_rng``); every other defense runs concurrently.
+    draws_global_rng: bool = False
 
     @property
     def name(self) -> str:

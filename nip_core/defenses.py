@@ -24,7 +24,7 @@ from nip_core.hooks import capture_hook, hooked, neuron_means
 from nip_core.models.base import LoadedModel
 from nip_core.nip import logit_perturbation, nip_defend
 from nip_core.params import Param
-from nip_core.runtime import RNG_LOCK, import_art
+from nip_core.runtime import global_rng, import_art
 
 __all__ = ["DEFENSES", "NIP_IMAGENET", "NIP_PARAMS", "Defense", "DefenseResult", "DefendedNet", "apply_defense",
            "nip_profile", "register"]
@@ -51,7 +51,7 @@ def apply_defense(model: LoadedModel, name: str, x: torch.Tensor, params: dict |
                              "from (analysis only, not deployable).")
         extra["x_benign"] = x_benign.cpu()
     t0 = time.perf_counter()
-    with model.lock, RNG_LOCK:
+    with model.lease(), global_rng(d.draws_global_rng):
         out = d.transform(model, x.cpu(), p, y, seed, **extra)
     return DefenseResult(out.clamp(0, 1).float(), time.perf_counter() - t0, p)
 
@@ -151,9 +151,12 @@ register("random-sign", "Control: random-sign steps with NIP's budget, steps and
          family="control")
 
 
-def _art_preprocessor(make: Callable[[dict, bool], Any]):
+def _art_preprocessor(make: Callable[[dict, bool], Any], draws: bool = False):
+    """An ART preprocessor as a transform; one that ``draws`` noise from NumPy's global RNG is
+    seeded here (its caller holds ``RNG_LOCK``); the others must not touch the shared stream."""
     def transform(model, x, p, y, seed):
-        np.random.seed(seed)
+        if draws:
+            np.random.seed(seed)
         pre = make(p, model.spec.input_channels)
         out, _ = pre(x.numpy().astype(np.float32))
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
@@ -183,11 +186,14 @@ register("tvm", "Total-variation minimisation (Guo et al. 2018), ART TotalVarMin
          [Param("prob", "float", 0.3, 0.01, 1.0), Param("lamb", "float", 0.5, 0.0, 10.0),
           Param("max_iter", "int", 10, 1, 100)],
          _art_preprocessor(lambda p, c: _pp().TotalVarMin(prob=p["prob"], lamb=p["lamb"], max_iter=p["max_iter"],
-                                                          clip_values=(0.0, 1.0), apply_predict=True)))
+                                                          clip_values=(0.0, 1.0), apply_predict=True), draws=True),
+         draws_global_rng=True)
 register("gaussian", "Gaussian noise at test time, ART GaussianAugmentation (augmentation=False)",
          [Param("sigma", "float", 0.1, 0.0, 1.0, unit="[0,1] pixel")],
          _art_preprocessor(lambda p, c: _pp().GaussianAugmentation(sigma=p["sigma"], augmentation=False,
-                                                                   clip_values=(0.0, 1.0), apply_predict=True)),
+                                                                   clip_values=(0.0, 1.0), apply_predict=True),
+                           draws=True),
+         draws_global_rng=True,
          dataset_defaults={"imagenet": {"sigma": 0.03}})
 
 
@@ -202,10 +208,10 @@ class DefendedNet(nn.Module):
         super().__init__()
         self.model, self.defense, self.seed = model, DEFENSES.get_unit(defense), seed
         self.params = self.defense.params_for(model, params)
-        self.inner = model.net
+        self.inner = model.shared_net   # plain passes only: the network nobody hooks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), global_rng(self.defense.draws_global_rng):
             xd = self.defense.transform(self.model, x.detach().float().cpu(), self.params, None, self.seed)
         x_st = x + (xd.to(x.device, x.dtype) - x).detach()
         return self.inner(x_st)

@@ -70,8 +70,8 @@ def neuron_influence(model: LoadedModel, x: torch.Tensor, target: torch.Tensor |
         steps = conductance_steps(model, layer, n_steps) if exact_affine else n_steps
         return _conductance(model, module, x, target_t.view(1, -1), steps, batch_size)[0]
     outs = []
-    with model.lock:
-        algo = LayerGradientXActivation(model.net, module)
+    with model.lease() as net:
+        algo = LayerGradientXActivation(net, model.local(module))
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(model.device)
             a = algo.attribute(xb, target=target_t[i:i + batch_size].to(model.device))
@@ -121,8 +121,8 @@ def _conductance(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, t
     alphas = torch.linspace(0, 1, n_steps + 1).tolist()
     chunk = conductance_chunk(x, n_steps, batch_size)
     outs = []
-    with model.lock:
-        with hooked(module, hook):
+    with model.lease():
+        with hooked(model.local(module), hook):
             with torch.enable_grad():
                 for i in range(0, len(x), chunk):
                     xb = x[i:i + chunk].to(model.device)
@@ -153,8 +153,8 @@ def _grad_x_act(model: LoadedModel, module: torch.nn.Module, x: torch.Tensor, ta
     """
     box: list[torch.Tensor] = []
     outs = []
-    with model.lock:
-        with hooked(module, leaf_hook(box)):
+    with model.lease():
+        with hooked(model.local(module), leaf_hook(box)):
             with torch.enable_grad():
                 for i in range(0, len(x), batch_size):
                     box.clear()
@@ -178,13 +178,13 @@ def layer_output(model: LoadedModel, x: torch.Tensor, layer: str | None = None, 
     """Raw output of ``layer`` (``[N, C, h, w]`` or ``[N, F]``) for inputs on the model's device.
 
     With ``stop`` the forward pass ends at the layer (the rest of the network is not run).
-    With ``grad`` the result stays on the autograd graph. Caller holds ``model.lock``
-    or accepts that this call takes it.
+    With ``grad`` the result stays on the autograd graph. Runs in the caller's lease of the model's
+    replica (or takes one), so the hook is on no other thread's network.
     """
-    module = model.layer(layer)
+    model.layer(layer)
     box: list[torch.Tensor] = []
-    with model.lock:
-        with hooked(module, capture_hook(box, stop)):
+    with model.lease():
+        with hooked(model.layer(layer), capture_hook(box, stop)):
             with torch.set_grad_enabled(grad):
                 try:
                     model.net(x)
@@ -210,7 +210,7 @@ def spatial_map(model: LoadedModel, x: torch.Tensor, layer: str | None, neuron: 
     magnitude of that neuron's activation (where in the image it looks), normalised per image.
     """
     xd = x.to(model.device)
-    with model.lock:
+    with model.lease():
         out = layer_output(model, xd, layer)
         if out.dim() > 2:
             out = out[:, neuron:neuron + 1]
@@ -392,7 +392,9 @@ def influence_profile(model: LoadedModel, layer: str | None = None, method: str 
             progress(1.0, "profile ready")
     if not labelled:
         prof._fill = fill
-        prof._lock = model.lock  # fill() takes model.lock: one lock, one order, no deadlock
+        # fill() may run inside a session's defense, which asks the profile for a new class: one
+        # lock (the model's, never held while waiting for anything but the profile) guards the fill.
+        prof._lock = model.lock
         if use_cache:
             prof._persist = lambda pr: _write(files[0], pr)
     with _PROFILES_LOCK:

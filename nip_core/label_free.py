@@ -71,10 +71,11 @@ def layer_outputs(model: LoadedModel, x: torch.Tensor, layers: list[str], *, gra
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Raw outputs of ``layers`` and the logits, from one forward pass (``x`` on the model's device).
 
-    Caller holds ``model.lock`` (hooks must not leak into other sessions' passes).
+    Runs in the caller's lease of the model's replica (or takes one): the hooks are on no other
+    thread's network.
     """
     boxes: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    with hooked_all((model.layer(name), capture_hook(boxes[name], stop=False)) for name in layers):
+    with model.lease(), hooked_all((model.layer(name), capture_hook(boxes[name], stop=False)) for name in layers):
         with torch.set_grad_enabled(grad):
             logits = model.net(x)
     return {name: box[-1] for name, box in boxes.items()}, logits
@@ -147,7 +148,7 @@ def _outputs(model: LoadedModel, x: torch.Tensor, layers: list[str]) -> tuple[di
     """Layer outputs and logits on CPU, in batches, no grad."""
     raws: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     logits = []
-    with model.lock, torch.no_grad():
+    with model.lease(), torch.no_grad():
         for i in range(0, len(x), 256):
             outs, lg = layer_outputs(model, x[i:i + 256].to(model.device), layers)
             for name in layers:
@@ -300,7 +301,7 @@ def neighbour_selector(model: LoadedModel, layers: list[str], neighbours: int = 
     if cal is None:
         raise InputError(how_to_calibrate(model))
     key = json.dumps([model.name, model.weights_sha256, cal.key, layers, neighbours, per_class, vote_weight, binarize])
-    # Same lock order as apply_defense (model lock first), so concurrent sessions cannot deadlock.
+    # The model's lock first (a profile fill holds it and may build a selector), then the banks': one order.
     with model.lock, _BANKS_LOCK:
         if key not in _BANKS:
             path = bank_cache_path(model, key)
@@ -588,7 +589,7 @@ def aware_attack(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, p: dict, 
             return model.net(_nip_neighbours_transform(model, xx.cpu(), p, None, seed).to(dev)).argmax(1)
 
     outs = []
-    with model.lock:
+    with model.lease():
         for i in range(0, len(x0), 256):
             xc, yc = x0[i:i + 256], y0[i:i + 256]
             with torch.no_grad():

@@ -56,10 +56,10 @@ def inverse_perturbation(model: LoadedModel, x: torch.Tensor, front: torch.Tenso
     box: list[torch.Tensor] = []
     hook = capture_hook(box, stop=True)  # the rest of the network does not affect J
     outs = []
-    with model.lock, torch.enable_grad():
+    with model.lease(), torch.enable_grad():
         # One hook for all steps and chunks (not one per step); chunks bound the autograd
         # graph held at once, and every image's steps are independent of the other images.
-        with hooked(module, hook):
+        with hooked(model.local(module), hook):
             for sl in _chunks(x0):
                 xc, wc = x0[sl], w[sl]
                 delta = torch.zeros_like(xc)
@@ -91,7 +91,7 @@ def logit_perturbation(model: LoadedModel, x: torch.Tensor, target: torch.Tensor
     dev = model.device
     x0, t0 = x.to(dev), torch.as_tensor(target).long().view(-1).to(dev)
     outs = []
-    with model.lock, torch.enable_grad():
+    with model.lease(), torch.enable_grad():
         for sl in _chunks(x0):
             xc, tc = x0[sl], t0[sl]
             delta = torch.zeros_like(xc)

@@ -12,7 +12,12 @@ records:
 * errors shown by the page (``st.error`` / exceptions) or raised by the browser;
 * whether the page shows *its own* result: the caption names its attack, defense and true
   label, and the benign (and with ``--verify full``: adversarial and defended) predictions
-  equal the engine's for that request, computed here in-process.
+  equal the engine's for that request, computed here in-process with the server's torch threads
+  per run (``--threads``, else this machine's default; results are bit-reproducible per thread count).
+
+``--slots`` / ``--threads`` set the started server's run slots and torch threads per run
+(``NIP_RUN_SLOTS`` / ``NIP_TORCH_THREADS``); the report has the server's and this client's CPU
+seconds over the sessions' wall time.
 
 With ``--client protocol`` each session also records the cookies set on its websocket handshake:
 Streamlit sets none there, so through a proxy (``make serve-class``) they name the replica that holds
@@ -126,11 +131,9 @@ def expected_result(plan: dict[str, Any], full: bool) -> dict[str, str]:
     from nip_core.defenses import DEFENSES
     from nip_core.analyses.explain import explain
     from nip_core.models import load_model
-    from nip_core.runtime import set_torch_threads
 
-    # The server's torch threads (app/runqueue.py sets them the same way): with another count the float sums
+    # The caller set the server's torch threads first (verifier_threads): with another count the float sums
     # run in another order, and on EfficientNet that alone flipped 3 of 20 attack or defense outcomes.
-    set_torch_threads()
     model = load_model(plan["model"])
     image = next(it.image for it in gallery(model.spec.gallery) if it.key == plan["image"])
     out = {"benign": model.class_names[int(model.predict(image[None])[0])]}
@@ -155,12 +158,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(port: int, log_path: Path) -> subprocess.Popen:
+def start_app(port: int, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m app.serve`` on ``port``; ``env``: variables set for it (``NIP_RUN_SLOTS`` …)."""
     cmd = [sys.executable, "-m", "app.serve",   # what make run starts
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless=true",
            "--server.fileWatcherType=none", "--browser.gatherUsageStats=false"]
     log = open(log_path, "w")
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=os.environ | (env or {}))
 
 
 def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float) -> None:
@@ -378,6 +383,27 @@ def check(res: dict[str, Any], expected: dict[str, str]) -> list[str]:
     return problems
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) the process ``pid`` has used, from ``/proc``; None
+    where that is not readable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def verifier_threads(server_env: dict[str, str]) -> int:
+    """Give this process the torch threads per run of the server (``server_env`` over this
+    machine's defaults) before it computes the engine's results: float sums on the CPU are
+    bit-reproducible for one thread count, not across counts (an EfficientNet prediction near a
+    class boundary can differ between 1 and 2 threads)."""
+    os.environ.update(server_env)
+    from nip_core.runtime import set_torch_threads
+
+    return set_torch_threads()
+
+
 def uptime() -> str:
     """``uptime``'s line (the machine's load while measuring), or "" where it is missing."""
     try:
@@ -417,6 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client", choices=["browser", "protocol"], default="browser",
                     help="browser: headless Chromium on this machine; protocol: Streamlit's websocket protocol "
                          "without a browser (what the server does when the browsers are elsewhere)")
+    ap.add_argument("--slots", type=int,
+                    help="run slots of the server this script starts (NIP_RUN_SLOTS; default: the server's own, "
+                         "one per core)")
+    ap.add_argument("--threads", type=int,
+                    help="torch threads per run of the server this script starts (NIP_TORCH_THREADS; default: "
+                         "cores / slots)")
     ap.add_argument("--out", default="load.json")
     args = ap.parse_args(argv)
     Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -424,6 +456,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--sessions must be in [1, {MAX_SESSIONS}]")
     if not 10 <= args.timeout <= 3600:
         ap.error("--timeout must be in [10, 3600] seconds")
+    for flag in ("slots", "threads"):
+        value = getattr(args, flag)
+        if value is not None and not 1 <= value <= 256:
+            ap.error(f"--{flag} must be in [1, 256]")
+        if value is not None and args.url:
+            ap.error(f"--{flag} sets the server this script starts; it cannot be used with --url")
+    server_env = {k: str(v) for k, v in (("NIP_RUN_SLOTS", args.slots), ("NIP_TORCH_THREADS", args.threads))
+                  if v is not None}
     os.environ.setdefault("NIP_DEVICE", "cpu")
 
     proc = None
@@ -434,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start_app(port, Path(args.out).with_suffix(".server.log"))
+        proc = start_app(port, Path(args.out).with_suffix(".server.log"), server_env)
     try:
         t_ready = time.perf_counter()
         wait_healthy(url, proc, 180)
@@ -445,14 +485,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.teacher_first:
             teacher = dict(plans[0], session=-1, seed=args.seed + 10_000)
             teacher["ap"] = dict(teacher["ap"], eps=0.25) if "eps" in teacher["ap"] else teacher["ap"]
+        server_cpu0 = process_cpu_s(proc.pid) if proc is not None else None
+        client_cpu0 = time.process_time()
         t0 = time.perf_counter()
         run = drive if args.client == "browser" else drive_protocol
         results, teacher_res = asyncio.run(run(url, plans, args.timeout, args.stagger, teacher))
         wall = time.perf_counter() - t0
+        client_cpu = time.process_time() - client_cpu0
+        server_cpu1 = process_cpu_s(proc.pid) if proc is not None else None
     finally:
         if proc is not None:
             stop_app(proc)
 
+    threads = verifier_threads(server_env)
     for res in results:
         res["expected"] = expected_result(res["plan"], args.verify == "full")
         res["problems"] = check(res, res["expected"])
@@ -471,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         "verify": args.verify, "plan": args.plan, "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
         "before": load_before, "after": {"uptime": uptime(), "load_avg": os.getloadavg()},
         "queue_ahead_max": max((r.get("queue_ahead_max", 0) for r in results), default=0),
-        "client": args.client,
+        "client": args.client, "server_env": server_env, "verifier_torch_threads": threads,
+        "server_cpu_s": None if server_cpu1 is None or server_cpu0 is None else round(server_cpu1 - server_cpu0, 2),
+        "client_cpu_s": round(client_cpu, 2),
         # protocol sessions through a proxy: how many sessions each affinity cookie (replica) got
         "handshake_cookies": {f"{k}={v}": sum(r.get("cookies", {}).get(k) == v for r in results)
                               for k, v in sorted({kv for r in results for kv in r.get("cookies", {}).items()})},

@@ -67,6 +67,9 @@ def test_eight_explain_sessions_in_threads_match_one_by_one(lenet, digits):
             assert_same_explanation(a, b)
         except AssertionError as exc:
             raise AssertionError(f"case {c}: {exc}") from None
+    # Every replica the sessions used is back, with no hook left on it (a replica with one is retired).
+    assert lenet._replicas == len(lenet._free) and all(r.clean() for r in lenet._free)
+    assert not any(m._forward_hooks for m in lenet.shared_net.modules())
 
 
 def test_plain_logits_thread_alongside_captum_threads(lenet, digits):
@@ -214,3 +217,238 @@ def test_art_imported_by_many_threads_at_once_is_whole():
             "print('ERRORS', errors)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "ERRORS []" in out.stdout, out.stdout + out.stderr
+
+
+# ----------------------------------------------------------------------------- runs computing at once (issue 28)
+
+def _inside_together(*runs):
+    """Each ``(model, fn)`` in its own thread; every thread first holds a lease of its model's
+    replica and waits until all do, and only then computes: the computations overlap for certain.
+    With one model-wide lock the second thread could never get in; the barrier's guard (not a timing
+    threshold: it only bounds a hang) would then fail the test."""
+    inside = threading.Barrier(len(runs), timeout=120)
+    nets = [None] * len(runs)
+
+    def go(i, model, fn):
+        with model.lease() as net:
+            nets[i] = net
+            inside.wait()
+            return fn()
+
+    out = _in_threads([lambda i=i, m=m, f=f: go(i, m, f) for i, (m, f) in enumerate(runs)])
+    return out, nets
+
+
+def _explain_case(model, x, y, **kw):
+    return lambda: explain(model, x, int(y), n_steps=8, **kw)
+
+
+def test_two_runs_on_one_model_at_once_give_their_alone_bits(lenet, digits):
+    """An attack that draws from NumPy's global RNG (PGD's random start) and a deterministic one
+    (FGSM), each with the label-free nip, on two images with two seeds, computing at the same time
+    on one model: each gives the bits it gives alone. Then two random attacks at once."""
+    x, y = digits
+    pairs = [
+        (_explain_case(lenet, x[2], y[2], attack="pgd", attack_params={"max_iter": 5, "eps_step": 0.05},
+                       defense="nip", layer="fc1", k=0.2, seed=11),
+         _explain_case(lenet, x[3], y[3], attack="fgsm", attack_params={"eps": 0.25}, defense="nip",
+                       layer="conv2", k=0.3, method="grad_x_act", seed=12)),
+        (_explain_case(lenet, x[4], y[4], attack="apgd", attack_params={"max_iter": 5}, defense="gaussian", seed=13),
+         _explain_case(lenet, x[5], y[5], attack="pgd", attack_params={"max_iter": 5, "eps_step": 0.05},
+                       defense="nip-global", layer="fc2", seed=14)),
+    ]
+    for fa, fb in pairs:
+        alone = [fa(), fb()]
+        for _ in range(2):
+            together, nets = _inside_together((lenet, fa), (lenet, fb))
+            assert nets[0] is not nets[1] and lenet.shared_net not in nets   # two replicas, the shared net unhooked
+            for a, b in zip(alone, together):
+                assert_same_explanation(a, b)
+
+
+def test_two_models_at_once_give_their_alone_bits(lenet, digits):
+    """Attack + defense runs on two models in two threads at once (random and deterministic
+    attacks on each) equal their one-by-one results."""
+    from nip_core.attacks import run_attack
+    from nip_core.defenses import apply_defense
+    from nip_core.models import load_model
+
+    fashion = load_model("lenet-fashion")
+    x, y = digits
+    yf = fashion.predict(x)
+
+    def on(model, labels, attack, defense, seed):
+        def run():
+            adv = run_attack(model, attack, x[:4], labels[:4], {"max_iter": 5}, seed=seed).x_adv
+            return adv, apply_defense(model, defense, adv, seed=seed).x_def
+        return run
+
+    for (a, b) in [((lenet, y, "pgd", "nip", 3), (fashion, yf, "bim", "nip", 4)),
+                   ((lenet, y, "mifgsm", "median", 5), (fashion, yf, "square", "gaussian", 6))]:
+        fa, fb = on(*a), on(*b)
+        alone = [fa(), fb()]
+        together, _ = _inside_together((a[0], fa), (b[0], fb))
+        for w, g in zip(alone, together):
+            assert all(torch.equal(p, q) for p, q in zip(w, g))
+
+
+def test_plain_logits_need_no_lock(lenet, digits):
+    """Another thread holds the model's lock and a lease of a replica with a hook on it that would
+    zero every output: plain logits neither wait nor see the hook."""
+    x, _ = digits
+    want = lenet.logits(x)
+    held, done = threading.Event(), threading.Event()
+
+    def holder():
+        with lenet.lock, lenet.lease():
+            h = lenet.layer("fc2").register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+            try:
+                held.set()
+                done.wait(120)
+            finally:
+                h.remove()
+
+    t = threading.Thread(target=holder, daemon=True)
+    t.start()
+    try:
+        assert held.wait(60)
+        got = lenet.logits(x)
+    finally:
+        done.set()
+        t.join(60)
+    assert torch.equal(got, want)
+
+
+def test_replicas_share_the_weights_and_are_reused(lenet):
+    with lenet.lease() as net:
+        with lenet.lease() as again:                      # re-entrant: the same replica
+            assert again is net
+        shared = dict(lenet.shared_net.named_parameters())
+        assert all(p is shared[n] for n, p in net.named_parameters())   # no weights copied
+        assert lenet.layer("fc1") is not lenet._layers["fc1"]          # the replica's own module
+        assert lenet.local(lenet._layers["fc1"]) is lenet.layer("fc1")
+    with lenet.lease() as later:
+        assert later is net                               # given back, taken again
+    assert lenet.layer("fc1") is lenet._layers["fc1"]     # outside a lease: the shared network's
+
+
+# ----------------------------------------------------------------------------- which units draw from global RNGs
+
+def _rng_states():
+    import random
+    import numpy as np
+    st = np.random.get_state()
+    return st[1].tobytes(), st[2], random.getstate()
+
+
+def _small(unit, model):
+    names = {q.name for q in unit.spec.params}
+    p = {"max_iter": 5 if unit.name in ("square", "simba") else 2} if "max_iter" in names else {}
+    return p
+
+
+def test_units_that_draw_from_global_rngs_are_the_flagged_ones(lenet, digits, monkeypatch):
+    """The claims that let runs compute without RNG_LOCK, checked on every registered unit:
+    an attack or defense not flagged ``draws_global_rng`` leaves NumPy's and Python's global RNGs
+    exactly as it found them (so it cannot move a concurrent run's stream), and no unit's result
+    depends on torch's global RNG (which ART's data loaders draw from without a lock)."""
+    import nip_core.runtime as runtime
+    from nip_core.attacks import ATTACKS, run_attack
+    from nip_core.defenses import DEFENSES, apply_defense
+
+    x, y = digits[0][:2], digits[1][:2]
+    real_seed = runtime.seed_everything
+    torch_seed = {"v": 0}
+
+    def seed_then_torch(seed):      # the run's own seeding, then another torch stream
+        g = real_seed(seed)
+        torch.manual_seed(torch_seed["v"])
+        return g
+
+    monkeypatch.setattr(runtime, "seed_everything", seed_then_torch)
+    runs = [(f"attack {n}", a.draws_global_rng,
+             lambda n=n, a=a: run_attack(lenet, n, x, y, _small(a, lenet), seed=1).x_adv)
+            for n, a in ATTACKS.items() if a.applies_to(lenet)]
+    runs += [(f"defense {n}", d.draws_global_rng,
+              lambda n=n: apply_defense(lenet, n, x, y=y, seed=1, x_benign=x).x_def) for n, d in DEFENSES.items()]
+    for label, flagged, run in runs:
+        outs = []
+        for t in (1, 2):
+            torch_seed["v"] = t
+            torch.manual_seed(t)
+            before = _rng_states()
+            outs.append(run())
+            if not flagged:
+                assert _rng_states() == before, f"{label} draws from a global RNG but is not flagged"
+        assert torch.equal(*outs), f"{label}: the result depends on torch's global RNG"
+
+
+# ----------------------------------------------------------------------------- slots and threads from the machine
+
+@pytest.mark.parametrize("env, want", [
+    ({}, (8, 1)),
+    ({"NIP_RUN_SLOTS": "2"}, (2, 4)),
+    ({"NIP_TORCH_THREADS": "2"}, (4, 2)),
+    ({"NIP_RUN_SLOTS": "3", "NIP_TORCH_THREADS": "3"}, (3, 3)),
+    ({"NIP_RUN_SLOTS": "16"}, (16, 1)),
+    ({"NIP_RUN_SLOTS": " "}, (8, 1)),
+])
+def test_slots_and_threads_follow_the_cores_and_the_environment(monkeypatch, env, want):
+    import nip_core.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_count", lambda: 8)
+    for k in ("NIP_RUN_SLOTS", "NIP_TORCH_THREADS"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert runtime.concurrency() == want
+
+
+@pytest.mark.parametrize("bad", ["two", "0", "-3", "1.5"])
+def test_a_bad_slot_or_thread_count_is_named_once_and_the_default_applies(monkeypatch, capsys, bad):
+    import nip_core.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_count", lambda: 4)
+    monkeypatch.setattr(runtime, "_WARNED", set())
+    monkeypatch.setenv("NIP_RUN_SLOTS", bad)
+    monkeypatch.setenv("NIP_TORCH_THREADS", "2")
+    assert runtime.concurrency() == (2, 2)            # slots derived from the good thread count
+    assert runtime.concurrency() == (2, 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: NIP_RUN_SLOTS={bad!r} is not a whole number >= 1; ignored (the default from the "
+                   "core count applies)"]
+
+
+def test_the_run_queue_takes_its_slots_from_the_environment_and_runs_them_at_once(monkeypatch):
+    from app.runqueue import RunQueue
+
+    monkeypatch.setenv("NIP_RUN_SLOTS", "3")
+    q = RunQueue()
+    assert q.slots == 3
+    inside = threading.Barrier(3, timeout=60)       # three turns held at once, or a broken barrier
+
+    def run():
+        with q.turn():
+            inside.wait()
+            return q.held()
+
+    assert _in_threads([run, run, run]) == [True, True, True]
+
+
+def test_a_routed_attack_gives_the_bits_it_gave_with_the_locked_global_stream(lenet, digits, monkeypatch):
+    """PGD's random start is drawn from the run's own NumPy stream (only the draw holds RNG_LOCK):
+    the same adversarials, bit for bit, as seeding the global RNG and drawing from it under the lock
+    for the whole run (what every seeded attack did before)."""
+    import nip_core.attacks as attacks
+    from nip_core.runtime import global_rng
+
+    x, y = digits
+    seeds = (0, 7, 2**33 + 5)
+    for name in ("pgd", "pgd-l2"):
+        assert attacks.ATTACKS[name].routed_draws and not attacks.ATTACKS[name].draws_global_rng
+        routed = [attacks.run_attack(lenet, name, x[:4], y[:4], {"max_iter": 3}, seed=s).x_adv for s in seeds]
+        with monkeypatch.context() as m:
+            m.setattr(attacks, "_rng", lambda attack, seed, net: global_rng(True, seed))
+            locked = [attacks.run_attack(lenet, name, x[:4], y[:4], {"max_iter": 3}, seed=s).x_adv for s in seeds]
+        assert all(torch.equal(a, b) for a, b in zip(routed, locked)), name
+        assert not torch.equal(routed[0], routed[1])        # the seed matters: the start is random

@@ -43,22 +43,23 @@ def test_the_hook_is_removed_and_touches_no_other_thread():
 
     def other():
         hook_in.wait(10)
-        seen["logits"] = m.net(x)      # bypasses the lock on purpose: the hook itself must ignore this thread
+        seen["logits"] = m.net(x)      # the shared network, while the main thread's patch is attached
         release.set()
 
     def slow_source(_m, _i, out):
         if threading.current_thread() is threading.main_thread():
             hook_in.set()
             release.wait(10)
-    h = m.layers["hidden"].register_forward_hook(slow_source)
     t = threading.Thread(target=other)
     t.start()
-    try:
-        patched_logits(m, x, "hidden", torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3))
-    finally:
-        h.remove()
-        t.join(10)
-    assert torch.equal(seen["logits"], before)
+    with m.lease():                    # the main thread's replica: the patch below is attached to it too
+        h = m.layers["hidden"].register_forward_hook(slow_source)
+        try:
+            patched_logits(m, x, "hidden", torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3))
+        finally:
+            h.remove()
+            t.join(10)
+    assert hook_in.is_set() and torch.equal(seen["logits"], before)
 
 
 @pytest.mark.parametrize("layer", ["conv1", "conv2", "fc1", "fc2"])

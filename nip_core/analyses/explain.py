@@ -173,7 +173,7 @@ def explain(model: LoadedModel, image: torch.Tensor, label: int | None = None, *
     x_def = dr.x_def[pos:pos + 1]
     decision = None
     if dunit.explain_decision is not None:
-        with model.lock:
+        with model.lease():
             why = dunit.explain_decision(model, torch.cat([x, x_adv]), dr.params, seed=seed)
         decision = dict(zip(VARIANTS[:2], why)) if why is not None else None
 

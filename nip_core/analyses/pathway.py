@@ -194,9 +194,10 @@ def _batch(model: LoadedModel, images: dict[str, torch.Tensor]) -> torch.Tensor:
 def _layer_outputs(model: LoadedModel, x: torch.Tensor, layers: list[str], grad: bool) -> dict[str, torch.Tensor]:
     """Raw outputs of ``layers`` (forward order) in one pass that ends after the last of them,
     with :func:`~nip_core.hooks.capture_hook` on each (:func:`~nip_core.hooks.hooked_all`); with ``grad``
-    the outputs stay on the autograd graph. The caller holds ``model.lock``."""
+    the outputs stay on the autograd graph. In the caller's lease of the model's replica (or its own)."""
     boxes: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    with hooked_all((model.layer(name), capture_hook(boxes[name], stop=name == layers[-1])) for name in layers):
+    with model.lease(), hooked_all((model.layer(name), capture_hook(boxes[name], stop=name == layers[-1]))
+                                   for name in layers):
         with torch.set_grad_enabled(grad):
             try:
                 model.net(x)
@@ -265,7 +266,7 @@ def layer_strip(model: LoadedModel, benign: torch.Tensor, adversarial: torch.Ten
 
     say(0.8, "activations at every layer")
     t = time.perf_counter()
-    with model.lock:
+    with model.lease():
         # The three inputs in one batch, as explain measures them: the group means match its chart.
         outs = _layer_outputs(model, batch.to(model.device), names, grad=False)
         acts = {name: neuron_means(o).float().cpu() for name, o in outs.items()}
@@ -296,7 +297,7 @@ def layer_strip(model: LoadedModel, benign: torch.Tensor, adversarial: torch.Ten
 
 
 def _edges(model: LoadedModel, x_adv: torch.Tensor, columns: list[LayerColumn]) -> list[Edge]:
-    """Activation × gradient from each column's top neurons to the next column's (caller holds the lock)."""
+    """Activation × gradient from each column's top neurons to the next column's (in the caller's lease)."""
     names = [c.layer for c in columns]
     x = x_adv.to(model.device).clone().requires_grad_(True)   # a graph even if the weights need no grad
     with torch.enable_grad():

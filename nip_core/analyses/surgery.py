@@ -1,8 +1,9 @@
 """Neuron surgery: set chosen neurons of one layer to chosen values and re-run the forward pass.
 
 The intervention is a forward hook on ``model.layer(layer)`` that returns a replaced output
-(never a copy of the model), registered under ``model.lock`` and removed in ``finally:``, so a
-model shared between threads (the app's cached model) never runs another session's hook.
+(never a copy of the weights), registered on the calling thread's replica of the module tree
+(``model.lease()``) and removed in ``finally:``, so a model shared between threads (the app's
+cached model) never runs another session's hook.
 A convolutional neuron is a whole channel map (replaced position by position, map for map); a
 fully connected neuron is one unit.
 
@@ -261,7 +262,8 @@ def layer_output_and_logits(model: LoadedModel, x: torch.Tensor, layer: str | No
     """
     module = model.layer(layer)
     acts, logits = [], []
-    with model.lock:
+    with model.lease():
+        module = model.local(module)
         for i in range(0, len(x), batch_size):
             box: list[torch.Tensor] = []
             with hooked(module, capture_hook(box, stop=False)):
@@ -308,7 +310,7 @@ class _Patch:
 def _replace_hook(value: Value, state: _Patch, layer: str):
     """A forward hook returning the layer output with the selected neurons replaced.
 
-    Only the registering thread's passes are changed (the caller also holds ``model.lock``).
+    Only the registering thread's passes are changed (the caller also holds a lease of its replica).
     Unselected entries are the original output's, bit for bit (``torch.where``).
     """
     owner = threading.get_ident()
@@ -366,8 +368,8 @@ def patch(model: LoadedModel, x: torch.Tensor, layer: str | None,
         raise InputError(f"source activations for {len(source)} inputs do not fit {len(x)} inputs.")
     state = _Patch(select, len(x))
     outs = []
-    with model.lock:
-        with hooked(module, _replace_hook(val, state, layer)):
+    with model.lease():
+        with hooked(model.local(module), _replace_hook(val, state, layer)):
             for i in range(0, len(x), batch_size):
                 state.rows = slice(i, i + batch_size)
                 if val.needs_source:

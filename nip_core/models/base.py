@@ -1,11 +1,13 @@
 """Shared model types: the spec, the loaded bundle, the registry and a normalising wrapper."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -54,21 +56,47 @@ class ModelSpec:
         }
 
 
-@dataclass(eq=False)
+class _Replica:
+    """A copy of a model's module tree that shares its parameters and buffers (no weights copied):
+    somewhere one thread can attach hooks without touching anyone else's passes."""
+
+    def __init__(self, net: nn.Module, layers: dict[str, nn.Module]) -> None:
+        shared = {id(t): t for t in (*net.parameters(), *net.buffers())}
+        memo = dict(shared)
+        self.net, self.layers = copy.deepcopy((net, layers), memo)
+        # primary module -> its copy, for a module a caller looked up before its lease began
+        self.counterpart = {id(m): memo[id(m)] for m in net.modules() if id(m) in memo}
+
+    def clean(self) -> bool:
+        return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                       or getattr(m, "_backward_pre_hooks", None) for m in self.net.modules())
+
+
 class LoadedModel:
     """A ready model: the network (eval mode, on the device), its hookable layers and metadata.
 
-    ``lock`` serialises every computation that attaches hooks (Captum, NIP, attacks) so that
-    sessions sharing one cached model never see each other's hooks. Never mutate ``net``.
+    Several threads compute on one model at once. A plain forward pass (:meth:`logits`) runs on the
+    shared network, which nobody hooks. Every computation that attaches hooks (Captum, NIP, surgery,
+    attacks, defenses) runs inside :meth:`lease`: for that block the thread's ``net``, ``layers``
+    and :meth:`layer` are its own replica's, a copy of the module tree that shares the weights, so
+    sessions never see each other's hooks and never wait for each other. Never mutate the weights.
+
+    ``lock`` no longer guards computation: it is a plain re-entrant lock for state that belongs
+    to the model (the fill of an influence profile that grows on demand).
     """
 
-    spec: ModelSpec
-    net: nn.Module
-    class_names: list[str]
-    layers: dict[str, nn.Module]
-    weights_sha256: str
-    device: torch.device
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    def __init__(self, spec: ModelSpec, net: nn.Module, class_names: list[str], layers: dict[str, nn.Module],
+                 weights_sha256: str, device: torch.device, lock: threading.RLock | None = None) -> None:
+        self.spec, self.class_names, self.weights_sha256, self.device = spec, class_names, weights_sha256, device
+        self._net, self._layers = net, layers
+        self.lock = lock if lock is not None else threading.RLock()
+        self._free: list[_Replica] = []        # replicas no thread holds
+        self._replicas = 0                      # replicas made (for tests and the docs)
+        self._pool_lock = threading.Lock()
+        self._bound = threading.local()         # .replica, .depth: the calling thread's lease
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.spec.name!r})"
 
     @property
     def name(self) -> str:
@@ -78,19 +106,71 @@ class LoadedModel:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def _replica(self) -> _Replica | None:
+        return getattr(self._bound, "replica", None)
+
+    @property
+    def net(self) -> nn.Module:
+        """The calling thread's replica inside :meth:`lease`, else the shared (never hooked) network."""
+        r = self._replica()
+        return self._net if r is None else r.net
+
+    @property
+    def shared_net(self) -> nn.Module:
+        """The network every thread shares for plain passes; never hook it (use :meth:`lease`)."""
+        return self._net
+
+    @property
+    def layers(self) -> dict[str, nn.Module]:
+        r = self._replica()
+        return self._layers if r is None else r.layers
+
+    def local(self, module: nn.Module) -> nn.Module:
+        """``module`` as the calling thread sees it: inside a lease, its replica's copy."""
+        r = self._replica()
+        return module if r is None else r.counterpart.get(id(module), module)
+
+    @contextmanager
+    def lease(self) -> Iterator[nn.Module]:
+        """Hold a replica of the network for the block (re-entrant per thread; never waits: a new
+        replica is made when every existing one is held). Yields the thread's ``net``."""
+        b = self._bound
+        depth = getattr(b, "depth", 0)
+        if depth:
+            b.depth = depth + 1
+            try:
+                yield b.replica.net
+            finally:
+                b.depth = depth
+            return
+        with self._pool_lock:
+            r = self._free.pop() if self._free else None
+        if r is None:
+            r = _Replica(self._net, self._layers)
+            with self._pool_lock:
+                self._replicas += 1
+        b.replica, b.depth = r, 1
+        try:
+            yield r.net
+        finally:
+            b.replica, b.depth = None, 0
+            if r.clean():                       # a hook left behind (a bug) retires the replica
+                with self._pool_lock:
+                    self._free.append(r)
+
     def layer(self, name: str | None) -> nn.Module:
         name = name or self.spec.default_layer
-        if name not in self.layers:
-            raise InputError(f"model '{self.name}' has no layer {name!r}; choose one of: {', '.join(self.layers)}.")
-        return self.layers[name]
+        layers = self.layers
+        if name not in layers:
+            raise InputError(f"model '{self.name}' has no layer {name!r}; choose one of: {', '.join(layers)}.")
+        return layers[name]
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Logits for a batch in [0,1] pixel space (returned on CPU)."""
-        outs = []
-        with self.lock:
-            for i in range(0, len(x), batch_size):
-                outs.append(self.net(x[i:i + batch_size].to(self.device)).float().cpu())
+        """Logits for a batch in [0,1] pixel space (returned on CPU). No lock: the shared network
+        carries no hooks (inside a lease, the thread's replica with its own)."""
+        net = self.net
+        outs = [net(x[i:i + batch_size].to(self.device)).float().cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
