@@ -25,7 +25,8 @@ from nip_core.images import tensor_to_png_bytes
 from nip_core.influence import METHODS
 
 P = "explore."                      # session-state prefix of this page
-DEFAULT_MODEL, DEFAULT_ATTACK, DEFAULT_DEFENSE = "lenet-mnist", "fgsm", "nip"
+DEFAULT_MODEL = "lenet-mnist"
+# Each model's default image, attack and defense: ``ModelSpec.first_run`` (nip_core.models.base).
 VARIANTS = F.VARIANTS
 NIP_SHARED = ("layer", "method", "k", "n_steps")   # set in the influence section / kept at default
 SLOW_ATTACK_SECONDS = 10.0   # warn before an attack expected to take longer than this per image
@@ -45,6 +46,16 @@ MODE_NOTES = {
 # its internals (the "Advanced" expander), and only when the model has a calibration for it.
 COMMON_PARAMS = ("budget", "steps", "step_size")
 TOPK_PARAMS = ("candidates", "rule")
+
+
+ORACLE_LINE = ("**`{defense}` is told the TRUE label** (the paper's protocol): it shows NIP's mechanism, "
+               "not a defense you could deploy.")
+
+
+def switch_to_nip(model_name: str) -> None:
+    """The deployable label-free ``nip``, one click from the oracle: select it and run."""
+    st.session_state[key(model_name, "defense")] = "nip"
+    st.session_state[P + "autorun"] = True
 
 
 def key(model: str, *parts: str) -> str:
@@ -90,8 +101,9 @@ def load_query_params() -> None:
         if image in keys or split_image_problem(model, image, problems) is None:
             st.session_state[key(model, "image")] = image
     usable = {a: u for a, u in ATTACKS.items() if u.applies_to(m)}
-    unit_from_query(qp, m, model, "attack", usable, DEFAULT_ATTACK, "ap", lambda a: ("a", a), problems)
-    unit_from_query(qp, m, model, "defense", DEFENSES, DEFAULT_DEFENSE, "dp", lambda d: ("d", defense_group(d)),
+    first = m.spec.first_run
+    unit_from_query(qp, m, model, "attack", usable, first.attack, "ap", lambda a: ("a", a), problems)
+    unit_from_query(qp, m, model, "defense", DEFENSES, first.defense, "dp", lambda d: ("d", defense_group(d)),
                     problems, skip=NIP_SHARED)
     if "layer" in qp:
         if qp["layer"] in m.spec.layers:
@@ -207,9 +219,11 @@ def choose_image(model_name: str, num_classes: int, class_names: list[str]):
         st.image([e["png"] for e in entries], caption=[e["label_name"] for e in entries], width=width)
         keys = [e["key"] for e in entries]
         by_key = {e["key"]: e for e in entries}
-        k = init_state(key(model_name, "image"), keys[0])
+        first = get_model(model_name).spec.first_run.image
+        default = first if first in by_key else keys[0]
+        k = init_state(key(model_name, "image"), default)
         if st.session_state[k] not in by_key:
-            st.session_state[k] = keys[0]
+            st.session_state[k] = default
         chosen = st.selectbox("Example", keys, key=k,
                               format_func=lambda s: f"{by_key[s]['label_name']} — {by_key[s]['source']}")
         return chosen, None, by_key[chosen]["label"]
@@ -343,6 +357,8 @@ def show_results(request: tuple, expl) -> None:
     label_text = f"true label {expl.label} ({expl.class_names[expl.label]})" if expl.label is not None else \
         "no true label (reference = benign prediction)"
     st.subheader("Benign · adversarial · defended")
+    if DEFENSES[expl.defense].needs_labels:
+        st.warning(ORACLE_LINE.format(defense=expl.defense))
     st.caption(f"{model_name} · attack {expl.attack} · defense {expl.defense} · layer {expl.layer} "
                f"({expl.method}, k = {expl.k:g}) · {label_text}; influence is measured toward class "
                f"{ref} ({ref_name}).")
@@ -482,11 +498,11 @@ def main() -> None:
         attacks = sorted(a for a in ATTACKS if ATTACKS[a].applies_to(model))
         ak = key(model_name, "attack")
         if st.session_state.get(ak) not in (None, *attacks):  # e.g. a link's nip-aware on an ImageNet model
-            st.session_state[ak] = DEFAULT_ATTACK
-        attack = st.selectbox("Attack", attacks, key=init_state(ak, DEFAULT_ATTACK),
+            st.session_state[ak] = model.spec.first_run.attack
+        attack = st.selectbox("Attack", attacks, key=init_state(ak, model.spec.first_run.attack),
                               format_func=lambda a: f"{a} — {ATTACKS[a].spec.summary}")
         defense = st.selectbox("Defense", list(DEFENSES),
-                               key=init_state(key(model_name, "defense"), DEFAULT_DEFENSE),
+                               key=init_state(key(model_name, "defense"), model.spec.first_run.defense),
                                format_func=lambda d: d + ("" if DEFENSES[d].deployable else " (NOT deployable)"))
         est = expected_attack_seconds(model_name, attack, ATTACKS[attack].params_for(model))
         if est is not None and est >= SLOW_ATTACK_SECONDS:
@@ -498,7 +514,12 @@ def main() -> None:
                        "once (through the binarisation, and trying up to 3 wrong classes). Pair it with the `nip` "
                        f"defense: {aware_note()}, and loses the rest.")
         note = MODE_NOTES.get(defense, DEFENSES[defense].spec.summary)
-        (st.warning if not DEFENSES[defense].deployable else st.caption)(f"`{defense}`: {note}.")
+        if DEFENSES[defense].needs_labels:
+            st.warning(ORACLE_LINE.format(defense=defense))
+            st.button("Try the deployable `nip` (no true label)", key=P + "to_nip", on_click=switch_to_nip,
+                      args=(model_name,))
+        else:
+            (st.warning if not DEFENSES[defense].deployable else st.caption)(f"`{defense}`: {note}.")
         if is_label_free(defense) and not has_calibration(model_name):
             st.info(calibration_hint(model_name))
 
