@@ -183,17 +183,19 @@ def save_query_params(request: tuple) -> None:
     st.session_state[P + "query_seen"] = query_signature(params)
 
 
-def show_tour_step() -> None:
-    """The tour's card on top of the page: this step's sentence, and the way on."""
+def show_tour_step():
+    """The tour's card on top of the page: this step's sentence, a slot for what its run shows
+    (filled once the run is known: ``T.step_claim``), and the way on. Returns the slot, or None."""
     tour = st.session_state.get(P + "tour")
     if not tour:
-        return
+        return None
     steps = list(T.STEPS)
     i = [s.key for s in steps].index(tour["step"])
     step, model = steps[i], tour["model"]
     with st.container(border=True):
         st.markdown(f"**Guided tour · step {i + 1} of {len(steps)}: {step.title}**")
         st.markdown(step.sentence)
+        slot = st.empty()
         cols = st.columns([1, 1, 1, 3])
         targets = {"Previous step": steps[i - 1] if i > 0 else None,
                    "Next step": steps[i + 1] if i + 1 < len(steps) else None}
@@ -205,6 +207,7 @@ def show_tour_step() -> None:
         if cols[2].button("Leave the tour", key=P + "tour.leave", width="stretch"):
             st.session_state.pop(P + "tour", None)
             st.rerun()
+    return slot
 
 
 # ----------------------------------------------------------------------------- setup widgets
@@ -478,7 +481,7 @@ def main() -> None:
     load_query_params()
     if P + "query_warning" in st.session_state:
         st.warning(st.session_state.pop(P + "query_warning"))
-    show_tour_step()
+    claim_slot = show_tour_step()
     with st.sidebar:
         st.markdown("### About the defense modes")
         st.markdown("\n".join(f"- `{k}`: {v}" for k, v in MODE_NOTES.items()))
@@ -564,7 +567,11 @@ def main() -> None:
             st.info("Pick an image, an attack and a defense, then press **Run**.")
             return
         with guarded("showing results"):
-            show_results(request, explanation(*request))
+            expl = explanation(*request)
+            tour = st.session_state.get(P + "tour")
+            if claim_slot is not None and tour and tour["view"] == (request[0], request[4], request[6]):
+                claim_slot.markdown(T.step_claim(expl))
+            show_results(request, expl)
 
 
 main()

@@ -13,7 +13,8 @@ def main() -> None:
     st.title("The method: Neuron-level Inverse Perturbation")
     st.markdown("Chen et al., *Fight Perturbations with Perturbations: Defending Adversarial Attacks via Neuron "
                 "Influence* (arXiv 2112.13060). Adversarial examples **suppress** the neurons that matter most "
-                "for the true class (*front* neurons) and **enhance** the least useful ones (*tail* neurons). "
+                "for the true class (*front* neurons: the highest influence toward it) and **enhance** those with the "
+                "lowest influence toward it (*tail* neurons; low influence, not low activity). "
                 "NIP pushes back: before classifying, it adds a small *inverse perturbation* that raises the front "
                 "and lowers the tail.")
     st.subheader("As implemented (nip_core/nip.py)")

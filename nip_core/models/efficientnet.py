@@ -58,6 +58,7 @@ SPEC = register_model(ModelSpec(
     summary="EfficientNet-Lite0, ImageNet-pretrained (224×224 RGB, 1000 classes)",
     input_channels=3, input_size=224, preprocess="imagenet", gallery="imagenet",
     layers=tuple(f"block{i}" for i in HOOK_BLOCKS) + ("head",), default_layer="head", factory=_load,
-    affine_layers=("head",),    # No calibration for label-free nip here (it passes inputs through): the oracle shows NIP acting.
+    affine_layers=("head",),    # No calibration for label-free nip here (it passes inputs through):
+    # the oracle shows NIP acting.
     first_run=FirstRun(defense="nip-oracle"),
 ))

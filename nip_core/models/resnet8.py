@@ -102,6 +102,7 @@ SPEC = register_model(ModelSpec(
     summary="ResNet-8 (MLPerf Tiny), CIFAR-10-trained by Silicon Labs (32×32 RGB, 10 classes)",
     input_channels=3, input_size=32, preprocess="natural", gallery="cifar10",
     layers=LAYERS, default_layer="stack3", factory=_load,
-    affine_layers=("stack3",),    # No calibration for label-free nip here (it passes inputs through): the oracle shows NIP acting.
+    affine_layers=("stack3",),    # No calibration for label-free nip here (it passes inputs through):
+    # the oracle shows NIP acting.
     first_run=FirstRun(defense="nip-oracle"),
 ))
