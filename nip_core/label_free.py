@@ -681,7 +681,7 @@ def register_label_free() -> None:
         Param("vote_weight", "float", 30.0, 0.0, 200.0, step=5.0,
               help="neighbour weight exp(w·(cos − nearest cos)); 0 = plain majority vote"),
         Param("false_alarm", "float", 0.005, 0.0, 0.5, step=0.005,
-              help="per-detector share of held-out benign digits (calib split) flagged; 0: never defend"),
+              help="per-detector share of held-out benign images (calib split) flagged; 0: never defend"),
         Param("gate", "float", 0.1, 0.0, 1.0, step=0.05,
               help="support/margin detectors count only above this benign share of abnormal neurons (1: always)"),
         Param("per_class", "int", 400, 1, 400, help="benign reference images per class"),
