@@ -120,3 +120,9 @@ def test_the_tour_card_shows_its_runs_claim_in_the_app():
     _, e = _step_run(T.BY_KEY["attack"], "lenet-mnist")
     assert claim == T.step_claim(e)
     assert ("tail neurons' mean gained" in claim) == e.signature()["attack_tail_up"]
+
+
+def test_signed_percent_never_prints_minus_zero():
+    from nip_core.analyses.compare import signed_percent
+
+    assert [signed_percent(v) for v in (-0.003, 0.0, 0.004, -0.2, 0.126)] == ["0%", "0%", "0%", "-20%", "+13%"]

@@ -21,7 +21,7 @@ from nip_core.attacks import ATTACKS
 from nip_core.evaluation.bench import expected_attack_seconds
 from nip_core.defenses import DEFENSES
 from nip_core.errors import InputError
-from nip_core.images import tensor_to_png_bytes
+from nip_core.images import MAX_BYTES as MAX_IMAGE_BYTES, tensor_to_png_bytes
 from nip_core.influence import METHODS
 
 P = "explore."                      # session-state prefix of this page
@@ -30,7 +30,7 @@ DEFAULT_MODEL = "lenet-mnist"
 VARIANTS = F.VARIANTS
 NIP_SHARED = ("layer", "method", "k", "n_steps")   # set in the influence section / kept at default
 SLOW_ATTACK_SECONDS = 10.0   # warn before an attack expected to take longer than this per image
-IMAGE_UPLOAD_MAX_MB = 10
+IMAGE_UPLOAD_MAX_MB = MAX_IMAGE_BYTES / 2**20   # the engine's one limit for an image (nip_core.images)
 MODE_NOTES = {
     "nip": "label-free (deployable): flags inputs whose early neurons leave their benign range, then NIP "
            "toward the class of the nearest benign examples (the pocket rule for small perturbations); it needs a "
@@ -48,6 +48,9 @@ COMMON_PARAMS = ("budget", "steps", "step_size")
 TOPK_PARAMS = ("candidates", "rule")
 
 
+SHARE_LINK = "The page URL holds the configuration of the last run: copy it to share the view."
+SHARE_UPLOAD = ("The page URL holds the configuration of the last run, but not its image: an upload cannot travel "
+                "in a link (it opens the model's default image instead). Share the image file with the link.")
 ORACLE_LINE = ("**`{defense}` is told the TRUE label** (the paper's protocol): it shows NIP's mechanism, "
                "not a defense you could deploy.")
 
@@ -218,7 +221,7 @@ def choose_image(model_name: str, num_classes: int, class_names: list[str]):
     source = st.radio("Image", ["Example gallery", "Upload an image"], horizontal=True,
                       key=init_state(P + "source", "Example gallery"))
     if source == "Example gallery":
-        width = 52 if num_classes <= 10 else 92
+        width = 72 if num_classes <= 10 else 92    # 52 px wrapped "Pullover" into "Pullove r"
         st.image([e["png"] for e in entries], caption=[e["label_name"] for e in entries], width=width)
         keys = [e["key"] for e in entries]
         by_key = {e["key"]: e for e in entries}
@@ -230,14 +233,15 @@ def choose_image(model_name: str, num_classes: int, class_names: list[str]):
         chosen = st.selectbox("Example", keys, key=k,
                               format_func=lambda s: f"{by_key[s]['label_name']} — {by_key[s]['source']}")
         return chosen, None, by_key[chosen]["label"]
-    up = st.file_uploader("PNG, JPEG, WebP, BMP or GIF (max 10 MB)", type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
+    up = st.file_uploader(f"PNG, JPEG, WebP, BMP or GIF (max {IMAGE_UPLOAD_MAX_MB:g} MB)",
+                          type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
                           key=P + "upload")
     if up is None:
         st.info("Upload an image, or switch back to the example gallery.")
         return None
     data = up.getvalue()
     if len(data) > IMAGE_UPLOAD_MAX_MB * 2**20:
-        st.error(f"Cannot use {up.name}: it is {len(data) / 2**20:.1f} MB, over the {IMAGE_UPLOAD_MAX_MB} MB limit "
+        st.error(f"Cannot use {up.name}: it is {len(data) / 2**20:.1f} MB, over the {IMAGE_UPLOAD_MAX_MB:g} MB limit "
                  "for an image.")
         return None
     try:
@@ -486,7 +490,7 @@ def main() -> None:
         st.markdown("### About the defense modes")
         st.markdown("\n".join(f"- `{k}`: {v}" for k, v in MODE_NOTES.items()))
         st.info(label_free_note())
-        st.caption("The page URL holds the configuration of the last run: copy it to share the view.")
+        share_slot = st.empty()
 
     byom_panel()
     picked = model_picker(P + "model", DEFAULT_MODEL)
@@ -563,6 +567,7 @@ def main() -> None:
             st.error("Choose an example or upload a valid image first.")
 
         request = st.session_state.get(P + "request")
+        share_slot.caption(SHARE_UPLOAD if request is not None and request[2] is not None else SHARE_LINK)
         if request is None:
             st.info("Pick an image, an attack and a defense, then press **Run**.")
             return

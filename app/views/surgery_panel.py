@@ -251,8 +251,9 @@ def picker(request: tuple, expl, layer: str, k: float, result) -> None:
     st.plotly_chart(F.surgery_picker(profile, expl.reference_class, k, selected, expl.class_names), key=chart,
                     width="stretch", on_select=lambda: picked(chart, model_name),
                     selection_mode=("points", "box", "lasso"))
-    st.caption("Click a neuron to patch it alone (shift+click adds more), or take the box or lasso tool at the top "
-               "right of the grid. Colour: the layer's benign influence profile toward the reference class (red: "
+    st.caption("Click a neuron to patch it alone (each pick replaces the selection: the grid redraws, so "
+               "shift+click cannot add), or take the box or lasso tool at the top right of the grid for several, "
+               "or type indices. Colour: the layer's benign influence profile toward the reference class (red: "
                "front, blue: tail). Filled markers are the neurons patched now; grey cells are dead neurons.")
 
 
