@@ -32,3 +32,39 @@ def test_the_default_is_the_deployable_nip_where_it_works_and_labelled_where_not
     for name in BUILT_IN[1:]:
         d = DEFENSES[load_model(name).spec.first_run.defense]
         assert d.needs_labels and not d.deployable, name
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_app_first_run_on_each_model_flips_restores_and_labels_the_oracle(name):
+    """In the app: pick the model, press Run with every default untouched. The oracle's run says in one
+    line that it is told the true label, and one click gives the deployable nip's own result."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    import app.warmup
+
+    app.warmup.ENABLED = False
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"),
+                           default_timeout=300).run()
+    at.selectbox(key="explore.model").set_value(name).run()
+    [run] = [b for b in at.button if b.label == "Run"]
+    run.click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    first = load_model(name).spec.first_run
+    assert at.selectbox(key=f"explore.{name}.defense").value == first.defense
+    assert at.selectbox(key=f"explore.{name}.attack").value == first.attack
+    m = {x.label.replace(" prediction", ""): x.value for x in at.metric}
+    assert m["adversarial"] != m["benign"] and m["defended"] == m["benign"], m
+    told = [w.value for w in at.warning if "told the TRUE label" in w.value]
+    if first.defense == "nip":
+        assert not told
+        return
+    assert len(told) == 2          # by the defense picker and over the result
+    [button] = [b for b in at.button if "deployable `nip`" in b.label]
+    button.click().run()           # one click: the label-free nip, run on the same image and attack
+    assert not at.exception and not at.error
+    assert at.selectbox(key=f"explore.{name}.defense").value == "nip"
+    assert not [w.value for w in at.warning if "told the TRUE label" in w.value]
+    m2 = {x.label.replace(" prediction", ""): x.value for x in at.metric}
+    assert m2["benign"] == m["benign"] and m2["adversarial"] == m["adversarial"]
