@@ -165,11 +165,11 @@ def _panel_heatmaps(panels: list[tuple[str, np.ndarray]], dead: np.ndarray | Non
         _group_markers(fig, groups, cols, len(panels))
     _neuron_grid_axes(fig, len(panels), rows, cols)
     fig.update_layout(
-        legend=dict(orientation="h", yanchor="top", y=-0.12, xanchor="left", x=0.0),
+        legend=dict(orientation="h", yanchor="top", y=-0.26, xanchor="left", x=0.0),   # below the axis titles
         title=dict(text=title, x=0.0, xanchor="left"),
         coloraxis=dict(colorscale=DIVERGING, cmin=-lim, cmax=lim, cmid=0.0,
                        colorbar=dict(title=dict(text=colourbar_title, side="right"), thickness=14)),
-        margin=dict(l=50, r=20, t=80, b=40), height=380, plot_bgcolor="white",
+        margin=dict(l=50, r=20, t=80, b=70), height=400, plot_bgcolor="white",
     )
     return fig
 

@@ -46,7 +46,7 @@ def difference_heatmaps(expl, quantity: str = "influence") -> go.Figure:
     fig = _panel_heatmaps(panels, _np(expl.dead), groups,
                           f"Change in neuron {what} — layer {expl.layer} (red = higher than benign)",
                           f"Δ {quantity}<br>({unit})", f"Δ {quantity}", limit=float(np.abs(b).max()) or 1.0)
-    fig.update_layout(height=400)
+    fig.update_layout(height=420)
     return fig
 
 
