@@ -55,17 +55,18 @@ ROBUST_PAIR = ("lenet-fashion", "lenet-fashion-at")   # the standard model and i
 
 STEPS: tuple[Step, ...] = (
     Step("neurons", "An image and its neurons",
-         "With ε = 0 nothing is attacked: the influence heatmap shows the neurons the model relies on for this "
-         "class (its front neurons, strongest influence) and those it barely uses (the tail).",
+         "With ε = 0 nothing is attacked. The heatmaps mark the class's front neurons (open squares: the highest "
+         "influence toward the class) and its tail (open circles: the lowest influence toward it, which says "
+         "nothing about how active they are).",
          "fgsm", "none", {"eps": 0.0}),
     Step("attack", "An attack suppresses the front neurons",
-         "FGSM adds a small signed perturbation: the prediction flips, and the difference heatmap shows the "
-         "front neurons' influence falling while tail neurons gain, the signature the paper describes.",
+         "FGSM adds a small signed perturbation. The paper's signature is that an attack lowers the front neurons "
+         "and raises the tail; the line below says whether this run shows it.",
          "fgsm", "none"),
     Step("oracle", "NIP with the true label restores them",
-         "`nip-oracle` knows the true class and adds its own small perturbation that raises that class's front "
-         "neurons and lowers its tail, and the prediction comes back; it is not deployable, because at test time "
-         "nobody knows the label.",
+         "`nip-oracle` is told the true class and adds its own small perturbation that pushes that class's front "
+         "neurons up and its tail down; it is not deployable, because at test time nobody knows the label. The "
+         "line below says whether the prediction came back.",
          "fgsm", "nip-oracle"),
     Step("label-free", "The label-free nip guesses the label",
          "`nip` first checks whether the input looks attacked (early neurons outside their benign range) and "
@@ -91,13 +92,13 @@ STEPS: tuple[Step, ...] = (
          "Adversarial training (PGD training, Madry et al. 2018) is the field's usual defense: the model is retrained "
          "on attacked images, so nothing is added at test time. The same garment and the same FGSM attack, on the "
          "standard `lenet-fashion` (run A, pinned) and the adversarially trained `lenet-fashion-at` (run B): the "
-         "Pin and compare panel under the Run button shows both predictions and how each model's own front neurons "
-         "fall.",
+         "Pin and compare panel under the Run button shows both predictions and whether each model's own front "
+         "neurons fall.",
          "fgsm", "none", pair=ROBUST_PAIR),
     Step("photo", "A photo, and why it is harder",
          "Photo pixels are not nearly black or white, so a perturbation too small to see fools the model and "
          "the binarised vote that protects digits has nothing to hold on to; without a calibration `nip` passes "
-         "the photo through unchanged (never harming it). Switch the defense to `nip-oracle` to see what NIP "
+         "photos through unchanged (never harming them). Switch the defense to `nip-oracle` to see what NIP "
          "could do with the true label.",
          "fgsm", "nip", photo=True),
 )
@@ -205,3 +206,41 @@ def step_query(step: Step, model_name: str) -> dict[str, str]:
 def step_link(step: Step, model_name: str) -> str:
     """A relative share link (``./?model=…``): Explore is the app's default page."""
     return "./?" + urlencode(step_query(step, model_name))
+
+
+def _moved(before: float, after: float, up: str, down: str) -> str:
+    return f"{up if after > before else down if after < before else 'stayed'} ({before:.3g} → {after:.3g})"
+
+
+def step_claim(expl) -> str:
+    """What this run shows, in one sentence computed from it (issue 26: the tour never states an
+    outcome its run does not have): the three predictions, and the front and tail groups' mean
+    activations (``Explanation.group_means``, the quantity of the page's verdict line)."""
+    ref = expl.reference_class
+    names = [f"class {c}" if n == str(c) else n for c, n in enumerate(expl.class_names)]
+    b, a, d = (expl.prediction(v) for v in ("benign", "adversarial", "defended"))
+    flipped = a != b
+    out = [f"**In this run:** the model predicts {names[b]} on the benign image and {names[a]} under attack "
+           f"({'the attack flipped it' if flipped else 'the attack did not flip it'})"]
+    if expl.defense != "none":
+        if d == a:
+            what = "left the prediction as it was"
+        elif d == ref:
+            what = f"restored {names[ref]}" if flipped else f"kept {names[ref]}"
+        else:
+            what = f"changed it to {names[d]}"
+        out[0] += f"; `{expl.defense}` {what}"
+    g = expl.group_means("activations")
+    if expl.norms("adversarial")["linf"] > 0:
+        out.append(f"Under attack the front neurons' mean activation "
+                   f"{_moved(g['benign']['front'], g['adversarial']['front'], 'rose', 'fell')} "
+                   "and the tail neurons' mean "
+                   f"{_moved(g['benign']['tail'], g['adversarial']['tail'], 'gained', 'did not gain')}")
+    if expl.defense != "none":
+        if expl.norms("defended") == expl.norms("adversarial"):    # nothing added to the adversarial
+            out.append(f"`{expl.defense}` passed the input through unchanged")
+        else:
+            out.append(f"The defense moved the front "
+                       f"{_moved(g['adversarial']['front'], g['defended']['front'], 'up', 'down')} and the tail "
+                       f"{_moved(g['adversarial']['tail'], g['defended']['tail'], 'up', 'down')}")
+    return ". ".join(out) + "."

@@ -458,8 +458,10 @@ def test_form_shows_only_the_parameters_that_apply() -> None:
     assert {"budget", "steps", "step_size"} <= outside and not outside & {"vote_binarize", "neighbours"}
     sel = at.selectbox(key="explore.lenet-mnist.d.nip.select_layers")
     assert set(sel.options) == {"auto", "conv1", "conv2", "conv1+conv2"}
-    # EfficientNet + nip (no calibration): no nip internals at all, and how to calibrate.
+    # EfficientNet + nip (no calibration): no nip internals at all, and how to calibrate. (Its default
+    # defense is nip-oracle, ModelSpec.first_run: pick nip.)
     at.selectbox(key="explore.model").set_value("efficientnet-lite0").run()
+    at.selectbox(key="explore.efficientnet-lite0.defense").set_value("nip").run()
     _ok(at)
     assert not [e for e in at.expander if e.label.startswith("Advanced")]
     labels = {w.label.split(" (")[0] for w in at.number_input}

@@ -76,7 +76,7 @@ def test_opening_computes_once_and_the_slider_costs_no_engine_call(monkeypatch) 
     toggle = at.toggle(key=K + "open")
     assert toggle.value is False and "strength_eps" not in at.query_params      # closed: the first view stays light
     assert len(at.get("plotly_chart")) == VIEW_CHARTS
-    assert "at 12 strengths from 0 to twice its ε" in toggle.label
+    assert "at 13 strengths from 0 to twice its ε" in toggle.label          # ε = 0 and 12 above it
     assert toggle.label.endswith((" s)", "(under a second)"))                 # the expected time, before it starts
     calls = _counters(monkeypatch)
     toggle.set_value(True).run()

@@ -21,15 +21,16 @@ from nip_core.attacks import ATTACKS
 from nip_core.evaluation.bench import expected_attack_seconds
 from nip_core.defenses import DEFENSES
 from nip_core.errors import InputError
-from nip_core.images import tensor_to_png_bytes
+from nip_core.images import MAX_BYTES as MAX_IMAGE_BYTES, tensor_to_png_bytes
 from nip_core.influence import METHODS
 
 P = "explore."                      # session-state prefix of this page
-DEFAULT_MODEL, DEFAULT_ATTACK, DEFAULT_DEFENSE = "lenet-mnist", "fgsm", "nip"
+DEFAULT_MODEL = "lenet-mnist"
+# Each model's default image, attack and defense: ``ModelSpec.first_run`` (nip_core.models.base).
 VARIANTS = F.VARIANTS
 NIP_SHARED = ("layer", "method", "k", "n_steps")   # set in the influence section / kept at default
 SLOW_ATTACK_SECONDS = 10.0   # warn before an attack expected to take longer than this per image
-IMAGE_UPLOAD_MAX_MB = 10
+IMAGE_UPLOAD_MAX_MB = MAX_IMAGE_BYTES / 2**20   # the engine's one limit for an image (nip_core.images)
 MODE_NOTES = {
     "nip": "label-free (deployable): flags inputs whose early neurons leave their benign range, then NIP "
            "toward the class of the nearest benign examples (the pocket rule for small perturbations); it needs a "
@@ -45,6 +46,19 @@ MODE_NOTES = {
 # its internals (the "Advanced" expander), and only when the model has a calibration for it.
 COMMON_PARAMS = ("budget", "steps", "step_size")
 TOPK_PARAMS = ("candidates", "rule")
+
+
+SHARE_LINK = "The page URL holds the configuration of the last run: copy it to share the view."
+SHARE_UPLOAD = ("The page URL holds the configuration of the last run, but not its image: an upload cannot travel "
+                "in a link (it opens the model's default image instead). Share the image file with the link.")
+ORACLE_LINE = ("**`{defense}` is told the TRUE label** (the paper's protocol): it shows NIP's mechanism, "
+               "not a defense you could deploy.")
+
+
+def switch_to_nip(model_name: str) -> None:
+    """The deployable label-free ``nip``, one click from the oracle: select it and run."""
+    st.session_state[key(model_name, "defense")] = "nip"
+    st.session_state[P + "autorun"] = True
 
 
 def key(model: str, *parts: str) -> str:
@@ -96,8 +110,9 @@ def load_query_params() -> None:
     elif st.session_state.get(P + "source") == canvas_input.LABEL:
         st.session_state[P + "source"] = "Example gallery"           # a link to a gallery image shows that image
     usable = {a: u for a, u in ATTACKS.items() if u.applies_to(m)}
-    unit_from_query(qp, m, model, "attack", usable, DEFAULT_ATTACK, "ap", lambda a: ("a", a), problems)
-    unit_from_query(qp, m, model, "defense", DEFENSES, DEFAULT_DEFENSE, "dp", lambda d: ("d", defense_group(d)),
+    first = m.spec.first_run
+    unit_from_query(qp, m, model, "attack", usable, first.attack, "ap", lambda a: ("a", a), problems)
+    unit_from_query(qp, m, model, "defense", DEFENSES, first.defense, "dp", lambda d: ("d", defense_group(d)),
                     problems, skip=NIP_SHARED)
     if "layer" in qp:
         if qp["layer"] in m.spec.layers:
@@ -181,17 +196,19 @@ def save_query_params(request: tuple) -> None:
     st.session_state[P + "query_seen"] = query_signature(params)
 
 
-def show_tour_step() -> None:
-    """The tour's card on top of the page: this step's sentence, and the way on."""
+def show_tour_step():
+    """The tour's card on top of the page: this step's sentence, a slot for what its run shows
+    (filled once the run is known: ``T.step_claim``), and the way on. Returns the slot, or None."""
     tour = st.session_state.get(P + "tour")
     if not tour:
-        return
+        return None
     steps = list(T.STEPS)
     i = [s.key for s in steps].index(tour["step"])
     step, model = steps[i], tour["model"]
     with st.container(border=True):
         st.markdown(f"**Guided tour · step {i + 1} of {len(steps)}: {step.title}**")
         st.markdown(step.sentence)
+        slot = st.empty()
         cols = st.columns([1, 1, 1, 3])
         targets = {"Previous step": steps[i - 1] if i > 0 else None,
                    "Next step": steps[i + 1] if i + 1 < len(steps) else None}
@@ -203,6 +220,7 @@ def show_tour_step() -> None:
         if cols[2].button("Leave the tour", key=P + "tour.leave", width="stretch"):
             st.session_state.pop(P + "tour", None)
             st.rerun()
+    return slot
 
 
 # ----------------------------------------------------------------------------- setup widgets
@@ -221,24 +239,27 @@ def choose_image(model_name: str, num_classes: int, class_names: list[str]):
         return canvas_input.source(model_name, st.session_state.get(key(model_name, "layer"), m.spec.default_layer),
                                    st.session_state.get(key(model_name, "method"), "conductance"))
     if source == "Example gallery":
-        width = 52 if num_classes <= 10 else 92
+        width = 72 if num_classes <= 10 else 92    # 52 px wrapped "Pullover" into "Pullove r"
         st.image([e["png"] for e in entries], caption=[e["label_name"] for e in entries], width=width)
         keys = [e["key"] for e in entries]
         by_key = {e["key"]: e for e in entries}
-        k = init_state(key(model_name, "image"), keys[0])
+        first = get_model(model_name).spec.first_run.image
+        default = first if first in by_key else keys[0]
+        k = init_state(key(model_name, "image"), default)
         if st.session_state[k] not in by_key:
-            st.session_state[k] = keys[0]
+            st.session_state[k] = default
         chosen = st.selectbox("Example", keys, key=k,
                               format_func=lambda s: f"{by_key[s]['label_name']} — {by_key[s]['source']}")
         return chosen, None, by_key[chosen]["label"]
-    up = st.file_uploader("PNG, JPEG, WebP, BMP or GIF (max 10 MB)", type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
+    up = st.file_uploader(f"PNG, JPEG, WebP, BMP or GIF (max {IMAGE_UPLOAD_MAX_MB:g} MB)",
+                          type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
                           key=P + "upload")
     if up is None:
         st.info("Upload an image, or switch back to the example gallery.")
         return None
     data = up.getvalue()
     if len(data) > IMAGE_UPLOAD_MAX_MB * 2**20:
-        st.error(f"Cannot use {up.name}: it is {len(data) / 2**20:.1f} MB, over the {IMAGE_UPLOAD_MAX_MB} MB limit "
+        st.error(f"Cannot use {up.name}: it is {len(data) / 2**20:.1f} MB, over the {IMAGE_UPLOAD_MAX_MB:g} MB limit "
                  "for an image.")
         return None
     try:
@@ -339,12 +360,12 @@ def show_decision(expl) -> None:
                   f"within ε of {first['vote_binarize']:g}, so it can hardly move this vote)"
                   if first["vote_binarize"] > 0 else "the raw input")
     st.caption("Detectors: the share of the layer's neurons outside the range they take on benign training "
-               "digits; the share of the benign neighbours' votes against the model's prediction; minus the gap "
+               "images; the share of the benign neighbours' votes against the model's prediction; minus the gap "
                "between the top two softmax scores. "
-               f"Thresholds flag {first['false_alarm'] * 100:g}% of held-out benign digits per detector "
-               f"(calibrated on {first['calibration_digits']} digits of the calib split). The vote and margin "
+               f"Thresholds flag {first['false_alarm'] * 100:g}% of held-out benign images per detector "
+               f"(calibrated on {first['calibration_digits']} images of the calib split). The vote and margin "
                "detectors count only when the abnormal-neuron share is also high (the gate). "
-               f"The vote compares the conv1 maps of {vote_input} with those of benign training digits. "
+               f"The vote compares the conv1 maps of {vote_input} with those of benign training images. "
                f"Pocket rule: when few neurons are abnormal (share ≤ {first['small_level']:g}, a small "
                "perturbation such as DeepFool's) and the model's average prediction under small random-sign "
                "noise differs from its prediction, NIP is pointed at that smoothed class instead of the vote's. "
@@ -361,6 +382,8 @@ def show_results(request: tuple, expl) -> None:
     label_text = f"true label {expl.label} ({expl.class_names[expl.label]})" if expl.label is not None else \
         "no true label (reference = benign prediction)"
     st.subheader("Benign · adversarial · defended")
+    if DEFENSES[expl.defense].needs_labels:
+        st.warning(ORACLE_LINE.format(defense=expl.defense))
     st.caption(f"{model_name} · attack {expl.attack} · defense {expl.defense} · layer {expl.layer} "
                f"({expl.method}, k = {expl.k:g}) · {label_text}; influence is measured toward class "
                f"{ref} ({ref_name}).")
@@ -480,12 +503,12 @@ def main() -> None:
     load_query_params()
     if P + "query_warning" in st.session_state:
         st.warning(st.session_state.pop(P + "query_warning"))
-    show_tour_step()
+    claim_slot = show_tour_step()
     with st.sidebar:
         st.markdown("### About the defense modes")
         st.markdown("\n".join(f"- `{k}`: {v}" for k, v in MODE_NOTES.items()))
         st.info(label_free_note())
-        st.caption("The page URL holds the configuration of the last run: copy it to share the view.")
+        share_slot = st.empty()
 
     byom_panel()
     picked = model_picker(P + "model", DEFAULT_MODEL)
@@ -500,11 +523,11 @@ def main() -> None:
         attacks = sorted(a for a in ATTACKS if ATTACKS[a].applies_to(model))
         ak = key(model_name, "attack")
         if st.session_state.get(ak) not in (None, *attacks):  # e.g. a link's nip-aware on an ImageNet model
-            st.session_state[ak] = DEFAULT_ATTACK
-        attack = st.selectbox("Attack", attacks, key=init_state(ak, DEFAULT_ATTACK),
+            st.session_state[ak] = model.spec.first_run.attack
+        attack = st.selectbox("Attack", attacks, key=init_state(ak, model.spec.first_run.attack),
                               format_func=lambda a: f"{a} — {ATTACKS[a].spec.summary}")
         defense = st.selectbox("Defense", list(DEFENSES),
-                               key=init_state(key(model_name, "defense"), DEFAULT_DEFENSE),
+                               key=init_state(key(model_name, "defense"), model.spec.first_run.defense),
                                format_func=lambda d: d + ("" if DEFENSES[d].deployable else " (NOT deployable)"))
         est = expected_attack_seconds(model_name, attack, ATTACKS[attack].params_for(model))
         if est is not None and est >= SLOW_ATTACK_SECONDS:
@@ -516,7 +539,12 @@ def main() -> None:
                        "once (through the binarisation, and trying up to 3 wrong classes). Pair it with the `nip` "
                        f"defense: {aware_note()}, and loses the rest.")
         note = MODE_NOTES.get(defense, DEFENSES[defense].spec.summary)
-        (st.warning if not DEFENSES[defense].deployable else st.caption)(f"`{defense}`: {note}.")
+        if DEFENSES[defense].needs_labels:
+            st.warning(ORACLE_LINE.format(defense=defense))
+            st.button("Try the deployable `nip` (no true label)", key=P + "to_nip", on_click=switch_to_nip,
+                      args=(model_name,))
+        else:
+            (st.warning if not DEFENSES[defense].deployable else st.caption)(f"`{defense}`: {note}.")
         if is_label_free(defense) and not has_calibration(model_name):
             st.info(calibration_hint(model_name))
 
@@ -557,11 +585,16 @@ def main() -> None:
             st.error("Choose an example or upload a valid image first.")
 
         request = st.session_state.get(P + "request")
+        share_slot.caption(SHARE_UPLOAD if request is not None and request[2] is not None else SHARE_LINK)
         if request is None:
             st.info("Pick an image, an attack and a defense, then press **Run**.")
             return
         with guarded("showing results"):
-            show_results(request, explanation(*request))
+            expl = explanation(*request)
+            tour = st.session_state.get(P + "tour")
+            if claim_slot is not None and tour and tour["view"] == (request[0], request[4], request[6]):
+                claim_slot.markdown(T.step_claim(expl))
+            show_results(request, expl)
 
 
 main()

@@ -22,6 +22,7 @@ from app.compute import fragility_check
 from app.loaders import get_model
 from app.progress import run_with_progress
 from app.widgets import guarded, init_state, query_signature, show_error
+from nip_core.analyses.strength import DEFAULT_N
 from nip_core import figures as F
 from nip_core.attacks import ATTACKS
 from nip_core.defenses import DEFENSES
@@ -35,6 +36,12 @@ LINK_KEY = "fragility"
 LINK_ERROR = P + "link_error"
 PENDING = P + "pending"              # the link's defenses, until the panel has its options
 BASELINE = ("none", "jpeg")          # always offered first: the shipped distributions cover these two
+
+
+FLIP_EPS_DIFFERS = (f"Why the strength slider's \"flips at ε\" can differ: it is the first of its {DEFAULT_N + 1} "
+                    "strengths (0 to twice the run's ε) that flips, with this run's attack; here the budget is "
+                    "searched in 1/255 steps with this panel's attack, so the two agree only to the slider's "
+                    "spacing.")
 
 
 def key(model_name: str, *parts: str) -> str:
@@ -214,7 +221,8 @@ def show_result(request: tuple, frag) -> None:
         st.caption(f"Percentile: {note} (the shipped {dist['file']}, PGD at the same settings). Flip ε is the "
                    "smallest budget found: budgets between two coarse points that both held are not tried, so "
                    "where a larger attack fails while a smaller one holds, a smaller flip ε may exist.")
-    else:
+    st.caption(FLIP_EPS_DIFFERS)
+    if not dist.get("n_images"):
         st.info(f"No percentiles: {note}.")
     image_name = (request[1].removeprefix("upload:") if request[2] is not None else request[1])
     body = json.dumps(r | {"image": image_name}, indent=2) + "\n"

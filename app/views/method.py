@@ -13,7 +13,8 @@ def main() -> None:
     st.title("The method: Neuron-level Inverse Perturbation")
     st.markdown("Chen et al., *Fight Perturbations with Perturbations: Defending Adversarial Attacks via Neuron "
                 "Influence* (arXiv 2112.13060). Adversarial examples **suppress** the neurons that matter most "
-                "for the true class (*front* neurons) and **enhance** the least useful ones (*tail* neurons). "
+                "for the true class (*front* neurons: the highest influence toward it) and **enhance** those with the "
+                "lowest influence toward it (*tail* neurons; low influence, not low activity). "
                 "NIP pushes back: before classifying, it adds a small *inverse perturbation* that raises the front "
                 "and lowers the tail.")
     st.subheader("As implemented (nip_core/nip.py)")
@@ -30,10 +31,12 @@ def main() -> None:
                 "- `nip-topk` — class-conditional over the model's top-K candidate classes: run NIP once per "
                 "candidate and keep the one whose defended input scores best (`margin`: its logit minus the best "
                 "other logit; `confidence`: its softmax probability);\n"
-                "- `nip` (= `nip-neighbours`, the default) — detect first: an input is flagged when many of its "
-                "`conv1` neurons leave the range they take on benign training digits (or, if some do, when its "
+                "- `nip` (= `nip-neighbours`, the deployable default on MNIST) — detect first: an input is "
+                "flagged when many of its "
+                "`conv1` neurons leave the range they take on benign training images (or, if some do, when its "
                 "benign neighbours disagree with the prediction or the prediction is a close call). A flagged "
-                "input gets NIP toward the class of its 10 nearest benign digits, compared by the `conv1` maps of "
+                "input gets NIP toward the class of its 10 nearest benign training images, compared by the "
+                "`conv1` maps of "
                 "the input **binarised** at 0.4 (an L∞ change of 0.3 cannot flip MNIST's near-0 and near-1 "
                 "pixels, so the attacker can hardly move this vote). If only a few neurons left their range "
                 "(a minimal attack such as DeepFool) and small random noise changes the model's average "

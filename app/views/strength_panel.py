@@ -97,7 +97,7 @@ def section(request: tuple, expl) -> None:
         return
     est = estimate_sweep_seconds(model_name, expl.attack, expl.attack_params, N, measured=expl.seconds)
     when = "" if est is None else f" ({seconds_text(est)})"
-    if not st.toggle(f"Run {expl.attack} at {N} strengths from 0 to twice its ε, each through {expl.defense}, "
+    if not st.toggle(f"Run {expl.attack} at {N + 1} strengths from 0 to twice its ε, each through {expl.defense}, "
                      f"and scrub them with a slider{when}", key=init_state(open_key(model_name), False),
                      help="Computed once when switched on (the estimate is scaled from this run's own attack "
                           "and defense times); the slider then only shows what was computed."):
@@ -126,7 +126,8 @@ def overview(request: tuple) -> None:
                f"through `{sweep.defense}`. ε = 0 is the benign image; the dashed line is this run's ε "
                f"({F.eps_text(sweep.chosen_eps, sweep.norm)}), where the numbers equal the view above. "
                f"Everything is measured toward {class_text(ref, sweep.class_names[ref])}. Computed in "
-               f"{sweep.seconds['total']:.2f} s.")
+               f"{sweep.seconds['total']:.2f} s. \"Flips at ε\" is the first of these strengths that flips; the "
+               "fragility panel searches in 1/255 steps, so its flip ε can be smaller.")
     if not any(sweep.defense_change):
         st.info(f"`{sweep.defense}` left every one of these inputs unchanged, so its dashed lines lie on the solid "
                 "ones.")

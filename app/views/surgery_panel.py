@@ -259,9 +259,9 @@ def picker(request: tuple, expl, layer: str, k: float, result) -> None:
     if selected:
         shown = ", ".join(str(j) for j in selected[:MAX_LISTED]) + (", …" if len(selected) > MAX_LISTED else "")
         st.markdown(f"**Patched now** ({len(selected)} neuron{'s' if len(selected) != 1 else ''}): {shown}")
-    st.caption("Click a neuron to patch it alone (shift+click adds more), or take the box or lasso tool at the top "
-               "right of the grid. Colour: the layer's benign influence profile toward the reference class (red: "
-               "front, blue: tail); grey cells are dead neurons.")
+    st.caption("Click a neuron to patch it alone, or take the box or lasso tool at the top right of the grid for "
+               "several, or type indices. Colour: the layer's benign influence profile toward the reference class "
+               "(red: front, blue: tail); grey cells are dead neurons.")
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

@@ -30,6 +30,12 @@ NAMES = ("A", "B")
 MIN_DROP = 1e-6
 
 
+def signed_percent(share: float) -> str:
+    """A share as a signed whole percentage, "0%" where it rounds to zero (never "-0%")."""
+    r = round(share * 100)
+    return "0%" if r == 0 else f"{r:+d}%"
+
+
 @dataclass(frozen=True)
 class Overlap:
     """Two sets of neuron indices: only in A, only in B, in both, and |A ∩ B| / |A ∪ B| (None when
@@ -224,7 +230,7 @@ class RunComparison:
     def stats_rows(self) -> list[dict[str, Any]]:
         """The group statistics as rows (statistic, A, B): texts ready to show."""
         def pct(v: float | None) -> str:
-            return "n/a" if v is None else f"{v * 100:+.0f}%"
+            return "n/a" if v is None else signed_percent(v)
 
         def pred(s: RunStats, v: str) -> str:
             c, name, p = s.predictions[v]
@@ -267,7 +273,7 @@ class RunComparison:
                     f"both (Jaccard overlap {j}).")
 
         def fell(s: RunStats) -> str:
-            share = "" if s.front_drop_share is None else f" (mean activation {-s.front_drop_share * 100:+.0f}%)"
+            share = "" if s.front_drop_share is None else f" (mean activation {signed_percent(-s.front_drop_share)})"
             return f"{len(s.front_fell)} of {s.n_front}{share}"
         return f"{head} {self.why_groups} Front neurons that fell: A {fell(self.a)}; B {fell(self.b)}."
 

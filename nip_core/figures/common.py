@@ -92,9 +92,48 @@ def _neuron_grid_axes(fig: go.Figure, n_panels: int, rows: int, cols: int) -> No
                          constrain="domain")
 
 
+# Front and tail neurons are marked on every neuron heatmap (issue 26): an open square (front) and
+# an open circle (tail) in the group's colour, over the cell.
+GROUP_MARKERS = {"front": "square-open", "tail": "circle-open"}
+
+
+def snap_to_zero(diff: np.ndarray, *scales: np.ndarray) -> np.ndarray:
+    """``diff`` with entries within float32 rounding of zero set to exactly 0.
+
+    The tolerance is 64 float32 epsilons (≈ 7.6e-6) of the largest magnitude among ``scales`` (the
+    values the difference was taken between): two passes over the same input can differ by a few
+    units in the last place, and a heatmap scaled to that noise shows a saturated cell where nothing
+    changed (ε = 0: ±6e-8).
+    """
+    d = np.asarray(diff, dtype=float).copy()
+    mags = [float(np.nanmax(np.abs(a))) for a in scales if np.size(a) and np.isfinite(a).any()]
+    tol = 64 * float(np.finfo(np.float32).eps) * (max(mags) if mags else 0.0)
+    d[np.abs(d) <= tol] = 0.0
+    return d
+
+
+def _group_markers(fig: go.Figure, groups: Sequence[str], cols: int, n_panels: int) -> None:
+    """Outline the front and tail neurons on each of the ``n_panels`` heatmaps."""
+    size = float(np.clip(260 / cols, 3, 12))
+    for g, symbol in GROUP_MARKERS.items():
+        idx = np.array([j for j, name in enumerate(groups) if name == g], dtype=int)
+        if not len(idx):
+            continue
+        for i in range(1, n_panels + 1):
+            fig.add_trace(go.Scatter(
+                x=idx % cols, y=idx // cols, mode="markers", name=f"{g} neurons", legendgroup=g,
+                showlegend=(i == 1), hoverinfo="skip",
+                marker=dict(symbol=symbol, size=size, color=GROUP_COLOURS[g], line=dict(width=1.5)),
+            ), row=1, col=i)
+
+
 def _panel_heatmaps(panels: list[tuple[str, np.ndarray]], dead: np.ndarray | None, groups: Sequence[str],
-                    title: str, colourbar_title: str, value_name: str) -> go.Figure:
-    """Side-by-side neuron-grid heatmaps on one symmetric colour scale."""
+                    title: str, colourbar_title: str, value_name: str, limit: float | None = None,
+                    mark_groups: bool = True) -> go.Figure:
+    """Side-by-side neuron-grid heatmaps on one symmetric colour scale, front and tail neurons marked.
+
+    ``limit``: the colour scale's half-width when every value is 0 (default 1).
+    """
     n = len(panels[0][1])
     rows, cols = grid_shape(n)
     hover = _hover_grid(n, groups)
@@ -105,6 +144,8 @@ def _panel_heatmaps(panels: list[tuple[str, np.ndarray]], dead: np.ndarray | Non
         vv[dead_mask] = np.nan
         grids.append(to_grid(vv))
     lim = _symmetric_limit(*grids)
+    if limit is not None and not any(np.nanmax(np.abs(g)) > 0 for g in grids if np.isfinite(g).any()):
+        lim = limit
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels],
                         horizontal_spacing=0.06)
     dead_grid = to_grid(np.where(dead_mask, 1.0, np.nan)) if dead_mask.any() else None
@@ -120,12 +161,15 @@ def _panel_heatmaps(panels: list[tuple[str, np.ndarray]], dead: np.ndarray | Non
                 hovertemplate=f"neuron %{{y}}×{cols} + %{{x}}: dead, never active on the benign "
                               "references<extra></extra>",
             ), row=1, col=i)
+    if mark_groups:
+        _group_markers(fig, groups, cols, len(panels))
     _neuron_grid_axes(fig, len(panels), rows, cols)
     fig.update_layout(
+        legend=dict(orientation="h", yanchor="top", y=-0.26, xanchor="left", x=0.0),   # below the axis titles
         title=dict(text=title, x=0.0, xanchor="left"),
         coloraxis=dict(colorscale=DIVERGING, cmin=-lim, cmax=lim, cmid=0.0,
                        colorbar=dict(title=dict(text=colourbar_title, side="right"), thickness=14)),
-        margin=dict(l=50, r=20, t=80, b=40), height=380, plot_bgcolor="white",
+        margin=dict(l=50, r=20, t=80, b=70), height=400, plot_bgcolor="white",
     )
     return fig
 

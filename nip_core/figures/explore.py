@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from nip_core.figures.common import VARIANTS, VARIANT_COLOURS, DIVERGING, _np, neuron_groups, _class_label, _short, _panel_heatmaps, _influence_unit, _ref_name, _png_source, _f32
+from nip_core.figures.common import VARIANTS, VARIANT_COLOURS, DIVERGING, _np, neuron_groups, _class_label, _short, _panel_heatmaps, _influence_unit, _ref_name, _png_source, _f32, snap_to_zero
 
 
 def influence_heatmaps(expl, quantity: str = "influence") -> go.Figure:
@@ -37,13 +37,16 @@ def difference_heatmaps(expl, quantity: str = "influence") -> go.Figure:
     groups = neuron_groups(n, expl.front, expl.tail, expl.dead)
     src = getattr(expl, quantity)
     b = _np(src["benign"])
-    panels = [("adversarial − benign", _np(src["adversarial"]) - b), ("defended − benign", _np(src["defended"]) - b)]
+    # Differences within float rounding of zero are drawn as zero: no colour scale stretched to noise.
+    panels = [(f"{v} − benign", snap_to_zero(_np(src[v]) - b, b, _np(src[v]))) for v in ("adversarial", "defended")]
+    panels = [(t + (" (no change)" if not np.any(d) else ""), d) for t, d in panels]
     what = f"influence toward class {_ref_name(expl)}" if quantity == "influence" else "activation"
     unit = _influence_unit(expl) if quantity == "influence" else "layer output units"
+    # Where nothing changed the scale spans the benign values themselves, so white reads as "no change".
     fig = _panel_heatmaps(panels, _np(expl.dead), groups,
                           f"Change in neuron {what} — layer {expl.layer} (red = higher than benign)",
-                          f"Δ {quantity}<br>({unit})", f"Δ {quantity}")
-    fig.update_layout(height=400)
+                          f"Δ {quantity}<br>({unit})", f"Δ {quantity}", limit=float(np.abs(b).max()) or 1.0)
+    fig.update_layout(height=420)
     return fig
 
 

@@ -56,9 +56,12 @@ def surgery_bars(result, image: int = 0, n: int = 3) -> go.Figure:
         title=dict(text=f"Surgery at {result.layer}: {result.selection} ({n_sel} neuron{'' if n_sel == 1 else 's'}) "
                         f"set to {result.value}"
                         f" — recovery share {share}", x=0.0, font=dict(size=13)),
-        barmode="group", xaxis=dict(title="class (★ = reference class)", type="category"),
+        barmode="group", xaxis=dict(title="class (★ = reference class)", type="category", automargin=True),
         yaxis=dict(title="softmax confidence (%)", range=[0, 115]),
-        legend=dict(orientation="h", y=-0.25), margin=dict(l=50, r=20, t=60, b=90), height=380,
+        # The legend sits above the bars: below them, long (ImageNet) class names tilt their tick labels
+        # down into it, and the axis title landed on the legend.
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0.0),
+        margin=dict(l=50, r=20, t=90, b=40), height=400,
     )
     return fig
 

@@ -29,6 +29,23 @@ class Normalize(nn.Module):
 
 
 @dataclass(frozen=True)
+class FirstRun:
+    """What a first run on a model shows by default (issue 26): an image of its gallery, an attack that
+    flips it and a defense that restores it, so that a newcomer's first view shows NIP acting.
+
+    Where the deployable, label-free ``nip`` restores the default image, it is the default; where it
+    cannot (no calibration, or it does not flag this input), the default is ``nip-oracle``, the
+    paper's protocol, which picks the influence profile with the TRUE label: the page says so in one
+    line and offers ``nip`` one click away. ``tests/test_first_run.py`` checks on every built-in
+    model that the default run flips and restores.
+    """
+
+    attack: str = "fgsm"
+    defense: str = "nip"
+    image: str | None = None   # a gallery key; None: the gallery's first image
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What a registered model is, before it is loaded."""
 
@@ -47,6 +64,8 @@ class ModelSpec:
     affine_layers: tuple[str, ...] = ()
     # The model's JSON card (training settings, accuracy, robust figures), for models trained here.
     card: Path | None = field(default=None, compare=False)
+    # The default image, attack and defense of a first run on this model (``FirstRun``).
+    first_run: FirstRun = field(default_factory=FirstRun, compare=False)
 
     def to_json(self) -> dict:
         return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nip_core.models.base import ModelSpec, Normalize, file_sha256, finish, register_model
+from nip_core.models.base import FirstRun, ModelSpec, Normalize, file_sha256, finish, register_model
 from nip_core.sources.imagenet import imagenet_class_names
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -58,5 +58,7 @@ SPEC = register_model(ModelSpec(
     summary="EfficientNet-Lite0, ImageNet-pretrained (224×224 RGB, 1000 classes)",
     input_channels=3, input_size=224, preprocess="imagenet", gallery="imagenet",
     layers=tuple(f"block{i}" for i in HOOK_BLOCKS) + ("head",), default_layer="head", factory=_load,
-    affine_layers=("head",),
+    affine_layers=("head",),    # No calibration for label-free nip here (it passes inputs through):
+    # the oracle shows NIP acting.
+    first_run=FirstRun(defense="nip-oracle"),
 ))

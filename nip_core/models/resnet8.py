@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from nip_core.errors import InputError
-from nip_core.models.base import ModelSpec, Normalize, file_sha256, finish, register_model
+from nip_core.models.base import FirstRun, ModelSpec, Normalize, file_sha256, finish, register_model
 from nip_core.runtime import ASSETS
 from nip_core.sources.cifar10 import CIFAR10_CLASSES
 
@@ -102,5 +102,7 @@ SPEC = register_model(ModelSpec(
     summary="ResNet-8 (MLPerf Tiny), CIFAR-10-trained by Silicon Labs (32×32 RGB, 10 classes)",
     input_channels=3, input_size=32, preprocess="natural", gallery="cifar10",
     layers=LAYERS, default_layer="stack3", factory=_load,
-    affine_layers=("stack3",),
+    affine_layers=("stack3",),    # No calibration for label-free nip here (it passes inputs through):
+    # the oracle shows NIP acting.
+    first_run=FirstRun(defense="nip-oracle"),
 ))
