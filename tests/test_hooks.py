@@ -56,3 +56,19 @@ def test_neuron_means_and_sums_reduce_positions_of_a_conv_output():
     assert neuron_means(t).tolist() == [[3.5, 11.5]] and neuron_sums(t).tolist() == [[28.0, 92.0]]
     dense = torch.ones(3, 5)
     assert neuron_means(dense) is dense and neuron_sums(dense) is dense
+
+
+def test_a_model_counts_hooks_left_on_its_replicas_and_retired_ones():
+    from nip_core.models import load_model
+
+    m = load_model("lenet-mnist")
+    assert m.leftover_hooks() == 0
+    with m.lease():
+        with hooked(m.layer("fc1"), lambda *a: None):
+            m.net(torch.zeros(1, 1, 28, 28))
+    assert m.leftover_hooks() == 0
+    with m.lease():
+        handle = m.layer("fc1").register_forward_hook(lambda *a: None)     # a leak: never removed
+    assert m.leftover_hooks() == 1
+    handle.remove()
+    m._leaked = 0                                                           # restore the shared model

@@ -191,7 +191,7 @@ def test_strip_is_reproducible_and_lenet_fc_edges_match_the_weights(explained) -
                         first.reference_class, method=first.method, k=first.k)
     assert again.to_json()["columns"] == strip.to_json()["columns"] and again.edges == strip.edges
     assert len(strip.edges) == 9 * (len(strip.columns) - 1)
-    assert not any(m._forward_hooks for m in model.net.modules())
+    assert model.leftover_hooks() == 0                 # no hook left, on the network or any replica
     if model.name != "lenet-mnist":
         return
     # fc2 = relu(W fc1 + b): ∂fc2_d/∂fc1_u = W[d, u] where fc2_d > 0, else 0

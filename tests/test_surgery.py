@@ -430,7 +430,7 @@ def test_a_patch_never_leaks_into_another_threads_pass(lenet, digits):
         t.join()
     assert not bad and patched
     assert all(torch.equal(p, patched[0]) for p in patched) and not torch.equal(patched[0], want)
-    assert not lenet.layer("fc1")._forward_hooks           # every hook was removed
+    assert lenet.leftover_hooks() == 0                     # every hook was removed, on every replica
 
 
 # ----------------------------------------------------------------------------- command line

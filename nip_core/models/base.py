@@ -111,6 +111,7 @@ class LoadedModel:
         self.lock = lock if lock is not None else threading.RLock()
         self._free: list[_Replica] = []        # replicas no thread holds
         self._replicas = 0                      # replicas made (for tests and the docs)
+        self._leaked = 0                        # replicas retired with a hook left on them (a bug)
         self._pool_lock = threading.Lock()
         self._bound = threading.local()         # .replica, .depth: the calling thread's lease
 
@@ -173,9 +174,20 @@ class LoadedModel:
             yield r.net
         finally:
             b.replica, b.depth = None, 0
-            if r.clean():                       # a hook left behind (a bug) retires the replica
-                with self._pool_lock:
+            clean = r.clean()                   # a hook left behind (a bug) retires the replica
+            with self._pool_lock:
+                if clean:
                     self._free.append(r)
+                else:
+                    self._leaked += 1
+
+    def leftover_hooks(self) -> int:
+        """Forward hooks left on the shared network and on the free replicas, plus the replicas retired
+        because a lease ended with a hook on them: 0 unless some computation leaked a hook."""
+        with self._pool_lock:
+            nets = [self._net] + [r.net for r in self._free]
+            leaked = self._leaked
+        return leaked + sum(len(m._forward_hooks) for net in nets for m in net.modules())
 
     def layer(self, name: str | None) -> nn.Module:
         name = name or self.spec.default_layer
