@@ -54,8 +54,8 @@ class Run:
             raise InputError(f"attack {attack!r} does not apply to {model.name}.")
         layer = layer or model.spec.default_layer
         model.layer(layer)                                   # raises InputError for a layer it lacks
-        if not 0 < float(k) < 0.5:
-            raise InputError(f"k must be in (0, 0.5); got {k!r}.")
+        if not 0 < float(k) <= 0.5:
+            raise InputError(f"k must be in (0, 0.5]; got {k!r}.")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise InputError(f"seed must be an integer ≥ 0; got {seed!r}.")
         a_def, d_def = a_unit.params_for(model), d_unit.params_for(model)

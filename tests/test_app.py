@@ -204,10 +204,11 @@ def test_garbage_upload_through_the_widget_is_one_error_line() -> None:
 def test_oracle_without_label_is_an_input_error() -> None:
     from app.compute import explanation
     from nip_core.errors import InputError
+    from nip_core.run import Run
 
     with pytest.raises(InputError, match="true label"):
-        explanation("lenet-mnist", "x", _png_digit(), None, "fgsm", (), "nip-oracle", (), "fc1", "conductance",
-                    0.2, 0)
+        explanation(Run("lenet-mnist", "x", _png_digit(), None, "fgsm", (), "nip-oracle", (), "fc1", "conductance",
+                        0.2, 0))
 
 
 def _png_digit() -> bytes:

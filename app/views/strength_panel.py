@@ -1,7 +1,7 @@
 """Explore's attack-strength panel: the run's attack at a dozen budgets ε, each through the run's defense,
 and a slider that scrubs them (``nip_core.analyses.strength``; issue 20 §1).
 
-Opened on request under a run (closed by default: the first view stays light). Opening it computes the
+Opened on run under a run (closed by default: the first view stays light). Opening it computes the
 sweep once (``app.compute.strength_view``, with a progress bar and, on the switch, the expected time);
 the slider then only reads the cached sweep: the panel is a fragment, so a move re-runs the panel alone
 and makes no engine call. For gallery images the slider's ε rides in the share link (``strength_eps``)
@@ -15,16 +15,18 @@ import streamlit as st
 
 from app.compute import strength_view
 from app.progress import run_with_progress
-from app.widgets import guarded, init_state, query_signature, show_error
+from app import links
+from app.widgets import guarded, init_state, show_error
 from nip_core import figures as F
+from nip_core.run import Run
 from nip_core.errors import InputError
 from nip_core.images import tensor_to_png_bytes
 from nip_core.evaluation.bench import estimate_sweep_seconds
 from nip_core.analyses.strength import DEFAULT_N, no_sweep_reason
 
-P = "explore.strength."
-SEEN = "explore.query_seen"          # Explore's record of the link it last read or wrote
+P = PREFIX = "explore.strength."
 LINK = "strength_eps"
+LINK_KEYS = (LINK,)
 LINK_ERROR = P + "link_error"
 PENDING = P + "pending_eps"
 N = DEFAULT_N                        # strengths above 0 (the grid also has ε = 0)
@@ -44,7 +46,7 @@ def eps_key(model_name: str) -> str:
 
 # ----------------------------------------------------------------------------- the share link
 
-def from_query(qp, model_name: str) -> None:
+def from_link(qp, model_name: str, model) -> None:
     """A link with ``strength_eps`` opens the panel at the grid point nearest that ε; one without closes it.
     A value that is not a number ≥ 0 is reported once by the panel, which then opens at the run's ε."""
     st.session_state.pop(LINK_ERROR, None)
@@ -64,20 +66,15 @@ def from_query(qp, model_name: str) -> None:
                                         "The slider starts at the run's ε.")
 
 
-def write_link(request: tuple, eps: float) -> None:
+def write_link(run: Run, eps: float) -> None:
     """Put the slider's ε in the page's link (gallery images only: an upload's link cannot reopen it)."""
-    if request[2] is not None:
+    if run.image_bytes is not None:
         return
-    text = f"{eps:.6g}"
-    if st.query_params.get(LINK) != text:
-        st.query_params[LINK] = text
-        st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+    links.update({LINK: f"{eps:.6g}"})
 
 
 def drop_link() -> None:
-    if LINK in st.query_params:
-        st.query_params.pop(LINK, None)
-        st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+    links.drop(LINK_KEYS)
 
 
 # ----------------------------------------------------------------------------- the panel
@@ -86,10 +83,9 @@ def seconds_text(s: float) -> str:
     return "under a second" if s < 1 else f"about {s:.0f} s"
 
 
-def section(request: tuple, expl) -> None:
+def section(run: Run, expl) -> None:
     """The panel's heading and its switch (off until asked for); the sweep is computed when it is on."""
-    model_name = request[0]
-    st.subheader("Attack strength: sweep ε")
+    model_name = run.model
     reason = no_sweep_reason(expl.attack)
     if reason is not None:
         st.caption(f"No strength slider for `{expl.attack}`. {reason}")
@@ -97,30 +93,31 @@ def section(request: tuple, expl) -> None:
         return
     est = estimate_sweep_seconds(model_name, expl.attack, expl.attack_params, N, measured=expl.seconds)
     when = "" if est is None else f" ({seconds_text(est)})"
-    if not st.toggle(f"Run {expl.attack} at {N} strengths from 0 to twice its ε, each through {expl.defense}, "
-                     f"and scrub them with a slider{when}", key=init_state(open_key(model_name), False),
-                     help="Computed once when switched on (the estimate is scaled from this run's own attack "
-                          "and defense times); the slider then only shows what was computed."):
+    if not st.toggle(f"Attack strength: {expl.attack} at {N} strengths from 0 to twice its ε{when}",
+                     key=init_state(open_key(model_name), False),
+                     help=f"Each strength goes through {expl.defense}; a slider scrubs them. Computed once when "
+                          "switched on (the estimate is scaled from this run's own attack and defense times); the "
+                          "slider then only shows what was computed."):
         drop_link()
         return
     try:
-        run_with_progress(f"Sweeping ε{when}", strength_view, request, N)
+        run_with_progress(f"Sweeping ε{when}", strength_view, run, N)
     except Exception as exc:     # a strength out of the attack's range: one message, the run above stays
         show_error(exc, "strength sweep")
         return
-    panel(request)
+    panel(run)
 
 
 @st.fragment
-def panel(request: tuple) -> None:
+def panel(run: Run) -> None:
     """The response chart, the slider and the scrubbed view; a slider move re-runs only this."""
     with guarded("strength panel"):     # a fragment re-run has no page around it to catch errors
-        show(request)
+        show(run)
 
 
-def show(request: tuple) -> None:
-    model_name = request[0]
-    sweep = strength_view(request, N)               # cached when the section computed it: no engine call
+def show(run: Run) -> None:
+    model_name = run.model
+    sweep = strength_view(run, N)               # cached when the section computed it: no engine call
     if LINK_ERROR in st.session_state:
         show_error(InputError(st.session_state.pop(LINK_ERROR)), "strength link")
     ref = sweep.reference_class
@@ -144,7 +141,7 @@ def show(request: tuple) -> None:
     eps = st.select_slider("ε: drag through the computed strengths (nothing is recomputed)", options=sweep.eps,
                            key=sk, format_func=lambda e: F.eps_text(e, sweep.norm))
     i = sweep.eps.index(eps)
-    write_link(request, eps)
+    write_link(run, eps)
     st.plotly_chart(F.strength_response(sweep, i), key=P + "fig.response", width="stretch")
     view = sweep.at(i)
     st.markdown(f"**At ε = {F.eps_text(eps, sweep.norm)}**")
