@@ -291,7 +291,14 @@ def start_tour(model_name: str) -> None:
     st.switch_page("views/tour.py")
 
 
+STYLE = """<style>
+[data-testid="stMainBlockContainer"] { padding-top: 2.5rem; }
+[data-testid="stMetricValue"] { font-size: 1.5rem; }
+</style>"""
+
+
 def header(model_name: str) -> None:
+    st.html(STYLE)
     st.markdown("### NIP Explorer: fight perturbations with perturbations")
     cols = st.columns([5, 1.2], vertical_alignment="center")
     cols[0].markdown(INTRO)
@@ -535,31 +542,32 @@ def show_results(run: Run, expl, stale: list[str]) -> None:
         st.markdown(verdict(expl))
         quantity = st.session_state.get(P + "quantity", "influence")
         pngs = result_pngs(run, quantity)
-        cols = st.columns(3)
+        what = "influence" if quantity == "influence" else "activation"
+        cols = st.columns(5, gap="small")
         for v, col in zip(VARIANTS, cols):
             with col:
                 c, name, p = expl.top(v, 1)[0]
-                inner = st.columns([1, 1.3], vertical_alignment="center")
-                inner[0].image(tensor_to_png_bytes(expl.images[v]), width="stretch")
-                inner[1].metric(f"{v} prediction", f"{name}")
+                st.image(tensor_to_png_bytes(expl.images[v]), width=96)
+                st.metric(f"{v} prediction", f"{name}")
                 colour = "green" if c == ref else "red"
-                inner[1].markdown(f":{colour}[{p * 100:.0f}% · {'right' if c == ref else 'wrong'}]")
-                st.image(pngs["grids"][v], width="stretch",
-                         caption=f"{v}: {'influence' if quantity == 'influence' else 'activation'} of each neuron")
-        cols = st.columns(3)
-        with cols[0]:
-            st.image(pngs["bar"], width="stretch")
-            st.image(pngs["diff_bar"], width="stretch")
-            st.caption("Red above zero, blue below; □ front, • tail, grey dead.",
-                       help="One cell per neuron of the layer, row by row. Front neurons: the class's strongest "
-                            f"{expl.k:g} of live neurons by benign influence toward {ref_name}; tail: the weakest "
-                            f"{expl.k:g} (the Method page). The three maps share one scale; the two changes another.")
-        for name, col in zip(pngs["diffs"], cols[1:]):
-            zero = pngs["diff_zero"][name]
-            col.image(pngs["diffs"][name], width="stretch",
-                      caption=f"change: {name}" + (" (all zero)" if zero else ""))
+                st.markdown(f":{colour}[{p * 100:.0f}% · {'right' if c == ref else 'wrong'}]")
+                st.image(pngs["grids"][v], width="stretch", caption=f"{v}: {what} per neuron")
+        for (name, png), col in zip(pngs["diffs"].items(), cols[3:]):
+            with col:
+                st.markdown(f"**{'What the attack changed' if name.startswith('adv') else 'Left after the defense'}**",
+                            help=f"{name}: the change in each neuron's {what}; float noise is drawn as zero.")
+                zero = pngs["diff_zero"][name]
+                st.image(png, width="stretch", caption=f"{name}" + (" (all zero)" if zero else ""))
+        cols = st.columns([3, 2], gap="small")
+        cols[0].image(pngs["bar"], width=300)
+        cols[1].image(pngs["diff_bar"], width=300)
+        st.caption("One cell per neuron, row by row: red above zero, blue below, grey dead; □ front, • tail "
+                   "(marked where the cells are large enough).",
+                   help="Front neurons: the class's strongest "
+                        f"{expl.k:g} of live neurons by benign influence toward {ref_name}; tail: the weakest "
+                        f"{expl.k:g} (the Method page). The three maps share one scale; the two changes another.")
         g = expl.group_means("activations")
-        st.caption(f"{F.signature_verdict(expl.signature())} Front mean {g['benign']['front']:.3g} → "
+        st.caption(f"{F.signature_verdict(expl.signature())} Front neurons' mean activation {g['benign']['front']:.3g} → "
                    f"{g['adversarial']['front']:.3g} → {g['defended']['front']:.3g}; tail {g['benign']['tail']:.3g} → "
                    f"{g['adversarial']['tail']:.3g} → {g['defended']['tail']:.3g} (benign → attacked → defended).")
     c = st.columns([1, 1, 2])

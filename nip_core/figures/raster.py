@@ -22,6 +22,7 @@ _RDBU_R = np.array([(5, 48, 97), (33, 102, 172), (67, 147, 195), (146, 197, 222)
                     (253, 219, 199), (244, 165, 130), (214, 96, 77), (178, 24, 43), (103, 0, 31)], dtype=float)
 _DEAD = (189, 189, 189)
 _GAP = (255, 255, 255)
+MARK_MIN_CELL = 10      # front/tail marks only where a cell is this many pixels wide (else they hide the colours)
 ZERO_TOLERANCE = 1e-6   # |Δ| at most this share of the largest |value| shown is float noise: drawn as zero
 
 
@@ -63,9 +64,9 @@ def neuron_grid_png(values: Any, lim: float, dead: Any = None, front: Sequence[i
         r, c = divmod(j, cols)
         box = (c * cell + gap, r * cell + gap, (c + 1) * cell - 1, (r + 1) * cell - 1)
         draw.rectangle(box, fill=_DEAD if dead_mask[j] else tuple(int(x) for x in colours[j]))
-        if j in front_set and cell >= 5:
+        if j in front_set and cell >= MARK_MIN_CELL:
             draw.rectangle(box, outline=(0, 0, 0), width=max(1, cell // 8))
-        elif j in tail_set and cell >= 5:
+        elif j in tail_set and cell >= MARK_MIN_CELL:
             cx, cy, rad = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, max(1.0, cell / 7)
             draw.ellipse((cx - rad, cy - rad, cx + rad, cy + rad), fill=(0, 0, 0))
     if img.width < width:        # small layers: blow the cells up (nearest neighbour keeps them sharp)
