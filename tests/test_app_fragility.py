@@ -13,7 +13,7 @@ from tests.test_app import VIEW_CHARTS, _app, _load_own_model, _lenet_safetensor
 
 M = "lenet-mnist"
 K = f"explore.fragility.{M}."
-BUTTON = "How fragile is this image?"
+BUTTON = "Find the smallest attack that flips it"
 PCT = "percentile (low = fragile)"
 
 

@@ -143,7 +143,7 @@ def _panel(run: Run, expl) -> None:
         help="Default: no defense, JPEG and the run's defense (when deployable). The run's defense keeps the "
              "run's settings; the others take their defaults.")
     cols[1].markdown("&nbsp;")      # the button level with the box
-    pressed = cols[1].button("How fragile is this image?", key=key(model_name, "go"), type="primary",
+    pressed = cols[1].button("Find the smallest attack that flips it", key=key(model_name, "go"), type="primary",
                              disabled=not chosen, width="stretch")
     if not chosen:
         st.info("Choose at least one defense.")
