@@ -113,11 +113,11 @@ def model_picker(key: str, default: str, on_change=None) -> tuple[str, Any] | No
         return None
 
 
-def byom_panel() -> None:
-    """Sidebar form: bring your own model as safetensors weights + class names."""
+def byom_panel(parent=None) -> None:
+    """Sidebar form (or in ``parent``): bring your own model as safetensors weights + class names."""
     from nip_core.byom import ARCHITECTURES
 
-    with st.sidebar.expander("Bring your own model"):
+    with (parent if parent is not None else st.sidebar).expander("Bring your own model"):
         st.caption("Weights must be a **safetensors** state dict for a listed architecture (pickled .pt/.pth "
                    "files are refused, never opened). Class names: a text file, one per line, or a JSON list.")
         with st.form("byom.form"):

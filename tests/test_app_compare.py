@@ -48,7 +48,7 @@ def test_pin_run_b_and_see_both_then_unpin() -> None:
     assert [t["name"] for t in fig["data"] if t["name"] != "dead"] == [
         f"{r} {v}" for r in ("A (pinned)", "B") for v in ("benign", "adversarial", "defended")]
     assert len(at.get("plotly_chart")) == VIEW_CHARTS + 1
-    assert any(m.value.startswith("**B changes:** attack fgsm → pgd") for m in at.markdown)
+    assert any(i.value.startswith("**B changes:** attack fgsm → pgd[eps=0.1;max_iter=5]. ") for i in at.info)   # what differs, first
     stats, metrics, ids = _shown(at)
     assert stats["A (pinned)"]["attack"] == "fgsm (eps 0.2)" and stats["B"]["attack"].startswith("pgd (eps 0.1")
     both, a_only, b_only = (int(metrics[k]) for k in ("fell in both", "A only", "B only"))
@@ -113,8 +113,9 @@ def test_the_tour_pins_the_standard_model_beside_the_robust_one() -> None:
     assert (a["model · layer"], b["model · layer"]) == ("lenet-fashion · fc1", "lenet-fashion-at · fc1")
     assert a["adversarial prediction"].endswith("✗ wrong") and b["adversarial prediction"].endswith("✓ correct")
     assert not [m for m in at.metric if m.label == "Jaccard overlap"] and not at.dataframe   # no identities
-    [verdict] = [i.value for i in at.info if i.value.startswith("The attack fooled")]
-    assert verdict.startswith("The attack fooled A but not B. The runs use two models (lenet-fashion, lenet-fashion-at)")
+    [verdict] = [i.value for i in at.info if "The attack fooled" in i.value]
+    assert verdict.startswith("**B changes:** model lenet-fashion → lenet-fashion-at. The attack fooled A but not B. "
+                              "The runs use two models (lenet-fashion, lenet-fashion-at)")
     # a student who opens A's model in full finds the pinned garment already chosen
     at.selectbox(key="explore.model").set_value("lenet-fashion").run()
     assert at.selectbox(key="explore.lenet-fashion.image").value == q["image"]
@@ -134,5 +135,5 @@ def test_a_pinned_upload_is_compared_but_stays_out_of_the_link() -> None:
     at = _submit(at, "Run")
     _ok(at)
     assert len(_compare_charts(at)) == 1 and at.query_params["image"] == "upload"
-    assert any(m.value.startswith("**B changes:** defense nip → median") for m in at.markdown)
+    assert any(i.value.startswith("**B changes:** defense nip → median") for i in at.info)
     assert not any(k.startswith("pin_") for k in at.query_params)

@@ -44,3 +44,6 @@ def test_differences_name_what_changed_first(lenet):
     b = a.with_(model="lenet-fashion", attack="fgsm")
     assert a.differences(b) == ["model lenet-mnist → lenet-fashion", "attack pgd → fgsm"]
     assert a.differences(a) == []
+    nip = Run.build(lenet, "0", defense="nip-oracle", layer="fc1")
+    # a NIP defense's layer, method and k are the run's own: named once, as such
+    assert nip.differences(nip.with_(defense="median", defense_params=())) == ["defense nip-oracle → median"]

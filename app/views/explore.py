@@ -628,17 +628,18 @@ def scroll_to_tour_panel() -> None:
 
 def main() -> None:
     load_query_params()
-    with st.sidebar:
+    top = st.sidebar.container()                 # the run settings, above what follows
+    with st.sidebar.expander("About the defense modes"):
+        st.markdown("\n".join(f"- `{k}`: {v}" for k, v in MODE_NOTES.items()))
+        st.info(label_free_note())
+    byom_panel()                                 # first: a model loaded here is offered in the Model box
+    with top:
         picked_model = model_picker(P + "model", DEFAULT_MODEL, on_change=carry_settings)
         if picked_model is not None:
             model_name, model = picked_model
             st.session_state[P + "model_prev"] = model_name
             picked, values, submitted = settings(model_name, model)
             st.caption("The page URL holds the last run: copy it to share the view (an uploaded image stays here).")
-        with st.expander("About the defense modes"):
-            st.markdown("\n".join(f"- `{k}`: {v}" for k, v in MODE_NOTES.items()))
-            st.info(label_free_note())
-    byom_panel()
     if picked_model is None:
         return
     header(model_name)
