@@ -159,6 +159,7 @@ def unit_from_query(qp, m, model: str, kind: str, registry, default: str, params
 def tour_from_query(qp) -> None:
     """Remember the tour step a link opens (``tour=<step>``, ``tm=<tour model>``), or forget it."""
     step = qp.get("tour")
+    st.session_state.pop(P + "scrolled", None)     # a step's link brings its panel into sight again
     if step in T.BY_KEY:
         st.session_state[P + "tour"] = {"step": step, "model": qp.get("tm", qp.get("model")),
                                         "view": (qp.get("model"), qp.get("attack"), qp.get("defense"))}
@@ -300,6 +301,8 @@ STYLE = """<style>
 def header(model_name: str) -> None:
     st.html(STYLE)
     st.markdown("### NIP Explorer: fight perturbations with perturbations")
+    if st.session_state.get(P + "tour"):      # the tour's card says what this view shows
+        return
     cols = st.columns([5, 1.2], vertical_alignment="center")
     cols[0].markdown(INTRO)
     if cols[1].button("Start the tour", key=P + "tour.start", type="primary", icon=":material/school:",
@@ -516,9 +519,15 @@ def verdict(expl) -> str:
     """One sentence from the run's predictions (what the attack did, what the defense did)."""
     ref, names = expl.reference_class, expl.class_names
     b, a, d = (expl.prediction(v) for v in VARIANTS)
+    if b != ref:      # nothing to restore: say so first
+        return (f"The model gets this image wrong even without an attack ({names[b]}, not {names[ref]})"
+                + ("." if a == b else f"; the attack turns it into {names[a]}.")
+                + ("" if d == a else f" After the defense: {names[d]}."))
     if a == b:
         return f"The attack did not change the prediction ({names[b]})."
     attack = f"The attack turned {names[b]} into **{names[a]}**"
+    if expl.defense == "none":
+        return attack + " (no defense)."
     if d == a:
         return attack + "; the defense did not change it back."
     if d == ref:
@@ -613,13 +622,17 @@ def show_panels(run: Run, expl) -> None:
 def scroll_to_tour_panel() -> None:
     """A tour step about a panel (surgery) brings that panel into sight once, after its run."""
     tour = st.session_state.get(P + "tour")
-    if not tour or not T.BY_KEY[tour["step"]].surgery or st.session_state.get(P + "scrolled") == tour["step"]:
+    if not tour or st.session_state.get(P + "scrolled") == tour["step"]:
+        return
+    step = T.BY_KEY[tour["step"]]
+    target = "surgery_panel" if step.surgery else "compare_panel" if step.pair else None
+    if target is None:
         return
     st.session_state[P + "scrolled"] = tour["step"]
     import streamlit.components.v1 as components
 
     components.html("""<script>
-      const go = (n) => { const el = window.parent.document.querySelector('.st-key-panel-surgery_panel');
+      const go = (n) => { const el = window.parent.document.querySelector('.st-key-panel-""" + target + """');
         if (el) el.scrollIntoView({behavior: 'smooth', block: 'start'}); else if (n > 0) setTimeout(() => go(n - 1), 300); };
       go(20);</script>""", height=0)
 

@@ -130,12 +130,13 @@ def _panel(run: Run, expl) -> None:
     if LINK_ERROR in st.session_state:
         show_error(InputError(st.session_state.pop(LINK_ERROR)), "fragility link")
     st.caption(
-        f"For each defense, the smallest budget ε at which PGD (this model's defaults: {attack_params['max_iter']} "
-        f"steps of {attack_params['eps_step'] / attack_params['eps']:.2g} × ε; it attacks the model, not the "
-        "defense) makes the defended prediction differ from "
-        + (f"class {model.class_names[label]} (the true class)" if label is not None else
-           "the model's prediction on the image") + f". Budgets tried: "
-        f"{grid_text(grid)}. Seed {run.seed}, as the run above.")
+        "For each defense, the smallest PGD budget ε that makes the defended prediction wrong.",
+        help=f"PGD at this model's defaults: {attack_params['max_iter']} steps of "
+             f"{attack_params['eps_step'] / attack_params['eps']:.2g} × ε; it attacks the model, not the defense. "
+             "Wrong: the defended prediction differs from "
+             + (f"class {model.class_names[label]} (the true class)" if label is not None else
+                "the model's prediction on the image") + f". Budgets tried: {grid_text(grid)}. Seed {run.seed}, as "
+             "the run above.")
     cols = st.columns([3, 1.3])
     chosen = cols[0].multiselect(
         "Defenses", options, key=init_state(dk, defaults(expl.defense)),

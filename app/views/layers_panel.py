@@ -85,18 +85,19 @@ def panel(run: Run, expl) -> None:
     with guarded("every layer"):               # a fragment re-run has no page around it to catch errors
         st.plotly_chart(F.layer_strip_figure(strip, expl.layer, picked), key=CHART, width="stretch",
                         on_select=lambda: pick(run, expl.layer), selection_mode="points")
-        st.caption(
-            "**Bars (bottom), per layer:** how the attack (adversarial − benign, orange) and the defense (defended − "
-            f"adversarial, dark) move the mean activation of the layer's front neurons (its top {expl.k:g} of live "
-            f"neurons by benign influence toward class {expl.reference_class}) and its tail neurons (the bottom "
-            f"{expl.k:g}). The paper expects the attack to lower the front and raise the tail, and NIP to undo both. "
-            "Each layer has its own scale; the run's layer (★) shows the group chart's numbers above as differences.")
-        st.caption(
-            "**Pathway (top):** each layer's neurons that the attack changed most (▲ raised, ▼ lowered; colour: "
-            "their group), joined to the next layer's by activation × gradient on the adversarial input: how much "
-            "the upstream neuron drives the downstream one (green: up, purple: down; thickness relative to the "
-            "strongest edge between the same two layers; hover an edge's middle for its value). **Click a neuron** "
-            "to open it in the drill-down and in neuron surgery below.")
+        st.caption("Bars: how the attack (orange) and the defense (dark) move each layer's front and tail means. "
+                   "Pathway: the neurons the attack changed most; **click one** to open it below.",
+                   help="**Bars (bottom), per layer:** how the attack (adversarial − benign, orange) and the defense "
+                        "(defended − adversarial, dark) move the mean activation of the layer's front neurons (its top "
+                        f"{expl.k:g} of live neurons by benign influence toward class {expl.reference_class}) and its "
+                        f"tail neurons (the bottom {expl.k:g}). The paper expects the attack to lower the front and "
+                        "raise the tail, and NIP to undo both. Each layer has its own scale; the run's layer (★) shows "
+                        "the group means of the run above as differences.\n\n**Pathway (top):** each layer's neurons "
+                        "that the attack changed most (▲ raised, ▼ lowered; colour: their group), joined to the next "
+                        "layer's by activation × gradient on the adversarial input: how much the upstream neuron drives "
+                        "the downstream one (green: up, purple: down; thickness relative to the strongest edge between "
+                        "the same two layers; hover an edge's middle for its value). Click a neuron to open it in the "
+                        "drill-down and in neuron surgery below.")
         if not strip.defense_acted:
             st.caption(f"The defense `{expl.defense}` left every layer's front and tail means where the attack put "
                        "them (it passed the adversarial through unchanged), so its bars are 0.")
