@@ -2,8 +2,9 @@
 once, an image's fragility, the defense comparison, an evaluation grid and the tour's demo image, plus
 the plain-value key of an Explore view.
 
-The computations are ``st.cache_data`` keyed on plain values only (names, numbers, tuples, image bytes), never
-on tensors or modules. The long ones take a turn of the run queue (``app.runqueue``) and report
+The computations are ``st.cache_data`` keyed on plain values only (names, numbers, tuples, image bytes, and
+:class:`nip_core.run.Run`: a frozen dataclass of such values, which Streamlit hashes through its pickle
+reduction), never on tensors or modules. The long ones take a turn of the run queue (``app.runqueue``) and report
 progress through an optional ``_progress(fraction, message)`` argument (left out of the cache key)
 instead of drawing: ``app.progress.run_with_progress`` draws it.
 """
@@ -17,6 +18,7 @@ from app.loaders import get_model, get_profile, load_upload, upload_on_disk, use
 from app.runqueue import queued
 from nip_core.errors import InputError
 from nip_core.images import DRAWING_PREFIX
+from nip_core.run import Run
 
 ParamsKey = tuple[tuple[str, Any], ...]
 INFLUENCE_GROUPS = ("front", "tail", "front+tail")   # surgery selections read from the layer's profile
@@ -25,7 +27,7 @@ COMPARE_DEFENSES = ("none", "jpeg", "bitdepth", "median", "gaussian", "random-si
 
 
 def _image(model_name: str, image_key: str, image_bytes: bytes | None):
-    """The request's image and its gallery label: the uploaded bytes (no label), a drawing
+    """The run's image and its gallery label: the uploaded bytes (no label), a drawing
     (``draw:<token>``, no label), a split image
     (``report:123``, with its true label; ``nip_core.evaluation.slices``) or a gallery entry."""
     from nip_core.data import gallery
@@ -47,21 +49,19 @@ def _image(model_name: str, image_key: str, image_bytes: bytes | None):
 
 
 @st.cache_data(show_spinner=False, max_entries=48)
-def explanation(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None, attack: str,
-                attack_params: ParamsKey, defense: str, defense_params: ParamsKey, layer: str, method: str,
-                k: float, seed: int, _progress: Callable[[float, str], None] | None = None):
-    """``nip_core.analyses.explain.explain`` for one request; every argument is a plain value."""
+def explanation(run: Run, _progress: Callable[[float, str], None] | None = None):
+    """``nip_core.analyses.explain.explain`` for one run (a :class:`~nip_core.run.Run`)."""
     from nip_core.analyses.explain import explain
     from nip_core.evaluation.slices import parse_image_key, split_image
 
     with queued(_progress):
-        image, gallery_label = _image(model_name, image_key, image_bytes)
-        label = gallery_label if label is None else label
+        image, gallery_label = _image(run.model, run.image_key, run.image_bytes)
+        label = gallery_label if run.label is None else run.label
         # a split image named with its shard (report:123@64:128) re-runs the shard as evaluate did
-        batch = split_image(get_model(model_name), image_key)[2] if parse_image_key(image_key) else None
-        return explain(get_model(model_name), image, label, attack=attack, attack_params=dict(attack_params),
-                       defense=defense, defense_params=dict(defense_params), layer=layer, method=method, k=k,
-                       seed=seed, progress=_progress, batch=batch)
+        batch = split_image(get_model(run.model), run.image_key)[2] if parse_image_key(run.image_key) else None
+        return explain(get_model(run.model), image, label, attack=run.attack, attack_params=run.attack_kwargs,
+                       defense=run.defense, defense_params=run.defense_kwargs, layer=run.layer, method=run.method,
+                       k=run.k, seed=run.seed, progress=_progress, batch=batch)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -83,25 +83,25 @@ def drawing_preview(model_name: str, token: str, layer: str, method: str) -> dic
 
 
 @st.cache_data(show_spinner=False, max_entries=48)
-def neuron_maps(request: tuple, neuron: int):
+def neuron_maps(run: Run, neuron: int):
     """Activation maps ``[3, H, W]`` of one neuron for benign / adversarial / defended."""
     import torch
     from nip_core.influence import spatial_map
 
-    expl = explanation(*request)
+    expl = explanation(run)
     x = torch.stack([expl.images[v] for v in ("benign", "adversarial", "defended")])
     with queued(None):
         return spatial_map(get_model(expl.model_name), x, expl.layer, neuron)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def surgery_sources(request: tuple, layer: str):
+def surgery_sources(run: Run, layer: str):
     """``nip_core.analyses.surgery.source_activations`` of a view's benign, adversarial and defended images at
     ``layer``: one unpatched pass each, kept (shared, never mutated) so that every surgery of the view
     at this layer costs one patched forward pass."""
     from nip_core.analyses.surgery import source_activations
 
-    expl = explanation(*request)
+    expl = explanation(run)
     model = get_model(expl.model_name)
     with queued(None):
         return source_activations(model, expl.images["benign"], expl.images["adversarial"], layer,
@@ -109,14 +109,14 @@ def surgery_sources(request: tuple, layer: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def surgery_view(request: tuple, layer: str, selection: str, value: str, seed: int):
+def surgery_view(run: Run, layer: str, selection: str, value: str, seed: int):
     """``nip_core.analyses.surgery.surgery`` on a view's images: ``selection`` of ``layer`` set to ``value``
     (texts as the CLI takes them), the reference class the view's; a ``SurgeryResult``."""
     from nip_core.analyses.surgery import parse_selection, surgery
 
-    expl = explanation(*request)
+    expl = explanation(run)
     model = get_model(expl.model_name)
-    sources = surgery_sources(request, layer)
+    sources = surgery_sources(run, layer)
     sel = parse_selection(selection)
     profile = get_profile(expl.model_name, layer, expl.method) if sel.kind in INFLUENCE_GROUPS else None
     with queued(None):
@@ -125,12 +125,12 @@ def surgery_view(request: tuple, layer: str, selection: str, value: str, seed: i
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def layer_strip(request: tuple, top: int = 3, _progress: Callable[[float, str], None] | None = None):
+def layer_strip(run: Run, top: int = 3, _progress: Callable[[float, str], None] | None = None):
     """``nip_core.analyses.pathway.layer_strip`` of a view's benign, adversarial and defended images at every
     layer, with the view's reference class, influence method and k; a ``LayerStrip``."""
     from nip_core.analyses.pathway import layer_strip as strip
 
-    expl = explanation(*request)
+    expl = explanation(run)
     with queued(_progress):
         return strip(get_model(expl.model_name), expl.images["benign"], expl.images["adversarial"],
                      expl.images["defended"], expl.reference_class, method=expl.method, k=expl.k, top=top,
@@ -169,19 +169,19 @@ def is_conv_layer(model_name: str, layer: str) -> bool:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def defense_comparison(request: tuple, nip_params: ParamsKey,
+def defense_comparison(run: Run, nip_params: ParamsKey,
                        _progress: Callable[[float, str], None] | None = None) -> list[dict[str, Any]]:
-    """The request's adversarial through each baseline defense, the control and NIP's modes."""
+    """The run's adversarial through each baseline defense, the control and NIP's modes."""
     with queued(_progress):
-        return _defense_comparison(request, nip_params, _progress)
+        return _defense_comparison(run, nip_params, _progress)
 
 
-def _defense_comparison(request: tuple, nip_params: ParamsKey,
+def _defense_comparison(run: Run, nip_params: ParamsKey,
                         _progress: Callable[[float, str], None] | None) -> list[dict[str, Any]]:
     from nip_core.defenses import DEFENSES, apply_defense
     import torch
 
-    expl = explanation(*request)
+    expl = explanation(run)
     model = get_model(expl.model_name)
     x_adv = expl.images["adversarial"].unsqueeze(0)
     ref = expl.reference_class
@@ -195,7 +195,7 @@ def _defense_comparison(request: tuple, nip_params: ParamsKey,
         params = {k: v for k, v in nip_params if k in known} if unit.family in ("nip", "control") else {}
         y = torch.tensor([expl.label]) if unit.needs_labels else None
         try:
-            dr = apply_defense(model, name, x_adv, params, y=y, seed=int(request[-1]),
+            dr = apply_defense(model, name, x_adv, params, y=y, seed=run.seed,
                                x_benign=expl.images["benign"].unsqueeze(0))
         except InputError as exc:  # one refusing defense must not hide the others
             rows.append({"defense": name, "deployable": unit.deployable, "family": unit.family, "error": str(exc)})
@@ -270,49 +270,36 @@ def contrast_image(model_a: str, model_b: str, attack: str = "fgsm") -> str:
         return pick(get_model(model_a), get_model(model_b), attack=attack)
 
 
-def build_request(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None, attack: str,
-                  attack_params: dict[str, Any], defense: str, defense_params: dict[str, Any], layer: str,
-                  method: str, k: float, seed: int) -> tuple:
-    """The plain-value key of one Explore view (:func:`explanation`'s arguments).
-
-    Only parameters that differ from the unit's defaults on this model are kept (shorter share
-    links, and one cache entry however the defaults were reached); NIP defenses measure and act
-    at the influence section's layer, method and k.
-    """
-    from nip_core.attacks import ATTACKS
-    from nip_core.defenses import DEFENSES
-
-    model = get_model(model_name)
-    a_def = ATTACKS[attack].params_for(model)
-    d_def = DEFENSES[defense].params_for(model)
-    ap = {n: v for n, v in attack_params.items() if a_def.get(n) != v}
-    dp = {n: v for n, v in defense_params.items() if d_def.get(n) != v}
-    if DEFENSES[defense].family == "nip":
-        dp.update(layer=layer, method=method, k=float(k))
-    return (model_name, image_key, image_bytes, label, attack, tuple(sorted(ap.items())),
-            defense, tuple(sorted(dp.items())), layer, method, float(k), int(seed))
+def build_run(model_name: str, image_key: str, image_bytes: bytes | None, label: int | None, attack: str,
+              attack_params: dict[str, Any], defense: str, defense_params: dict[str, Any], layer: str,
+              method: str, k: float, seed: int) -> Run:
+    """The run of one Explore view (:func:`explanation`'s key): :meth:`nip_core.run.Run.build` on the
+    loaded model, which validates the settings and keeps only parameters that differ from the units'
+    defaults (shorter share links, one cache entry however the defaults were reached)."""
+    return Run.build(get_model(model_name), image_key, image_bytes=image_bytes, label=label, attack=attack,
+                     attack_params=attack_params, defense=defense, defense_params=defense_params, layer=layer,
+                     method=method, k=float(k), seed=int(seed))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def strength_frames(request: tuple, n: int):
+def strength_frames(run: Run, n: int):
     """``nip_core.figures.strength_frames`` of :func:`strength_view`: every grid point's images, figures and
     maps, built once when the panel opens (shared, never mutated), so a slider move only shows them."""
     from nip_core.figures.strength import strength_frames as frames
 
-    return frames(strength_view(request, n))
+    return frames(strength_view(run, n))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def strength_view(request: tuple, n: int, _progress: Callable[[float, str], None] | None = None):
-    """``nip_core.analyses.strength.strength_sweep`` of an Explore view's request at ``n`` strengths: a
+def strength_view(run: Run, n: int, _progress: Callable[[float, str], None] | None = None):
+    """``nip_core.analyses.strength.strength_sweep`` of an Explore view's run at ``n`` strengths: a
     ``StrengthSweep``, kept (shared, never mutated) so that scrubbing its grid copies nothing."""
     from nip_core.analyses.strength import strength_sweep
 
-    (model_name, image_key, image_bytes, label, attack, attack_params, defense, defense_params, layer, method, k,
-     seed) = request
+    r = run
     with queued(_progress):
-        image, gallery_label = _image(model_name, image_key, image_bytes)
-        label = gallery_label if label is None else label
-        return strength_sweep(get_model(model_name), image, label, attack=attack, attack_params=dict(attack_params),
-                              defense=defense, defense_params=dict(defense_params), layer=layer, method=method,
-                              k=k, seed=seed, n=n, progress=_progress)
+        image, gallery_label = _image(r.model, r.image_key, r.image_bytes)
+        label = gallery_label if r.label is None else r.label
+        return strength_sweep(get_model(r.model), image, label, attack=r.attack, attack_params=r.attack_kwargs,
+                              defense=r.defense, defense_params=r.defense_kwargs, layer=r.layer, method=r.method,
+                              k=r.k, seed=r.seed, n=n, progress=_progress)

@@ -189,7 +189,7 @@ def warm_model(name: str, quiet_s: float = 0.0) -> None:
             has asked for yet waits for a pause, so a class is not slowed down by it).
     """
     # The pages' own cached functions (they import Streamlit: here, not when app.serve imports this module).
-    from app.compute import build_request, explanation
+    from app.compute import build_run, explanation
     from app.loaders import gallery_entries, get_model, get_profile, has_calibration
     from app.tour import STEPS, step_image, why_not
 
@@ -205,9 +205,9 @@ def warm_model(name: str, quiet_s: float = 0.0) -> None:
     step(has_calibration, name)
     e = entries[0]
     # Explore's default view of this model, built as the page builds it: the same cache entry.
-    request = step(build_request, name, e["key"], None, e["label"], "fgsm", {}, "nip", {}, layer,
+    run = step(build_run, name, e["key"], None, e["label"], "fgsm", {}, "nip", {}, layer,
                    "conductance", 0.2, 0)
-    step(explanation, *request)
+    step(explanation, run)
     for s in STEPS:   # the guided tour's example images
         if not s.photo and why_not(s, name) is None:
             step(step_image, s, name)

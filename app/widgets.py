@@ -98,13 +98,14 @@ def parse_params_text(text: str) -> dict[str, str]:
     return out
 
 
-def model_picker(key: str, default: str) -> tuple[str, Any] | None:
+def model_picker(key: str, default: str, on_change=None) -> tuple[str, Any] | None:
     """The "Model" select box (shipped models and this session's own) and the loaded model, or None
-    after showing why it could not be loaded."""
+    after showing why it could not be loaded. ``on_change``: called when the user picks another model."""
     from nip_core.models import MODELS
 
     name = st.selectbox("Model", visible_models(st.session_state.get(BYOM_KEY, [])),
-                        key=init_state(key, default), format_func=lambda m: f"{m} — {MODELS[m].summary}")
+                        key=init_state(key, default), format_func=lambda m: f"{m} — {MODELS[m].summary}",
+                        on_change=on_change)
     try:
         return name, get_model(name)
     except Exception as exc:
@@ -112,11 +113,11 @@ def model_picker(key: str, default: str) -> tuple[str, Any] | None:
         return None
 
 
-def byom_panel() -> None:
-    """Sidebar form: bring your own model as safetensors weights + class names."""
+def byom_panel(parent=None) -> None:
+    """Sidebar form (or in ``parent``): bring your own model as safetensors weights + class names."""
     from nip_core.byom import ARCHITECTURES
 
-    with st.sidebar.expander("Bring your own model"):
+    with (parent if parent is not None else st.sidebar).expander("Bring your own model"):
         st.caption("Weights must be a **safetensors** state dict for a listed architecture (pickled .pt/.pth "
                    "files are refused, never opened). Class names: a text file, one per line, or a JSON list.")
         with st.form("byom.form"):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from nip_core.models.base import LoadedModel
 
 Params = tuple[tuple[str, Any], ...]
+NIP_SHARED = ("layer", "method", "k")     # a NIP defense acts at the run's own layer, method and k
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,12 @@ class Run:
     def defense_kwargs(self) -> dict[str, Any]:
         return dict(self.defense_params)
 
+    def _defense_label(self) -> str:
+        """The defense and its own parameters (a NIP defense's layer, method and k are the run's: named apart)."""
+        from nip_core.params import unit_label
+
+        return unit_label(self.defense, {n: v for n, v in self.defense_kwargs.items() if n not in NIP_SHARED})
+
     def differences(self, other: Run) -> list[str]:
         """The settings in which ``other`` differs from this run, in words, most important first
         (``["model lenet-fashion → lenet-fashion-at", "attack pgd → fgsm"]``)."""
@@ -101,8 +108,7 @@ class Run:
                  ("image", self.image_key if self.image_bytes is None else "an upload",
                   other.image_key if other.image_bytes is None else "an upload"),
                  ("attack", unit_label(self.attack, self.attack_kwargs), unit_label(other.attack, other.attack_kwargs)),
-                 ("defense", unit_label(self.defense, self.defense_kwargs),
-                  unit_label(other.defense, other.defense_kwargs)),
+                 ("defense", self._defense_label(), other._defense_label()),
                  ("layer", self.layer, other.layer), ("method", self.method, other.method),
                  ("k", f"{self.k:g}", f"{other.k:g}"), ("seed", str(self.seed), str(other.seed)),
                  ("label", str(self.label), str(other.label))]

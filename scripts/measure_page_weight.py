@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_e2e_browser import app_server, launch, wait_heatmaps, wait_idle  # noqa: E402
+from tests.test_e2e_browser import _FRESH_HEATMAPS, HEATMAP_TITLES, app_server, launch, wait_idle  # noqa: E402
 
 # The class demo's first view (scripts/measure_app_speed.py's lenet-fgsm): LeNet, FGSM, nip, run on arrival.
 DEFAULT_QUERY = "?model=lenet-mnist&image=mnist-test-21&attack=fgsm&defense=nip&seed=0"
@@ -64,11 +64,19 @@ def commit_of(repo: Path) -> dict:
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
+# Explore's result drawn: its influence heatmaps as Plotly charts (until issue 26) or as images (since).
+_RESULT_DRAWN = f"""(titles) => ({_FRESH_HEATMAPS})(titles) >= 2 || [...document.querySelectorAll(
+    '.st-key-explore-result img')].filter(i => i.complete && i.naturalWidth > 0).length >= 8"""
+
+
 def settle(page, query: str) -> None:
-    """Until Streamlit has finished the run and (for a view's link) drawn its heatmaps, then a quiet second."""
-    if query:
-        wait_heatmaps(page, 2, timeout_ms=900_000)
-    else:
+    """Until Streamlit has finished the run and drawn its result (Explore runs its default view on
+    a first visit since issue 26; before, the bare page showed only the form), then a quiet second."""
+    try:
+        page.wait_for_function(_RESULT_DRAWN, arg=HEATMAP_TITLES, timeout=900_000 if query else 60_000, polling=50)
+    except Exception:
+        if query:
+            raise
         page.get_by_role("button", name="Run", exact=True).wait_for(timeout=300_000)
     wait_idle(page, timeout_ms=900_000)
     page.wait_for_timeout(SETTLE_MS)

@@ -48,7 +48,7 @@ def test_pin_run_b_and_see_both_then_unpin() -> None:
     assert [t["name"] for t in fig["data"] if t["name"] != "dead"] == [
         f"{r} {v}" for r in ("A (pinned)", "B") for v in ("benign", "adversarial", "defended")]
     assert len(at.get("plotly_chart")) == VIEW_CHARTS + 1
-    assert any(m.value.startswith("**B changes:** attack fgsm → pgd") for m in at.markdown)
+    assert any(i.value.startswith("**B changes:** attack fgsm → pgd[eps=0.1;max_iter=5]. ") for i in at.info)   # what differs, first
     stats, metrics, ids = _shown(at)
     assert stats["A (pinned)"]["attack"] == "fgsm (eps 0.2)" and stats["B"]["attack"].startswith("pgd (eps 0.1")
     both, a_only, b_only = (int(metrics[k]) for k in ("fell in both", "A only", "B only"))
@@ -113,8 +113,9 @@ def test_the_tour_pins_the_standard_model_beside_the_robust_one() -> None:
     assert (a["model · layer"], b["model · layer"]) == ("lenet-fashion · fc1", "lenet-fashion-at · fc1")
     assert a["adversarial prediction"].endswith("✗ wrong") and b["adversarial prediction"].endswith("✓ correct")
     assert not [m for m in at.metric if m.label == "Jaccard overlap"] and not at.dataframe   # no identities
-    [verdict] = [i.value for i in at.info if i.value.startswith("The attack fooled")]
-    assert verdict.startswith("The attack fooled A but not B. The runs use two models (lenet-fashion, lenet-fashion-at)")
+    [verdict] = [i.value for i in at.info if "The attack fooled" in i.value]
+    assert verdict.startswith("**B changes:** model lenet-fashion → lenet-fashion-at. The attack fooled A but not B. "
+                              "The runs use two models (lenet-fashion, lenet-fashion-at)")
     # a student who opens A's model in full finds the pinned garment already chosen
     at.selectbox(key="explore.model").set_value("lenet-fashion").run()
     assert at.selectbox(key="explore.lenet-fashion.image").value == q["image"]
@@ -134,5 +135,32 @@ def test_a_pinned_upload_is_compared_but_stays_out_of_the_link() -> None:
     at = _submit(at, "Run")
     _ok(at)
     assert len(_compare_charts(at)) == 1 and at.query_params["image"] == "upload"
-    assert any(m.value.startswith("**B changes:** defense nip → median") for m in at.markdown)
+    assert any(i.value.startswith("**B changes:** defense nip → median") for i in at.info)
     assert not any(k.startswith("pin_") for k in at.query_params)
+
+
+def test_switching_model_keeps_the_settings_marks_the_result_stale_and_b_differs_only_in_the_model() -> None:
+    """Issue 26 §3: PGD pinned on lenet-fashion, then lenet-fashion-at picked: the attack, its ε, the defense,
+    the seed and the image stay (one line says so); the old result is marked stale until Run; B's verdict
+    names the one difference first."""
+    at = _app({"model": "lenet-fashion", "image": "sneaker-02565", "attack": "pgd", "ap": "eps=0.15;max_iter=5",
+               "defense": "median", "seed": "3"})
+    _ok(at)
+    assert not any(w.value.startswith("**Stale:**") for w in at.warning)
+    at.button(key=P + "pin").click().run()
+    at.selectbox(key="explore.model").set_value("lenet-fashion-at").run()
+    _ok(at)
+    new = "explore.lenet-fashion-at."
+    assert at.selectbox(key=new + "attack").value == "pgd"
+    assert at.number_input(key=new + "a.pgd.eps").value == 0.15 and at.number_input(key=new + "a.pgd.max_iter").value == 5
+    assert at.selectbox(key=new + "defense").value == "median" and at.number_input(key=new + "seed").value == 3
+    assert at.selectbox(key=new + "image").value == "sneaker-02565"
+    assert any(i.value.startswith("Switched to lenet-fashion-at: kept") for i in at.info)
+    [stale] = [w.value for w in at.warning if w.value.startswith("**Stale:**")]
+    assert "model lenet-fashion → lenet-fashion-at" in stale
+    at = _submit(at, "Run")
+    _ok(at)
+    assert not any(w.value.startswith("**Stale:**") for w in at.warning)
+    assert at.query_params["attack"] == "pgd" and at.query_params["model"] == "lenet-fashion-at"
+    [verdict] = [i.value for i in at.info if i.value.startswith("**B changes:**")]
+    assert verdict.startswith("**B changes:** model lenet-fashion → lenet-fashion-at. ")     # nothing else differs

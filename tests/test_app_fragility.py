@@ -13,7 +13,7 @@ from tests.test_app import VIEW_CHARTS, _app, _load_own_model, _lenet_safetensor
 
 M = "lenet-mnist"
 K = f"explore.fragility.{M}."
-BUTTON = "How fragile is this image?"
+BUTTON = "Find the smallest attack that flips it"
 PCT = "percentile (low = fragile)"
 
 
@@ -172,6 +172,6 @@ def test_a_users_model_says_no_distribution_exists(calls) -> None:
     at = _press(at)
     assert len(calls) == 1 and calls[0]["defenses"] == [("none", {})]
     # the gallery's digit labels are not this model's classes: the reference is its own prediction
-    assert any("differ from the model's prediction on the image" in c.value for c in at.caption)
+    assert any("differs from the model's prediction on the image" in c.proto.help for c in at.caption)
     assert not at.warning and _table(at).loc["none", PCT] == "—"
     assert any(i.value.startswith("No percentiles: no distribution exists for a user's model") for i in at.info)

@@ -51,3 +51,9 @@ def test_a_new_unit_in_with_starts_from_its_defaults(lenet):
     assert r.with_(defense="none").defense_params == ()
     assert r.with_(defense="jpeg").with_(defense="nip-oracle").defense_kwargs == r.defense_kwargs
     assert r.with_(attack="fgsm").attack_params == () and r.with_(seed=3).attack_params == r.attack_params
+
+
+def test_a_nip_defense_is_named_once_in_differences(lenet):
+    nip = Run.build(lenet, "0", defense="nip-oracle", layer="fc1")
+    # a NIP defense's layer, method and k are the run's own: named once, as such
+    assert nip.differences(nip.with_(defense="median", defense_params=())) == ["defense nip-oracle → median"]

@@ -189,7 +189,7 @@ def test_cli_writes_the_split_file(tmp_path, lenet) -> None:
 def _open(link: dict[str, str]):
     """What Explore computes for a link: the link's values through the app's request and its
     cached explanation (``app.compute``), the engine path the page uses."""
-    from app.compute import build_request, explanation
+    from app.compute import build_run, explanation
     from app.widgets import parse_params_text
     from nip_core.attacks import ATTACKS
     from nip_core.defenses import DEFENSES
@@ -200,9 +200,9 @@ def _open(link: dict[str, str]):
     ap = ATTACKS[link["attack"]].params_for(m, parse_params_text(link["ap"]))
     dp = DEFENSES[link["defense"]].params_for(m, parse_params_text(link["dp"]))
     layer = link.get("layer", m.spec.default_layer)
-    request = build_request(link["model"], link["image"], None, label, link["attack"], ap, link["defense"], dp,
-                            layer, link.get("method", "conductance"), float(link.get("k", 0.2)), int(link["seed"]))
-    return explanation(*request)
+    run = build_run(link["model"], link["image"], None, label, link["attack"], ap, link["defense"], dp,
+                    layer, link.get("method", "conductance"), float(link.get("k", 0.2)), int(link["seed"]))
+    return explanation(run)
 
 
 def _check_row(result: dict, attack: str, defense: str, positions: list[int]) -> None:

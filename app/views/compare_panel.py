@@ -1,7 +1,7 @@
 """Explore's "Pin and compare" panel: keep one run (A), and show the next run (B) of the same image
 beside it (``nip_core.analyses.compare``; issue 21).
 
-A is kept as its request tuple (``app.compute.explanation``'s arguments), so showing it again costs
+A is kept as its :class:`~nip_core.run.Run` (``app.compute.explanation``'s key), so showing it again costs
 nothing (the cached explanation). B is whatever Explore runs next: another attack, ε, defense or
 seed, or another model of the same dataset. For gallery images A rides in the share link as
 ``pin_model``, ``pin_image``, ``pin_attack``, ``pin_ap``, ``pin_defense``, ``pin_dp``, ``pin_layer``,
@@ -13,11 +13,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app.compute import build_request, explanation
+from app.compute import build_run, explanation
 from app.loaders import gallery_entries, get_model, visible_models, BYOM_KEY
 from app.progress import run_with_progress
-from app.widgets import guarded, init_state, params_text, parse_params_text, query_signature, show_error
+from app import links
+from app.widgets import guarded, init_state, params_text, parse_params_text, show_error
 from nip_core import figures as F
+from nip_core.run import Run
 from nip_core.attacks import ATTACKS
 from nip_core.analyses.compare import comparable, compare_runs, run_title
 from nip_core.defenses import DEFENSES
@@ -25,10 +27,9 @@ from nip_core.errors import InputError
 from nip_core.images import tensor_to_png_bytes
 from nip_core.influence import METHODS
 
-P = "explore.pin."
-PINNED = P + "request"               # run A's request tuple
+P = PREFIX = "explore.pin."
+PINNED = P + "request"           # run A (a Run)
 LINK_WARNING = P + "link_warning"
-SEEN = "explore.query_seen"          # Explore's record of the link it last read or wrote
 EXPLORE_IMAGE = "explore.{model}.image"   # Explore's gallery choice per model (pinning preselects A's image)
 LINK_KEYS = ("pin_model", "pin_image", "pin_attack", "pin_ap", "pin_defense", "pin_dp", "pin_layer", "pin_method",
              "pin_k", "pin_seed")
@@ -38,18 +39,18 @@ VARIANTS = ("benign", "adversarial", "defended")
 
 # ----------------------------------------------------------------------------- the share link
 
-def link_params(request: tuple) -> dict[str, str]:
-    """Run A's request as ``pin_*`` query parameters (gallery images only: {} for an upload)."""
-    model, image_key, image_bytes, _, attack, ap, defense, dp, layer, method, k, seed = request
-    if image_bytes is not None:
+def link_params(run: Run) -> dict[str, str]:
+    """Run A as ``pin_*`` query parameters (gallery images only: {} for an upload)."""
+    if run.image_bytes is not None:
         return {}
-    return {"pin_model": model, "pin_image": image_key, "pin_attack": attack, "pin_ap": params_text(dict(ap)),
-            "pin_defense": defense, "pin_dp": params_text(dict(dp)), "pin_layer": layer, "pin_method": method,
-            "pin_k": f"{k:g}", "pin_seed": str(seed)}
+    return {"pin_model": run.model, "pin_image": run.image_key, "pin_attack": run.attack,
+            "pin_ap": params_text(run.attack_kwargs), "pin_defense": run.defense,
+            "pin_dp": params_text(run.defense_kwargs), "pin_layer": run.layer, "pin_method": run.method,
+            "pin_k": f"{run.k:g}", "pin_seed": str(run.seed)}
 
 
-def request_from_link(qp, own_models: list[str]) -> tuple:
-    """Run A's request from a link's ``pin_*`` parameters; InputError naming every problem."""
+def run_from_link(qp, own_models: list[str]) -> Run:
+    """Run A from a link's ``pin_*`` parameters; InputError naming every problem."""
     problems: list[str] = []
     model = qp.get("pin_model")
     if model not in visible_models(own_models):
@@ -90,18 +91,18 @@ def request_from_link(qp, own_models: list[str]) -> tuple:
             problems.append(f"{name[4:]} must be {kind.__name__} in [{lo}, {hi}]; got {qp.get(name)!r}")
     if problems:
         raise InputError("; ".join(problems))
-    return build_request(model, image, None, entries[image]["label"], attack, ap, defense, dp, layer, method,
+    return build_run(model, image, None, entries[image]["label"], attack, ap, defense, dp, layer, method,
                          numbers["pin_k"], numbers["pin_seed"])
 
 
-def from_query(qp) -> None:
+def from_link(qp, model_name: str, model) -> None:
     """Pin the run a link names (its ``pin_*`` parameters), or unpin when the link names none."""
     st.session_state.pop(LINK_WARNING, None)
     if not any(k in qp for k in LINK_KEYS):
         st.session_state.pop(PINNED, None)
         return
     try:
-        st.session_state[PINNED] = request_from_link(qp, st.session_state.get(BYOM_KEY, []))
+        st.session_state[PINNED] = run_from_link(qp, st.session_state.get(BYOM_KEY, []))
         preselect_image(st.session_state[PINNED], skip=qp.get("model"))
     except Exception as exc:        # a bad link pins nothing; the main run stays
         st.session_state.pop(PINNED, None)
@@ -109,80 +110,73 @@ def from_query(qp) -> None:
                                           "pinned; the link's main run is shown as usual.")
 
 
-def write_link(pinned: tuple | None) -> None:
+def write_link(pinned: Run | None) -> None:
     """Put run A in the page's link (or take it out when nothing, or an upload, is pinned)."""
     params = link_params(pinned) if pinned is not None else {}
-    stale = [k for k in LINK_KEYS if k in st.query_params and k not in params]
-    if not stale and all(st.query_params.get(k) == v for k, v in params.items()):
-        return
-    for k in stale:
-        st.query_params.pop(k, None)
-    if params:
-        st.query_params.update(params)
-    st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+    links.drop(k for k in LINK_KEYS if k not in params)
+    links.update(params)
 
 
 # ----------------------------------------------------------------------------- the panel
 
-def pin(request: tuple) -> None:
-    """Keep ``request`` as run A."""
-    st.session_state[PINNED] = request
-    preselect_image(request, skip=request[0])
+def pin(run: Run) -> None:
+    """Keep ``run`` as run A."""
+    st.session_state[PINNED] = run
+    preselect_image(run, skip=run.model)
 
 
-def preselect_image(request: tuple, skip: str | None) -> None:
+def preselect_image(run: Run, skip: str | None) -> None:
     """Explore's other models of A's dataset start from A's gallery image (one image, two models)."""
     from nip_core.models import MODELS
 
-    if request[2] is not None:
+    if run.image_bytes is not None:
         return
-    gallery = MODELS[request[0]].gallery
+    gallery = MODELS[run.model].gallery
     for name in visible_models(st.session_state.get(BYOM_KEY, [])):
         if name != skip and MODELS[name].gallery == gallery:
-            st.session_state[EXPLORE_IMAGE.format(model=name)] = request[1]
+            st.session_state[EXPLORE_IMAGE.format(model=name)] = run.image_key
 
 
 def unpin() -> None:
     st.session_state.pop(PINNED, None)
 
 
-def section(request: tuple, expl) -> None:
-    """The panel's heading and, when a run is pinned, the comparison (a fragment)."""
-    st.subheader("Pin and compare")
+def section(run: Run, expl) -> None:
+    """The pin button or, when a run is pinned, the comparison (a fragment)."""
     if LINK_WARNING in st.session_state:
         st.warning(st.session_state.pop(LINK_WARNING))
-    panel(request)
+    panel(run)
 
 
 @st.fragment
-def panel(request: tuple) -> None:
+def panel(run: Run) -> None:
     """Pin / unpin, and run A beside this run (B); re-runs alone when its buttons or switch change."""
     pinned = st.session_state.get(PINNED)
     write_link(pinned)
     if pinned is None:
-        cols = st.columns([1, 4])
-        cols[0].button("Pin this run", key=P + "pin", on_click=pin, args=(request,), type="primary",
-                       width="stretch")
-        cols[1].caption("Keeps this run as **A**. Then change the attack, ε, defense or seed, or pick another model "
-                        "of the same dataset (same image), and press **Run**: the new run **B** is shown beside A, "
-                        "with both runs' neurons on one colour scale.")
+        cols = st.columns([1, 4], vertical_alignment="center")
+        cols[0].button("Pin this run", key=P + "pin", on_click=pin, args=(run,), width="stretch",
+                       help="Keeps this run as A. Then change the attack, ε, defense or seed, or pick another model "
+                            "of the same dataset (same image), and press Run: the new run B is shown beside A, with "
+                            "both runs' neurons on one colour scale.")
+        cols[1].caption("Pin and compare: keep this run as A, change a setting, Run, and see B beside it.")
         return
     try:
-        expl_a = run_with_progress("Reopening the pinned run", explanation, *pinned)
+        expl_a = run_with_progress("Reopening the pinned run", explanation, pinned)
     except Exception as exc:
         show_error(exc, "pinned run")
         st.button("Unpin", key=P + "unpin", on_click=unpin)
         return
-    expl_b = explanation(*request)
+    expl_b = explanation(run)
     cols = st.columns([1, 1, 3])
     cols[0].button("Unpin", key=P + "unpin", on_click=unpin, width="stretch",
                    help="Forget run A (and take it out of the link).")
-    same = tuple(pinned) == tuple(request)
+    same = pinned == run
     if not same:
-        cols[1].button("Pin this run (B) instead", key=P + "repin", on_click=pin, args=(request,), width="stretch",
+        cols[1].button("Pin this run (B) instead", key=P + "repin", on_click=pin, args=(run,), width="stretch",
                        help="Keep this run (B) as the new A.")
     cols[2].caption(f"**A (pinned):** {run_title(expl_a)}"
-                    + ("" if pinned[2] is None else " · an uploaded image: the link cannot carry it"))
+                    + ("" if pinned.image_bytes is None else " · an uploaded image: the link cannot carry it"))
     if same:
         st.info("Run A is pinned. Change the attack, ε, defense or seed, or pick another model of the same dataset "
                 "(the image stays), and press **Run**: the new run appears here beside A.")
@@ -192,13 +186,13 @@ def panel(request: tuple) -> None:
         st.info(f"Nothing to compare yet: {reason}.")
         return
     with guarded("comparing the runs"):      # a fragment re-run has no page around it to catch errors
-        show_comparison(expl_a, expl_b)
+        show_comparison(expl_a, expl_b, pinned.differences(run))
 
 
-def show_comparison(expl_a, expl_b) -> None:
+def show_comparison(expl_a, expl_b, differences: list[str]) -> None:
+    """What differs between A and B first (``Run.differences``), then the verdict and the figures."""
     cmp = compare_runs(expl_a, expl_b)
-    st.markdown(f"**B changes:** {'; '.join(cmp.changed) if cmp.changed else 'only the seed'}.")
-    st.info(cmp.verdict())
+    st.info(f"**B changes:** {'; '.join(differences) if differences else 'nothing'}. {cmp.verdict()}")
     for name, expl, s, col in zip(("A (pinned)", "B (this run)"), (expl_a, expl_b), (cmp.a, cmp.b), st.columns(2)):
         with col, st.container(border=True):
             st.markdown(f"**{name}** · {run_title(expl)}")

@@ -1,7 +1,7 @@
 """Explore's fragility panel: how small an attack flips this image, with and without each defense
 (``nip_core.analyses.fragility``; issue 20 §4).
 
-Opened on request under a run, for the run's image (an upload or a gallery example). A button
+Opened on run under a run, for the run's image (an upload or a gallery example). A button
 searches, per chosen defense, the smallest PGD budget at which the defended prediction is wrong
 (``app.compute.fragility_check``, with a progress bar), then shows the engine's figure, the flip-ε
 table with each defense's percentile among the model's report split (the shipped distribution), and
@@ -21,18 +21,20 @@ import streamlit as st
 from app.compute import fragility_check
 from app.loaders import get_model
 from app.progress import run_with_progress
-from app.widgets import guarded, init_state, query_signature, show_error
+from app import links
+from app.widgets import guarded, init_state, show_error
 from nip_core.analyses.strength import DEFAULT_N
 from nip_core import figures as F
+from nip_core.run import Run
 from nip_core.attacks import ATTACKS
 from nip_core.defenses import DEFENSES
 from nip_core.errors import InputError
 from nip_core.analyses.fragility import grid_for, grid_text
 from nip_core.reports.fragility import fragility_report
 
-P = "explore.fragility."
-SEEN = "explore.query_seen"          # Explore's record of the link it last read or wrote
+P = PREFIX = "explore.fragility."
 LINK_KEY = "fragility"
+LINK_KEYS = (LINK_KEY,)
 LINK_ERROR = P + "link_error"
 PENDING = P + "pending"              # the link's defenses, until the panel has its options
 BASELINE = ("none", "jpeg")          # always offered first: the shipped distributions cover these two
@@ -60,7 +62,7 @@ def defaults(run_defense: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- the share link
 
-def from_query(qp, model_name: str) -> None:
+def from_link(qp, model_name: str, model) -> None:
     """A link's ``fragility=none,jpeg`` opens the panel with those defenses and shows their result
     (the view's seed and image); a link without it closes the panel."""
     st.session_state.pop(LINK_ERROR, None)
@@ -73,21 +75,16 @@ def from_query(qp, model_name: str) -> None:
     st.session_state[PENDING] = names
 
 
-def write_link(request: tuple, chosen: list[str]) -> None:
+def write_link(run: Run, chosen: list[str]) -> None:
     """Put the chosen defenses in the page's link (gallery images only: an upload's link cannot
     reopen the image)."""
-    if request[2] is not None:
+    if run.image_bytes is not None:
         return
-    text = ",".join(chosen)
-    if st.query_params.get(LINK_KEY) != text:
-        st.query_params[LINK_KEY] = text
-        st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+    links.update({LINK_KEY: ",".join(chosen)})
 
 
 def drop_link() -> None:
-    if LINK_KEY in st.query_params:
-        st.query_params.pop(LINK_KEY, None)
-        st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+    links.drop(LINK_KEYS)
 
 
 def share_link() -> str | None:
@@ -101,30 +98,29 @@ def share_link() -> str | None:
 
 # ----------------------------------------------------------------------------- the panel
 
-def section(request: tuple, expl) -> None:
+def section(run: Run, expl) -> None:
     """The panel's heading and its switch (off until asked for: the first view stays light)."""
-    model_name = request[0]
-    st.subheader("How fragile is this image?")
-    if not st.toggle("Find the smallest attack that flips this image, with and without each defense",
-                     key=init_state(open_key(model_name), False)):
+    model_name = run.model
+    if not st.toggle("How fragile is this image?", key=init_state(open_key(model_name), False),
+                     help="Find the smallest attack that flips this image, with and without each defense."):
         drop_link()
         return
-    panel(request, expl)
+    panel(run, expl)
 
 
 @st.fragment
-def panel(request: tuple, expl) -> None:
+def panel(run: Run, expl) -> None:
     """The defenses to try, the button, and the result once asked for; re-runs alone on a change."""
     with guarded("fragility"):      # a fragment re-run has no page around it to catch errors
-        _panel(request, expl)
+        _panel(run, expl)
 
 
-def _panel(request: tuple, expl) -> None:
-    model_name = request[0]
+def _panel(run: Run, expl) -> None:
+    model_name = run.model
     model = get_model(model_name)
     attack_params = ATTACKS["pgd"].params_for(model)
     grid = grid_for(model).to_json()
-    label = true_label(request, model)
+    label = true_label(run, model)
     options = [d for d in DEFENSES if label is not None or not DEFENSES[d].needs_labels]
     dk = key(model_name, "defenses", expl.defense)
     pending = st.session_state.pop(PENDING, None)
@@ -141,12 +137,13 @@ def _panel(request: tuple, expl) -> None:
     if LINK_ERROR in st.session_state:
         show_error(InputError(st.session_state.pop(LINK_ERROR)), "fragility link")
     st.caption(
-        f"For each defense, the smallest budget ε at which PGD (this model's defaults: {attack_params['max_iter']} "
-        f"steps of {attack_params['eps_step'] / attack_params['eps']:.2g} × ε; it attacks the model, not the "
-        "defense) makes the defended prediction differ from "
-        + (f"class {model.class_names[label]} (the true class)" if label is not None else
-           "the model's prediction on the image") + f". Budgets tried: "
-        f"{grid_text(grid)}. Seed {request[-1]}, as the run above.")
+        "For each defense, the smallest PGD budget ε that makes the defended prediction wrong.",
+        help=f"PGD at this model's defaults: {attack_params['max_iter']} steps of "
+             f"{attack_params['eps_step'] / attack_params['eps']:.2g} × ε; it attacks the model, not the defense. "
+             "Wrong: the defended prediction differs from "
+             + (f"class {model.class_names[label]} (the true class)" if label is not None else
+                "the model's prediction on the image") + f". Budgets tried: {grid_text(grid)}. Seed {run.seed}, as "
+             "the run above.")
     cols = st.columns([3, 1.3])
     chosen = cols[0].multiselect(
         "Defenses", options, key=init_state(dk, defaults(expl.defense)),
@@ -154,13 +151,13 @@ def _panel(request: tuple, expl) -> None:
         help="Default: no defense, JPEG and the run's defense (when deployable). The run's defense keeps the "
              "run's settings; the others take their defaults.")
     cols[1].markdown("&nbsp;")      # the button level with the box
-    pressed = cols[1].button("How fragile is this image?", key=key(model_name, "go"), type="primary",
+    pressed = cols[1].button("Find the smallest attack that flips it", key=key(model_name, "go"), type="primary",
                              disabled=not chosen, width="stretch")
     if not chosen:
         st.info("Choose at least one defense.")
         drop_link()
         return
-    args = check_args(request, label, chosen)
+    args = check_args(run, label, chosen)
     ak = key(model_name, "asked")
     if pressed or st.session_state.get(ak) == "link":
         st.session_state[ak] = args
@@ -175,24 +172,24 @@ def _panel(request: tuple, expl) -> None:
         show_error(exc, "fragility")
         drop_link()
         return
-    write_link(request, chosen)
-    show_result(request, frag)
+    write_link(run, chosen)
+    show_result(run, frag)
 
 
-def true_label(request: tuple, model) -> int | None:
+def true_label(run: Run, model) -> int | None:
     """The image's true class: an upload's as the user gave it; a gallery example's on a built-in
     model (the gallery's labels are not a user's model's classes)."""
-    if request[2] is not None or getattr(model.spec, "gallery_labels", True):
-        return request[3]
+    if run.image_bytes is not None or getattr(model.spec, "gallery_labels", True):
+        return run.label
     return None
 
 
-def check_args(request: tuple, label: int | None, chosen: list[str]) -> tuple:
+def check_args(run: Run, label: int | None, chosen: list[str]) -> tuple:
     """``fragility_check``'s plain-value arguments: the view's image, ``label`` and seed; the run's
     defense with the run's settings (those that differ from its defaults), the others with their
     defaults."""
-    model_name, image_key, image_bytes = request[0], request[1], request[2]
-    run_defense, run_params = request[6], dict(request[7])
+    model_name, image_key, image_bytes = run.model, run.image_key, run.image_bytes
+    run_defense, run_params = run.defense, dict(run.defense_params)
     model = get_model(model_name)
     units = []
     for d in chosen:
@@ -203,10 +200,10 @@ def check_args(request: tuple, label: int | None, chosen: list[str]) -> tuple:
                 base["layer"] = model.spec.default_layer
             p = {n: v for n, v in run_params.items() if base.get(n) != v}
         units.append((d, tuple(sorted(p.items()))))
-    return model_name, image_key, image_bytes, label, tuple(units), int(request[-1])
+    return model_name, image_key, image_bytes, label, tuple(units), int(run.seed)
 
 
-def show_result(request: tuple, frag) -> None:
+def show_result(run: Run, frag) -> None:
     """The verdict (or the one message for an image the model already gets wrong), the figure, the
     table with percentiles, and the downloads."""
     r = frag.result
@@ -224,10 +221,10 @@ def show_result(request: tuple, frag) -> None:
     st.caption(FLIP_EPS_DIFFERS)
     if not dist.get("n_images"):
         st.info(f"No percentiles: {note}.")
-    image_name = (request[1].removeprefix("upload:") if request[2] is not None else request[1])
+    image_name = (run.image_key.removeprefix("upload:") if run.image_bytes is not None else run.image_key)
     body = json.dumps(r | {"image": image_name}, indent=2) + "\n"
     settings = {"image": image_name}
-    link = share_link() if request[2] is None else None
+    link = share_link() if run.image_bytes is None else None
     if link:
         settings["share link"] = link
     d = st.columns([1, 1, 3])

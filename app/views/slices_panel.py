@@ -7,6 +7,8 @@ thumbnails are the shipped split images, ``app.loaders.split_thumbnails``).
 """
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import streamlit as st
 
 from app.loaders import class_names_of, split_thumbnails
@@ -16,7 +18,6 @@ from nip_core import figures as F
 from nip_core.figures import bare_names
 
 P = "benchmark.slices."
-EXPLORE_PAGE = "views/explore.py"
 PAGE_SIZE = 40
 COLUMNS = 8
 FILTERS = {"all": "all", "wrong": "wrong only", "right": "right only"}
@@ -104,6 +105,6 @@ def images(result: dict, k: str, names: list[str] | None) -> None:
                 st.markdown(f"#{im['index']} · true {S.class_label(im['label'], names)}  \n"
                             f"adv {S.class_label(im['adv_pred'], names)} → {S.class_label(im['pred'], names)} "
                             f"{mark}")
-                if linked:
-                    st.page_link(EXPLORE_PAGE, label="open in Explore",
-                                 query_params=S.explore_link(result, attack, defense, im["position"]))
+                if linked:   # a new tab: the Benchmark's file, facet and row stay as they are here
+                    q = urlencode(S.explore_link(result, attack, defense, im["position"]))
+                    st.markdown(f"[open in Explore ↗](./?{q})", help="Opens in a new tab.")

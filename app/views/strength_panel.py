@@ -16,15 +16,17 @@ import streamlit as st
 
 from app.compute import strength_frames, strength_view
 from app.progress import run_with_progress
-from app.widgets import guarded, init_state, query_signature, show_error
+from app import links
+from app.widgets import guarded, init_state, show_error
 from nip_core import figures as F
+from nip_core.run import Run
 from nip_core.errors import InputError
 from nip_core.evaluation.bench import estimate_sweep_seconds
 from nip_core.analyses.strength import DEFAULT_N, no_sweep_reason
 
-P = "explore.strength."
-SEEN = "explore.query_seen"          # Explore's record of the link it last read or wrote
+P = PREFIX = "explore.strength."
 LINK = "strength_eps"
+LINK_KEYS = (LINK,)
 LINK_ERROR = P + "link_error"
 PENDING = P + "pending_eps"
 N = DEFAULT_N                        # strengths above 0 (the grid also has ε = 0)
@@ -44,7 +46,7 @@ def eps_key(model_name: str) -> str:
 
 # ----------------------------------------------------------------------------- the share link
 
-def from_query(qp, model_name: str) -> None:
+def from_link(qp, model_name: str, model) -> None:
     """A link with ``strength_eps`` opens the panel at the grid point nearest that ε; one without closes it.
     A value that is not a number ≥ 0 is reported once by the panel, which then opens at the run's ε."""
     st.session_state.pop(LINK_ERROR, None)
@@ -64,20 +66,15 @@ def from_query(qp, model_name: str) -> None:
                                         "The slider starts at the run's ε.")
 
 
-def write_link(request: tuple, eps: float) -> None:
+def write_link(run: Run, eps: float) -> None:
     """Put the slider's ε in the page's link (gallery images only: an upload's link cannot reopen it)."""
-    if request[2] is not None:
+    if run.image_bytes is not None:
         return
-    text = f"{eps:.6g}"
-    if st.query_params.get(LINK) != text:
-        st.query_params[LINK] = text
-        st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+    links.update({LINK: f"{eps:.6g}"})
 
 
 def drop_link() -> None:
-    if LINK in st.query_params:
-        st.query_params.pop(LINK, None)
-        st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+    links.drop(LINK_KEYS)
 
 
 # ----------------------------------------------------------------------------- the panel
@@ -86,10 +83,9 @@ def seconds_text(s: float) -> str:
     return "under a second" if s < 1 else f"about {s:.0f} s"
 
 
-def section(request: tuple, expl) -> None:
+def section(run: Run, expl) -> None:
     """The panel's heading and its switch (off until asked for); the sweep is computed when it is on."""
-    model_name = request[0]
-    st.subheader("Attack strength: sweep ε")
+    model_name = run.model
     reason = no_sweep_reason(expl.attack)
     if reason is not None:
         st.caption(f"No strength slider for `{expl.attack}`. {reason}")
@@ -97,26 +93,27 @@ def section(request: tuple, expl) -> None:
         return
     est = estimate_sweep_seconds(model_name, expl.attack, expl.attack_params, N, measured=expl.seconds)
     when = "" if est is None else f" ({seconds_text(est)})"
-    if not st.toggle(f"Run {expl.attack} at {N + 1} strengths from 0 to twice its ε, each through {expl.defense}, "
-                     f"and scrub them with a slider{when}", key=init_state(open_key(model_name), False),
-                     help="Computed once when switched on (the estimate is scaled from this run's own attack "
-                          "and defense times); the slider then only shows what was computed."):
+    if not st.toggle(f"Attack strength: {expl.attack} at {N + 1} strengths from 0 to twice its ε{when}",
+                     key=init_state(open_key(model_name), False),
+                     help=f"Each strength goes through {expl.defense}; a slider scrubs them. Computed once when "
+                          "switched on (the estimate is scaled from this run's own attack and defense times); the "
+                          "slider then only shows what was computed."):
         drop_link()
         return
     try:
-        run_with_progress(f"Sweeping ε{when}", strength_view, request, N)
-        strength_frames(request, N)     # every grid point's view, built once: a slider move only shows one
+        run_with_progress(f"Sweeping ε{when}", strength_view, run, N)
+        strength_frames(run, N)     # every grid point's view, built once: a slider move only shows one
     except Exception as exc:     # a strength out of the attack's range: one message, the run above stays
         show_error(exc, "strength sweep")
         return
     with guarded("strength panel"):
-        overview(request)
-    panel(request)
+        overview(run)
+    panel(run)
 
 
-def overview(request: tuple) -> None:
+def overview(run: Run) -> None:
     """What the sweep is and its response chart: drawn once per sweep, outside the slider's fragment."""
-    sweep = strength_view(request, N)               # cached when the section computed it: no engine call
+    sweep = strength_view(run, N)               # cached when the section computed it: no engine call
     if LINK_ERROR in st.session_state:
         show_error(InputError(st.session_state.pop(LINK_ERROR)), "strength link")
     ref = sweep.reference_class
@@ -135,17 +132,17 @@ def overview(request: tuple) -> None:
 
 
 @st.fragment
-def panel(request: tuple) -> None:
+def panel(run: Run) -> None:
     """The slider and the scrubbed view; a slider move re-runs only this."""
     with guarded("strength panel"):     # a fragment re-run has no page around it to catch errors
-        show(request)
+        show(run)
 
 
-def show(request: tuple) -> None:
+def show(run: Run) -> None:
     """The slider and the grid point it is on, from the frames built when the panel opened."""
-    model_name = request[0]
-    sweep = strength_view(request, N)               # cached: no engine call
-    frames = strength_frames(request, N)
+    model_name = run.model
+    sweep = strength_view(run, N)               # cached: no engine call
+    frames = strength_frames(run, N)
     ref = sweep.reference_class
     ref_text = class_text(ref, sweep.class_names[ref])
     sk = eps_key(model_name)
@@ -157,7 +154,7 @@ def show(request: tuple) -> None:
     eps = st.select_slider("ε: drag through the computed strengths (nothing is recomputed)", options=sweep.eps,
                            key=sk, format_func=lambda e: F.eps_text(e, sweep.norm))
     frame = frames[sweep.eps.index(eps)]
-    write_link(request, eps)
+    write_link(run, eps)
     st.markdown(f"**At ε = {F.eps_text(eps, sweep.norm)}**")
     for v, col in zip(F.VARIANTS, st.columns(3)):
         with col:

@@ -15,13 +15,14 @@ import streamlit as st
 
 from app.compute import INFLUENCE_GROUPS, surgery_sources, surgery_view
 from app.loaders import get_model, get_profile
-from app.widgets import guarded, init_state, query_signature, show_error
+from app import links
+from app.widgets import guarded, init_state, show_error
 from nip_core import figures as F
+from nip_core.run import Run
 from nip_core.errors import InputError
 from nip_core.analyses.surgery import SCALE_RANGE, Selection, check_selection, parse_selection, parse_value
 
-P = "explore.surgery."
-SEEN = "explore.query_seen"          # Explore's record of the link it last read or wrote
+P = PREFIX = "explore.surgery."
 LINK_ERROR = P + "link_error"
 LINK_KEYS = ("surgery", "surgery_layer", "surgery_value")
 KINDS = {
@@ -59,7 +60,7 @@ def n_key(model_name: str, layer: str) -> str:
 
 # ----------------------------------------------------------------------------- the share link
 
-def from_query(qp, model_name: str, model) -> None:
+def from_link(qp, model_name: str, model) -> None:
     """Copy a link's surgery settings into the panel's state and open the panel; a link without
     them closes it. Settings the engine refuses are reported once by the panel (one error) and
     replaced by the panel's defaults."""
@@ -108,40 +109,35 @@ def set_selection(model_name: str, sel: Selection, layer: str | None) -> None:
         st.session_state[key(model_name, "indices")] = str(sel)
 
 
-def write_link(request: tuple, result) -> None:
+def write_link(run: Run, result) -> None:
     """Put the surgery's canonical settings in the page's link (gallery images only)."""
-    if request[2] is not None:      # an upload: its link cannot reopen the image
+    if run.image_bytes is not None:      # an upload: its link cannot reopen the image
         return
     params = {"surgery": result.selection, "surgery_layer": result.layer, "surgery_value": result.value}
-    if any(st.query_params.get(k) != v for k, v in params.items()):
-        st.query_params.update(params)
-        st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+    links.update(params)
 
 
 def drop_link() -> None:
-    if any(k in st.query_params for k in LINK_KEYS):
-        for k in LINK_KEYS:
-            st.query_params.pop(k, None)
-        st.session_state[SEEN] = query_signature(st.query_params.to_dict())
+    links.drop(LINK_KEYS)
 
 
 # ----------------------------------------------------------------------------- the panel
 
-def section(request: tuple, expl) -> None:
+def section(run: Run, expl) -> None:
     """The panel's heading and its switch (off until asked for, like the other heavy panels)."""
-    model_name = request[0]
-    st.subheader("Neuron surgery: set neurons by hand")
-    if not st.toggle("Set chosen neurons of a layer to chosen values and re-run the adversarial prediction",
-                     key=init_state(open_key(model_name), False)):
+    model_name = run.model
+    if not st.toggle("Neuron surgery: set chosen neurons by hand", key=init_state(open_key(model_name), False),
+                     help="Set chosen neurons of a layer to chosen values and re-run the adversarial prediction: "
+                          "if the class comes back, those neurons carry the attack's effect."):
         drop_link()
         return
-    panel(request, expl)
+    panel(run, expl)
 
 
 @st.fragment
-def panel(request: tuple, expl) -> None:
+def panel(run: Run, expl) -> None:
     """Controls, the patched prediction and the neuron grid to pick on; re-runs alone on a change."""
-    model_name = request[0]
+    model_name = run.model
     model = get_model(model_name)
     if LINK_ERROR in st.session_state:
         show_error(InputError(st.session_state.pop(LINK_ERROR)), "surgery link")
@@ -152,7 +148,7 @@ def panel(request: tuple, expl) -> None:
     layer = cols[0].selectbox("Layer", list(model.spec.layers), key=init_state(key(model_name, "layer"), expl.layer),
                               help="Default: the layer the influence above is measured at.")
     try:
-        n_neurons = surgery_sources(request, layer).n_neurons
+        n_neurons = surgery_sources(run, layer).n_neurons
     except Exception as exc:
         show_error(exc, "neuron surgery")
         return
@@ -185,12 +181,12 @@ def panel(request: tuple, expl) -> None:
         st.info("Type neuron indices above, or pick neurons on the grid: click one, or take the box or lasso tool.")
     else:
         try:
-            result = surgery_view(request, layer, selection, value, int(request[-1]))
+            result = surgery_view(run, layer, selection, value, int(run.seed))
         except Exception as exc:     # a bad selection: one message, the run above stays
             show_error(exc, "neuron surgery")
     if result is not None:
         show_summary(result)
-        write_link(request, result)
+        write_link(run, result)
         st.session_state[key(model_name, "last")] = result.selected(0)
     bars, grid = st.columns([6, 5])
     with bars:
@@ -199,7 +195,7 @@ def panel(request: tuple, expl) -> None:
         else:
             st.caption("The benign, adversarial and patched predictions appear here once the selection is valid.")
     with grid, guarded("neuron grid"):      # a fragment re-run has no page around it to catch errors
-        picker(request, expl, layer, float(st.session_state[k_key]), result)
+        picker(run, expl, layer, float(st.session_state[k_key]), result)
 
 
 def count_input(col, model_name: str, layer: str, n_neurons: int, kind: str) -> int:
@@ -243,14 +239,14 @@ def show_summary(result) -> None:
                      "prediction.")
 
 
-def picker(request: tuple, expl, layer: str, k: float, result) -> None:
+def picker(run: Run, expl, layer: str, k: float, result) -> None:
     """The layer's neurons on a grid; picking some types their indices into the selection.
 
     The grid's figure depends only on the layer, the reference class and K, never on the neurons patched
     now: Streamlit names a chart by its figure, so a figure that changed with every selection would be a
     new chart, mounted afresh in the browser on every change (most of a change's time). The patched
     neurons are listed under it instead."""
-    model_name = request[0]
+    model_name = run.model
     chart = key(model_name, "picker")
     st.plotly_chart(surgery_grid(model_name, layer, expl.method, expl.reference_class, k, tuple(expl.class_names)),
                     key=chart, width="stretch", on_select=lambda: picked(chart, model_name),

@@ -1,0 +1,23 @@
+"""What every Explore panel is: one module that satisfies :class:`Panel`.
+
+Explore reads a link's settings into each panel (``from_link``) and draws each panel's section under
+the run, in the order of its ``PANELS`` list (``app/views/explore.py``); a new panel is one new
+module plus one line there. Panels keep their widget state under their own ``PREFIX`` and write their
+part of the share link (``LINK_KEYS``) through :mod:`app.links`.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from nip_core.run import Run
+
+
+class Panel(Protocol):
+    PREFIX: str                      # session-state prefix of the panel's widgets
+    LINK_KEYS: tuple[str, ...]       # the query parameters the panel reads and writes
+
+    def from_link(self, qp: Any, model_name: str, model: Any) -> None:
+        """Copy a link's settings into the panel's state (a link without them closes the panel)."""
+
+    def section(self, run: Run, expl: Any) -> None:
+        """The panel's heading, its switch, and (when open) its content, under the run."""
