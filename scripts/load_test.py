@@ -220,18 +220,20 @@ _SNAPSHOT = """
     caption: all('[data-testid="stCaptionContainer"]').map(text).find(t => t.includes('· attack ')) || '',
     download: all('button').some(b => live(b) && text(b) === 'Download summary (JSON)'),
     charts: all('.js-plotly-plot').filter(p => live(p) && p.querySelector('.main-svg')).length,
+    pictures: all('.st-key-explore-result img').filter(i => live(i) && i.complete && i.naturalWidth > 0).length,
     errors: all('[data-testid="stException"], [data-testid="stAlertContentError"]')
               .map(e => text(e).split('\\n')[0].slice(0, 300)),
     queue: (all('[data-testid="stProgress"]').map(text).find(t => t.includes('your run starts after')) || ''),
   };
 }
 """
-VIEW_CHARTS = 8   # charts an Explore view draws (app/views/explore.py; tests/test_app.py VIEW_CHARTS)
+VIEW_CHARTS = 0   # Plotly charts an Explore view draws (app/views/explore.py; tests/test_app.py VIEW_CHARTS)
+VIEW_PICTURES = 10   # its result as images: 3 inputs, 3 neuron maps, 2 changes, 2 colour bars (issue 26)
 
 
 async def run_session(browser, url: str, plan: dict[str, Any], timeout: float, start_gap: float) -> dict[str, Any]:
     """Open the plan's link and poll until its view is complete: the metrics, every chart drawn and
-    the last element (the *Download summary* button) on the page."""
+    the last element (the *Download summary* button) on the page, and the result's pictures loaded."""
     await asyncio.sleep(max(0.0, start_gap * plan["session"]))
     res: dict[str, Any] = {"plan": plan, "errors": [], "first_result_s": None, "complete_s": None,
                            "queue_ahead_max": 0}
@@ -252,7 +254,8 @@ async def run_session(browser, url: str, plan: dict[str, Any], timeout: float, s
             if res["first_result_s"] is None and {"benign", "adversarial", "defended"} <= set(metrics):
                 res["first_result_s"] = time.perf_counter() - t0
                 res["page"] = {"predictions": metrics, "caption": snap["caption"]}
-            if "page" in res and snap["download"] and snap["charts"] >= VIEW_CHARTS:
+            if "page" in res and snap["download"] and snap["charts"] >= VIEW_CHARTS \
+                    and snap["pictures"] >= VIEW_PICTURES:
                 res["complete_s"] = time.perf_counter() - t0
                 res["page"] = {"predictions": metrics, "caption": snap["caption"]}
                 break

@@ -853,3 +853,14 @@ def test_explore_and_profiles_run_the_adversarially_trained_model() -> None:
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["neurons"] == "120" and metrics["classes profiled"] == "10"
     assert metrics["dead neurons"] == str(int(shipped.dead.sum()))
+
+
+def test_start_the_tour_opens_its_first_step_on_the_model_shown() -> None:
+    """Issue 26 §1: the first screen's "Start the tour" opens step 1 as a run on this page."""
+    at = _app()
+    _ok(at)
+    at.button(key="explore.tour.start").click().run()
+    _ok(at)
+    assert "step 1 of 9" in _tour_card(at) and at.query_params["tour"] == "neurons"
+    assert at.query_params["model"] == "lenet-mnist" and _view_drawn(at)
+    assert not [b for b in at.button if b.label == "Start the tour"]        # the card takes its place

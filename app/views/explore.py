@@ -656,7 +656,7 @@ def show_panels(run: Run, expl) -> None:
             panel.section(run, expl)
     secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
     c = st.columns([1, 3], vertical_alignment="center")
-    c[0].download_button("Summary (JSON)", json.dumps(expl.summary(), indent=2, default=float),
+    c[0].download_button("Download summary (JSON)", json.dumps(expl.summary(), indent=2, default=float),
                          file_name="nip_explanation.json", mime="application/json", key=P + "download",
                          icon=":material/download:")
     c[1].caption(f"Time: {secs}.")
