@@ -15,7 +15,7 @@ from tests.test_e2e_browser import (ARTIFACTS, launch, no_exceptions, open_explo
                                     wait_heatmaps, wait_idle)
 
 MODELS = ("lenet-mnist", "lenet-fashion", "resnet8-cifar10", "efficientnet-lite0")
-TOGGLE_TEXT = "at 12 strengths from 0 to twice its ε"
+TOGGLE_TEXT = "at 13 strengths from 0 to twice its ε"
 SLIDER = "ε: drag through the computed strengths (nothing is recomputed)"
 
 # The response chart is drawn and not stale (it is drawn once per sweep, outside the slider's fragment:
