@@ -43,6 +43,8 @@ __all__ = [
     "load", "load_image", "gallery_image", "make_run", "run_image", "png_bytes",
     # one image: explore, its figures, and the analyses on it
     "explore", "explain_image", "explore_figures", "run_pathway", "run_strength", "compare", "contrast_image",
+    "neuron_maps", "layer_is_conv", "surgery_sources", "surgery_on", "compare_defenses", "preview_image",
+    "demo_image",
     "run_surgery", "surgery_figure", "run_fragility", "fragility_report",
     # a split: evaluation, elasticity, mediation, slices, fragility's distribution
     "run_evaluation", "suite_blackbox_eps", "write_evaluation", "evaluation_figure", "elasticity", "mediation",
@@ -470,14 +472,18 @@ def make_run(model: ModelLike, image: str | int = 0, label: int | None = None, *
 
 
 def run_image(run: Run) -> tuple[torch.Tensor, int | None]:
-    """``(image [C,H,W], label)`` of a run: its upload, gallery image or report-split image; the label is
-    the run's, else the gallery's (None for an upload without one)."""
+    """``(image [C,H,W], label)`` of a run: its upload, drawing (``draw:<token>``), gallery image or
+    report-split image; the label is the run's, else the gallery's (None for an upload or a drawing without one)."""
     from nip_core.errors import InputError
     from nip_core.evaluation.slices import parse_image_key, split_image
+
+    from nip_core.images import DRAWING_PREFIX, decode_drawing, drawing_to_tensor
 
     m = load(run.model)
     if run.image_bytes is not None:
         return load_image(run.image_bytes, m), run.label
+    if run.image_key.startswith(DRAWING_PREFIX):       # a drawing on Explore's canvas: the 28×28 image itself
+        return drawing_to_tensor(decode_drawing(run.image_key[len(DRAWING_PREFIX):]), m.spec.input_channels), run.label
     if parse_image_key(run.image_key):
         x, y, _ = split_image(m, run.image_key)
         return x, y if run.label is None else run.label
@@ -513,6 +519,70 @@ def run_pathway(e: Explanation, *, top: int = 3, layers: Sequence[str] | None = 
 
     return layer_strip(load(e.model_name), e.images["benign"], e.images["adversarial"], e.images["defended"],
                        e.reference_class, method=e.method, k=e.k, top=top, layers=layers, progress=progress)
+
+
+def neuron_maps(e: Explanation, neuron: int) -> torch.Tensor:
+    """The activation maps ``[3, H, W]`` of one conv neuron (channel) on an explored run's benign,
+    adversarial and defended images (``layer_is_conv`` says whether the run's layer has maps)."""
+    import torch
+
+    from nip_core.influence import spatial_map
+
+    x = torch.stack([e.images[v] for v in ("benign", "adversarial", "defended")])
+    return spatial_map(load(e.model_name), x, e.layer, neuron)
+
+
+def layer_is_conv(model: ModelLike, layer: str | None = None) -> bool:
+    """Whether ``layer``'s neurons are conv channels, with spatial activation maps."""
+    from nip_core.influence import is_conv_layer
+    return is_conv_layer(_model(model), layer)
+
+
+def surgery_sources(e: Explanation, layer: str):
+    """The unpatched passes of an explored run's benign, adversarial and defended images at ``layer``
+    (one each), which every :func:`surgery_on` of that run and layer reuses."""
+    from nip_core.analyses.surgery import source_activations
+
+    return source_activations(load(e.model_name), e.images["benign"], e.images["adversarial"], layer,
+                              e.images["defended"])
+
+
+def surgery_on(e: Explanation, layer: str, select: str = "front:0.2", value: str = "benign", *, seed: int = 0,
+               sources=None) -> SurgeryResult:
+    """Neuron surgery on an explored run's own images (Explore's surgery panel; ``run_surgery`` attacks
+    afresh): ``select`` of ``layer`` set to ``value`` in the adversarial pass, toward the run's reference
+    class. ``sources``: :func:`surgery_sources` of this run and layer, to skip the unpatched passes."""
+    from nip_core.analyses.surgery import INFLUENCE_SELECTIONS, parse_selection, surgery
+    from nip_core.influence import influence_profile
+
+    m = load(e.model_name)
+    sel = parse_selection(select)
+    profile = influence_profile(m, layer, e.method) if sel.kind in INFLUENCE_SELECTIONS else None
+    return surgery(m, e.images["benign"], e.images["adversarial"], layer, sel, value, label=e.label,
+                   x_def=e.images["defended"], seed=seed, profile=profile, sources=sources)
+
+
+def compare_defenses(e: Explanation, nip_params: dict[str, Any] | None = None, *, seed: int = 0,
+                     progress: Progress | None = None) -> list[dict[str, Any]]:
+    """An explored run's adversarial through every baseline defense, the control and NIP's modes, side by
+    side (Explore's defenses panel): one row per defense with its prediction and whether it is right."""
+    from nip_core.analyses.compare import defense_comparison
+    return defense_comparison(load(e.model_name), e, dict(nip_params or {}), seed=seed, progress=progress)
+
+
+def preview_image(model: ModelLike, image: torch.Tensor, layer: str | None = None, method: str = "conductance"):
+    """Prediction and neuron influence of one image with no attack (Explore's canvas follows a drawing
+    with it); a :class:`~nip_core.analyses.preview.Preview`."""
+    from nip_core.analyses.preview import preview
+    return preview(_model(model), image, layer, method)
+
+
+def demo_image(model: ModelLike, attack: str = "fgsm", restore: Sequence[str] = ("nip-oracle",),
+               defeat: Sequence[str] = (), seed: int = 0) -> str:
+    """The gallery key of the image that shows a step of NIP's story on ``model`` best (the tour's
+    steps): ``attack`` fools it, each of ``restore`` brings the class back, each of ``defeat`` does not."""
+    from nip_core.analyses.explain import demo_image as pick
+    return pick(_model(model), attack=attack, restore=tuple(restore), defeat=tuple(defeat), seed=seed)
 
 
 def run_strength(run: Run, n: int | None = None, *, progress: Progress | None = None):

@@ -203,6 +203,13 @@ def neuron_activations(model: LoadedModel, x: torch.Tensor, layer: str | None = 
     return torch.cat(outs)
 
 
+def is_conv_layer(model: LoadedModel, layer: str | None) -> bool:
+    """Whether ``layer``'s neurons are conv channels (they have a spatial activation map): one pass of a
+    blank input."""
+    s = model.spec
+    return layer_output(model, torch.zeros(1, s.input_channels, s.input_size, s.input_size), layer).dim() > 2
+
+
 def spatial_map(model: LoadedModel, x: torch.Tensor, layer: str | None, neuron: int) -> torch.Tensor:
     """Activation map of one conv channel, upsampled to the input size: ``[N, H, W]`` on CPU.
 

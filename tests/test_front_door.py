@@ -66,3 +66,18 @@ def test_api_offers_every_capability_and_lists_it():
             assert callable(getattr(api, name, None)), f"{capability}: api.{name} is missing"
             assert name in api.__all__, f"api.{name} is not in api.__all__"
             assert getattr(api, name).__doc__, f"api.{name} has no docstring"
+
+
+APP_COMPUTE = REPO_ROOT / "app" / "compute.py"
+# What app/compute.py may import from the engine: the front door, the run type, and what it draws with.
+APP_ALLOWED = {"nip_core.api", "nip_core.run", "nip_core.errors", "nip_core.images", "nip_core.figures",
+               "nip_core.figures.strength"}
+
+
+def test_app_computations_go_through_the_front_door():
+    found = set()
+    for node in ast.walk(ast.parse(APP_COMPUTE.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nip_core"):
+            found |= {node.module if node.module != "nip_core" else f"nip_core.{a.name}" for a in node.names}
+    assert "nip_core.api" in found
+    assert found <= APP_ALLOWED, sorted(found - APP_ALLOWED)

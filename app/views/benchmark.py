@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app.compute import evaluate_takes_data, evaluation
+from app.compute import evaluation
 from app.loaders import DATA_MAX_IMAGES, DATA_UPLOAD_MAX_MB, user_data
 from app.notes import aware_note
 from app.progress import run_with_progress
@@ -181,10 +181,6 @@ def data_panel(model: str) -> tuple[tuple[str, bytes] | None, object | None]:
             st.markdown(f"**Skipped files** ({len(data.skipped)})")
             st.dataframe(pd.DataFrame(data.skipped, columns=["file", "kind", "reason"]), hide_index=True,
                          width="stretch", key=P + "skipped")
-        if not evaluate_takes_data():
-            st.warning("This version of the engine cannot evaluate on uploaded data yet; the grid runs on the "
-                       "built-in images.")
-            return None, None
         return (up.name, up.getvalue()), data
 
 

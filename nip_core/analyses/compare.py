@@ -17,7 +17,7 @@ The figure is ``nip_core.figures.compare_heatmaps`` (both runs on one colour sca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -337,3 +337,47 @@ def contrast_image(model_a, model_b, attack: str = "fgsm", seed: int = 0) -> str
         return 2 * (not fooled_a) + (not held_b)
 
     return least_short(items, shortfall)
+
+
+COMPARE_DEFENSES = ("none", "jpeg", "bitdepth", "median", "gaussian", "random-sign", "nip-global", "nip",
+                    "nip-oracle")
+
+
+def defense_comparison(model, expl, nip_params: dict[str, Any], seed: int = 0,
+                       defenses: Sequence[str] = COMPARE_DEFENSES,
+                       progress: Callable[[float, str], None] | None = None) -> list[dict[str, Any]]:
+    """One explored run's adversarial through each of ``defenses`` (the baselines, the control and NIP's
+    modes; ``nip-oracle`` only when the run has a true label): per defense its prediction, its
+    confidence in it and in the reference class, whether it is right, how far it moved the input and its
+    time. NIP-family defenses and the control take ``nip_params`` (those they have); a defense that
+    refuses the input is a row with its ``error``, so it hides none of the others."""
+    from nip_core.defenses import DEFENSES, apply_defense
+
+    x_adv = expl.images["adversarial"].unsqueeze(0)
+    ref = expl.reference_class
+    names = [d for d in defenses if d != "nip-oracle" or expl.label is not None]
+    rows: list[dict[str, Any]] = []
+    for i, name in enumerate(names):
+        if progress:
+            progress(i / len(names), f"defense {name}")
+        unit = DEFENSES.get_unit(name)
+        known = {p.name for p in unit.spec.params}
+        params = {k: v for k, v in nip_params.items() if k in known} if unit.family in ("nip", "control") else {}
+        y = torch.tensor([expl.label]) if unit.needs_labels else None
+        try:
+            dr = apply_defense(model, name, x_adv, params, y=y, seed=seed, x_benign=expl.images["benign"].unsqueeze(0))
+        except InputError as exc:
+            rows.append({"defense": name, "deployable": unit.deployable, "family": unit.family, "error": str(exc)})
+            continue
+        p = model.probabilities(dr.x_def)[0]
+        pred = int(p.argmax())
+        rows.append({
+            "defense": name, "deployable": unit.deployable, "family": unit.family,
+            "prediction": pred, "prediction_name": expl.class_names[pred],
+            "prediction_confidence": float(p[pred]), "reference_confidence": float(p[ref]),
+            "correct": pred == ref, "linf_change": float((dr.x_def - x_adv).abs().max()),
+            "seconds": dr.seconds,
+        })
+    if progress:
+        progress(1.0, "done")
+    return rows

@@ -46,6 +46,7 @@ from nip_core.influence import InfluenceProfile, influence_profile
 from nip_core.models.base import LoadedModel
 
 SCALE_RANGE = (-10.0, 10.0)
+INFLUENCE_SELECTIONS = ("front", "tail", "front+tail")   # selections read from the layer's influence profile
 VALUE_KINDS = ("benign", "defended", "zero", "scale", "mean")
 SELECTION_KINDS = ("front", "tail", "front+tail", "changed", "random", "indices", "none")
 SELECTION_HELP = ("write front:K, tail:K or front+tail:K (K in (0, 0.5]), changed:N, random:N, none, "
