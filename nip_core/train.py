@@ -109,17 +109,24 @@ def train_lenet_fashion(seed: int = 0, epochs: int = 15, n_val: int = 5000, thre
         torch.set_num_threads(previous_threads)
 
 
-def _train_fashion(seed: int, epochs: int, n_val: int, out: Path, card: Path, progress: bool) -> dict:
-    start = time.perf_counter()
+def _fashion_setup(seed: int, epochs: int, n_val: int):
+    """What both Fashion trainings start from, in one order of random draws: the seeded generator, the
+    training images split into train and validation, a fresh LeNet, Adam with a cosine schedule, the loss."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     x_all, y_all = fashion_mnist("train")
     n_train = len(y_all) - n_val
-    xtr, ytr, xval, yval = x_all[:n_train], y_all[:n_train], x_all[n_train:], y_all[n_train:]
+    split = (x_all[:n_train], y_all[:n_train], x_all[n_train:], y_all[n_train:])
     net = LeNet5(mean=FASHION_MEAN, std=FASHION_STD)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    loss_fn = nn.CrossEntropyLoss()
+    return g, split, net, opt, sched, nn.CrossEntropyLoss()
+
+
+def _train_fashion(seed: int, epochs: int, n_val: int, out: Path, card: Path, progress: bool) -> dict:
+    start = time.perf_counter()
+    g, (xtr, ytr, xval, yval), net, opt, sched, loss_fn = _fashion_setup(seed, epochs, n_val)
+    n_train = len(ytr)
     val_acc = float("nan")
     for epoch in range(epochs):
         net.train()
@@ -195,15 +202,8 @@ def _train_fashion_at(seed: int, epochs: int, n_val: int, eps: float, steps: int
     from tqdm import tqdm
 
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    x_all, y_all = fashion_mnist("train")
-    n_train = len(y_all) - n_val
-    xtr, ytr, xval, yval = x_all[:n_train], y_all[:n_train], x_all[n_train:], y_all[n_train:]
-    net = LeNet5(mean=FASHION_MEAN, std=FASHION_STD)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    loss_fn = nn.CrossEntropyLoss()
+    g, (xtr, ytr, xval, yval), net, opt, sched, loss_fn = _fashion_setup(seed, epochs, n_val)
+    n_train = len(ytr)
     val = {"clean": float("nan"), "pgd": float("nan")}
     for epoch in range(epochs):
         perm = torch.randperm(n_train, generator=g)

@@ -22,6 +22,7 @@ from app.compute import fragility_check
 from app.loaders import get_model
 from app.progress import run_with_progress
 from app import links
+from app.views.panel import link_value
 from app.widgets import guarded, init_state, show_error
 from nip_core.analyses.strength import DEFAULT_N
 from nip_core import figures as F
@@ -65,13 +66,10 @@ def defaults(run_defense: str) -> list[str]:
 def from_link(qp, model_name: str, model) -> None:
     """A link's ``fragility=none,jpeg`` opens the panel with those defenses and shows their result
     (the view's seed and image); a link without it closes the panel."""
-    st.session_state.pop(LINK_ERROR, None)
-    st.session_state.pop(PENDING, None)
-    if LINK_KEY not in qp:
-        st.session_state[open_key(model_name)] = False
+    text = link_value(qp, LINK_KEY, open_key(model_name), (LINK_ERROR, PENDING))
+    if text is None:
         return
-    st.session_state[open_key(model_name)] = True
-    names = [n.strip() for n in qp[LINK_KEY].split(",") if n.strip()]
+    names = [n.strip() for n in text.split(",") if n.strip()]
     st.session_state[PENDING] = names
 
 

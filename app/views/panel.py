@@ -21,3 +21,14 @@ class Panel(Protocol):
 
     def section(self, run: Run, expl: Any) -> None:
         """The panel's heading, its switch, and (when open) its content, under the run."""
+
+
+def link_value(qp: Any, link_key: str, open_state: str, transient: tuple[str, ...] = ()) -> str | None:
+    """The panel's value in a link, and the panel opened (or closed when the link has none): what every
+    panel's ``from_link`` starts with. ``transient``: state keys of the last link, dropped first."""
+    import streamlit as st
+
+    for k in transient:
+        st.session_state.pop(k, None)
+    st.session_state[open_state] = link_key in qp
+    return qp[link_key] if link_key in qp else None

@@ -17,6 +17,7 @@ import streamlit as st
 from app.compute import strength_frames, strength_view
 from app.progress import run_with_progress
 from app import links
+from app.views.panel import link_value
 from app.widgets import guarded, init_state, show_error
 from nip_core import figures as F
 from nip_core.run import Run
@@ -49,13 +50,9 @@ def eps_key(model_name: str) -> str:
 def from_link(qp, model_name: str, model) -> None:
     """A link with ``strength_eps`` opens the panel at the grid point nearest that ε; one without closes it.
     A value that is not a number ≥ 0 is reported once by the panel, which then opens at the run's ε."""
-    st.session_state.pop(LINK_ERROR, None)
-    st.session_state.pop(PENDING, None)
-    if LINK not in qp:
-        st.session_state[open_key(model_name)] = False
+    text = link_value(qp, LINK, open_key(model_name), (LINK_ERROR, PENDING))
+    if text is None:
         return
-    st.session_state[open_key(model_name)] = True
-    text = qp[LINK]
     try:
         eps = float(text)
         if not math.isfinite(eps) or eps < 0:
