@@ -3,28 +3,12 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import app.warmup
-
-app.warmup.ENABLED = False   # no background warm-up thread inside the test process
-
-ENTRY = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
-TIMEOUT = 300
-VIEW_CHARTS = 0    # an Explore view draws its result as images and metrics: no Plotly until asked for (issue 26)
-INTERACTIVE_CHARTS = 8   # "Interactive charts": 2 perturbations, 3 top-5 bars, 2 heatmap rows, group chart
-VIEW_METRICS = {"benign prediction", "adversarial prediction", "defended prediction"}
-SURGERY_CHARTS = 2  # the surgery panel: the three passes' bars and the neuron grid to pick on
-
-
-def _app(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(ENTRY, default_timeout=TIMEOUT)
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    return at.run()
+from tests.app_support import (INTERACTIVE_CHARTS, SURGERY_CHARTS, VIEW_CHARTS, VIEW_METRICS, _app,  # noqa: F401
+                               _lenet_safetensors, _load_own_model, _ok, _png_digit, _submit)
 
 
 def _view_drawn(at: AppTest) -> bool:
@@ -32,14 +16,6 @@ def _view_drawn(at: AppTest) -> bool:
     return VIEW_METRICS <= {m.label for m in at.metric} and len(at.get("plotly_chart")) == VIEW_CHARTS
 
 
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def _submit(at: AppTest, label: str) -> AppTest:
-    [button] = [b for b in at.button if b.label == label]
-    return button.click().run()
 
 
 @pytest.fixture(scope="module")
@@ -220,11 +196,6 @@ def test_oracle_without_label_is_an_input_error() -> None:
                         0.2, 0))
 
 
-def _png_digit() -> bytes:
-    from nip_core.data import gallery
-    from nip_core.images import tensor_to_png_bytes
-    return tensor_to_png_bytes(gallery("mnist")[0].image)
-
 
 def test_profiles_page() -> None:
     at = _app()
@@ -290,30 +261,6 @@ def test_bring_your_own_model_is_per_session_and_refuses_pickles():
         load_custom("lenet", buf.getvalue(), b"a\nb\nc\n", None)
 
 
-def _lenet_safetensors(seed: int, classes: int = 3) -> bytes:
-    import torch
-    from safetensors.torch import save
-
-    from nip_core.models.lenet import LeNet5
-
-    torch.manual_seed(seed)
-    return save({k: v.contiguous() for k, v in LeNet5(num_classes=classes).state_dict().items()})
-
-
-def _load_own_model(at: AppTest, weights: bytes, classes: bytes) -> str:
-    """The sidebar's "Bring your own model" form (a LeNet) through its real select box, uploaders and
-    submit button; returns the name the app gave the model."""
-    [arch] = [sb for sb in at.sidebar.selectbox if sb.label == "Architecture"]
-    arch.set_value("lenet")
-    [w] = [u for u in at.sidebar.file_uploader if u.label == "Weights (.safetensors)"]
-    [c] = [u for u in at.sidebar.file_uploader if u.label == "Class names (.txt or .json)"]
-    w.set_value(("mine.safetensors", weights, "application/octet-stream"))
-    c.set_value(("classes.txt", classes, "text/plain"))
-    [submit] = [b for b in at.sidebar.button if b.label == "Load model"]
-    submit.click().run()
-    _ok(at)
-    [ok] = [m.value for m in at.success if m.value.startswith("Loaded as ")]
-    return ok.removeprefix("Loaded as ").split(";")[0]
 
 
 def _offered(box) -> list[str]:

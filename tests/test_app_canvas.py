@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.test_app import _app, _ok
+from tests.app_support import _app, _ok
 from nip_core.images import decode_drawing, encode_drawing
 
 SOURCE = "explore.source"

@@ -6,7 +6,7 @@ import json
 
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app import VIEW_CHARTS, _app, _ok, _submit
+from tests.app_support import VIEW_CHARTS, _app, _ok, _submit
 
 M = "lenet-mnist"
 P = "explore.pin."
@@ -122,7 +122,7 @@ def test_the_tour_pins_the_standard_model_beside_the_robust_one() -> None:
 
 
 def test_a_pinned_upload_is_compared_but_stays_out_of_the_link() -> None:
-    from tests.test_app import _png_digit
+    from tests.app_support import _png_digit
 
     at = _app()
     at.radio(key="explore.source").set_value("Upload an image").run()

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import nip_core.analyses.fragility as fr
-from tests.test_app import VIEW_CHARTS, _app, _load_own_model, _lenet_safetensors, _ok, _png_digit, _submit
+from tests.app_support import VIEW_CHARTS, _app, _load_own_model, _lenet_safetensors, _ok, _png_digit, _submit
 
 M = "lenet-mnist"
 K = f"explore.fragility.{M}."

@@ -6,7 +6,7 @@ import json
 
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app import VIEW_CHARTS, _app, _ok, _submit
+from tests.app_support import VIEW_CHARTS, _app, _ok, _submit
 
 M = "lenet-mnist"
 OPEN = "explore.layers.open"

@@ -3,11 +3,10 @@ opened, a slider that scrubs the sweep with no engine call, the slider's ε in t
 attacks without a budget."""
 from __future__ import annotations
 
-import importlib
 
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app import VIEW_CHARTS, _app, _ok, _submit
+from tests.app_support import VIEW_CHARTS, _app, _ok, _submit, calls_made, engine_counters
 
 M = "lenet-mnist"
 K = f"explore.strength.{M}."
@@ -25,25 +24,12 @@ HEAVY = ["nip_core.analyses.strength.strength_sweep", "nip_core.analyses.strengt
 
 def _counters(monkeypatch) -> dict[str, list]:
     """Count calls of the engine's heavy steps (and call through)."""
-    calls: dict[str, list] = {}
-    for target in HEAVY:
-        mod_name, attr = target.rsplit(".", 1)
-        mod = importlib.import_module(mod_name)
-        real, log = getattr(mod, attr), calls.setdefault(target, [])
-
-        def counted(*a, _real=real, _log=log, **kw):
-            _log.append(1)
-            return _real(*a, **kw)
-        monkeypatch.setattr(mod, attr, counted)
-    return calls
+    return engine_counters(monkeypatch, HEAVY)
 
 
 def _made(calls: dict[str, list]) -> dict[str, int]:
     """Calls made since the last reset (then reset)."""
-    out = {t: len(c) for t, c in calls.items() if c}
-    for c in calls.values():
-        c.clear()
-    return out
+    return calls_made(calls)
 
 
 def _run(seed: int) -> AppTest:
@@ -155,7 +141,7 @@ def test_an_attack_without_a_budget_says_why_in_one_line() -> None:
 
 
 def test_uploaded_image_keeps_the_slider_out_of_the_link() -> None:
-    from tests.test_app import _png_digit
+    from tests.app_support import _png_digit
 
     at = _app()
     at.radio(key="explore.source").set_value("Upload an image").run()

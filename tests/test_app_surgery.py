@@ -2,13 +2,12 @@
 one message for a bad selection, the settings in the share link, neurons picked on the grid."""
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app import SURGERY_CHARTS, VIEW_CHARTS, _app, _ok, _submit
+from tests.app_support import SURGERY_CHARTS, VIEW_CHARTS, _app, _ok, _submit, calls_made, engine_counters
 
 M = "lenet-mnist"
 K = f"explore.surgery.{M}."
@@ -37,29 +36,15 @@ def _metrics(at: AppTest) -> dict[str, str]:
 
 def _counters(monkeypatch) -> dict[str, list]:
     """Count calls of the engine's heavy steps where the app looks them up (and call through)."""
-    targets = ["nip_core.analyses.explain.explain", "nip_core.analyses.explain.run_attack", "nip_core.analyses.explain.apply_defense",
-               "nip_core.analyses.explain.neuron_influence", "nip_core.attacks.run_attack", "nip_core.defenses.apply_defense",
-               "nip_core.influence.influence_profile", "nip_core.analyses.surgery.source_activations",
-               "nip_core.analyses.surgery.surgery", "nip_core.analyses.surgery.patch"]
-    calls: dict[str, list] = {}
-    for target in targets:
-        mod_name, attr = target.rsplit(".", 1)
-        mod = importlib.import_module(mod_name)
-        real, log = getattr(mod, attr), calls.setdefault(target, [])
-
-        def counted(*a, _real=real, _log=log, **kw):
-            _log.append(1)
-            return _real(*a, **kw)
-        monkeypatch.setattr(mod, attr, counted)
-    return calls
+    return engine_counters(monkeypatch, ["nip_core.analyses.explain.explain", "nip_core.analyses.explain.run_attack", "nip_core.analyses.explain.apply_defense",
+                   "nip_core.analyses.explain.neuron_influence", "nip_core.attacks.run_attack", "nip_core.defenses.apply_defense",
+                   "nip_core.influence.influence_profile", "nip_core.analyses.surgery.source_activations",
+                   "nip_core.analyses.surgery.surgery", "nip_core.analyses.surgery.patch"])
 
 
 def _made(calls: dict[str, list]) -> dict[str, int]:
     """Calls made since the last reset (then reset)."""
-    out = {t.rsplit(".", 1)[1] if t.startswith("nip_core.analyses.surgery") else t: len(c) for t, c in calls.items() if c}
-    for c in calls.values():
-        c.clear()
-    return out
+    return calls_made(calls, "nip_core.analyses.surgery")
 
 
 def test_panel_opens_on_request_and_shows_the_three_passes() -> None:
@@ -231,7 +216,7 @@ def test_the_grid_stays_the_same_chart_when_the_selection_changes() -> None:
 
 
 def test_uploaded_image_keeps_surgery_out_of_the_link() -> None:
-    from tests.test_app import _png_digit
+    from tests.app_support import _png_digit
 
     at = _app()
     at.radio(key="explore.source").set_value("Upload an image").run()
