@@ -29,6 +29,8 @@ def clean_registries():
         DEFENSES.pop(name, None)
     for name in [m for m in MODELS if m.startswith("toy-")]:
         unregister_model(name)
+    from app.views import panel
+    panel._ADDED.clear()
 
 
 def test_every_recipe_is_six_steps_or_fewer():
@@ -51,3 +53,17 @@ def test_extending_page_runs_and_its_toys_work(clean_registries, capsys):
     grid = namespace["grid"]
     assert [d.split("[")[0] for d in grid["defenses"]] == ["none", "toy-blur"]
     assert "front neurons" in printed
+
+
+def test_the_toy_panel_is_drawn_under_a_run_and_opens_from_its_link(clean_registries):
+    """The recipe's panel in the real app: Explore draws its switch under the run, and a link with
+    ``toy=1`` opens it with its computed sentence."""
+    from tests.app_support import _app, _ok
+
+    namespace: dict = {"__name__": "docs_extending"}
+    for block in python_blocks(PAGE.read_text()):
+        exec(compile(block, "docs/extending.md", "exec"), namespace)
+    at = _app({"model": "lenet-mnist", "attack": "fgsm", "defense": "nip", "seed": "0", "toy": "1"})
+    _ok(at)
+    assert any(t.label.startswith("Toy: the front neurons") and t.value for t in at.toggle)
+    assert any("of the front neurons" in m.value for m in at.markdown)

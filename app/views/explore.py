@@ -20,6 +20,7 @@ from app.loaders import (BYOM_KEY, calibration_hint, gallery_entries, get_model,
                          split_image_problem, with_split_image, load_upload, visible_models)
 from app.notes import aware_note, label_free_note
 from app.progress import page_turn, run_with_progress
+from app.views.panel import added_panels
 from app.views import (canvas_input, compare_panel, defenses_panel, fragility_panel, layers_panel, neuron_panel,
                        strength_panel, surgery_panel)
 from app.widgets import (byom_panel, guarded, init_state, model_picker, param_input, params_text, parse_params_text,
@@ -145,7 +146,7 @@ def load_query_params() -> None:
                 st.session_state[key(model, name)] = v
             except ValueError:
                 problems.append(f"{name} must be {kind.__name__} in [{lo}, {hi}]; got {qp[name]!r}")
-    for panel in PANELS:
+    for panel in (*PANELS, *added_panels()):
         panel.from_link(qp, model, m)
     if problems:
         st.session_state[P + "query_warning"] = ("Some settings in the link were ignored (defaults used): "
@@ -651,8 +652,8 @@ def show_interactive(expl, quantity: str) -> None:
 
 def show_panels(run: Run, expl) -> None:
     st.markdown("**Go deeper**")
-    for panel in PANELS:
-        with st.container(key="panel-" + panel.__name__.rsplit(".", 1)[-1]):
+    for panel in (*PANELS, *added_panels()):
+        with st.container(key="panel-" + getattr(panel, "__name__", panel.PREFIX.strip(".")).rsplit(".", 1)[-1]):
             panel.section(run, expl)
     secs = ", ".join(f"{k} {v:.2f} s" for k, v in expl.seconds.items())
     c = st.columns([1, 3], vertical_alignment="center")

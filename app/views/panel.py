@@ -32,3 +32,19 @@ def link_value(qp: Any, link_key: str, open_state: str, transient: tuple[str, ..
         st.session_state.pop(k, None)
     st.session_state[open_state] = link_key in qp
     return qp[link_key] if link_key in qp else None
+
+
+_ADDED: list = []
+
+
+def add_panel(panel: Panel) -> None:
+    """A panel added from outside the app's own list (a plug-in, a notebook's experiment, a test): Explore
+    draws it after its built-in panels, in every session of this server process."""
+    if not all(hasattr(panel, name) for name in ("PREFIX", "LINK_KEYS", "from_link", "section")):
+        raise TypeError("a panel needs PREFIX, LINK_KEYS, from_link(qp, model_name, model) and section(run, expl)")
+    if panel not in _ADDED:
+        _ADDED.append(panel)
+
+
+def added_panels() -> tuple:
+    return tuple(_ADDED)
