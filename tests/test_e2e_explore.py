@@ -67,3 +67,44 @@ def test_first_view_and_a_model_switch_that_keeps_the_attack_in_chromium() -> No
             screenshot(page, ARTIFACTS / "explore_model_switch.png")
         finally:
             browser.close()
+
+
+def _expected_claim(q: dict[str, str]) -> str:
+    """The tour card's computed line for a step's query, as the page should show it (markdown removed)."""
+    import re
+
+    from app.tour import step_claim
+    from nip_core import api
+    from nip_core.params import parse_kv
+
+    run = api.make_run(q["model"], q["image"], attack=q["attack"], attack_params=parse_kv(q.get("ap", "")) or {},
+                       defense=q["defense"], seed=int(q["seed"]))
+    return " ".join(re.sub(r"[*`]", "", step_claim(api.explore(run))).split())
+
+
+def test_tour_steps_state_what_their_runs_computed_in_chromium() -> None:
+    """Each tour step's computed line on the page is the engine's for that run; the ε = 0 step's two
+    difference maps are drawn all zero (float noise is not stretched into colour)."""
+    from playwright.sync_api import sync_playwright
+
+    from app import tour as T
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(ARTIFACTS / "streamlit_tour.log") as url, sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            for step in T.STEPS[:3]:                       # ε = 0, the attack, the oracle
+                q = T.step_query(step, "lenet-mnist")
+                page.goto(url + "/?" + "&".join(f"{k}={v}" for k, v in q.items()))
+                page.get_by_text("In this run:").first.wait_for(timeout=600_000)
+                wait_idle(page)
+                no_exceptions(page)
+                shown = page.get_by_text("In this run:").first.evaluate(
+                    "e => (e.closest('[data-testid=\"stMarkdownContainer\"]') || e).innerText")
+                assert " ".join(shown.split()) == _expected_claim(q), step.key
+                if step.key == "neurons":
+                    assert page.get_by_text("(all zero)").count() == 2       # both changes, drawn as zero
+            page.screenshot(path=str(ARTIFACTS / "tour_step.png"))
+        finally:
+            browser.close()
