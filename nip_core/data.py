@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from nip_core.errors import InputError
+from nip_core.params import Registry
 from nip_core.runtime import ASSETS
 from nip_core.sources.imagenet import imagenet_class_names
 
@@ -283,20 +284,9 @@ class Dataset:
                 "splits": {k: list(v) for k, v in self.splits.items()}, "builtin_calibration": self.builtin_calibration}
 
 
-DATASETS: dict[str, Dataset] = {}
-
-
-def register_dataset(ds: Dataset) -> Dataset:
-    if ds.name in DATASETS:
-        raise RuntimeError(f"dataset {ds.name!r} registered twice")
-    DATASETS[ds.name] = ds
-    return ds
-
-
-def get_dataset(name: str) -> Dataset:
-    if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}.")
-    return DATASETS[name]
+DATASETS: Registry = Registry("dataset", name_of=lambda ds: ds.name, sort=False)
+register_dataset = DATASETS.register
+get_dataset = DATASETS.get_unit
 
 
 def dataset_of(model) -> Dataset:

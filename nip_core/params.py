@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from nip_core.errors import InputError
 
@@ -139,14 +139,16 @@ def parse_kv(text: str) -> dict[str, str]:
 
 
 class Registry(dict):
-    """Name → registered unit; lookup failures raise InputError listing valid names."""
+    """Name → registered unit (an attack, a defense, a model, a dataset); lookup failures raise
+    InputError listing valid names (sorted, or in registration order with ``sort=False``)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, name_of: Callable[[Any], str] = lambda unit: unit.spec.name,
+                 sort: bool = True) -> None:
         super().__init__()
-        self.kind = kind
+        self.kind, self.name_of, self.sort = kind, name_of, sort
 
     def register(self, unit: Any) -> Any:
-        name = unit.spec.name
+        name = self.name_of(unit)
         if name in self:
             raise RuntimeError(f"{self.kind} {name!r} registered twice")
         self[name] = unit
@@ -154,5 +156,6 @@ class Registry(dict):
 
     def get_unit(self, name: str) -> Any:
         if name not in self:
-            raise InputError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self))}.")
+            names = sorted(self) if self.sort else list(self)
+            raise InputError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(names)}.")
         return self[name]

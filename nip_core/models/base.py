@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nip_core.errors import InputError
+from nip_core.params import Registry
 from nip_core.runtime import get_device
 
 
@@ -211,16 +212,12 @@ class LoadedModel:
         return self.logits(x).softmax(1)
 
 
-MODELS: dict[str, ModelSpec] = {}
+MODELS: Registry = Registry("model", name_of=lambda spec: spec.name, sort=False)
 _LOADED: dict[str, LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def register_model(spec: ModelSpec) -> ModelSpec:
-    if spec.name in MODELS:
-        raise RuntimeError(f"model {spec.name!r} registered twice")
-    MODELS[spec.name] = spec
-    return spec
+register_model = MODELS.register
 
 
 def unregister_model(name: str) -> None:
@@ -234,10 +231,7 @@ def model_names() -> list[str]:
     return list(MODELS)
 
 
-def get_spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}.")
-    return MODELS[name]
+get_spec = MODELS.get_unit
 
 
 def load_model(name: str) -> LoadedModel:
