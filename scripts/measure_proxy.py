@@ -73,7 +73,7 @@ def single(args, model: str, tmp: Path) -> dict[str, Any]:
 
 
 def replicated(args, model: str, tmp: Path) -> dict[str, Any]:
-    proxy, stats, *ports = free_ports(2 + args.replicas)
+    proxy, stats, *ports = serve_replicas.free_ports(2 + args.replicas)
     run_dir = tmp / f"class-{model}"
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve_replicas.py"),
                              "--ports", ",".join(map(str, ports)), "--bind", f"127.0.0.1:{proxy}",
@@ -102,16 +102,6 @@ def replicated(args, model: str, tmp: Path) -> dict[str, Any]:
     return {"setup": f"{args.replicas} replicas behind HAProxy (scripts/serve_replicas.py, "
                      "deploy/haproxy.cfg.template)", "warm_session_s": warm_s} | report
 
-
-def free_ports(n: int) -> list[int]:
-    import socket
-    from contextlib import ExitStack
-
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:

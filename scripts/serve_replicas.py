@@ -285,5 +285,18 @@ def main(argv: list[str] | None = None) -> int:
     return stop(args) if args.action == "stop" else serve(args)
 
 
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all held open together while they are picked)."""
+    import socket
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -3,33 +3,21 @@ opening a split image, under AppTest (issue 21)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from urllib.parse import parse_qsl
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 import app.warmup
+from tests.app_support import _app, _ok
 from nip_core.evaluation import slices as S
 from nip_core.figures import bare_names
 
 app.warmup.ENABLED = False   # no background warm-up thread inside the test process
 
-ENTRY = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
-TIMEOUT = 300
 K = "benchmark.slices.open."
 
 
-def _app(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(ENTRY, default_timeout=TIMEOUT)
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    return at.run()
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +34,7 @@ _spec.loader.exec_module(serve_replicas)
 COOKIE = serve_replicas.AFFINITY_COOKIE
 
 
-def free_ports(n: int) -> list[int]:
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+free_ports = serve_replicas.free_ports
 
 
 # ----------------------------------------------------------------------------- the configuration
